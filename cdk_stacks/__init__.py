@@ -1,0 +1,1 @@
+"""The CDK app that defines the per-electron CloudFormation stack of ec2-executor."""

@@ -1,0 +1,238 @@
+"""`ElectronStack`: the network, security group and instance that one electron runs on."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aws_cdk as cdk
+from aws_cdk import aws_ec2 as ec2
+from constructs import Construct
+
+from cdk_stacks.parameters import AL2023_SSM_PARAMETER, DEFAULT_ROOT_DEVICE
+from cdk_stacks.shape import NetworkMode, StackShape
+from cdk_stacks.user_data import bootstrap_script_path, cloud_config_template
+
+IPV4_CIDR_PATTERN = r"^(\d{1,3}\.){3}\d{1,3}/(\d|[12]\d|3[0-2])$"
+CREATED_VPC_CIDR = "10.64.0.0/16"
+CREATED_SUBNET_CIDR = "10.64.0.0/24"
+
+
+class ElectronStack(cdk.Stack):
+    """One template per `StackShape`; every per-electron value is a `CfnParameter`.
+
+    Only L1 resources: the L2 `Vpc` and `Instance` add IAM roles, custom resources and
+    launch templates that cost minutes of CloudFormation time per electron.
+    """
+
+    def __init__(self, scope: Construct, construct_id: str, *, shape: StackShape, **kw: Any):
+        super().__init__(scope, construct_id, **kw)
+        self.shape = shape
+        self.template_options.description = (
+            f"ec2-executor: one Covalent electron on a throw-away EC2 instance ({shape.key})"
+        )
+        p = self._declare_parameters()
+        vpc_id, subnet_id, route = self._network(p)
+        group = self._security_group(p, vpc_id)
+        instance = self._instance(p, subnet_id, group)
+        if route is not None:
+            instance.add_dependency(route)  # the bootstrap needs the internet at first boot
+        self._outputs(instance, p.get("ExpectPublicIp"))
+
+    # --- parameters -------------------------------------------------------------------------
+
+    def _declare_parameters(self) -> dict[str, cdk.CfnParameter]:
+        def param(name: str, description: str, **kw: Any) -> cdk.CfnParameter:
+            kw.setdefault("type", "String")
+            return cdk.CfnParameter(self, name, description=description, **kw)
+
+        p = {
+            "InstanceType": param("InstanceType", "EC2 instance type.", default="t2.micro"),
+            "LatestAmi": param(
+                "LatestAmi",
+                "SSM parameter naming the default image (Amazon Linux 2023).",
+                type="AWS::SSM::Parameter::Value<AWS::EC2::Image::Id>",
+                default=AL2023_SSM_PARAMETER.format(arch="x86_64"),
+            ),
+            "ImageId": param("ImageId", "Explicit AMI id; empty uses LatestAmi.", default=""),
+            "RootDeviceName": param(
+                "RootDeviceName", "Root device of the image.", default=DEFAULT_ROOT_DEVICE
+            ),
+            "KeyName": param("KeyName", "Optional EC2 key pair name.", default=""),
+            "VolumeSize": param(
+                "VolumeSize", "Root volume size in GiB.", type="Number",
+                default=8, min_value=1, max_value=16384,
+            ),
+            "SshIngressCidr": param(
+                "SshIngressCidr", "The only IPv4 range allowed to reach SSH.",
+                allowed_pattern=IPV4_CIDR_PATTERN,
+                constraint_description="must be an IPv4 CIDR such as 203.0.113.7/32",
+            ),
+            "SshPort": param(
+                "SshPort", "Port sshd listens on.", type="Number",
+                default=22, min_value=1, max_value=65535,
+            ),
+            "SshUser": param("SshUser", "Login user that owns the task environment.",
+                             default="ec2-user"),
+            "AuthorizedKey": param("AuthorizedKey", "OpenSSH public key allowed to log in."),
+            "HostKey": param(
+                "HostKey", "Base64 of the pinned OpenSSH host private key.", no_echo=True
+            ),
+            "PythonVersion": param("PythonVersion", "Python minor version, e.g. 3.11."),
+            "CovalentVersion": param("CovalentVersion", "covalent version to install."),
+            "CloudpickleVersion": param("CloudpickleVersion", "cloudpickle version to install."),
+            "MaxLifetimeMinutes": param(
+                "MaxLifetimeMinutes", "The instance powers off (and terminates) after this.",
+                type="Number", default=120, min_value=1,
+            ),
+            "UseSpot": param("UseSpot", "Run on the spot market.", default="false",
+                             allowed_values=["true", "false"]),
+            "InstanceProfile": param(
+                "InstanceProfile", "Optional existing instance profile name.", default=""
+            ),
+        }
+        if self.shape.network is NetworkMode.EXISTING:
+            p["ExpectPublicIp"] = param(
+                "ExpectPublicIp", "Whether the subnet gives the instance a public address.",
+                default="true", allowed_values=["true", "false"],
+            )
+            p["VpcId"] = param("VpcId", "Existing VPC.", type="AWS::EC2::VPC::Id")
+            p["SubnetId"] = param("SubnetId", "Existing subnet in VpcId.",
+                                  type="AWS::EC2::Subnet::Id")
+        return p
+
+    def _is_set(self, name: str, parameter: cdk.CfnParameter) -> cdk.CfnCondition:
+        return cdk.CfnCondition(
+            self, f"Has{name}",
+            expression=cdk.Fn.condition_not(cdk.Fn.condition_equals(parameter.value_as_string, "")),
+        )
+
+    def _is_true(self, name: str, parameter: cdk.CfnParameter) -> cdk.CfnCondition:
+        return cdk.CfnCondition(
+            self, name, expression=cdk.Fn.condition_equals(parameter.value_as_string, "true")
+        )
+
+    # --- network ----------------------------------------------------------------------------
+
+    def _network(
+        self, p: dict[str, cdk.CfnParameter]
+    ) -> tuple[str, str, cdk.CfnResource | None]:
+        if self.shape.network is NetworkMode.EXISTING:
+            return p["VpcId"].value_as_string, p["SubnetId"].value_as_string, None
+        vpc = ec2.CfnVPC(
+            self, "Vpc", cidr_block=CREATED_VPC_CIDR,
+            enable_dns_hostnames=True, enable_dns_support=True,
+        )
+        subnet = ec2.CfnSubnet(
+            self, "PublicSubnet", vpc_id=vpc.ref, cidr_block=CREATED_SUBNET_CIDR,
+            map_public_ip_on_launch=True,
+            availability_zone=cdk.Fn.select(0, cdk.Fn.get_azs()),
+        )
+        gateway = ec2.CfnInternetGateway(self, "InternetGateway")
+        attachment = ec2.CfnVPCGatewayAttachment(
+            self, "GatewayAttachment", vpc_id=vpc.ref, internet_gateway_id=gateway.ref
+        )
+        table = ec2.CfnRouteTable(self, "RouteTable", vpc_id=vpc.ref)
+        ec2.CfnSubnetRouteTableAssociation(
+            self, "RouteTableAssociation", subnet_id=subnet.ref, route_table_id=table.ref
+        )
+        route = ec2.CfnRoute(
+            self, "DefaultRoute", route_table_id=table.ref,
+            destination_cidr_block="0.0.0.0/0", gateway_id=gateway.ref,
+        )
+        route.add_dependency(attachment)
+        return vpc.ref, subnet.ref, route
+
+    def _security_group(self, p: dict[str, cdk.CfnParameter], vpc_id: str) -> ec2.CfnSecurityGroup:
+        port = p["SshPort"].value_as_number
+        return ec2.CfnSecurityGroup(
+            self, "SshAccess",
+            group_description="SSH from the dispatching machine only",
+            vpc_id=vpc_id,
+            security_group_ingress=[
+                ec2.CfnSecurityGroup.IngressProperty(
+                    ip_protocol="tcp", from_port=port, to_port=port,
+                    cidr_ip=p["SshIngressCidr"].value_as_string,
+                    description="SSH from the dispatching machine",
+                )
+            ],
+            security_group_egress=[
+                ec2.CfnSecurityGroup.EgressProperty(
+                    ip_protocol="-1", cidr_ip="0.0.0.0/0",
+                    description="Package installs for the task environment",
+                )
+            ],
+        )
+
+    # --- instance ---------------------------------------------------------------------------
+
+    def _instance(
+        self, p: dict[str, cdk.CfnParameter], subnet_id: str, group: ec2.CfnSecurityGroup
+    ) -> ec2.CfnInstance:
+        def if_set(name: str) -> str:
+            return cdk.Fn.condition_if(
+                self._is_set(name, p[name]).logical_id, p[name].value_as_string, cdk.Aws.NO_VALUE
+            ).to_string()
+
+        spot = self._is_true("SpotRequested", p["UseSpot"])
+        spot_template = self._spot_launch_template(spot)
+        user_data = cloud_config_template(bootstrap_script_path().read_text())
+        return ec2.CfnInstance(
+            self, "Instance",
+            image_id=cdk.Fn.condition_if(
+                self._is_set("ImageId", p["ImageId"]).logical_id,
+                p["ImageId"].value_as_string, p["LatestAmi"].value_as_string,
+            ).to_string(),
+            instance_type=p["InstanceType"].value_as_string,
+            key_name=if_set("KeyName"),
+            iam_instance_profile=if_set("InstanceProfile"),
+            subnet_id=subnet_id,
+            security_group_ids=[group.attr_group_id],
+            instance_initiated_shutdown_behavior="terminate",
+            metadata_options=ec2.CfnInstance.MetadataOptionsProperty(
+                http_tokens="required", http_endpoint="enabled", http_put_response_hop_limit=1
+            ),
+            block_device_mappings=[
+                ec2.CfnInstance.BlockDeviceMappingProperty(
+                    device_name=p["RootDeviceName"].value_as_string,
+                    ebs=ec2.CfnInstance.EbsProperty(
+                        volume_size=p["VolumeSize"].value_as_number,
+                        volume_type="gp3", encrypted=True, delete_on_termination=True,
+                    ),
+                )
+            ],
+            launch_template=cdk.Fn.condition_if(
+                spot.logical_id,
+                {
+                    "LaunchTemplateId": spot_template.ref,
+                    "Version": spot_template.attr_latest_version_number,
+                },
+                cdk.Aws.NO_VALUE,
+            ),
+            user_data=cdk.Fn.base64(cdk.Fn.sub(user_data)),
+        )
+
+    def _spot_launch_template(self, spot: cdk.CfnCondition) -> ec2.CfnLaunchTemplate:
+        """`AWS::EC2::Instance` has no market option; a launch template, made only for spot."""
+        template = ec2.CfnLaunchTemplate(
+            self, "SpotMarket",
+            launch_template_data=ec2.CfnLaunchTemplate.LaunchTemplateDataProperty(
+                instance_market_options=ec2.CfnLaunchTemplate.InstanceMarketOptionsProperty(
+                    market_type="spot",
+                    spot_options=ec2.CfnLaunchTemplate.SpotOptionsProperty(
+                        spot_instance_type="one-time",
+                        instance_interruption_behavior="terminate",
+                    ),
+                ),
+            ),
+        )
+        template.cfn_options.condition = spot
+        return template
+
+    def _outputs(
+        self, instance: ec2.CfnInstance, expect_public_ip: cdk.CfnParameter | None
+    ) -> None:
+        cdk.CfnOutput(self, "InstanceId", value=instance.ref)
+        cdk.CfnOutput(self, "PrivateIp", value=instance.attr_private_ip)
+        public = cdk.CfnOutput(self, "PublicIp", value=instance.attr_public_ip)
+        if expect_public_ip is not None:  # an existing subnet may give no public address
+            public.condition = self._is_true("PublicIpExpected", expect_public_ip)

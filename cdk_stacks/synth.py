@@ -1,0 +1,51 @@
+"""Synthesise an `ElectronStack` template. Imports `aws_cdk`: run it in a child process.
+
+    python -m cdk_stacks.synth existing   # prints the template JSON
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from typing import Any
+
+import aws_cdk as cdk
+
+from cdk_stacks.electron_stack import ElectronStack
+from cdk_stacks.shape import NetworkMode, StackShape
+
+APP_CONTEXT = {
+    "aws:cdk:enable-path-metadata": False,
+    "aws:cdk:version-reporting": False,
+}
+
+
+def stack_id(shape: StackShape) -> str:
+    """The construct id, and the stack name `cdk deploy` uses for this shape."""
+    return f"ec2-executor-{shape.network.value}"
+
+
+def add_stack(app: cdk.App, shape: StackShape) -> ElectronStack:
+    # Bootstrapless: no assets, no bootstrap stack, no version rule; the template goes inline.
+    return ElectronStack(
+        app, stack_id(shape), shape=shape, synthesizer=cdk.BootstraplessSynthesizer()
+    )
+
+
+def synthesize(shape: StackShape) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="ec2-executor-synth-") as outdir:
+        app = cdk.App(outdir=outdir, context=APP_CONTEXT, analytics_reporting=False)
+        stack = add_stack(app, shape)
+        template: dict[str, Any] = app.synth().get_stack_by_name(stack.stack_name).template
+        return template
+
+
+def main(argv: list[str]) -> None:
+    import json
+
+    shape = StackShape(network=NetworkMode(argv[0]))
+    json.dump(synthesize(shape), sys.stdout, separators=(",", ":"), sort_keys=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,1 @@
+"""Run Covalent electrons on throw-away AWS EC2 instances."""

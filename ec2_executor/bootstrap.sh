@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# Give this instance a venv with the dispatcher's Python minor version and pinned
+# covalent/cloudpickle. Idempotent. Markers: $PREFIX/ready (venv python path) or
+# $PREFIX/failed (reason). Log: $PREFIX/bootstrap.log.
+# Env: EC2_EXECUTOR_PREFIX = default prefix; EC2_EXECUTOR_BOOTSTRAP_OFFLINE=1 skips
+# the package-manager and uv installs (tests use it so they never change the system).
+set -euo pipefail
+umask 022
+PY= COV= CP= RUN_USER= BAD= PREFIX=${EC2_EXECUTOR_PREFIX:-/opt/ec2-executor}
+while [ $# -gt 0 ]; do
+  case $1 in
+    --python) PY=${2-} ;; --covalent) COV=${2-} ;; --cloudpickle) CP=${2-} ;;
+    --user) RUN_USER=${2-} ;; --prefix) PREFIX=${2-} ;;
+    *) BAD="unknown argument '$1'"; break ;;
+  esac
+  shift $(($# > 1 ? 2 : 1))
+done
+mkdir -p "${PREFIX:?empty prefix}" && PREFIX=$(cd "$PREFIX" && pwd) || exit 2
+VENV=$PREFIX/venv VPY=$PREFIX/venv/bin/python STEP=args REASON=
+exec 3>&2 >>"$PREFIX/bootstrap.log" 2>&1
+
+log() { printf '%s [%s] %s\n' "$(date -u +%FT%TZ)" "$STEP" "$*"; }
+put() { printf '%s\n' "$2" >"$PREFIX/.$1.$$" && mv -f "$PREFIX/.$1.$$" "$PREFIX/$1"; }
+fail() { REASON=$1; exit 1; }
+on_exit() {
+  local rc=$?
+  [ "$rc" = 0 ] && return
+  rm -f "$PREFIX/ready"
+  REASON=${REASON:-"step $STEP failed (exit $rc)"}
+  put failed "$REASON"
+  log "FAILED: $REASON"
+  echo "bootstrap failed: $REASON (log: $PREFIX/bootstrap.log)" >&3
+}
+trap on_exit EXIT
+trap 'REASON="step $STEP interrupted"; exit 1' INT TERM HUP
+ok() { rm -f "$PREFIX/failed"; put ready "$VPY"; log "ready: $VPY"; exit 0; }
+
+[ -z "$BAD" ] || fail "usage: $BAD"
+[[ $PY =~ ^(3\.[0-9]+)(\.[0-9]+)?$ ]] || fail "usage: --python must be like 3.11, got '$PY'"
+PY=${BASH_REMATCH[1]} WANT="${BASH_REMATCH[1]} $COV $CP"
+[ -n "$COV" ] && [ -n "$CP" ] || fail "usage: --covalent and --cloudpickle are required"
+
+# Serialise with a concurrent run (cloud-init vs. a retry over SSH).
+if command -v flock >/dev/null; then exec 9>"$PREFIX/.lock" && flock -w 1800 9; fi
+
+# Prints "<minor> <covalent> <cloudpickle> <pip>" for the venv ("none" if absent).
+state() {
+  read -r HPY HCOV HCP HPIP <<<"$("$VPY" -c 'import sys, importlib.metadata as m
+def v(n):
+    try: return m.version(n)
+    except Exception: return "none"
+print("%d.%d" % sys.version_info[:2], v("covalent"), v("cloudpickle"), v("pip"))' 2>/dev/null)" || true
+}
+STEP=check
+state
+[ "$HPY $HCOV $HCP" != "$WANT" ] || [ "$HPIP" = none ] || ok
+
+rm -f "$PREFIX/ready"
+log "bootstrapping python=$PY covalent=$COV cloudpickle=$CP user=$RUN_USER"
+export HOME=${HOME:-/root} PIP_CACHE_DIR=$PREFIX/cache/pip UV_CACHE_DIR=$PREFIX/cache/uv \
+  UV_PYTHON_INSTALL_DIR=$PREFIX/python PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
+PATH=$PREFIX/uv/bin:$PATH
+online() { [ "${EC2_EXECUTOR_BOOTSTRAP_OFFLINE:-0}" != 1 ]; }
+pkg() {
+  online || return 1
+  if command -v dnf >/dev/null; then dnf install -y "$@"
+  elif command -v apt-get >/dev/null; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get -o DPkg::Lock::Timeout=600 update && apt-get -o DPkg::Lock::Timeout=600 install -y "$@"
+  else return 1; fi
+}
+pkg_py() {
+  local extra=venv
+  command -v dnf >/dev/null && extra=pip
+  pkg "python$PY" "python$PY-$extra"
+}
+find_py() {
+  local p out
+  p=$(command -v "python$PY") || return 1
+  out=$("$p" -c 'import os, sys; print("%d.%d" % sys.version_info[:2], os.path.realpath(sys.executable))') || return 1
+  [ "${out%% *}" = "$PY" ] && INTERP=${out#* }
+}
+get_uv() {
+  command -v uv >/dev/null && return
+  online || return 1
+  local p
+  for p in python3 "python$PY"; do
+    "$p" -m pip install -q --target "$PREFIX/uv" uv && return
+  done
+  pkg python3-pip && python3 -m pip install -q --target "$PREFIX/uv" uv
+}
+uv_py() { get_uv && uv python install "$PY" && INTERP=$(uv python find "$PY"); }
+mkvenv() {
+  rm -rf "$VENV"
+  if command -v uv >/dev/null; then uv venv --seed --system-site-packages --python "$INTERP" "$VENV"
+  else "$INTERP" -m venv --system-site-packages "$VENV"; fi
+}
+
+STEP=python INTERP=
+find_py || { log "no python$PY on PATH; trying package manager"; pkg_py && find_py; } ||
+  { log "trying uv"; uv_py; } || fail "no Python $PY found (PATH, package manager, uv)"
+log "interpreter: $INTERP"
+
+STEP=venv
+if [ "$HPY" != "$PY" ] || [ "$HPIP" = none ]; then
+  mkvenv || { pkg_py && mkvenv; } || { get_uv && mkvenv; } || fail "could not create venv with $INTERP"
+fi
+
+STEP=install
+if command -v uv >/dev/null; then uv pip install --python "$VPY" "covalent==$COV" "cloudpickle==$CP"
+else "$VPY" -m pip install --no-input "covalent==$COV" "cloudpickle==$CP"; fi ||
+  fail "installing covalent==$COV cloudpickle==$CP failed"
+
+STEP=verify
+state
+[ "$HPY $HCOV $HCP" = "$WANT" ] ||
+  fail "version mismatch: want python/covalent/cloudpickle $WANT, found $HPY $HCOV $HCP"
+
+STEP=chown
+if [ -n "$RUN_USER" ] && id -u "$RUN_USER" >/dev/null 2>&1; then chown -R "$RUN_USER": "$VENV"
+else log "user '$RUN_USER' does not exist; venv stays owned by $(id -un)"; fi
+rm -rf "$PREFIX/cache"
+ok
