@@ -1,1 +1,41 @@
 """Run Covalent electrons on throw-away AWS EC2 instances."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ec2_executor.errors import (
+    BootstrapError,
+    ConfigurationError,
+    ConnectionLostError,
+    CredentialsError,
+    EC2ExecutorError,
+    RemoteError,
+    StackCreationError,
+    StackDeletionError,
+)
+
+if TYPE_CHECKING:
+    from ec2_executor.ec2 import EC2Executor
+
+__all__ = [
+    "BootstrapError",
+    "ConfigurationError",
+    "ConnectionLostError",
+    "CredentialsError",
+    "EC2Executor",
+    "EC2ExecutorError",
+    "RemoteError",
+    "StackCreationError",
+    "StackDeletionError",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy: Covalent imports `ec2_executor.ec2` while it is itself being imported, so an eager
+    # import here would hand it a half-initialised module.
+    if name == "EC2Executor":
+        from ec2_executor.ec2 import EC2Executor
+
+        return EC2Executor
+    raise AttributeError(name)

@@ -1,49 +1,45 @@
 #!/usr/bin/env bash
-# Give this instance a venv with the dispatcher's Python minor version and pinned
-# covalent/cloudpickle. Idempotent. Markers: $PREFIX/ready (venv python path) or
-# $PREFIX/failed (reason). Log: $PREFIX/bootstrap.log.
-# Env: EC2_EXECUTOR_PREFIX = default prefix; EC2_EXECUTOR_BOOTSTRAP_OFFLINE=1 skips
-# the package-manager and uv installs (tests use it so they never change the system).
+# Builds $PREFIX/venv (Python minor + pinned covalent/cloudpickle); writes $PREFIX/ready
+# (venv python path) or $PREFIX/failed (reason). EC2_EXECUTOR_PREFIX: default prefix.
+# EC2_EXECUTOR_BOOTSTRAP_OFFLINE=1 skips package-manager/uv installs (for tests).
 set -euo pipefail
 umask 022
-PY= COV= CP= RUN_USER= BAD= PREFIX=${EC2_EXECUTOR_PREFIX:-/opt/ec2-executor}
+PY='' COV='' CP='' RUN_USER='' BAD='' PREFIX=${EC2_EXECUTOR_PREFIX:-/opt/ec2-executor}
 while [ $# -gt 0 ]; do
   case $1 in
     --python) PY=${2-} ;; --covalent) COV=${2-} ;; --cloudpickle) CP=${2-} ;;
     --user) RUN_USER=${2-} ;; --prefix) PREFIX=${2-} ;;
-    *) BAD="unknown argument '$1'"; break ;;
+    *) BAD=${BAD:-"unknown argument '$1'"}; shift; continue ;;
   esac
   shift $(($# > 1 ? 2 : 1))
 done
-mkdir -p "${PREFIX:?empty prefix}" && PREFIX=$(cd "$PREFIX" && pwd) || exit 2
-VENV=$PREFIX/venv VPY=$PREFIX/venv/bin/python STEP=args REASON=
+mkdir -p "${PREFIX:?empty prefix}" && cd "$PREFIX" && PREFIX=$PWD || exit 2
+VENV=$PREFIX/venv VPY=$PREFIX/venv/bin/python STEP=args REASON=''
 exec 3>&2 >>"$PREFIX/bootstrap.log" 2>&1
-
-log() { printf '%s [%s] %s\n' "$(date -u +%FT%TZ)" "$STEP" "$*"; }
-put() { printf '%s\n' "$2" >"$PREFIX/.$1.$$" && mv -f "$PREFIX/.$1.$$" "$PREFIX/$1"; }
-fail() { REASON=$1; exit 1; }
+trap 'on_exit $?' EXIT
+trap 'REASON="step $STEP interrupted"; exit 1' INT TERM HUP
 on_exit() {
-  local rc=$?
-  [ "$rc" = 0 ] && return
+  [ "$1" = 0 ] && return
   rm -f "$PREFIX/ready"
-  REASON=${REASON:-"step $STEP failed (exit $rc)"}
+  REASON=${REASON:-"step $STEP failed (exit $1)"}
   put failed "$REASON"
   log "FAILED: $REASON"
   echo "bootstrap failed: $REASON (log: $PREFIX/bootstrap.log)" >&3
 }
-trap on_exit EXIT
-trap 'REASON="step $STEP interrupted"; exit 1' INT TERM HUP
-ok() { rm -f "$PREFIX/failed"; put ready "$VPY"; log "ready: $VPY"; exit 0; }
+log() { printf '%s [%s] %s\n' "$(date -u +%FT%TZ)" "$STEP" "$*"; }
+put() { printf '%s\n' "$2" >"$PREFIX/.$1.$$" && mv -f "$PREFIX/.$1.$$" "$PREFIX/$1"; }
+fail() { REASON=$1; exit 1; }
+ok() { rm -f "$PREFIX/failed"; put ready "$VPY"; log "ready: $VPY"; }
 
 [ -z "$BAD" ] || fail "usage: $BAD"
 [[ $PY =~ ^(3\.[0-9]+)(\.[0-9]+)?$ ]] || fail "usage: --python must be like 3.11, got '$PY'"
 PY=${BASH_REMATCH[1]} WANT="${BASH_REMATCH[1]} $COV $CP"
-[ -n "$COV" ] && [ -n "$CP" ] || fail "usage: --covalent and --cloudpickle are required"
+if [ -z "$COV" ] || [ -z "$CP" ]; then fail "usage: --covalent and --cloudpickle are required"; fi
 
-# Serialise with a concurrent run (cloud-init vs. a retry over SSH).
+STEP=lock # a retry over SSH may race cloud-init
 if command -v flock >/dev/null; then exec 9>"$PREFIX/.lock" && flock -w 1800 9; fi
 
-# Prints "<minor> <covalent> <cloudpickle> <pip>" for the venv ("none" if absent).
+# Sets HPY HCOV HCP HPIP from the venv ("none" = absent).
 state() {
   read -r HPY HCOV HCP HPIP <<<"$("$VPY" -c 'import sys, importlib.metadata as m
 def v(n):
@@ -53,10 +49,10 @@ print("%d.%d" % sys.version_info[:2], v("covalent"), v("cloudpickle"), v("pip"))
 }
 STEP=check
 state
-[ "$HPY $HCOV $HCP" != "$WANT" ] || [ "$HPIP" = none ] || ok
+if [[ "$HPY $HCOV $HCP" = "$WANT" && $HPIP != none ]]; then ok; exit 0; fi
 
 rm -f "$PREFIX/ready"
-log "bootstrapping python=$PY covalent=$COV cloudpickle=$CP user=$RUN_USER"
+log "start: python=$PY covalent=$COV cloudpickle=$CP user=$RUN_USER"
 export HOME=${HOME:-/root} PIP_CACHE_DIR=$PREFIX/cache/pip UV_CACHE_DIR=$PREFIX/cache/uv \
   UV_PYTHON_INSTALL_DIR=$PREFIX/python PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
 PATH=$PREFIX/uv/bin:$PATH
@@ -69,11 +65,8 @@ pkg() {
     apt-get -o DPkg::Lock::Timeout=600 update && apt-get -o DPkg::Lock::Timeout=600 install -y "$@"
   else return 1; fi
 }
-pkg_py() {
-  local extra=venv
-  command -v dnf >/dev/null && extra=pip
-  pkg "python$PY" "python$PY-$extra"
-}
+# AL2023 packages pip separately, Debian/Ubuntu venv (ensurepip).
+pkg_py() { local x=venv; ! command -v dnf >/dev/null || x=pip; pkg "python$PY" "python$PY-$x"; }
 find_py() {
   local p out
   p=$(command -v "python$PY") || return 1
@@ -83,11 +76,9 @@ find_py() {
 get_uv() {
   command -v uv >/dev/null && return
   online || return 1
-  local p
-  for p in python3 "python$PY"; do
-    "$p" -m pip install -q --target "$PREFIX/uv" uv && return
-  done
-  pkg python3-pip && python3 -m pip install -q --target "$PREFIX/uv" uv
+  # --target: stays under the prefix, bypasses PEP 668.
+  local i=(-m pip install -q --target "$PREFIX/uv" uv)
+  python3 "${i[@]}" || "python$PY" "${i[@]}" || { pkg python3-pip && python3 "${i[@]}"; }
 }
 uv_py() { get_uv && uv python install "$PY" && INTERP=$(uv python find "$PY"); }
 mkvenv() {
@@ -96,7 +87,7 @@ mkvenv() {
   else "$INTERP" -m venv --system-site-packages "$VENV"; fi
 }
 
-STEP=python INTERP=
+STEP=python INTERP=''
 find_py || { log "no python$PY on PATH; trying package manager"; pkg_py && find_py; } ||
   { log "trying uv"; uv_py; } || fail "no Python $PY found (PATH, package manager, uv)"
 log "interpreter: $INTERP"
@@ -113,10 +104,10 @@ else "$VPY" -m pip install --no-input "covalent==$COV" "cloudpickle==$CP"; fi ||
 
 STEP=verify
 state
-[ "$HPY $HCOV $HCP" = "$WANT" ] ||
-  fail "version mismatch: want python/covalent/cloudpickle $WANT, found $HPY $HCOV $HCP"
+[[ "$HPY $HCOV $HCP" = "$WANT" && $HPIP != none ]] ||
+  fail "version mismatch: want python/covalent/cloudpickle $WANT, found $HPY $HCOV $HCP (pip $HPIP)"
 
-STEP=chown
+STEP=owner
 if [ -n "$RUN_USER" ] && id -u "$RUN_USER" >/dev/null 2>&1; then chown -R "$RUN_USER": "$VENV"
 else log "user '$RUN_USER' does not exist; venv stays owned by $(id -un)"; fi
 rm -rf "$PREFIX/cache"

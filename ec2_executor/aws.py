@@ -1,0 +1,156 @@
+"""The boundary to AWS: sessions, clients with retries, and botocore errors mapped to ours."""
+
+from __future__ import annotations
+
+import configparser
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+import boto3
+import botocore.session
+from botocore.config import Config
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    NoCredentialsError,
+    NoRegionError,
+    PartialCredentialsError,
+    ProfileNotFound,
+)
+
+from ec2_executor.errors import AWSError, ConfigurationError, CredentialsError
+from ec2_executor.options import Options
+
+if TYPE_CHECKING:
+    from mypy_boto3_cloudformation import CloudFormationClient
+    from mypy_boto3_ec2 import EC2Client
+
+# Throttling and request-limit errors are retried by botocore's standard mode with backoff;
+# errors that retrying cannot fix surface at once.
+CLIENT_CONFIG = Config(
+    retries={"mode": "standard", "max_attempts": 8},
+    connect_timeout=10,
+    read_timeout=60,
+)
+_REJECTED = {
+    "InvalidClientTokenId",
+    "SignatureDoesNotMatch",
+    "ExpiredToken",
+    "AccessDenied",
+    "UnrecognizedClientException",
+    "AuthFailure",
+}
+
+
+class AWS:
+    """One boto3 session for one executor run; clients are made on first use."""
+
+    def __init__(self, options: Options) -> None:
+        self.options = options
+        self.session = _session(options)
+        self._clients: dict[str, Any] = {}
+
+    def client(self, service: str) -> Any:
+        if service not in self._clients:
+            self._clients[service] = self.session.client(
+                service, region_name=self.options.region, config=CLIENT_CONFIG
+            )
+        return self._clients[service]
+
+    @property
+    def ec2(self) -> EC2Client:
+        client: EC2Client = self.client("ec2")
+        return client
+
+    @property
+    def cloudformation(self) -> CloudFormationClient:
+        client: CloudFormationClient = self.client("cloudformation")
+        return client
+
+    def check_credentials(self) -> str:
+        """The caller's ARN; a `CredentialsError` that says what is wrong otherwise."""
+        with aws_errors("checking the AWS credentials with STS"):
+            try:
+                return str(self.client("sts").get_caller_identity()["Arn"])
+            except (NoCredentialsError, PartialCredentialsError) as exc:
+                raise CredentialsError(
+                    f"No AWS credentials were found (profile {self.options.profile!r}, "
+                    f"'credentials_file' {self.options.credentials_file!r}); run 'aws configure' "
+                    f"or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY."
+                ) from exc
+            except ClientError as exc:
+                if _code(exc) in _REJECTED:
+                    raise CredentialsError(
+                        f"STS rejected the AWS credentials of profile {self.options.profile!r} "
+                        f"({_code(exc)}: {_message(exc)}); refresh them or pick another "
+                        f"'profile'."
+                    ) from exc
+                raise
+
+
+def _session(options: Options) -> boto3.Session:
+    core = botocore.session.Session()
+    credentials_file = os.path.expanduser(options.credentials_file)
+    if os.path.isfile(credentials_file):
+        core.set_config_variable("credentials_file", credentials_file)
+    elif options.credentials_file != Options.credentials_file:
+        raise ConfigurationError(
+            f"Option 'credentials_file' is {options.credentials_file!r}, but no file is there; "
+            f"fix the path or leave it at the default."
+        )
+    profile = _usable_profile(options.profile, credentials_file)
+    try:
+        if profile:
+            core.set_config_variable("profile", profile)
+            core.get_scoped_config()  # raises ProfileNotFound now rather than mid-deploy
+        return boto3.Session(botocore_session=core, region_name=options.region)
+    except ProfileNotFound as exc:
+        raise CredentialsError(
+            f"Option 'profile' is {options.profile!r}, but no such AWS profile is configured in "
+            f"{credentials_file!r} or ~/.aws/config; fix 'profile' or run "
+            f"'aws configure --profile {options.profile}'."
+        ) from exc
+
+
+def _usable_profile(profile: str, credentials_file: str) -> str:
+    """'default' that no file defines means "use the environment", as the AWS CLI does."""
+    if profile != "default":
+        return profile
+    parser = configparser.ConfigParser()
+    config_file = os.environ.get("AWS_CONFIG_FILE", os.path.expanduser("~/.aws/config"))
+    parser.read([credentials_file, config_file])
+    return profile if parser.has_section("default") else ""
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _message(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Message", exc))
+
+
+def error_code(exc: BaseException) -> str:
+    """The AWS error code of a mapped error (or of a ClientError), '' when there is none."""
+    cause = exc if isinstance(exc, ClientError) else exc.__cause__
+    return _code(cause) if isinstance(cause, ClientError) else ""
+
+
+@contextmanager
+def aws_errors(action: str) -> Iterator[None]:
+    """Map botocore failures to `AWSError` naming what we were doing; ours pass through."""
+    try:
+        yield
+    except ClientError as exc:
+        raise AWSError(f"AWS refused {action}: {_code(exc)}: {_message(exc)}") from exc
+    except NoRegionError as exc:
+        raise ConfigurationError("No AWS region is set; set the 'region' option.") from exc
+    except (NoCredentialsError, PartialCredentialsError) as exc:
+        raise CredentialsError(
+            f"No AWS credentials were found while {action}; run 'aws configure' or set "
+            f"AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY."
+        ) from exc
+    except BotoCoreError as exc:
+        raise AWSError(f"Could not reach AWS while {action}: {exc}") from exc

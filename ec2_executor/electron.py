@@ -1,0 +1,283 @@
+"""One electron's life: plan, template, stack, host, task, teardown. Holds no Covalent code."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import importlib.metadata
+import json
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import cloudpickle
+
+from cdk_stacks.parameters import StackParameters
+from cdk_stacks.templates import template_for
+from ec2_executor import provision
+from ec2_executor.access import ClientIdentity, KeyPair, client_identity
+from ec2_executor.aws import AWS
+from ec2_executor.blocking import Deadline, _pool, poll, run_blocking
+from ec2_executor.errors import ConnectionLostError, EC2ExecutorError, StackDeletionError
+from ec2_executor.network import NetworkPlan, plan_network
+from ec2_executor.options import Options
+from ec2_executor.phases import Phases
+from ec2_executor.remote import Endpoint, RemoteHost, is_transient
+from ec2_executor.stack import (
+    EventLog,
+    StackOutputs,
+    Stacks,
+    delete_and_wait,
+    stack_name,
+    stack_tags,
+    wait_for_creation,
+)
+
+log = logging.getLogger("ec2_executor")
+
+DELETE_TIMEOUT = 20 * 60.0
+WATCH_INTERVAL = 10.0
+
+
+def version(dist: str) -> str:
+    return importlib.metadata.version(dist)
+
+
+@dataclass(frozen=True)
+class TaskOutcome:
+    result: Any = None
+    stdout: str = ""
+    stderr: str = ""
+    traceback: str = ""
+    cancelled: bool = False
+
+
+class Electron:
+    """The cloud resources and connection of one electron, created and removed in order."""
+
+    def __init__(self, options: Options, task_metadata: dict[str, Any]) -> None:
+        self.options = options
+        self.dispatch_id = str(task_metadata["dispatch_id"])
+        self.node_id = task_metadata["node_id"]
+        self.name = stack_name(self.dispatch_id, self.node_id)
+        self.phases = Phases(self.name)
+        self.events = EventLog(self.name)
+        self.deadline = Deadline(options.provision_timeout)
+        self.host_key = KeyPair.generate(comment="ec2-executor-host")
+        self.outputs: StackOutputs | None = None
+        self.remote: RemoteHost | None = None
+        self._aws: AWS | None = None
+        self._identity: ClientIdentity | None = None
+        self._create_call: concurrent.futures.Future[str] | None = None
+        self._stack_id = ""
+
+    def job_handle(self) -> dict[str, Any]:
+        """All a fresh executor needs to cancel this electron (Covalent rebuilds it to cancel)."""
+        return {"stack_name": self.name, "region": self.options.region}
+
+    @property
+    def aws(self) -> AWS:
+        if self._aws is None:
+            self._aws = AWS(self.options)
+        return self._aws
+
+    # --- setup ----------------------------------------------------------------------------
+
+    async def provision(self) -> None:
+        with self.phases.phase("plan"):
+            plan, parameters = await run_blocking(self._plan)
+        with self.phases.phase("template"):
+            template = await run_blocking(template_for, plan.shape)
+        with self.phases.phase("create stack"):
+            self._create_call = _pool().submit(
+                Stacks(self.aws.cloudformation).create,
+                self.name,
+                template=template,
+                parameters=parameters.to_cloudformation(declared=_declared(template)),
+                tags=stack_tags(
+                    dispatch_id=self.dispatch_id,
+                    node_id=self.node_id,
+                    version=version("ec2-executor"),
+                    instance_type=self.options.instance_type,
+                    extra=self.options.tags,
+                ),
+                timeout_minutes=max(5, math.ceil(self.options.provision_timeout / 60)),
+            )
+            self._stack_id = await asyncio.wrap_future(self._create_call)
+        with self.phases.phase("wait for stack"):
+            self.outputs = await wait_for_creation(
+                Stacks(self.aws.cloudformation),
+                self._stack_id,
+                self.name,
+                deadline=self.deadline,
+                events=self.events,
+            )
+
+    def _plan(self) -> tuple[NetworkPlan, StackParameters]:
+        """Every check that can refuse the options, before anything is created."""
+        options, ec2 = self.options, self.aws.ec2
+        self._identity = client_identity(options.key_file)
+        self.aws.check_credentials()
+        arch = provision.architecture(ec2, options)
+        image = provision.image(ec2, options, arch)
+        key_name = provision.key_pair_name(ec2, options)
+        plan = plan_network(ec2, options)
+        return plan, StackParameters(
+            InstanceType=options.instance_type,
+            AuthorizedKey=self._identity.authorized_key,
+            HostKey=self.host_key.private_base64(),
+            SshIngressCidr=plan.ingress_cidr,
+            PythonVersion=options.python_version,
+            CovalentVersion=version("covalent"),
+            CloudpickleVersion=version("cloudpickle"),
+            LatestAmi=image.latest_ami_parameter,
+            ImageId=image.image_id,
+            RootDeviceName=image.root_device,
+            KeyName=key_name,
+            VolumeSize=options.volume_size,
+            SshPort=options.ssh_port,
+            SshUser=options.username,
+            MaxLifetimeMinutes=options.max_lifetime_minutes,
+            UseSpot=options.spot,
+            InstanceProfile=options.instance_profile,
+            ExpectPublicIp=plan.public_ip,
+            VpcId=plan.vpc_id,
+            SubnetId=plan.subnet_id,
+        )
+
+    # --- run ------------------------------------------------------------------------------
+
+    async def run_task(
+        self,
+        task: tuple[Any, list[Any], dict[str, Any]],
+        *,
+        cancel_requested: Callable[[], Awaitable[bool]],
+    ) -> TaskOutcome:
+        remote = await self._connect()
+        with self.phases.phase("bootstrap"):
+            python = await run_blocking(remote.wait_for_bootstrap, self.deadline.remaining)
+        with self.phases.phase("upload, run, fetch"):
+            payload = cloudpickle.dumps(task)
+            running = asyncio.ensure_future(
+                run_blocking(
+                    remote.run_task,
+                    payload,
+                    python=python,
+                    remote_dir=f"{self.options.remote_cache.rstrip('/')}/{self.name}",
+                )
+            )
+            stopped = await self._watch(running, cancel_requested)
+            if stopped is not None:
+                return stopped
+            envelope = cloudpickle.loads(running.result())
+        return TaskOutcome(
+            result=envelope["result"],
+            stdout=envelope["stdout"],
+            stderr=envelope["stderr"],
+            traceback=envelope["traceback"],
+        )
+
+    async def _connect(self) -> RemoteHost:
+        assert self.outputs is not None and self._identity is not None
+        host = self.outputs.private_ip if self.options.use_private_ip else self.outputs.public_ip
+        if not host:
+            raise ConnectionLostError(
+                f"Stack {self.name!r} reports no {'private' if self.options.use_private_ip else 'public'} "
+                f"address for {self.outputs.instance_id}; set use_private_ip=True or use a public "
+                f"subnet."
+            )
+        endpoint = Endpoint(host=host, port=self.options.ssh_port, user=self.options.username)
+        self.remote = RemoteHost(endpoint, self._identity, self.host_key.public_key())
+        remote = self.remote
+
+        async def attempt() -> bool | None:
+            try:
+                await run_blocking(remote.connect)
+                return True
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                log.debug("%s: SSH not up yet: %s", self.name, exc)
+                return None
+
+        with self.phases.phase("wait for SSH"):
+            if await poll(attempt, deadline=self.deadline, first=0.2, ceiling=3.0) is None:
+                raise ConnectionLostError(
+                    f"SSH on {host}:{self.options.ssh_port} did not answer within "
+                    f"'provision_timeout'; check that 'ssh_ingress_cidr' covers this machine."
+                )
+        return remote
+
+    async def _watch(
+        self, running: asyncio.Future[bytes], cancel_requested: Callable[[], Awaitable[bool]]
+    ) -> TaskOutcome | None:
+        """Wait for the task; stop early if it is cancelled or its instance goes away."""
+        while True:
+            done, _ = await asyncio.wait({running}, timeout=WATCH_INTERVAL)
+            if done:
+                return None
+            if await cancel_requested():
+                self.close_connection()
+                return TaskOutcome(cancelled=True)
+            state = await run_blocking(self._instance_state)
+            if state not in ("pending", "running"):
+                self.close_connection()
+                raise ConnectionLostError(
+                    f"Instance {self.outputs.instance_id if self.outputs else '?'} of stack "
+                    f"{self.name!r} is {state} while the task ran (spot interruption, or "
+                    f"'max_lifetime_minutes' reached?)."
+                )
+
+    def _instance_state(self) -> str:
+        assert self.outputs is not None
+        found = self.aws.ec2.describe_instances(InstanceIds=[self.outputs.instance_id])
+        instances = [i for r in found["Reservations"] for i in r["Instances"]]
+        return str(instances[0]["State"]["Name"]) if instances else "gone"
+
+    # --- teardown -------------------------------------------------------------------------
+
+    def close_connection(self) -> None:
+        if self.remote is not None:
+            self.remote.close()
+
+    async def destroy(self) -> None:
+        """Delete whatever setup created, however far it got; say so loudly if it stays."""
+        self.close_connection()
+        if self._create_call is None:
+            return  # create_stack was never sent
+        try:
+            stack = await asyncio.wrap_future(self._create_call)
+        except EC2ExecutorError:
+            return  # create_stack was refused: CloudFormation holds nothing of ours
+        with self.phases.phase("delete stack"):
+            await delete_and_wait(
+                Stacks(self.aws.cloudformation),
+                stack,
+                self.name,
+                deadline=Deadline(DELETE_TIMEOUT),
+                events=self.events,
+            )
+        log.info("%s: done (%s)", self.name, self.phases.summary())
+
+
+def _declared(template: str) -> frozenset[str]:
+    return frozenset(json.loads(template).get("Parameters", {}))
+
+
+async def cleanup_from_handle(options: Options, job_handle: dict[str, Any]) -> None:
+    """Delete the stack named in a job handle (for cancel, from a freshly built executor)."""
+    region = job_handle.get("region") or options.region
+    aws = AWS(Options(**{**options.as_dict(), "region": region}))
+    name = str(job_handle["stack_name"])
+    await delete_and_wait(
+        Stacks(aws.cloudformation),
+        name,
+        name,
+        deadline=Deadline(DELETE_TIMEOUT),
+        events=EventLog(name),
+    )
+
+
+__all__ = ["Electron", "StackDeletionError", "TaskOutcome", "cleanup_from_handle"]

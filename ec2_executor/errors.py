@@ -1,0 +1,48 @@
+"""The one exception tree of ec2-executor. botocore and paramiko errors are mapped into it at
+the boundary (`aws.py`, `remote.py`), chained with `raise ... from`, never swallowed."""
+
+from __future__ import annotations
+
+
+class EC2ExecutorError(Exception):
+    """Base of every error this package raises on purpose."""
+
+
+class ConfigurationError(EC2ExecutorError, ValueError):
+    """An option has a bad value; raised before any cloud resource is created."""
+
+
+class CredentialsError(ConfigurationError):
+    """No usable AWS credentials: none found, profile unknown, or rejected by STS."""
+
+
+class AWSError(EC2ExecutorError):
+    """An AWS call failed for a reason that retrying will not fix."""
+
+
+class StackError(EC2ExecutorError):
+    """A CloudFormation stack could not be created, read or deleted."""
+
+    def __init__(self, message: str, *, stack_name: str) -> None:
+        super().__init__(message)
+        self.stack_name = stack_name
+
+
+class StackCreationError(StackError):
+    """CloudFormation rolled the stack back; the message names the first failing resource."""
+
+
+class StackDeletionError(StackError):
+    """A stack could not be deleted and may still bill; `ec2-executor cleanup` removes it."""
+
+
+class RemoteError(EC2ExecutorError):
+    """The instance could not be reached, prepared or used over SSH."""
+
+
+class BootstrapError(RemoteError):
+    """The instance's bootstrap failed or timed out; the message ends with its log tail."""
+
+
+class ConnectionLostError(RemoteError):
+    """The SSH connection dropped or the instance vanished while the task ran."""

@@ -1,0 +1,156 @@
+"""Where the instance goes (VPC, subnet, shape) and who may reach its SSH port.
+
+The rule when neither `vpc` nor `subnet` is given: use the account's default VPC when it has
+one, else create a VPC for the electron. A created VPC costs create/delete time and counts
+against the default quota of 5 VPCs per region (so at most 5 electrons at once); the default
+VPC has neither cost. `create_vpc=True` asks for the created network anyway.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import urllib.request
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from cdk_stacks.shape import NetworkMode, StackShape
+from ec2_executor.aws import aws_errors
+from ec2_executor.errors import ConfigurationError
+from ec2_executor.options import Options
+
+if TYPE_CHECKING:
+    from mypy_boto3_ec2 import EC2Client
+
+IP_CHECK_URL = "https://checkip.amazonaws.com"
+
+
+@dataclass(frozen=True, kw_only=True)
+class NetworkPlan:
+    shape: StackShape
+    vpc_id: str = ""
+    subnet_id: str = ""
+    public_ip: bool = True
+    """Whether the subnet gives instances a public address."""
+    ingress_cidr: str
+
+
+def plan_network(ec2: EC2Client, options: Options) -> NetworkPlan:
+    """Resolve the network for `options`, refusing ids that do not exist or do not fit."""
+    needs_public = not options.use_private_ip
+    subnet = _choose_subnet(ec2, options, needs_public)
+    if subnet is None:
+        return NetworkPlan(
+            shape=StackShape(network=NetworkMode.CREATED),
+            ingress_cidr=ingress_cidr(options, vpc_cidr=""),
+        )
+    public = bool(subnet.get("MapPublicIpOnLaunch"))
+    if needs_public and not public:
+        raise ConfigurationError(
+            f"Option 'subnet' is {subnet['SubnetId']!r}, which gives instances no public "
+            f"address; choose a public subnet, or set use_private_ip=True if this machine "
+            f"reaches the VPC privately."
+        )
+    return NetworkPlan(
+        shape=StackShape(network=NetworkMode.EXISTING),
+        vpc_id=subnet["VpcId"],
+        subnet_id=subnet["SubnetId"],
+        public_ip=public,
+        ingress_cidr=ingress_cidr(options, vpc_cidr=_vpc_cidr(ec2, subnet["VpcId"])),
+    )
+
+
+def _choose_subnet(ec2: EC2Client, options: Options, needs_public: bool) -> Any | None:
+    if options.subnet:
+        subnet = _subnet(ec2, options.subnet)
+        if options.vpc and subnet["VpcId"] != options.vpc:
+            raise ConfigurationError(
+                f"Option 'subnet' is {options.subnet!r}, which is in {subnet['VpcId']!r}, not in "
+                f"the 'vpc' {options.vpc!r}; give a subnet of that VPC or drop one of the two."
+            )
+        return subnet
+    if options.vpc:
+        _vpc(ec2, options.vpc)
+        return _pick_subnet(ec2, options, options.vpc, needs_public)
+    if options.create_vpc:
+        return None
+    default_vpc = _default_vpc(ec2)
+    return _pick_subnet(ec2, options, default_vpc, needs_public) if default_vpc else None
+
+
+def _subnet(ec2: EC2Client, subnet_id: str) -> Any:
+    with aws_errors(f"looking up subnet {subnet_id!r}"):
+        found = ec2.describe_subnets(Filters=[{"Name": "subnet-id", "Values": [subnet_id]}])
+    if not found["Subnets"]:
+        raise ConfigurationError(
+            f"Option 'subnet' is {subnet_id!r}, but no such subnet exists in this region; check "
+            f"the id and the 'region', or leave 'subnet' empty."
+        )
+    return found["Subnets"][0]
+
+
+def _vpc(ec2: EC2Client, vpc_id: str) -> Any:
+    with aws_errors(f"looking up VPC {vpc_id!r}"):
+        found = ec2.describe_vpcs(Filters=[{"Name": "vpc-id", "Values": [vpc_id]}])
+    if not found["Vpcs"]:
+        raise ConfigurationError(
+            f"Option 'vpc' is {vpc_id!r}, but no such VPC exists in this region; check the id "
+            f"and the 'region', or leave 'vpc' empty."
+        )
+    return found["Vpcs"][0]
+
+
+def _vpc_cidr(ec2: EC2Client, vpc_id: str) -> str:
+    return str(_vpc(ec2, vpc_id)["CidrBlock"])
+
+
+def _default_vpc(ec2: EC2Client) -> str:
+    with aws_errors("looking up the default VPC"):
+        found = ec2.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])
+    return found["Vpcs"][0]["VpcId"] if found["Vpcs"] else ""
+
+
+def _pick_subnet(ec2: EC2Client, options: Options, vpc_id: str, needs_public: bool) -> Any:
+    """A subnet of the VPC, public when needed, in a zone that offers the instance type."""
+    with aws_errors(f"listing the subnets of {vpc_id!r}"):
+        subnets = ec2.describe_subnets(Filters=[{"Name": "vpc-id", "Values": [vpc_id]}])["Subnets"]
+    candidates = [s for s in subnets if s.get("MapPublicIpOnLaunch") or not needs_public]
+    if not candidates:
+        raise ConfigurationError(
+            f"Option 'vpc' is {vpc_id!r}, which has no subnet that gives instances a public "
+            f"address; give a public 'subnet', or set use_private_ip=True."
+        )
+    zones = _zones_offering(ec2, options.instance_type)
+    offered = [s for s in candidates if s["AvailabilityZone"] in zones] or candidates
+    return sorted(offered, key=lambda s: (not s.get("DefaultForAz"), s["AvailabilityZone"]))[0]
+
+
+def _zones_offering(ec2: EC2Client, instance_type: str) -> set[str]:
+    with aws_errors(f"listing the zones that offer {instance_type!r}"):
+        offers = ec2.describe_instance_type_offerings(
+            LocationType="availability-zone",
+            Filters=[{"Name": "instance-type", "Values": [instance_type]}],
+        )["InstanceTypeOfferings"]
+    return {offer["Location"] for offer in offers}
+
+
+def ingress_cidr(options: Options, *, vpc_cidr: str) -> str:
+    """Who may reach SSH: the option, else the VPC for private access, else this machine."""
+    if options.ssh_ingress_cidr:
+        return options.ssh_ingress_cidr
+    if options.use_private_ip and vpc_cidr:
+        return vpc_cidr
+    return f"{detect_public_ip()}/32"
+
+
+def detect_public_ip(timeout: float = 3.0) -> str:
+    """This machine's public IPv4 address as AWS sees it. Never falls back to 0.0.0.0/0."""
+    try:
+        with urllib.request.urlopen(IP_CHECK_URL, timeout=timeout) as response:
+            text = response.read(64).decode().strip()
+        return str(ipaddress.IPv4Address(text))
+    except (OSError, ValueError) as exc:
+        raise ConfigurationError(
+            f"Could not detect this machine's public IPv4 address from {IP_CHECK_URL} ({exc}); "
+            f"set 'ssh_ingress_cidr' to the address range that reaches the instance, like "
+            f"'203.0.113.7/32'."
+        ) from exc

@@ -1,0 +1,262 @@
+"""Validated executor options: explicit argument > `[executors.ec2]` > default, in one place."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import sys
+from collections.abc import Mapping
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from ec2_executor.errors import ConfigurationError
+
+_INSTANCE_TYPE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9-]+$")
+_REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
+_PYTHON_VERSION = re.compile(r"^3\.\d+$")
+_STACK_TAG_KEY = re.compile(r"^[\w .:/=+@-]{1,127}$")
+
+
+def dispatcher_python() -> str:
+    return f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Options:
+    """Every option of `EC2Executor`, with its default. The seed's keys come first."""
+
+    profile: str = "default"
+    """Named AWS profile; 'default' falls back to the environment when no file defines it."""
+    region: str = "us-east-1"
+    """AWS region for every call and every resource."""
+    credentials_file: str = "~/.aws/credentials"
+    """AWS shared credentials file."""
+    ssh_key_file: str = ""
+    """Private key for SSH; empty (the default) generates a fresh key for each electron."""
+    key_name: str = ""
+    """EC2 key pair to attach; defaults to the stem of `ssh_key_file` when that pair exists."""
+    instance_type: str = "t2.micro"
+    """EC2 instance type; the image's architecture follows it."""
+    volume_size: int = 8
+    """Root volume size in GiB (encrypted gp3)."""
+    vpc: str = ""
+    """Existing VPC id; empty uses the default VPC, or creates one if the account has none."""
+    subnet: str = ""
+    """Existing subnet id; empty picks a public subnet of the VPC."""
+    remote_cache: str = "~/.cache/covalent"
+    """Directory on the instance for the task's payload and result."""
+    ami: str = ""
+    """Image id; empty uses the latest Amazon Linux 2023 for the instance's architecture."""
+    username: str = "ec2-user"
+    """Login user on the image."""
+    ssh_port: int = 22
+    """Port sshd listens on."""
+    ssh_ingress_cidr: str = ""
+    """IPv4 range allowed to reach SSH; empty detects this machine's public address as a /32."""
+    use_private_ip: bool = False
+    """Connect to the private address (from inside the VPC or over a VPN)."""
+    create_vpc: bool = False
+    """Create a VPC for each electron even when the account has a default VPC."""
+    spot: bool = False
+    """Run on the spot market."""
+    instance_profile: str = ""
+    """Existing IAM instance profile name for the task's own AWS access."""
+    max_lifetime_minutes: int = 120
+    """The instance powers itself off (and terminates) after this, whatever happens here."""
+    provision_timeout: float = 900.0
+    """Seconds allowed for the stack, SSH and the bootstrap to be ready."""
+    tags: Mapping[str, str] = field(default_factory=dict)
+    """Extra tags for the stack and everything in it."""
+    python_version: str = field(default_factory=dispatcher_python)
+    """Python minor version on the instance; must match the dispatcher's for cloudpickle."""
+
+    def __post_init__(self) -> None:
+        for check in _CHECKS:
+            check(self)
+
+    @property
+    def key_file(self) -> Path | None:
+        return Path(os.path.expanduser(self.ssh_key_file)) if self.ssh_key_file else None
+
+    @property
+    def effective_key_name(self) -> str:
+        """`key_name`, or the seed's default: the key file's name without its extension."""
+        if self.key_name or self.key_file is None:
+            return self.key_name
+        return self.key_file.stem
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["tags"] = dict(self.tags)
+        return data
+
+
+OPTION_NAMES: tuple[str, ...] = tuple(f.name for f in fields(Options))
+
+
+def defaults() -> dict[str, Any]:
+    """The defaults, as Covalent writes them into `[executors.ec2]`."""
+    result: dict[str, Any] = {}
+    for f in fields(Options):
+        result[f.name] = f.default_factory() if f.default is MISSING else f.default  # type: ignore[misc]
+    result["python_version"] = ""  # resolved per dispatcher, not frozen into the config file
+    return result
+
+
+def resolve(explicit: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, Any]:
+    """Explicit argument (not None) > config section > default, for every option."""
+    values: dict[str, Any] = {}
+    for name in OPTION_NAMES:
+        chosen = next((src[name] for src in (explicit, config) if src.get(name) is not None), None)
+        if chosen is not None:
+            values[name] = chosen
+    return values
+
+
+def build(values: Mapping[str, Any]) -> Options:
+    """Options from plain values (e.g. an executor's attributes); unknown keys are ignored."""
+    known = {name: values[name] for name in OPTION_NAMES if name in values}
+    if not known.get("python_version"):
+        known.pop("python_version", None)
+    known = {name: _coerce(name, value) for name, value in known.items()}
+    return Options(**known)
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Config files give strings; turn them into the field's type or say what is wrong."""
+    kind = {f.name: f.type for f in fields(Options)}[name]
+    try:
+        if kind == "int" and not isinstance(value, bool):
+            return int(value)
+        if kind == "float":
+            return float(value)
+        if kind == "bool" and isinstance(value, str):
+            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(value)
+            return value.lower() in ("true", "1", "yes")
+    except (TypeError, ValueError) as exc:
+        raise ConfigurationError(
+            f"Option '{name}' must be {kind}, got {value!r}; fix it in the EC2Executor "
+            f"arguments or the [executors.ec2] section."
+        ) from exc
+    return value
+
+
+# --- checks: each refuses one kind of bad value, naming the key, the value and the fix -----
+
+
+def _check_instance_type(o: Options) -> None:
+    if not _INSTANCE_TYPE.match(o.instance_type):
+        raise ConfigurationError(
+            f"Option 'instance_type' is {o.instance_type!r}, which is not an EC2 instance "
+            f"type; use a name like 't3.micro' or 'm7g.large'."
+        )
+
+
+def _check_region(o: Options) -> None:
+    if not _REGION.match(o.region):
+        raise ConfigurationError(
+            f"Option 'region' is {o.region!r}, which is not an AWS region; "
+            f"use a name like 'us-east-1'."
+        )
+
+
+def _check_numbers(o: Options) -> None:
+    bounds = {
+        "volume_size": (1, 16384, "GiB"),
+        "ssh_port": (1, 65535, ""),
+        "max_lifetime_minutes": (5, 7 * 24 * 60, "minutes"),
+    }
+    for name, (low, high, unit) in bounds.items():
+        value = getattr(o, name)
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ConfigurationError(
+                f"Option '{name}' is {value!r}; use a whole number from {low} to {high} "
+                f"{unit}".rstrip()
+                + "."
+            )
+    if not o.provision_timeout > 0:
+        raise ConfigurationError(
+            f"Option 'provision_timeout' is {o.provision_timeout!r}; use a number of seconds "
+            f"above 0 (the default is 900)."
+        )
+
+
+def _check_cidr(o: Options) -> None:
+    if not o.ssh_ingress_cidr:
+        return
+    try:
+        ipaddress.IPv4Network(o.ssh_ingress_cidr, strict=True)
+    except ValueError as exc:
+        raise ConfigurationError(
+            f"Option 'ssh_ingress_cidr' is {o.ssh_ingress_cidr!r}, which is not an IPv4 CIDR; "
+            f"use the address that reaches the instance, like '203.0.113.7/32' ({exc})."
+        ) from exc
+
+
+def _check_keys(o: Options) -> None:
+    if o.key_name and not o.ssh_key_file:
+        raise ConfigurationError(
+            f"Option 'key_name' is {o.key_name!r} but 'ssh_key_file' is empty; set "
+            f"'ssh_key_file' to that key pair's private key, or drop 'key_name' to use a fresh "
+            f"key for each electron."
+        )
+    path = o.key_file
+    if path is None:
+        return
+    if not path.is_file():
+        raise ConfigurationError(
+            f"Option 'ssh_key_file' is {o.ssh_key_file!r}, but no file is there; give the path "
+            f"of the private key of the EC2 key pair, or leave it empty for a fresh key."
+        )
+    if not os.access(path, os.R_OK):
+        raise ConfigurationError(
+            f"Option 'ssh_key_file' is {o.ssh_key_file!r}, but it is not readable by this user; "
+            f"fix its permissions (chmod 600)."
+        )
+
+
+def _check_python(o: Options) -> None:
+    if not _PYTHON_VERSION.match(o.python_version):
+        raise ConfigurationError(
+            f"Option 'python_version' is {o.python_version!r}; use a minor version like "
+            f"'{dispatcher_python()}' (it must match the dispatcher's for cloudpickle)."
+        )
+
+
+def _check_ids(o: Options) -> None:
+    for name, prefix in (("vpc", "vpc-"), ("subnet", "subnet-"), ("ami", "ami-")):
+        value = getattr(o, name)
+        if value and not value.startswith(prefix):
+            raise ConfigurationError(
+                f"Option '{name}' is {value!r}; use an id that starts with '{prefix}', or leave "
+                f"it empty."
+            )
+
+
+def _check_tags(o: Options) -> None:
+    for key, value in o.tags.items():
+        if not isinstance(key, str) or not _STACK_TAG_KEY.match(key) or key.startswith("aws:"):
+            raise ConfigurationError(
+                f"Option 'tags' has the key {key!r}; use up to 127 letters, digits, spaces or "
+                f"'_.:/=+-@', not starting with 'aws:'."
+            )
+        if not isinstance(value, str) or len(value) > 255:
+            raise ConfigurationError(
+                f"Option 'tags' has {key!r}={value!r}; tag values are strings of up to 255 "
+                f"characters."
+            )
+
+
+_CHECKS = (
+    _check_instance_type,
+    _check_region,
+    _check_numbers,
+    _check_cidr,
+    _check_keys,
+    _check_python,
+    _check_ids,
+    _check_tags,
+)

@@ -1,0 +1,92 @@
+"""Checks and choices that need AWS but create nothing: instance type, image, key pair."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from cdk_stacks.parameters import AL2023_SSM_PARAMETER, DEFAULT_ROOT_DEVICE
+from ec2_executor.aws import aws_errors, error_code
+from ec2_executor.errors import AWSError, ConfigurationError
+from ec2_executor.options import Options
+
+if TYPE_CHECKING:
+    from mypy_boto3_ec2 import EC2Client
+
+
+@dataclass(frozen=True, kw_only=True)
+class Image:
+    latest_ami_parameter: str
+    image_id: str = ""
+    root_device: str = DEFAULT_ROOT_DEVICE
+
+
+def architecture(ec2: EC2Client, options: Options) -> str:
+    """'arm64' or 'x86_64' for the instance type; refuses a type the region does not offer."""
+    try:
+        with aws_errors(f"looking up instance type {options.instance_type!r}"):
+            found = ec2.describe_instance_types(InstanceTypes=[options.instance_type])  # type: ignore[list-item]
+    except AWSError as exc:
+        if error_code(exc).startswith("InvalidInstanceType"):
+            raise ConfigurationError(
+                f"Option 'instance_type' is {options.instance_type!r}, which region "
+                f"{options.region!r} does not offer; pick another type or region."
+            ) from exc
+        raise
+    kinds = found["InstanceTypes"][0]["ProcessorInfo"]["SupportedArchitectures"]
+    return "arm64" if "arm64" in kinds and "x86_64" not in kinds else "x86_64"
+
+
+def image(ec2: EC2Client, options: Options, arch: str) -> Image:
+    latest = AL2023_SSM_PARAMETER.format(arch=arch)
+    if not options.ami:
+        return Image(latest_ami_parameter=latest)
+    try:
+        with aws_errors(f"looking up image {options.ami!r}"):
+            images = ec2.describe_images(ImageIds=[options.ami])["Images"]
+    except AWSError as exc:
+        if not error_code(exc).startswith("InvalidAMIID"):
+            raise
+        images = []
+    if not images:
+        raise ConfigurationError(
+            f"Option 'ami' is {options.ami!r}, but region {options.region!r} has no such image; "
+            f"check the id and region, or leave 'ami' empty for Amazon Linux 2023."
+        )
+    found = images[0]
+    if found.get("Architecture") and found["Architecture"] != arch:
+        raise ConfigurationError(
+            f"Option 'ami' is {options.ami!r}, an {found['Architecture']} image, but "
+            f"'instance_type' {options.instance_type!r} is {arch}; pick a matching pair."
+        )
+    return Image(
+        latest_ami_parameter=latest,
+        image_id=options.ami,
+        root_device=found.get("RootDeviceName") or DEFAULT_ROOT_DEVICE,
+    )
+
+
+def key_pair_name(ec2: EC2Client, options: Options) -> str:
+    """The EC2 key pair to attach, or '' when none is needed.
+
+    The instance always authorises the client key through its user data, so a key pair is
+    optional: an explicit `key_name` must exist, the seed's default (the key file's name) is
+    attached only when such a pair exists.
+    """
+    name = options.effective_key_name
+    if not name:
+        return ""
+    try:
+        with aws_errors(f"looking up key pair {name!r}"):
+            ec2.describe_key_pairs(KeyNames=[name])
+        return name
+    except AWSError as exc:
+        if error_code(exc) != "InvalidKeyPair.NotFound":
+            raise
+        if not options.key_name:
+            return ""
+        raise ConfigurationError(
+            f"Option 'key_name' is {name!r}, but region {options.region!r} has no such key "
+            f"pair; import the public key of 'ssh_key_file' as that key pair, or drop "
+            f"'key_name'."
+        ) from exc

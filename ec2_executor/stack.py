@@ -1,0 +1,239 @@
+"""CloudFormation for one electron: naming, create, wait (events to the log), outputs, delete."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from ec2_executor.aws import aws_errors, error_code
+from ec2_executor.blocking import Deadline, poll, run_blocking
+from ec2_executor.errors import AWSError, StackCreationError, StackDeletionError, StackError
+
+if TYPE_CHECKING:
+    from mypy_boto3_cloudformation import CloudFormationClient
+
+log = logging.getLogger(__name__)
+
+STACK_PREFIX = "ec2-executor-"
+TAG_DISPATCH = "ec2-executor:dispatch-id"
+TAG_NODE = "ec2-executor:node-id"
+TAG_VERSION = "ec2-executor:version"
+TAG_CREATED = "ec2-executor:created-at"
+TAG_INSTANCE_TYPE = "ec2-executor:instance-type"
+_MAX_NAME = 128
+_DIGEST = 10
+_FAILED_CREATE = {
+    "CREATE_FAILED",
+    "ROLLBACK_IN_PROGRESS",
+    "ROLLBACK_FAILED",
+    "ROLLBACK_COMPLETE",
+    "DELETE_IN_PROGRESS",
+    "DELETE_COMPLETE",
+    "DELETE_FAILED",
+}
+
+
+def stack_name(dispatch_id: str, node_id: int | str) -> str:
+    """A valid, deterministic CloudFormation name: readable slug plus a digest for uniqueness."""
+    digest = hashlib.sha256(f"{dispatch_id}\0{node_id}".encode()).hexdigest()[:_DIGEST]
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", f"{dispatch_id}-{node_id}").strip("-")
+    slug = slug[: _MAX_NAME - len(STACK_PREFIX) - _DIGEST - 1].rstrip("-")
+    return f"{STACK_PREFIX}{slug}-{digest}" if slug else f"{STACK_PREFIX}{digest}"
+
+
+def stack_tags(
+    *,
+    dispatch_id: str,
+    node_id: int | str,
+    version: str,
+    instance_type: str,
+    extra: Mapping[str, str],
+) -> list[dict[str, str]]:
+    ours = {
+        TAG_DISPATCH: dispatch_id,
+        TAG_NODE: str(node_id),
+        TAG_VERSION: version,
+        TAG_CREATED: datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        TAG_INSTANCE_TYPE: instance_type,
+    }
+    return [{"Key": k, "Value": v} for k, v in {**extra, **ours}.items()]
+
+
+@dataclass(frozen=True, kw_only=True)
+class StackOutputs:
+    instance_id: str
+    private_ip: str
+    public_ip: str = ""
+
+    @classmethod
+    def from_stack(cls, stack: Mapping[str, Any]) -> StackOutputs:
+        values = {o["OutputKey"]: o.get("OutputValue", "") for o in stack.get("Outputs", [])}
+        return cls(
+            instance_id=values.get("InstanceId", ""),
+            private_ip=values.get("PrivateIp", ""),
+            public_ip=values.get("PublicIp") or "",
+        )
+
+
+class Stacks:
+    """Thin, blocking CloudFormation calls; the waits live in the async functions below."""
+
+    def __init__(self, cloudformation: CloudFormationClient) -> None:
+        self.cf = cloudformation
+
+    def create(
+        self,
+        name: str,
+        *,
+        template: str,
+        parameters: list[dict[str, str]],
+        tags: list[dict[str, str]],
+        timeout_minutes: int,
+    ) -> str:
+        with aws_errors(f"creating stack {name!r}"):
+            return self.cf.create_stack(
+                StackName=name,
+                TemplateBody=template,
+                Parameters=parameters,  # type: ignore[arg-type]
+                Tags=tags,
+                OnFailure="DELETE",
+                TimeoutInMinutes=timeout_minutes,  # type: ignore[arg-type]
+            )["StackId"]
+
+    def describe(self, stack: str) -> Mapping[str, Any] | None:
+        """The stack (by name or id), or None when it does not exist."""
+        try:
+            with aws_errors(f"reading stack {stack!r}"):
+                found = self.cf.describe_stacks(StackName=stack)["Stacks"]
+        except AWSError as exc:
+            if error_code(exc) == "ValidationError" and "does not exist" in str(exc):
+                return None
+            raise
+        return found[0] if found else None
+
+    def events(self, stack: str) -> list[Mapping[str, Any]]:
+        """The most recent events, oldest first."""
+        with aws_errors(f"reading the events of {stack!r}"):
+            events = self.cf.describe_stack_events(StackName=stack)["StackEvents"]
+        return list(reversed(events))
+
+    def delete(self, stack: str) -> None:
+        with aws_errors(f"deleting stack {stack!r}"):
+            self.cf.delete_stack(StackName=stack)
+
+    def list_ours(self) -> list[Mapping[str, Any]]:
+        """Every live stack this executor created, found by its dispatch tag."""
+        stacks = []
+        with aws_errors("listing stacks"):
+            for page in self.cf.get_paginator("describe_stacks").paginate():
+                stacks += [s for s in page["Stacks"] if _tag(s, TAG_DISPATCH) is not None]
+        return stacks
+
+
+def _tag(stack: Mapping[str, Any], key: str) -> str | None:
+    return next((t["Value"] for t in stack.get("Tags", []) if t["Key"] == key), None)
+
+
+class EventLog:
+    """Logs each stack event once, with the time since the stack was asked for."""
+
+    def __init__(self, name: str, logger: Callable[[str], None] = log.info) -> None:
+        self.name, self.logger = name, logger
+        self.started = time.monotonic()
+        self.seen: set[str] = set()
+        self.events: list[Mapping[str, Any]] = []
+
+    def record(self, events: list[Mapping[str, Any]]) -> None:
+        for event in events:
+            if event["EventId"] in self.seen:
+                continue
+            self.seen.add(event["EventId"])
+            self.events.append(event)
+            reason = event.get("ResourceStatusReason") or ""
+            self.logger(
+                f"{self.name} +{time.monotonic() - self.started:.1f}s "
+                f"{event['LogicalResourceId']} {event['ResourceStatus']} {reason}".rstrip()
+            )
+
+    def first_failure(self) -> str:
+        for event in self.events:
+            if event["ResourceStatus"].endswith("_FAILED") and event.get("ResourceStatusReason"):
+                return f"{event['LogicalResourceId']}: {event['ResourceStatusReason']}"
+        return "no resource reported a reason"
+
+
+async def wait_for_creation(
+    stacks: Stacks, stack_id: str, name: str, *, deadline: Deadline, events: EventLog
+) -> StackOutputs:
+    async def check() -> Mapping[str, Any] | None:
+        events.record(await run_blocking(stacks.events, stack_id))
+        stack = await run_blocking(stacks.describe, stack_id)
+        status = stack["StackStatus"] if stack else "DELETE_COMPLETE"
+        return stack if status == "CREATE_COMPLETE" or status in _FAILED_CREATE else None
+
+    stack = await poll(check, deadline=deadline)
+    if stack is None:
+        raise StackCreationError(
+            f"Stack {name!r} was not ready within 'provision_timeout'; raise the option or check "
+            f"the stack's events in the CloudFormation console.",
+            stack_name=name,
+        )
+    if stack["StackStatus"] != "CREATE_COMPLETE":
+        raise StackCreationError(
+            f"Stack {name!r} failed to create ({stack['StackStatus']}): {events.first_failure()}",
+            stack_name=name,
+        )
+    return StackOutputs.from_stack(stack)
+
+
+async def delete_and_wait(
+    stacks: Stacks, stack: str, name: str, *, deadline: Deadline, events: EventLog
+) -> None:
+    """Delete the stack and wait until it is gone; raise a `StackDeletionError` if it stays."""
+    try:
+        await run_blocking(stacks.delete, stack)
+
+        async def check() -> str | None:
+            found = await run_blocking(stacks.describe, stack)
+            status = found["StackStatus"] if found else "DELETE_COMPLETE"
+            if found:
+                events.record(await run_blocking(stacks.events, stack))
+            return status if status in ("DELETE_COMPLETE", "DELETE_FAILED") else None
+
+        status = await poll(check, deadline=deadline)
+    except AWSError as exc:
+        raise _left_behind(name, str(exc)) from exc
+    if status != "DELETE_COMPLETE":
+        reason = events.first_failure() if status else "deletion did not finish in time"
+        raise _left_behind(name, reason)
+
+
+def _left_behind(name: str, reason: str) -> StackError:
+    return StackDeletionError(
+        f"Stack {name!r} could not be deleted and may still bill ({reason}); remove it with "
+        f"'ec2-executor cleanup --stack {name}' or in the CloudFormation console.",
+        stack_name=name,
+    )
+
+
+def is_executor_stack(stack: Mapping[str, Any]) -> bool:
+    return _tag(stack, TAG_DISPATCH) is not None
+
+
+def stack_summary(stack: Mapping[str, Any]) -> dict[str, Any]:
+    """What `ec2-executor list` shows of a stack."""
+    created = stack.get("CreationTime")
+    return {
+        "name": stack["StackName"],
+        "dispatch_id": _tag(stack, TAG_DISPATCH) or "",
+        "node_id": _tag(stack, TAG_NODE) or "",
+        "status": stack["StackStatus"],
+        "created": created.isoformat() if isinstance(created, datetime) else str(created or ""),
+        "instance_type": _tag(stack, TAG_INSTANCE_TYPE) or "",
+    }
