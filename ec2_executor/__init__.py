@@ -35,6 +35,8 @@ def __getattr__(name: str) -> Any:
     # Lazy: Covalent imports `ec2_executor.ec2` while it is itself being imported, so an eager
     # import here would hand it a half-initialised module.
     if name == "EC2Executor":
+        import covalent  # noqa: F401  (loads this plugin itself, completely, first)
+
         from ec2_executor.ec2 import EC2Executor
 
         return EC2Executor

@@ -1,0 +1,50 @@
+"""Driving `EC2Executor` directly (setup, run, teardown) against the moto server and the
+emulated boot, the way Covalent's `AsyncBaseExecutor.execute` does."""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import io
+import socket
+from typing import Any
+
+from ec2_executor import EC2Executor
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def harness_options(subnet_id: str, remote_cache: str, **overrides: Any) -> dict[str, Any]:
+    """The local settings: the loopback subnet, private address, our own port and user."""
+    return {
+        "subnet": subnet_id,
+        "use_private_ip": True,
+        "ssh_port": free_port(),
+        "username": getpass.getuser(),
+        "ssh_ingress_cidr": "127.0.0.0/8",
+        "remote_cache": remote_cache,
+        "provision_timeout": 120,
+        **overrides,
+    }
+
+
+async def execute(
+    executor: EC2Executor, function: Any, args: list[Any], kwargs: dict[str, Any],
+    *, dispatch_id: str = "dispatch-1", node_id: int = 0,
+) -> Any:
+    """What `AsyncBaseExecutor.execute` does, minus the server channel."""
+    executor._task_stdout, executor._task_stderr = io.StringIO(), io.StringIO()
+    metadata = {"dispatch_id": dispatch_id, "node_id": node_id, "results_dir": ""}
+    try:
+        await executor.setup(metadata)
+        return await executor.run(function, args, kwargs, metadata)
+    finally:
+        await executor.teardown(metadata)
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
