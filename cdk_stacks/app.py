@@ -1,7 +1,7 @@
 """The CDK app for `cdk synth` / `cdk deploy` (see cdk.json): one stack per shape.
 
-    cdk synth ec2-executor-existing
-    cdk deploy ec2-executor-created --parameters SshIngressCidr=203.0.113.7/32 ...
+cdk synth ec2-executor-existing
+cdk deploy ec2-executor-created --parameters SshIngressCidr=203.0.113.7/32 ...
 """
 
 from __future__ import annotations

@@ -35,7 +35,8 @@ class ElectronStack(cdk.Stack):
         group = self._security_group(p, vpc_id)
         instance = self._instance(p, subnet_id, group)
         if route is not None:
-            instance.add_dependency(route)  # the bootstrap needs the internet at first boot
+            # The bootstrap needs the internet at first boot.
+            instance.add_resource_dependency(route)
         self._outputs(instance, p.get("ExpectPublicIp"))
 
     # --- parameters -------------------------------------------------------------------------
@@ -59,20 +60,30 @@ class ElectronStack(cdk.Stack):
             ),
             "KeyName": param("KeyName", "Optional EC2 key pair name.", default=""),
             "VolumeSize": param(
-                "VolumeSize", "Root volume size in GiB.", type="Number",
-                default=8, min_value=1, max_value=16384,
+                "VolumeSize",
+                "Root volume size in GiB.",
+                type="Number",
+                default=8,
+                min_value=1,
+                max_value=16384,
             ),
             "SshIngressCidr": param(
-                "SshIngressCidr", "The only IPv4 range allowed to reach SSH.",
+                "SshIngressCidr",
+                "The only IPv4 range allowed to reach SSH.",
                 allowed_pattern=IPV4_CIDR_PATTERN,
                 constraint_description="must be an IPv4 CIDR such as 203.0.113.7/32",
             ),
             "SshPort": param(
-                "SshPort", "Port sshd listens on.", type="Number",
-                default=22, min_value=1, max_value=65535,
+                "SshPort",
+                "Port sshd listens on.",
+                type="Number",
+                default=22,
+                min_value=1,
+                max_value=65535,
             ),
-            "SshUser": param("SshUser", "Login user that owns the task environment.",
-                             default="ec2-user"),
+            "SshUser": param(
+                "SshUser", "Login user that owns the task environment.", default="ec2-user"
+            ),
             "AuthorizedKey": param("AuthorizedKey", "OpenSSH public key allowed to log in."),
             "HostKey": param(
                 "HostKey", "Base64 of the pinned OpenSSH host private key.", no_echo=True
@@ -81,28 +92,39 @@ class ElectronStack(cdk.Stack):
             "CovalentVersion": param("CovalentVersion", "covalent version to install."),
             "CloudpickleVersion": param("CloudpickleVersion", "cloudpickle version to install."),
             "MaxLifetimeMinutes": param(
-                "MaxLifetimeMinutes", "The instance powers off (and terminates) after this.",
-                type="Number", default=120, min_value=1,
+                "MaxLifetimeMinutes",
+                "The instance powers off (and terminates) after this.",
+                type="Number",
+                default=120,
+                min_value=1,
             ),
-            "UseSpot": param("UseSpot", "Run on the spot market.", default="false",
-                             allowed_values=["true", "false"]),
+            "UseSpot": param(
+                "UseSpot",
+                "Run on the spot market.",
+                default="false",
+                allowed_values=["true", "false"],
+            ),
             "InstanceProfile": param(
                 "InstanceProfile", "Optional existing instance profile name.", default=""
             ),
         }
         if self.shape.network is NetworkMode.EXISTING:
             p["ExpectPublicIp"] = param(
-                "ExpectPublicIp", "Whether the subnet gives the instance a public address.",
-                default="true", allowed_values=["true", "false"],
+                "ExpectPublicIp",
+                "Whether the subnet gives the instance a public address.",
+                default="true",
+                allowed_values=["true", "false"],
             )
             p["VpcId"] = param("VpcId", "Existing VPC.", type="AWS::EC2::VPC::Id")
-            p["SubnetId"] = param("SubnetId", "Existing subnet in VpcId.",
-                                  type="AWS::EC2::Subnet::Id")
+            p["SubnetId"] = param(
+                "SubnetId", "Existing subnet in VpcId.", type="AWS::EC2::Subnet::Id"
+            )
         return p
 
     def _is_set(self, name: str, parameter: cdk.CfnParameter) -> cdk.CfnCondition:
         return cdk.CfnCondition(
-            self, f"Has{name}",
+            self,
+            f"Has{name}",
             expression=cdk.Fn.condition_not(cdk.Fn.condition_equals(parameter.value_as_string, "")),
         )
 
@@ -113,17 +135,21 @@ class ElectronStack(cdk.Stack):
 
     # --- network ----------------------------------------------------------------------------
 
-    def _network(
-        self, p: dict[str, cdk.CfnParameter]
-    ) -> tuple[str, str, cdk.CfnResource | None]:
+    def _network(self, p: dict[str, cdk.CfnParameter]) -> tuple[str, str, cdk.CfnResource | None]:
         if self.shape.network is NetworkMode.EXISTING:
             return p["VpcId"].value_as_string, p["SubnetId"].value_as_string, None
         vpc = ec2.CfnVPC(
-            self, "Vpc", cidr_block=CREATED_VPC_CIDR,
-            enable_dns_hostnames=True, enable_dns_support=True,
+            self,
+            "Vpc",
+            cidr_block=CREATED_VPC_CIDR,
+            enable_dns_hostnames=True,
+            enable_dns_support=True,
         )
         subnet = ec2.CfnSubnet(
-            self, "PublicSubnet", vpc_id=vpc.ref, cidr_block=CREATED_SUBNET_CIDR,
+            self,
+            "PublicSubnet",
+            vpc_id=vpc.ref,
+            cidr_block=CREATED_SUBNET_CIDR,
             map_public_ip_on_launch=True,
             availability_zone=cdk.Fn.select(0, cdk.Fn.get_azs()),
         )
@@ -136,28 +162,35 @@ class ElectronStack(cdk.Stack):
             self, "RouteTableAssociation", subnet_id=subnet.ref, route_table_id=table.ref
         )
         route = ec2.CfnRoute(
-            self, "DefaultRoute", route_table_id=table.ref,
-            destination_cidr_block="0.0.0.0/0", gateway_id=gateway.ref,
+            self,
+            "DefaultRoute",
+            route_table_id=table.ref,
+            destination_cidr_block="0.0.0.0/0",
+            gateway_id=gateway.ref,
         )
-        route.add_dependency(attachment)
+        route.add_resource_dependency(attachment)
         return vpc.ref, subnet.ref, route
 
     def _security_group(self, p: dict[str, cdk.CfnParameter], vpc_id: str) -> ec2.CfnSecurityGroup:
         port = p["SshPort"].value_as_number
         return ec2.CfnSecurityGroup(
-            self, "SshAccess",
+            self,
+            "SshAccess",
             group_description="SSH from the dispatching machine only",
             vpc_id=vpc_id,
             security_group_ingress=[
                 ec2.CfnSecurityGroup.IngressProperty(
-                    ip_protocol="tcp", from_port=port, to_port=port,
+                    ip_protocol="tcp",
+                    from_port=port,
+                    to_port=port,
                     cidr_ip=p["SshIngressCidr"].value_as_string,
                     description="SSH from the dispatching machine",
                 )
             ],
             security_group_egress=[
                 ec2.CfnSecurityGroup.EgressProperty(
-                    ip_protocol="-1", cidr_ip="0.0.0.0/0",
+                    ip_protocol="-1",
+                    cidr_ip="0.0.0.0/0",
                     description="Package installs for the task environment",
                 )
             ],
@@ -177,10 +210,12 @@ class ElectronStack(cdk.Stack):
         spot_template = self._spot_launch_template(spot)
         user_data = cloud_config_template(bootstrap_script_path().read_text())
         return ec2.CfnInstance(
-            self, "Instance",
+            self,
+            "Instance",
             image_id=cdk.Fn.condition_if(
                 self._is_set("ImageId", p["ImageId"]).logical_id,
-                p["ImageId"].value_as_string, p["LatestAmi"].value_as_string,
+                p["ImageId"].value_as_string,
+                p["LatestAmi"].value_as_string,
             ).to_string(),
             instance_type=p["InstanceType"].value_as_string,
             key_name=if_set("KeyName"),
@@ -196,7 +231,9 @@ class ElectronStack(cdk.Stack):
                     device_name=p["RootDeviceName"].value_as_string,
                     ebs=ec2.CfnInstance.EbsProperty(
                         volume_size=p["VolumeSize"].value_as_number,
-                        volume_type="gp3", encrypted=True, delete_on_termination=True,
+                        volume_type="gp3",
+                        encrypted=True,
+                        delete_on_termination=True,
                     ),
                 )
             ],
@@ -214,7 +251,8 @@ class ElectronStack(cdk.Stack):
     def _spot_launch_template(self, spot: cdk.CfnCondition) -> ec2.CfnLaunchTemplate:
         """`AWS::EC2::Instance` has no market option; a launch template, made only for spot."""
         template = ec2.CfnLaunchTemplate(
-            self, "SpotMarket",
+            self,
+            "SpotMarket",
             launch_template_data=ec2.CfnLaunchTemplate.LaunchTemplateDataProperty(
                 instance_market_options=ec2.CfnLaunchTemplate.InstanceMarketOptionsProperty(
                     market_type="spot",

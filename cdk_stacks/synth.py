@@ -1,6 +1,6 @@
 """Synthesise an `ElectronStack` template. Imports `aws_cdk`: run it in a child process.
 
-    python -m cdk_stacks.synth existing   # prints the template JSON
+python -m cdk_stacks.synth existing   # prints the template JSON
 """
 
 from __future__ import annotations

@@ -78,7 +78,9 @@ def template_for(shape: StackShape) -> str:
 def synthesize_in_child(shape: StackShape) -> str:
     done = subprocess.run(
         [sys.executable, "-m", "cdk_stacks.synth", shape.network.value],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
         env={**os.environ, "JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION": "1"},
     )
     if done.returncode != 0:

@@ -37,13 +37,16 @@ def cloud_config_template(bootstrap_script: str) -> str:
     Host key and port go into an sshd drop-in written before sshd starts (cloud-init's first
     stage runs before sshd), so the only key sshd ever offers is the pinned one. The lifetime
     watchdog is armed in `bootcmd`, the earliest hook, so it holds even if the bootstrap hangs.
+    The authorised key is a literal block: a key comment such as `work: laptop` or `#2` would
+    otherwise turn the list item into a mapping or a truncated key.
     """
     script = _indent(escape_for_sub(bootstrap_script), 6)
     return f"""#cloud-config
 ssh_deletekeys: false
 ssh_genkeytypes: []
 ssh_authorized_keys:
-  - ${{AuthorizedKey}}
+  - |-
+    ${{AuthorizedKey}}
 write_files:
   - path: {HOST_KEY_PATH}
     permissions: "0600"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import importlib.metadata
 import json
 import logging
@@ -247,14 +248,14 @@ class Electron:
         self.close_connection()
         if self._create_call is None:
             return  # create_stack was never sent
-        try:
-            stack = await asyncio.wrap_future(self._create_call)
-        except EC2ExecutorError:
-            return  # create_stack was refused: CloudFormation holds nothing of ours
+        with contextlib.suppress(EC2ExecutorError):
+            # Let an in-flight create_stack land first, or the stack could appear after the
+            # delete. Delete by name even when the call failed: a timed-out request may still
+            # have created the stack, and deleting a missing stack is a no-op.
+            await asyncio.wrap_future(self._create_call)
         with self.phases.phase("delete stack"):
             await delete_and_wait(
                 Stacks(self.aws.cloudformation),
-                stack,
                 self.name,
                 deadline=Deadline(DELETE_TIMEOUT),
                 events=self.events,

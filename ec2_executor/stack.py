@@ -193,17 +193,17 @@ async def wait_for_creation(
 
 
 async def delete_and_wait(
-    stacks: Stacks, stack: str, name: str, *, deadline: Deadline, events: EventLog
+    stacks: Stacks, name: str, *, deadline: Deadline, events: EventLog
 ) -> None:
     """Delete the stack and wait until it is gone; raise a `StackDeletionError` if it stays."""
     try:
-        await run_blocking(stacks.delete, stack)
+        await run_blocking(stacks.delete, name)
 
         async def check() -> str | None:
-            found = await run_blocking(stacks.describe, stack)
+            found = await run_blocking(stacks.describe, name)
             status = found["StackStatus"] if found else "DELETE_COMPLETE"
             if found:
-                events.record(await run_blocking(stacks.events, stack))
+                events.record(await run_blocking(stacks.events, name))
             return status if status in ("DELETE_COMPLETE", "DELETE_FAILED") else None
 
         status = await poll(check, deadline=deadline)

@@ -33,8 +33,13 @@ def harness_options(subnet_id: str, remote_cache: str, **overrides: Any) -> dict
 
 
 async def execute(
-    executor: EC2Executor, function: Any, args: list[Any], kwargs: dict[str, Any],
-    *, dispatch_id: str = "dispatch-1", node_id: int = 0,
+    executor: EC2Executor,
+    function: Any,
+    args: list[Any],
+    kwargs: dict[str, Any],
+    *,
+    dispatch_id: str = "dispatch-1",
+    node_id: int = 0,
 ) -> Any:
     """What `AsyncBaseExecutor.execute` does, minus the server channel."""
     executor._task_stdout, executor._task_stderr = io.StringIO(), io.StringIO()

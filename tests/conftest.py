@@ -1,0 +1,117 @@
+"""Shared fixtures: AWS (a moto server) on loopback, emulated instance boots, a network guard.
+
+The logic lives in `tests/harness/` (imported as `harness`); this file only wires it to pytest.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+_TESTS_DIR = str(Path(__file__).resolve().parent)
+if _TESTS_DIR not in sys.path:  # already there with pytest's default import mode
+    sys.path.insert(0, _TESTS_DIR)
+
+from harness import (  # noqa: E402
+    EmulatedBoot,
+    LoopbackNetwork,
+    MotoServer,
+    NetworkGuard,
+    create_loopback_network,
+    patched_environ,
+)
+
+_NETWORK_GUARD = NetworkGuard()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    _NETWORK_GUARD.install()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    _NETWORK_GUARD.uninstall()
+
+
+@pytest.fixture(autouse=True)
+def _fail_on_network_outside_loopback() -> Iterator[None]:
+    """Fail the test if anything in it tried to leave loopback, even if the error was swallowed."""
+    _NETWORK_GUARD.take_violations()
+    yield
+    violations = _NETWORK_GUARD.take_violations()
+    if violations:
+        pytest.fail("\n".join(violations), pytrace=False)
+
+
+@pytest.fixture
+def network_guard() -> NetworkGuard:
+    """The installed guard; `take_violations()` acknowledges refused connects a test provoked."""
+    return _NETWORK_GUARD
+
+
+@pytest.fixture(scope="session")
+def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
+    """A moto server on 127.0.0.1 for the session; os.environ points boto3 at it meanwhile."""
+    server = MotoServer.start()
+    try:
+        with patched_environ(server.environment(tmp_path_factory.mktemp("aws-config"))):
+            yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def aws_env(moto_server: MotoServer) -> dict[str, str]:
+    """The AWS_* variables in force (for subprocesses that need them explicitly)."""
+    return dict(moto_server.env)
+
+
+@pytest.fixture
+def moto_reset(moto_server: MotoServer) -> MotoServer:
+    """An empty moto (reset before the test)."""
+    moto_server.reset()
+    return moto_server
+
+
+@pytest.fixture
+def loopback_network(moto_reset: MotoServer) -> LoopbackNetwork:
+    """VPC 127.0.0.0/16 with subnet 127.0.2.0/24: instances get private IPs 127.0.2.4, .5, ..."""
+    return create_loopback_network(moto_reset.client("ec2"))
+
+
+@pytest.fixture
+def boot_python_path() -> str | None:
+    """PYTHONPATH for emulated instances; override it (e.g. `harness.current_site_packages()`)
+    to emulate an image with covalent preinstalled."""
+    return None
+
+
+@pytest.fixture
+def boot_bootstrap_env() -> dict[str, str]:
+    """Extra environment for the bootstrap; override it, e.g. with
+    `{"EC2_EXECUTOR_BOOTSTRAP_OFFLINE": "1"}`."""
+    return {}
+
+
+@pytest.fixture
+def emulated_boot(
+    moto_reset: MotoServer,
+    boot_python_path: str | None,
+    boot_bootstrap_env: dict[str, str],
+    tmp_path: Path,
+) -> Iterator[EmulatedBoot]:
+    """Boots (sshd + bootstrap) every instance moto runs during the test; stops them after.
+
+    Boot errors the test did not `clear_errors()` fail the test at teardown.
+    """
+    boot = EmulatedBoot(
+        moto_reset.url,
+        python_path=boot_python_path,
+        bootstrap_env=boot_bootstrap_env,
+        base_dir=tmp_path / "instances",
+    )
+    with boot:
+        yield boot
+    boot.raise_errors()

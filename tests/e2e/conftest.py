@@ -1,0 +1,186 @@
+"""End-to-end fixtures: a real Covalent server whose EC2Executor talks to the moto server, and
+emulated instance boots.
+
+The covalent client of the test process is pointed at temporary directories in
+`pytest_configure`, i.e. before the test modules here import covalent (its config manager reads
+and writes its config file at import): the tests never touch the user's ~/.config/covalent,
+~/.cache/covalent or ~/.local/share/covalent.
+
+Session-wide (a Covalent server takes seconds to start): one moto VPC/subnet on loopback, whose
+id goes into the server's `[executors.ec2]` section before it starts, and the server itself.
+Per test: an emulated boot (moto is not reset between e2e tests; each test checks that it left
+nothing behind instead).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import tempfile
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from harness import (
+    BootedInstance,
+    EmulatedBoot,
+    LoopbackNetwork,
+    MotoServer,
+    create_loopback_network,
+    current_site_packages,
+)
+from harness.covalent_server import (
+    CovalentPaths,
+    CovalentServer,
+    client_isolation,
+    point_client_at,
+)
+
+_ISOLATION = pytest.StashKey[tuple[CovalentPaths, contextlib.ExitStack]]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    base = Path(tempfile.mkdtemp(prefix="ec2-e2e-covalent-"))
+    stack = contextlib.ExitStack()
+    stack.callback(shutil.rmtree, base, ignore_errors=True)
+    paths = CovalentPaths.create(base)
+    stack.enter_context(client_isolation(paths))
+    config.stash[_ISOLATION] = (paths, stack)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    _, stack = config.stash[_ISOLATION]
+    stack.close()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """On failure, show the server log's tail and each emulated instance's logs."""
+    outcome = yield
+    report = outcome.get_result()
+    if not report.failed:
+        return
+    funcargs: dict[str, Any] = getattr(item, "funcargs", {})
+    server = funcargs.get("covalent_server")
+    if isinstance(server, CovalentServer):
+        report.sections.append(
+            (f"covalent server log ({server.paths.server_log}, tail)", server.log_tail(120))
+        )
+    boot = funcargs.get("emulated_boot")
+    if isinstance(boot, EmulatedBoot):
+        for record in boot.instances:
+            report.sections.append((f"instance {record.instance_id}", _describe(record)))
+
+
+def _describe(record: BootedInstance) -> str:
+    return (
+        f"ip {record.private_ip}:{record.port}, booted {record.booted}, stopped "
+        f"{record.stop_reason}, error {record.error}\n"
+        f"--- sshd log:\n{record.sshd_log_tail(20)}\n"
+        f"--- bootstrap output:\n{record.bootstrap_output_tail(20)}"
+    )
+
+
+# --- AWS side -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def e2e_network(moto_server: MotoServer) -> LoopbackNetwork:
+    """The loopback VPC/subnet for the whole e2e session (its id is in the server's config)."""
+    moto_server.reset()
+    return create_loopback_network(moto_server.client("ec2"))
+
+
+@pytest.fixture(scope="session")
+def remote_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`remote_cache` on the emulated instances (they are this machine)."""
+    return tmp_path_factory.mktemp("remote-cache")
+
+
+@pytest.fixture(scope="session")
+def ec2_settings(e2e_network: LoopbackNetwork, remote_cache: Path) -> dict[str, Any]:
+    """The local settings, as the server's `[executors.ec2]` section holds them."""
+    from integration.executor_support import harness_options
+
+    return harness_options(e2e_network.subnet_id, str(remote_cache))
+
+
+@pytest.fixture
+def local_settings(e2e_network: LoopbackNetwork, remote_cache: Path) -> dict[str, Any]:
+    """The local settings for an `EC2Executor(...)` built in a test (a port of its own)."""
+    from integration.executor_support import harness_options
+
+    return harness_options(e2e_network.subnet_id, str(remote_cache))
+
+
+# --- Covalent -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def covalent_server(
+    request: pytest.FixtureRequest,
+    moto_server: MotoServer,
+    ec2_settings: dict[str, Any],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[CovalentServer]:
+    """A real `covalent start` server for the session, dispatched to by this process.
+
+    Its environment points boto3 at the moto server and the template cache at a temporary
+    directory; `[executors.ec2]` holds `ec2_settings`.
+    """
+    paths, _ = request.config.stash[_ISOLATION]
+    env = {
+        **moto_server.env,
+        "EC2_EXECUTOR_CACHE_DIR": str(tmp_path_factory.mktemp("ec2-executor-cache")),
+    }
+    server = CovalentServer.start(paths, env=env, executors={"ec2": ec2_settings})
+    try:
+        point_client_at(server)
+        yield server
+    finally:
+        server.stop()
+        if server.killed_after_stop:
+            warnings.warn(
+                "`covalent stop` left processes behind (killed): "
+                + "; ".join(server.killed_after_stop),
+                stacklevel=1,
+            )
+
+
+# --- instances ------------------------------------------------------------------------------
+
+
+class HomedBoot(EmulatedBoot):
+    """Gives each emulated instance a home of its own (`HOME` in its SSH sessions and its
+    bootstrap): covalent, pip and the task run there import and write as on a fresh instance,
+    and never into the home of the user running the tests."""
+
+    def _session_env(self, record: BootedInstance) -> dict[str, str]:
+        env = super()._session_env(record)
+        home = record.workdir / "home"
+        if record.workdir.is_dir():
+            home.mkdir(exist_ok=True)
+        env["HOME"] = str(home)
+        return env
+
+
+@pytest.fixture
+def boot_python_path() -> str | None:
+    """An image with this interpreter's packages (covalent, numpy, scikit-learn) preinstalled."""
+    return current_site_packages()
+
+
+@pytest.fixture
+def emulated_boot(
+    moto_server: MotoServer,
+    e2e_network: LoopbackNetwork,
+    boot_python_path: str | None,
+    tmp_path: Path,
+) -> Iterator[EmulatedBoot]:
+    """Boots every instance moto runs during the test (no moto reset: the network is shared)."""
+    boot = HomedBoot(moto_server.url, python_path=boot_python_path, base_dir=tmp_path / "instances")
+    with boot:
+        yield boot
+    boot.raise_errors()

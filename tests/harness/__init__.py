@@ -1,0 +1,52 @@
+"""Test harness: AWS on loopback (a moto server) plus emulated EC2 instance boots.
+
+Import it as ``harness`` (``tests/`` is on ``sys.path``; ``tests/conftest.py`` makes sure of it):
+
+    from harness import EmulatedBoot, parse_user_data, render_user_data
+
+Nothing here talks to anything outside 127.0.0.0/8, and nothing is installed into the system:
+every emulated instance lives in its own temporary directory.
+"""
+
+from .boot import BootedInstance, BootError, EmulatedBoot, current_site_packages
+from .keys import KeyPair, generate_ed25519_keypair
+from .moto import (
+    AWS_ENV_UNSET,
+    LoopbackNetwork,
+    MotoServer,
+    aws_environment,
+    create_loopback_network,
+    patched_environ,
+    reset_moto,
+)
+from .netguard import NetworkGuard, NetworkGuardError
+from .userdata import (
+    STAND_IN_BOOTSTRAP,
+    BootSpec,
+    UserDataError,
+    parse_user_data,
+    render_user_data,
+)
+
+__all__ = [
+    "AWS_ENV_UNSET",
+    "STAND_IN_BOOTSTRAP",
+    "BootError",
+    "BootSpec",
+    "BootedInstance",
+    "EmulatedBoot",
+    "KeyPair",
+    "LoopbackNetwork",
+    "MotoServer",
+    "NetworkGuard",
+    "NetworkGuardError",
+    "UserDataError",
+    "aws_environment",
+    "create_loopback_network",
+    "current_site_packages",
+    "generate_ed25519_keypair",
+    "parse_user_data",
+    "patched_environ",
+    "render_user_data",
+    "reset_moto",
+]

@@ -1,0 +1,162 @@
+"""A real moto server on loopback, the boto3 environment that points at it, and a loopback VPC."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import urllib.request
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import boto3
+from moto.server import ThreadedMotoServer
+
+REGION = "us-east-1"
+
+LOOPBACK_VPC_CIDR = "127.0.0.0/16"
+LOOPBACK_SUBNET_CIDR = "127.0.2.0/24"
+
+# Variables that could make boto3 reach real AWS or read real credentials: removed while the
+# harness environment is in force.
+AWS_ENV_UNSET: tuple[str, ...] = (
+    "AWS_PROFILE",
+    "AWS_DEFAULT_PROFILE",
+    "AWS_SESSION_TOKEN",
+    "AWS_SECURITY_TOKEN",
+    "AWS_ROLE_ARN",
+    "AWS_ROLE_SESSION_NAME",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+    "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS",
+    "AWS_CA_BUNDLE",
+    "AWS_STS_REGIONAL_ENDPOINTS",
+)
+
+
+def aws_environment(endpoint_url: str, config_dir: Path) -> dict[str, str]:
+    """The environment variables that point boto3 (and the AWS CLI/CDK) at `endpoint_url`.
+
+    Credentials and config files are written to `config_dir`, so nothing is read from ~/.aws.
+    """
+    config_dir.mkdir(parents=True, exist_ok=True)
+    credentials = config_dir / "credentials"
+    config = config_dir / "config"
+    credentials.write_text(
+        "[default]\naws_access_key_id = testing\naws_secret_access_key = testing\n"
+    )
+    config.write_text(f"[default]\nregion = {REGION}\n")
+    return {
+        "AWS_ENDPOINT_URL": endpoint_url,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": REGION,
+        "AWS_REGION": REGION,
+        "AWS_SHARED_CREDENTIALS_FILE": str(credentials),
+        "AWS_CONFIG_FILE": str(config),
+        # Never ask an instance metadata service (169.254.169.254) for anything.
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+
+
+@contextlib.contextmanager
+def patched_environ(
+    values: Mapping[str, str], unset: tuple[str, ...] = AWS_ENV_UNSET
+) -> Iterator[None]:
+    """Set `values` and remove `unset` in os.environ; restore the previous state on exit."""
+    saved = {name: os.environ.get(name) for name in (*values, *unset)}
+    for name in unset:
+        os.environ.pop(name, None)
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def reset_moto(url: str) -> None:
+    """Forget every resource in the moto server (`POST /moto-api/reset`)."""
+    request = urllib.request.Request(f"{url}/moto-api/reset", method="POST", data=b"")
+    with urllib.request.urlopen(request, timeout=30) as response:
+        response.read()
+
+
+@dataclass
+class MotoServer:
+    """A moto server running in a thread of this process, bound to 127.0.0.1."""
+
+    host: str
+    port: int
+    _server: ThreadedMotoServer = field(repr=False)
+    env: dict[str, str] = field(default_factory=dict)
+    """The boto3 environment for this server, once `environment()` made it."""
+
+    @classmethod
+    def start(cls, port: int = 0) -> MotoServer:
+        """Start a server on `port` (0: a free port) and wait until it accepts requests."""
+        # One line per request otherwise; keep warnings and errors.
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        server.start()
+        host, bound_port = server.get_host_and_port()
+        return cls(host=host, port=bound_port, _server=server)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def stop(self) -> None:
+        self._server.stop()
+
+    def reset(self) -> None:
+        reset_moto(self.url)
+
+    def client(self, service: str, **kwargs: Any) -> Any:
+        """A boto3 client for this server that does not depend on the process environment."""
+        kwargs.setdefault("region_name", REGION)
+        session: Any = boto3.session.Session()
+        return session.client(
+            service,
+            endpoint_url=self.url,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+            **kwargs,
+        )
+
+    def environment(self, config_dir: Path) -> dict[str, str]:
+        """Make (and remember in `env`) the boto3 environment for this server."""
+        self.env = aws_environment(self.url, config_dir)
+        return dict(self.env)
+
+
+@dataclass(frozen=True)
+class LoopbackNetwork:
+    """A VPC and a subnet whose instances get private IPs in 127.0.2.0/24."""
+
+    vpc_id: str
+    subnet_id: str
+    vpc_cidr: str = LOOPBACK_VPC_CIDR
+    subnet_cidr: str = LOOPBACK_SUBNET_CIDR
+
+
+def create_loopback_network(ec2: Any) -> LoopbackNetwork:
+    """Create the loopback VPC (127.0.0.0/16) and subnet (127.0.2.0/24, public IPs on launch).
+
+    moto hands out private IPs from the subnet in order, from .4 on (127.0.2.4, .5, ...), so every
+    instance launched in this subnet has an address that Linux routes to `lo`.
+    """
+    vpc_id = ec2.create_vpc(CidrBlock=LOOPBACK_VPC_CIDR)["Vpc"]["VpcId"]
+    subnet_id = ec2.create_subnet(
+        VpcId=vpc_id, CidrBlock=LOOPBACK_SUBNET_CIDR, AvailabilityZone=f"{REGION}a"
+    )["Subnet"]["SubnetId"]
+    ec2.modify_subnet_attribute(SubnetId=subnet_id, MapPublicIpOnLaunch={"Value": True})
+    return LoopbackNetwork(vpc_id=vpc_id, subnet_id=subnet_id)

@@ -1,0 +1,522 @@
+"""The synthesised `ElectronStack`, shape by shape, checked with `aws_cdk.assertions`.
+
+Each shape is synthesised once for the module (a synth costs seconds). The user data is checked
+as the instance would see it: the template's `Fn::Sub` string with sample parameter values
+substituted, parsed as YAML, its shell fragments and the embedded bootstrap run through `bash -n`.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import shlex
+import subprocess
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import aws_cdk
+import pytest
+import yaml
+from aws_cdk.assertions import Match, Template
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cdk_stacks.parameters import StackParameters
+from cdk_stacks.shape import ALL_SHAPES, NetworkMode, StackShape
+from cdk_stacks.synth import APP_CONTEXT, add_stack
+from cdk_stacks.templates import MAX_INLINE_TEMPLATE_BYTES
+from cdk_stacks.user_data import BOOTSTRAP_PATH, HOST_KEY_PATH, SSHD_DROP_IN_PATH
+
+REPO = Path(__file__).resolve().parents[2]
+BOOTSTRAP_FILE = REPO / "ec2_executor" / "bootstrap.sh"
+EC2_USER_DATA_LIMIT = 16 * 1024  # bytes, before base64
+
+COMMON_TYPES = {"AWS::EC2::SecurityGroup", "AWS::EC2::Instance", "AWS::EC2::LaunchTemplate"}
+CREATED_NETWORK_TYPES = {
+    "AWS::EC2::VPC",
+    "AWS::EC2::Subnet",
+    "AWS::EC2::InternetGateway",
+    "AWS::EC2::VPCGatewayAttachment",
+    "AWS::EC2::RouteTable",
+    "AWS::EC2::SubnetRouteTableAssociation",
+    "AWS::EC2::Route",
+}
+EXPECTED_TYPES = {
+    NetworkMode.EXISTING: COMMON_TYPES,
+    NetworkMode.CREATED: COMMON_TYPES | CREATED_NETWORK_TYPES,
+}
+# Distinctive sample values, so an assertion cannot pass on a default by accident.
+SAMPLE_PORT = 2201
+SAMPLE_MINUTES = 37
+SAMPLE_VERSIONS = {
+    "--python": "3.10",  # not the float 3.1
+    "--covalent": "0.240.0",
+    "--cloudpickle": "3.1.1",
+}
+SAMPLE_USER = "runner"
+
+
+def _shape_id(shape: StackShape) -> str:
+    return shape.network.value
+
+
+@pytest.fixture(scope="module")
+def templates() -> dict[StackShape, Template]:
+    """Every shape in one app, so the app synthesises once for the whole module."""
+    app = aws_cdk.App(context=APP_CONTEXT, analytics_reporting=False)
+    stacks = {shape: add_stack(app, shape) for shape in ALL_SHAPES}
+    return {shape: Template.from_stack(stack) for shape, stack in stacks.items()}
+
+
+@pytest.fixture(params=ALL_SHAPES, ids=_shape_id)
+def shape(request: pytest.FixtureRequest) -> StackShape:
+    return request.param  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def template(templates: dict[StackShape, Template], shape: StackShape) -> Template:
+    return templates[shape]
+
+
+@pytest.fixture
+def as_json(template: Template) -> dict[str, Any]:
+    return template.to_json()  # type: ignore[no-any-return]
+
+
+def _only(found: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    assert len(found) == 1, found
+    return next(iter(found.items()))
+
+
+# --- resources ----------------------------------------------------------------------------------
+
+
+def test_resource_types_are_exactly_the_expected_set(
+    as_json: dict[str, Any], shape: StackShape
+) -> None:
+    types = {resource["Type"] for resource in as_json["Resources"].values()}
+    assert types == EXPECTED_TYPES[shape.network]
+    for name, resource in as_json["Resources"].items():
+        kind = resource["Type"]
+        assert not kind.startswith(("AWS::IAM::", "AWS::Lambda::", "Custom::")), name
+        assert kind not in ("AWS::CloudFormation::CustomResource", "AWS::CDK::Metadata"), name
+    assert sum(r["Type"] == "AWS::EC2::Instance" for r in as_json["Resources"].values()) == 1
+
+
+def test_spot_launch_template_exists_only_on_request(template: Template) -> None:
+    template.has_condition("SpotRequested", {"Fn::Equals": [{"Ref": "UseSpot"}, "true"]})
+    template.has_resource(
+        "AWS::EC2::LaunchTemplate",
+        {
+            "Condition": "SpotRequested",
+            "Properties": {
+                "LaunchTemplateData": {
+                    "InstanceMarketOptions": Match.object_like({"MarketType": "spot"})
+                }
+            },
+        },
+    )
+    template.has_resource_properties(
+        "AWS::EC2::Instance",
+        {
+            "LaunchTemplate": {
+                "Fn::If": ["SpotRequested", Match.any_value(), {"Ref": "AWS::NoValue"}]
+            }
+        },
+    )
+
+
+def test_no_cdk_bootstrap_or_metadata(as_json: dict[str, Any], template: Template) -> None:
+    assert "BootstrapVersion" not in as_json.get("Parameters", {})
+    assert "CheckBootstrapVersion" not in as_json.get("Rules", {})
+    template.resource_count_is("AWS::CDK::Metadata", 0)
+    for name, resource in as_json["Resources"].items():
+        assert "aws:cdk:path" not in resource.get("Metadata", {}), name
+
+
+def test_template_fits_inline(as_json: dict[str, Any]) -> None:
+    compact = json.dumps(as_json, separators=(",", ":"), sort_keys=True).encode()
+    indented = json.dumps(as_json, indent=1).encode()  # as `cdk synth` writes it
+    assert len(compact) < MAX_INLINE_TEMPLATE_BYTES == 51_200
+    assert len(indented) < MAX_INLINE_TEMPLATE_BYTES
+
+
+def test_template_parameters_are_stack_parameters_fields(
+    as_json: dict[str, Any], shape: StackShape
+) -> None:
+    declared = set(as_json["Parameters"])
+    known = {field.name for field in fields(StackParameters)}
+    assert declared <= known, declared - known
+    shape_only = {"ExpectPublicIp", "VpcId", "SubnetId"}
+    if shape.network is NetworkMode.EXISTING:
+        assert declared == known
+    else:
+        assert declared == known - shape_only
+
+
+# --- network access -----------------------------------------------------------------------------
+
+
+def test_ingress_only_ssh_port_from_ingress_cidr(
+    template: Template, as_json: dict[str, Any]
+) -> None:
+    _, group = _only(template.find_resources("AWS::EC2::SecurityGroup"))
+    rules = [dict(rule) for rule in group["Properties"]["SecurityGroupIngress"]]
+    assert all(rule.pop("Description", "") for rule in rules), "every rule says why"
+    assert rules == [
+        {
+            "IpProtocol": "tcp",
+            "FromPort": {"Ref": "SshPort"},
+            "ToPort": {"Ref": "SshPort"},
+            "CidrIp": {"Ref": "SshIngressCidr"},
+        }
+    ]
+    template.resource_count_is("AWS::EC2::SecurityGroupIngress", 0)
+    # The CIDR has no default: an open range must be asked for, never inherited.
+    template.has_parameter(
+        "SshIngressCidr",
+        {"Type": "String", "Default": Match.absent(), "AllowedPattern": Match.any_value()},
+    )
+    template.has_parameter("SshPort", {"Type": "Number", "Default": 22})
+
+
+def test_no_literal_open_ingress_anywhere(as_json: dict[str, Any]) -> None:
+    def ingress_rules(resource: dict[str, Any]) -> list[dict[str, Any]]:
+        props = resource.get("Properties", {})
+        if resource["Type"] == "AWS::EC2::SecurityGroupIngress":
+            return [props]
+        return list(props.get("SecurityGroupIngress", []))
+
+    for name, resource in as_json["Resources"].items():
+        for rule in ingress_rules(resource):
+            assert rule.get("CidrIp") != "0.0.0.0/0", name
+            assert rule.get("CidrIpv6") not in ("::/0",), name
+            assert "SourcePrefixListId" not in rule, name
+
+
+def test_instance_uses_the_stack_security_group(template: Template) -> None:
+    group_id, _ = _only(template.find_resources("AWS::EC2::SecurityGroup"))
+    template.has_resource_properties(
+        "AWS::EC2::Instance", {"SecurityGroupIds": [{"Fn::GetAtt": [group_id, "GroupId"]}]}
+    )
+
+
+# --- instance hardening -------------------------------------------------------------------------
+
+
+def test_imdsv2_required(template: Template) -> None:
+    template.has_resource_properties(
+        "AWS::EC2::Instance",
+        {"MetadataOptions": Match.object_like({"HttpTokens": "required"})},
+    )
+
+
+def test_root_volume_gp3_encrypted_deleted_with_instance(template: Template) -> None:
+    template.has_resource_properties(
+        "AWS::EC2::Instance",
+        {
+            "BlockDeviceMappings": [
+                {
+                    "DeviceName": {"Ref": "RootDeviceName"},
+                    "Ebs": {
+                        "VolumeType": "gp3",
+                        "Encrypted": True,
+                        "DeleteOnTermination": True,
+                        "VolumeSize": {"Ref": "VolumeSize"},
+                    },
+                }
+            ]
+        },
+    )
+
+
+def test_shutdown_terminates_instance(template: Template) -> None:
+    template.has_resource_properties(
+        "AWS::EC2::Instance", {"InstanceInitiatedShutdownBehavior": "terminate"}
+    )
+
+
+def test_secrets_are_no_echo(template: Template) -> None:
+    template.has_parameter("HostKey", {"NoEcho": True, "Default": Match.absent()})
+    template.has_parameter("AuthorizedKey", {"Default": Match.absent()})
+
+
+def test_image_defaults_to_al2023_ssm_parameter(template: Template) -> None:
+    template.has_parameter(
+        "LatestAmi",
+        {
+            "Type": "AWS::SSM::Parameter::Value<AWS::EC2::Image::Id>",
+            "Default": Match.string_like_regexp(r"^/aws/service/ami-amazon-linux-latest/al2023-"),
+        },
+    )
+    template.has_resource_properties(
+        "AWS::EC2::Instance",
+        {"ImageId": {"Fn::If": ["HasImageId", {"Ref": "ImageId"}, {"Ref": "LatestAmi"}]}},
+    )
+
+
+# --- outputs ------------------------------------------------------------------------------------
+
+
+def test_outputs(template: Template, as_json: dict[str, Any], shape: StackShape) -> None:
+    instance_id, _ = _only(template.find_resources("AWS::EC2::Instance"))
+    outputs = as_json["Outputs"]
+    assert set(outputs) == {"InstanceId", "PrivateIp", "PublicIp"}
+    assert outputs["InstanceId"]["Value"] == {"Ref": instance_id}
+    assert outputs["PrivateIp"]["Value"] == {"Fn::GetAtt": [instance_id, "PrivateIp"]}
+    assert outputs["PublicIp"]["Value"] == {"Fn::GetAtt": [instance_id, "PublicIp"]}
+    assert "Condition" not in outputs["InstanceId"]
+    assert "Condition" not in outputs["PrivateIp"]
+    if shape.network is NetworkMode.EXISTING:
+        assert outputs["PublicIp"]["Condition"] == "PublicIpExpected"
+        template.has_condition(
+            "PublicIpExpected", {"Fn::Equals": [{"Ref": "ExpectPublicIp"}, "true"]}
+        )
+    else:  # the created subnet always maps a public address
+        assert "Condition" not in outputs["PublicIp"]
+
+
+# --- network per shape --------------------------------------------------------------------------
+
+
+def test_existing_network_comes_from_parameters(templates: dict[StackShape, Template]) -> None:
+    template = templates[StackShape(network=NetworkMode.EXISTING)]
+    template.has_parameter("VpcId", {"Type": "AWS::EC2::VPC::Id"})
+    template.has_parameter("SubnetId", {"Type": "AWS::EC2::Subnet::Id"})
+    template.has_resource_properties("AWS::EC2::Instance", {"SubnetId": {"Ref": "SubnetId"}})
+    template.has_resource_properties("AWS::EC2::SecurityGroup", {"VpcId": {"Ref": "VpcId"}})
+
+
+def test_created_network_is_public_and_routed_before_the_instance(
+    templates: dict[StackShape, Template],
+) -> None:
+    template = templates[StackShape(network=NetworkMode.CREATED)]
+    vpc_id, _ = _only(template.find_resources("AWS::EC2::VPC"))
+    subnet_id, subnet = _only(template.find_resources("AWS::EC2::Subnet"))
+    gateway_id, _ = _only(template.find_resources("AWS::EC2::InternetGateway"))
+    attachment_id, attachment = _only(template.find_resources("AWS::EC2::VPCGatewayAttachment"))
+    table_id, table = _only(template.find_resources("AWS::EC2::RouteTable"))
+    _, association = _only(template.find_resources("AWS::EC2::SubnetRouteTableAssociation"))
+    route_id, route = _only(template.find_resources("AWS::EC2::Route"))
+    instance_id, instance = _only(template.find_resources("AWS::EC2::Instance"))
+
+    assert subnet["Properties"]["MapPublicIpOnLaunch"] is True
+    assert subnet["Properties"]["VpcId"] == {"Ref": vpc_id}
+    assert attachment["Properties"] == {
+        "VpcId": {"Ref": vpc_id},
+        "InternetGatewayId": {"Ref": gateway_id},
+    }
+    assert table["Properties"]["VpcId"] == {"Ref": vpc_id}
+    assert association["Properties"] == {
+        "SubnetId": {"Ref": subnet_id},
+        "RouteTableId": {"Ref": table_id},
+    }
+    assert route["Properties"] == {
+        "RouteTableId": {"Ref": table_id},
+        "DestinationCidrBlock": "0.0.0.0/0",
+        "GatewayId": {"Ref": gateway_id},
+    }
+    assert attachment_id in route.get("DependsOn", [])  # a route to a detached IGW fails
+    assert route_id in instance.get("DependsOn", [])  # the bootstrap needs the internet
+    assert instance["Properties"]["SubnetId"] == {"Ref": subnet_id}
+    template.has_resource_properties("AWS::EC2::SecurityGroup", {"VpcId": {"Ref": vpc_id}})
+    assert instance_id
+
+
+# --- user data ----------------------------------------------------------------------------------
+
+_SUB_TOKEN = re.compile(r"\$\{(!|[^}]*\})")
+
+
+def fn_sub(text: str, values: dict[str, str]) -> str:
+    """CloudFormation's `Fn::Sub` over a string: `${Name}` -> value, `${!` -> `${`."""
+
+    def replace(match: re.Match[str]) -> str:
+        token = match.group(1)
+        if token == "!":
+            return "${"
+        name = token[:-1]
+        if name not in values:
+            raise KeyError(f"Fn::Sub refers to {name!r}, which is not a parameter")
+        return values[name]
+
+    return _SUB_TOKEN.sub(replace, text)
+
+
+def sub_names(text: str) -> set[str]:
+    return {token[:-1] for token in _SUB_TOKEN.findall(text) if token != "!"}
+
+
+def test_fn_sub_helper() -> None:
+    values = {"A": "1", "B": "two"}
+    assert fn_sub("x${A}y${B}", values) == "x1ytwo"
+    assert fn_sub("${!A} ${!HOME:-/root} ${!x[1]}", values) == "${A} ${HOME:-/root} ${x[1]}"
+    assert fn_sub("$A $(cmd) ${!!x}", values) == "$A $(cmd) ${!x}"
+    with pytest.raises(KeyError):
+        fn_sub("${Missing}", values)
+
+
+@pytest.fixture(scope="module")
+def host_key_pem() -> str:
+    key = Ed25519PrivateKey.generate()
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.OpenSSH,
+        serialization.NoEncryption(),
+    ).decode()
+
+
+@pytest.fixture
+def sample_parameters(host_key_pem: str) -> StackParameters:
+    return StackParameters(
+        InstanceType="t3.small",
+        AuthorizedKey="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBCMdW2lwR8y4W2xd7h7bmM0g ec2-executor",
+        HostKey=base64.b64encode(host_key_pem.encode()).decode(),
+        SshIngressCidr="203.0.113.7/32",
+        PythonVersion=SAMPLE_VERSIONS["--python"],
+        CovalentVersion=SAMPLE_VERSIONS["--covalent"],
+        CloudpickleVersion=SAMPLE_VERSIONS["--cloudpickle"],
+        SshPort=SAMPLE_PORT,
+        SshUser=SAMPLE_USER,
+        MaxLifetimeMinutes=SAMPLE_MINUTES,
+        VpcId="vpc-0123456789abcdef0",
+        SubnetId="subnet-0123456789abcdef0",
+    )
+
+
+@pytest.fixture
+def user_data_sub(template: Template) -> str:
+    _, instance = _only(template.find_resources("AWS::EC2::Instance"))
+    sub = instance["Properties"]["UserData"]["Fn::Base64"]["Fn::Sub"]
+    assert isinstance(sub, str), "expected the one-argument (string) form of Fn::Sub"
+    return sub
+
+
+@pytest.fixture
+def user_data(
+    user_data_sub: str, as_json: dict[str, Any], sample_parameters: StackParameters
+) -> str:
+    declared = frozenset(as_json["Parameters"])
+    values = {
+        item["ParameterKey"]: item["ParameterValue"]
+        for item in sample_parameters.to_cloudformation(declared=declared)
+    }
+    return fn_sub(user_data_sub, values)
+
+
+@pytest.fixture
+def cloud_config(user_data: str) -> dict[str, Any]:
+    document = yaml.safe_load(user_data)
+    assert isinstance(document, dict)
+    return document
+
+
+def _write_files(cloud_config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    entries = cloud_config["write_files"]
+    by_path = {entry["path"]: entry for entry in entries}
+    assert len(by_path) == len(entries), "duplicate write_files paths"
+    return by_path
+
+
+def _bash_n(script: str, tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
+    path.write_text(script)
+    done = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, f"bash -n {name}:\n{done.stderr}\n---\n{script}"
+
+
+def test_user_data_is_cloud_config(user_data: str, cloud_config: dict[str, Any]) -> None:
+    assert user_data.splitlines()[0] == "#cloud-config"
+    assert len(user_data.encode()) < EC2_USER_DATA_LIMIT
+
+
+def test_user_data_references_only_declared_parameters(
+    user_data_sub: str, as_json: dict[str, Any]
+) -> None:
+    referenced = sub_names(user_data_sub)
+    assert referenced <= set(as_json["Parameters"]), referenced - set(as_json["Parameters"])
+    assert {"AuthorizedKey", "HostKey", "SshPort", "MaxLifetimeMinutes"} <= referenced
+
+
+def test_user_data_authorizes_the_key(
+    cloud_config: dict[str, Any], sample_parameters: StackParameters
+) -> None:
+    assert cloud_config["ssh_authorized_keys"] == [sample_parameters.AuthorizedKey]
+    assert cloud_config.get("ssh_genkeytypes") == []  # no host key but the pinned one
+    assert "ssh_pwauth" not in cloud_config or cloud_config["ssh_pwauth"] is False
+
+
+_SAMPLE_KEY_BLOB = "AAAAC3NzaC1lZDI1NTE5AAAAIBCMdW2lwR8y4W2xd7h7bmM0g"
+_PRINTABLE = st.characters(min_codepoint=0x20, max_codepoint=0x7E)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(comment=st.text(_PRINTABLE, max_size=40))
+def test_authorized_key_survives_any_comment(user_data_sub: str, comment: str) -> None:
+    """A user's public key may carry any comment (`work: laptop`, `#2`), and stay one string."""
+    key = f"ssh-ed25519 {_SAMPLE_KEY_BLOB} {comment}".rstrip()
+    values = {name: "1" for name in sub_names(user_data_sub)}
+    values["AuthorizedKey"] = key
+    document = yaml.safe_load(fn_sub(user_data_sub, values))
+    assert document["ssh_authorized_keys"] == [key]
+
+
+def test_user_data_writes_host_key(cloud_config: dict[str, Any], host_key_pem: str) -> None:
+    entry = _write_files(cloud_config)[HOST_KEY_PATH]
+    assert entry["encoding"] == "b64"
+    assert entry["permissions"] == "0600"
+    assert base64.b64decode(entry["content"]).decode() == host_key_pem
+
+
+def test_user_data_writes_sshd_drop_in(cloud_config: dict[str, Any]) -> None:
+    content = _write_files(cloud_config)[SSHD_DROP_IN_PATH]["content"]
+    lines = content.splitlines()
+    assert f"Port {SAMPLE_PORT}" in lines
+    assert f"HostKey {HOST_KEY_PATH}" in lines
+    assert "PasswordAuthentication no" in lines
+
+
+def test_user_data_embeds_the_bootstrap_verbatim(
+    cloud_config: dict[str, Any], tmp_path: Path
+) -> None:
+    entry = _write_files(cloud_config)[BOOTSTRAP_PATH]
+    assert entry["permissions"] == "0755"
+    assert entry["content"] == BOOTSTRAP_FILE.read_text()
+    _bash_n(entry["content"], tmp_path, "bootstrap.sh")
+
+
+def test_runcmd_runs_the_bootstrap_with_the_versions(cloud_config: dict[str, Any]) -> None:
+    runs = [cmd for cmd in cloud_config["runcmd"] if isinstance(cmd, list) and cmd]
+    runs_bootstrap = [cmd for cmd in runs if cmd[0] == BOOTSTRAP_PATH]
+    assert len(runs_bootstrap) == 1, cloud_config["runcmd"]
+    argv = [str(arg) for arg in runs_bootstrap[0][1:]]
+    assert len(argv) % 2 == 0, argv
+    options = dict(zip(argv[::2], argv[1::2], strict=True))
+    assert options == {**SAMPLE_VERSIONS, "--user": SAMPLE_USER}
+
+
+def test_bootcmd_arms_the_lifetime_poweroff(cloud_config: dict[str, Any]) -> None:
+    commands = [
+        c if isinstance(c, str) else shlex.join(map(str, c)) for c in cloud_config["bootcmd"]
+    ]
+    armed = [
+        c
+        for c in commands
+        if re.search(rf"(--on-active={SAMPLE_MINUTES}min\b|shutdown -[hP] \+{SAMPLE_MINUTES}\b)", c)
+    ]
+    assert armed, commands
+    assert all(("poweroff" in c or "shutdown" in c) for c in armed)
+
+
+def test_shell_fragments_parse(cloud_config: dict[str, Any], tmp_path: Path) -> None:
+    for hook in ("bootcmd", "runcmd"):
+        for index, command in enumerate(cloud_config.get(hook) or ()):
+            # cloud-init runs a string through sh -c and a list as argv (no shell at all).
+            script = command if isinstance(command, str) else shlex.join(map(str, command))
+            _bash_n(script + "\n", tmp_path, f"{hook}-{index}.sh")

@@ -1,0 +1,111 @@
+"""Options: defaults, precedence, and a clear refusal for each bad value (pure, no AWS)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ec2_executor import ConfigurationError
+from ec2_executor.options import OPTION_NAMES, Options, build, defaults, resolve
+
+SEED_KEYS = (
+    "profile",
+    "region",
+    "credentials_file",
+    "ssh_key_file",
+    "instance_type",
+    "key_name",
+    "volume_size",
+    "vpc",
+    "subnet",
+    "remote_cache",
+)
+
+
+def test_every_seed_key_is_an_option_with_the_seed_default() -> None:
+    assert set(SEED_KEYS) <= set(OPTION_NAMES)
+    o = Options()
+    assert (o.profile, o.region, o.credentials_file) == (
+        "default",
+        "us-east-1",
+        "~/.aws/credentials",
+    )
+    assert (o.instance_type, o.volume_size, o.remote_cache) == ("t2.micro", 8, "~/.cache/covalent")
+    assert (o.vpc, o.subnet) == ("", "")
+
+
+def test_explicit_beats_config_beats_default() -> None:
+    values = resolve(
+        {"instance_type": "t3.small", "region": None},
+        {"instance_type": "t3.large", "region": "eu-west-1"},
+    )
+    options = build(values)
+    assert options.instance_type == "t3.small"
+    assert options.region == "eu-west-1"
+    assert options.volume_size == 8
+
+
+def test_config_strings_are_coerced() -> None:
+    options = build({"volume_size": "20", "use_private_ip": "true", "provision_timeout": "60"})
+    assert (options.volume_size, options.use_private_ip, options.provision_timeout) == (
+        20,
+        True,
+        60.0,
+    )
+
+
+def test_defaults_are_what_covalent_writes_to_the_config() -> None:
+    written = defaults()
+    assert set(written) == set(OPTION_NAMES)
+    assert written["python_version"] == ""  # resolved per dispatcher at run time
+    assert build(written) == Options()
+
+
+def test_key_name_defaults_to_the_key_file_stem(tmp_path: Path) -> None:
+    key = tmp_path / "ec2_key"
+    key.write_text("x")
+    assert Options(ssh_key_file=str(key)).effective_key_name == "ec2_key"
+    assert Options(ssh_key_file=str(key), key_name="other").effective_key_name == "other"
+
+
+@pytest.mark.parametrize(
+    ("values", "named", "fix"),
+    [
+        ({"instance_type": "not a type"}, "'instance_type'", "t3.micro"),
+        ({"volume_size": 0}, "'volume_size'", "1 to 16384"),
+        ({"volume_size": 20000}, "'volume_size'", "1 to 16384"),
+        ({"volume_size": "lots"}, "'volume_size'", "[executors.ec2]"),
+        ({"region": "mars-north"}, "'region'", "us-east-1"),
+        ({"ssh_ingress_cidr": "0.0.0.0/33"}, "'ssh_ingress_cidr'", "/32"),
+        ({"ssh_ingress_cidr": "10.0.0.1/8"}, "'ssh_ingress_cidr'", "/32"),
+        ({"key_name": "mine"}, "'key_name'", "'ssh_key_file'"),
+        ({"ssh_key_file": "/nonexistent/key"}, "'ssh_key_file'", "private key"),
+        ({"ssh_port": 70000}, "'ssh_port'", "1 to 65535"),
+        ({"vpc": "sg-123"}, "'vpc'", "vpc-"),
+        ({"python_version": "3"}, "'python_version'", "3."),
+        ({"tags": {"aws:x": "y"}}, "'tags'", "aws:"),
+        ({"provision_timeout": 0}, "'provision_timeout'", "900"),
+    ],
+)
+def test_bad_values_are_refused_naming_the_key_and_the_fix(
+    values: dict[str, object], named: str, fix: str
+) -> None:
+    with pytest.raises(ConfigurationError) as refused:
+        build(values)
+    message = str(refused.value)
+    assert named in message
+    assert fix in message
+    for value in values.values():
+        if isinstance(value, (str, int)) and not isinstance(value, bool):
+            assert repr(value) in message or str(value) in message
+
+
+def test_unreadable_key_file_is_refused(tmp_path: Path) -> None:
+    key = tmp_path / "key"
+    key.write_text("x")
+    key.chmod(0)
+    if __import__("os").access(key, __import__("os").R_OK):
+        pytest.skip("running as root: every file is readable")
+    with pytest.raises(ConfigurationError, match="not readable"):
+        build({"ssh_key_file": str(key)})
