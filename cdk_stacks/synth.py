@@ -26,10 +26,12 @@ def stack_id(shape: StackShape) -> str:
 
 
 def add_stack(app: cdk.App, shape: StackShape) -> ElectronStack:
-    # Bootstrapless: no assets, no bootstrap stack, no version rule; the template goes inline.
-    return ElectronStack(
-        app, stack_id(shape), shape=shape, synthesizer=cdk.BootstraplessSynthesizer()
-    )
+    # No assets, no bootstrap stack, no version rule; the template goes inline, and `cdk deploy`
+    # uses the caller's credentials. (BootstraplessSynthesizer names the bootstrap's deploy and
+    # cfn-exec roles in the assembly, and the CLI passes that RoleARN to CloudFormation, which
+    # fails in an account that was never bootstrapped.)
+    synthesizer = cdk.LegacyStackSynthesizer()
+    return ElectronStack(app, stack_id(shape), shape=shape, synthesizer=synthesizer)
 
 
 def synthesize(shape: StackShape) -> dict[str, Any]:

@@ -54,7 +54,7 @@ class AWS:
 
     def client(self, service: str) -> Any:
         if service not in self._clients:
-            self._clients[service] = self.session.client(
+            self._clients[service] = self.session.client(  # type: ignore[call-overload]
                 service, region_name=self.options.region, config=CLIENT_CONFIG
             )
         return self._clients[service]

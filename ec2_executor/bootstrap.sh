@@ -57,6 +57,7 @@ export HOME=${HOME:-/root} PIP_CACHE_DIR=$PREFIX/cache/pip UV_CACHE_DIR=$PREFIX/
   UV_PYTHON_INSTALL_DIR=$PREFIX/python PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
 PATH=$PREFIX/uv/bin:$PATH
 online() { [ "${EC2_EXECUTOR_BOOTSTRAP_OFFLINE:-0}" != 1 ]; }
+online || export UV_OFFLINE=1
 pkg() {
   online || return 1
   if command -v dnf >/dev/null; then dnf install -y "$@"
@@ -83,8 +84,8 @@ get_uv() {
 uv_py() { get_uv && uv python install "$PY" && INTERP=$(uv python find "$PY"); }
 mkvenv() {
   rm -rf "$VENV"
-  if command -v uv >/dev/null; then uv venv --seed --system-site-packages --python "$INTERP" "$VENV"
-  else "$INTERP" -m venv --system-site-packages "$VENV"; fi
+  { command -v uv >/dev/null && uv venv --seed --system-site-packages --python "$INTERP" "$VENV"; } ||
+    { rm -rf "$VENV"; "$INTERP" -m venv --system-site-packages "$VENV"; }
 }
 
 STEP=python INTERP=''

@@ -23,7 +23,7 @@ _EXECUTOR_PLUGIN_DEFAULTS = opts.defaults()
 log = logging.getLogger("ec2_executor")
 
 
-class EC2Executor(AsyncBaseExecutor):  # type: ignore[misc]
+class EC2Executor(AsyncBaseExecutor):
     """Run an electron on a fresh EC2 instance that is created for it and deleted after it.
 
     Every option of the seed's table is accepted, plus our own; see `options.Options` for each

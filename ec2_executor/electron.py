@@ -275,7 +275,6 @@ async def cleanup_from_handle(options: Options, job_handle: dict[str, Any]) -> N
     await delete_and_wait(
         Stacks(aws.cloudformation),
         name,
-        name,
         deadline=Deadline(DELETE_TIMEOUT),
         events=EventLog(name),
     )

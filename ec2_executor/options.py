@@ -7,7 +7,7 @@ import os
 import re
 import sys
 from collections.abc import Mapping
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -98,9 +98,7 @@ OPTION_NAMES: tuple[str, ...] = tuple(f.name for f in fields(Options))
 
 def defaults() -> dict[str, Any]:
     """The defaults, as Covalent writes them into `[executors.ec2]`."""
-    result: dict[str, Any] = {}
-    for f in fields(Options):
-        result[f.name] = f.default_factory() if f.default is MISSING else f.default  # type: ignore[misc]
+    result = Options().as_dict()
     result["python_version"] = ""  # resolved per dispatcher, not frozen into the config file
     return result
 

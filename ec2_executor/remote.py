@@ -8,6 +8,7 @@ returns the result envelope on stdout.
 from __future__ import annotations
 
 import shlex
+from collections.abc import Callable
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -158,9 +159,9 @@ def _pinned_client(endpoint: Endpoint, host_key: paramiko.PKey) -> paramiko.SSHC
     return client
 
 
-def _read_all(recv: object) -> bytes:
+def _read_all(recv: Callable[[int], bytes]) -> bytes:
     chunks = []
-    while chunk := recv(_CHUNK):  # type: ignore[operator]
+    while chunk := recv(_CHUNK):
         chunks.append(chunk)
     return b"".join(chunks)
 

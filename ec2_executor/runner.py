@@ -5,18 +5,22 @@ descriptors 1 and 2 captured (so output of child processes is caught too), and w
 cloudpickled envelope to RESULT and to the original stdout, which the executor reads.
 """
 
+from __future__ import annotations
+
 import os
 import sys
 import tempfile
 import traceback
+from collections.abc import Callable
+from typing import Any
 
 import cloudpickle
 
 
-def _run(payload_path):
+def _run(payload_path: str) -> dict[str, Any]:
     with open(payload_path, "rb") as payload:
         function, args, kwargs = cloudpickle.load(payload)
-    envelope = {"result": None, "exception": None, "traceback": ""}
+    envelope: dict[str, Any] = {"result": None, "exception": None, "traceback": ""}
     try:
         envelope["result"] = function(*args, **kwargs)
     except BaseException as exc:  # the task's own failure, reported, not raised here
@@ -25,7 +29,7 @@ def _run(payload_path):
     return envelope
 
 
-def _captured(run, payload_path):
+def _captured(run: Callable[[str], dict[str, Any]], payload_path: str) -> dict[str, Any]:
     saved = os.dup(1), os.dup(2)
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         sys.stdout.flush()
@@ -45,16 +49,16 @@ def _captured(run, payload_path):
     return envelope
 
 
-def _dumps(envelope):
+def _dumps(envelope: dict[str, Any]) -> bytes:
     try:
-        return cloudpickle.dumps(envelope)
+        return bytes(cloudpickle.dumps(envelope))
     except Exception:  # an unpicklable result or exception: keep its text, not the object
         envelope["exception"] = RuntimeError(repr(envelope["exception"] or envelope["result"]))
         envelope["result"] = None
-        return cloudpickle.dumps(envelope)
+        return bytes(cloudpickle.dumps(envelope))
 
 
-def main(payload_path, result_path):
+def main(payload_path: str, result_path: str) -> None:
     data = _dumps(_captured(_run, payload_path))
     with open(result_path, "wb") as result:
         result.write(data)

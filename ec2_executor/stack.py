@@ -97,14 +97,16 @@ class Stacks:
         timeout_minutes: int,
     ) -> str:
         with aws_errors(f"creating stack {name!r}"):
-            return self.cf.create_stack(
-                StackName=name,
-                TemplateBody=template,
-                Parameters=parameters,  # type: ignore[arg-type]
-                Tags=tags,
-                OnFailure="DELETE",
-                TimeoutInMinutes=timeout_minutes,  # type: ignore[arg-type]
-            )["StackId"]
+            return str(
+                self.cf.create_stack(
+                    StackName=name,
+                    TemplateBody=template,
+                    Parameters=parameters,  # type: ignore[arg-type]
+                    Tags=tags,  # type: ignore[arg-type]
+                    OnFailure="DELETE",
+                    TimeoutInMinutes=timeout_minutes,
+                )["StackId"]
+            )
 
     def describe(self, stack: str) -> Mapping[str, Any] | None:
         """The stack (by name or id), or None when it does not exist."""
@@ -129,7 +131,7 @@ class Stacks:
 
     def list_ours(self) -> list[Mapping[str, Any]]:
         """Every live stack this executor created, found by its dispatch tag."""
-        stacks = []
+        stacks: list[Mapping[str, Any]] = []
         with aws_errors("listing stacks"):
             for page in self.cf.get_paginator("describe_stacks").paginate():
                 stacks += [s for s in page["Stacks"] if _tag(s, TAG_DISPATCH) is not None]

@@ -90,9 +90,15 @@ def boot_python_path() -> str | None:
 
 @pytest.fixture
 def boot_bootstrap_env() -> dict[str, str]:
-    """Extra environment for the bootstrap; override it, e.g. with
-    `{"EC2_EXECUTOR_BOOTSTRAP_OFFLINE": "1"}`."""
-    return {}
+    """Extra environment for the bootstrap. Offline by default: the emulated boot must never
+    install into this machine (the bootstrap's package-manager and uv steps)."""
+    return {"EC2_EXECUTOR_BOOTSTRAP_OFFLINE": "1"}
+
+
+@pytest.fixture
+def boot_image_venv() -> Path | None:
+    """A venv the emulated image already holds at the bootstrap's venv path; None: none."""
+    return None
 
 
 @pytest.fixture
@@ -100,6 +106,7 @@ def emulated_boot(
     moto_reset: MotoServer,
     boot_python_path: str | None,
     boot_bootstrap_env: dict[str, str],
+    boot_image_venv: Path | None,
     tmp_path: Path,
 ) -> Iterator[EmulatedBoot]:
     """Boots (sshd + bootstrap) every instance moto runs during the test; stops them after.
@@ -110,6 +117,7 @@ def emulated_boot(
         moto_reset.url,
         python_path=boot_python_path,
         bootstrap_env=boot_bootstrap_env,
+        image_venv=boot_image_venv,
         base_dir=tmp_path / "instances",
     )
     with boot:

@@ -18,7 +18,7 @@ import contextlib
 import shutil
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,13 +55,14 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     stack.close()
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     """On failure, show the server log's tail and each emulated instance's logs."""
-    outcome = yield
-    report = outcome.get_result()
+    report = yield
     if not report.failed:
-        return
+        return report
     funcargs: dict[str, Any] = getattr(item, "funcargs", {})
     server = funcargs.get("covalent_server")
     if isinstance(server, CovalentServer):
@@ -72,6 +73,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if isinstance(boot, EmulatedBoot):
         for record in boot.instances:
             report.sections.append((f"instance {record.instance_id}", _describe(record)))
+    return report
 
 
 def _describe(record: BootedInstance) -> str:

@@ -182,6 +182,7 @@ class EmulatedBoot:
         region: str = "us-east-1",
         sshd_path: str | None = None,
         bootstrap_env: dict[str, str] | None = None,
+        image_venv: Path | None = None,
         sshd_start_timeout: float = 15.0,
         stop_timeout: float = 5.0,
     ) -> None:
@@ -191,6 +192,8 @@ class EmulatedBoot:
         base_dir: where instance directories go (default: a new temporary directory, removed by
             `stop()` unless an instance failed to boot).
         bootstrap_env: extra variables for the bootstrap's environment.
+        image_venv: a ready venv the image already holds at `<prefix>/venv` (linked in before
+            the real bootstrap runs, which then takes its idempotent fast path).
         """
         self.endpoint_url = endpoint_url
         self.python_path = python_path
@@ -198,6 +201,7 @@ class EmulatedBoot:
         self.region = region
         self.sshd_path = sshd_path or _find_sshd()
         self.bootstrap_env = dict(bootstrap_env or {})
+        self.image_venv = image_venv
         self.sshd_start_timeout = sshd_start_timeout
         self.stop_timeout = stop_timeout
         self._owns_base_dir = base_dir is None
@@ -560,6 +564,8 @@ class EmulatedBoot:
             **self.bootstrap_env,
         }
         command = [str(script), *record.spec.bootstrap_args, "--prefix", str(record.prefix)]
+        if self.image_venv is not None:
+            (record.prefix / "venv").symlink_to(self.image_venv, target_is_directory=True)
         try:
             with self._cond:
                 if record.stop_reason is not None:

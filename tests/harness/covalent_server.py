@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import toml
+import toml  # type: ignore[import-untyped, unused-ignore]
 
 from .moto import AWS_ENV_UNSET, patched_environ
 
@@ -74,15 +74,39 @@ class CovalentPaths:
             directory.mkdir(parents=True, exist_ok=True)
         return paths
 
-    config_dir = property(lambda self: self.base / "config")
-    cache_dir = property(lambda self: self.base / "cache")
-    data_dir = property(lambda self: self.base / "data")
-    log_dir = property(lambda self: self.base / "logs")
-    results_dir = property(lambda self: self.base / "results")
-    dispatch_cache_dir = property(lambda self: self.base / "dispatches")
-    executor_dir = property(lambda self: self.base / "executor_plugins")
-    home = property(lambda self: self.base / "home")
-    """`HOME` of the server processes."""
+    @property
+    def config_dir(self) -> Path:
+        return self.base / "config"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.base / "cache"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.base / "data"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.base / "logs"
+
+    @property
+    def results_dir(self) -> Path:
+        """Where the client downloads results (`sdk.results_dir`)."""
+        return self.base / "results"
+
+    @property
+    def dispatch_cache_dir(self) -> Path:
+        return self.base / "dispatches"
+
+    @property
+    def executor_dir(self) -> Path:
+        return self.base / "executor_plugins"
+
+    @property
+    def home(self) -> Path:
+        """`HOME` of the server processes."""
+        return self.base / "home"
 
     @property
     def config_file(self) -> Path:
@@ -165,12 +189,12 @@ def client_isolation(paths: CovalentPaths) -> Iterator[None]:
             type(manager).__init__(manager)  # reads the variables above, writes our file only
         saved_cache = getattr(local_module, "dispatch_cache_dir", None)
         if local_module is not None:
-            local_module.dispatch_cache_dir = paths.dispatch_cache_dir
+            setattr(local_module, "dispatch_cache_dir", paths.dispatch_cache_dir)  # noqa: B010
         try:
             yield
         finally:
             if local_module is not None:
-                local_module.dispatch_cache_dir = saved_cache
+                setattr(local_module, "dispatch_cache_dir", saved_cache)  # noqa: B010
             if saved:
                 assert config_module is not None
                 vars(config_module._config_manager).update(saved)
@@ -178,15 +202,15 @@ def client_isolation(paths: CovalentPaths) -> Iterator[None]:
 
 def point_client_at(server: CovalentServer) -> None:
     """Make the covalent client of this process use `server` (re-reads the shared config)."""
-    import covalent as ct
+    from covalent._shared_files.config import reload_config, set_config
 
     if Path(_client_config_file()) != server.paths.config_file:
         raise RuntimeError(
             f"the covalent client reads {_client_config_file()}, not {server.paths.config_file}:"
             " use client_isolation() before dispatching"
         )
-    ct.reload_config()
-    ct.set_config({"dispatcher.address": ADDRESS, "dispatcher.port": server.port})
+    reload_config()
+    set_config({"dispatcher.address": ADDRESS, "dispatcher.port": server.port})
 
 
 def _client_config_file() -> str:
@@ -206,6 +230,8 @@ class CovalentServer:
     port: int
     env: dict[str, str] = field(repr=False)
     marker: str
+    log_level: str = "warning"
+    """`sdk.log_level` (the server log's level; "info" adds every HTTP request)."""
     pid: int | None = None
     start_seconds: float = 0.0
     killed_after_stop: list[str] = field(default_factory=list)
@@ -227,7 +253,7 @@ class CovalentServer:
         executors: Mapping[str, Mapping[str, Any]] | None = None,
         port: int | None = None,
         timeout: float = 120.0,
-        log_level: str = "info",
+        log_level: str = "warning",
     ) -> CovalentServer:
         """Write the config (`[executors.<name>]` from `executors`), `covalent start --no-cluster`,
         and wait until the server answers HTTP.
@@ -242,6 +268,7 @@ class CovalentServer:
             port=port,
             env=_server_environment(paths, env or {}, marker, log_level),
             marker=marker,
+            log_level=log_level,
         )
         server._write_config(executors or {})
         began = time.monotonic()
@@ -296,14 +323,15 @@ class CovalentServer:
     def wait_for_result(self, dispatch_id: str, timeout: float = 300.0) -> Any:
         """The full `Result` once the dispatch is in a final state (`ct.get_result(wait=True)`
         has no deadline: this one raises `TimeoutError` with the server log's tail)."""
-        import covalent as ct
+        from covalent._results_manager.results_manager import get_result
 
         deadline = time.monotonic() + timeout
         status = None
         while time.monotonic() < deadline:
-            status = str(ct.get_result(dispatch_id, status_only=True)["status"])
+            status_only: Any = get_result(dispatch_id, status_only=True)  # a dict, in fact
+            status = str(status_only["status"])
             if status in TERMINAL_STATUSES:
-                return ct.get_result(dispatch_id, wait=True)
+                return get_result(dispatch_id, wait=True)
             time.sleep(0.5)
         raise TimeoutError(
             f"dispatch {dispatch_id} still {status} after {timeout:.0f} s; server log tail:\n"
@@ -318,7 +346,7 @@ class CovalentServer:
         data: dict[str, Any] = toml.load(file) if file.is_file() else {}
         data.setdefault("dispatcher", {}).update({"address": ADDRESS, "port": self.port})
         data.setdefault("user_interface", {}).update({"address": ADDRESS, "port": self.port})
-        data.setdefault("sdk", {}).update({"no_cluster": "true"})
+        data.setdefault("sdk", {}).update({"no_cluster": "true", "log_level": self.log_level})
         # The client wrote its executor plugins' defaults here at import, some of them under
         # this user's home (e.g. [executors.local] workdir): move those into the server's home.
         for section in data.get("executors", {}).values():
