@@ -10,11 +10,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from covalent._shared_files.config import get_config
 from covalent._shared_files.exceptions import TaskCancelledError, TaskRuntimeError
 from covalent.executor.base import AsyncBaseExecutor
 
 from ec2_executor import options as opts
+from ec2_executor.config import config_section
 from ec2_executor.electron import Electron, TaskOutcome, cleanup_from_handle
 
 EXECUTOR_PLUGIN_NAME = "EC2Executor"
@@ -58,7 +58,7 @@ class EC2Executor(AsyncBaseExecutor):
     ) -> None:
         super().__init__(**kwargs)
         explicit = {k: v for k, v in locals().items() if k in opts.OPTION_NAMES}
-        values = opts.resolve(explicit, _config_section())
+        values = opts.resolve(explicit, config_section())
         # Refuse bad values here, on the client, before anything is sent. Plain attributes:
         # Covalent ships them to the server as JSON (to_dict/from_dict).
         self.__dict__.update(opts.build(values).as_dict())
@@ -117,11 +117,3 @@ class EC2Executor(AsyncBaseExecutor):
         if self.__dict__.get("_send_queue") is None:
             return False
         return bool(await self.get_cancel_requested())
-
-
-def _config_section() -> dict[str, Any]:
-    try:
-        section = get_config("executors.ec2")
-    except KeyError:
-        return {}
-    return dict(section) if isinstance(section, dict) else {}

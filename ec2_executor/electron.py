@@ -25,7 +25,7 @@ from ec2_executor.errors import ConnectionLostError, EC2ExecutorError, StackDele
 from ec2_executor.network import NetworkPlan, plan_network
 from ec2_executor.options import Options
 from ec2_executor.phases import Phases
-from ec2_executor.remote import Endpoint, RemoteHost, is_transient
+from ec2_executor.remote import Endpoint, RemoteHost
 from ec2_executor.stack import (
     EventLog,
     StackOutputs,
@@ -182,12 +182,14 @@ class Electron:
 
     async def _connect(self) -> RemoteHost:
         assert self.outputs is not None and self._identity is not None
-        host = self.outputs.private_ip if self.options.use_private_ip else self.outputs.public_ip
+        private = self.options.use_private_ip
+        host, kind = (
+            (self.outputs.private_ip, "private") if private else (self.outputs.public_ip, "public")
+        )
         if not host:
             raise ConnectionLostError(
-                f"Stack {self.name!r} reports no {'private' if self.options.use_private_ip else 'public'} "
-                f"address for {self.outputs.instance_id}; set use_private_ip=True or use a public "
-                f"subnet."
+                f"Stack {self.name!r} reports no {kind} address for {self.outputs.instance_id}; "
+                f"set use_private_ip=True or use a public subnet."
             )
         endpoint = Endpoint(host=host, port=self.options.ssh_port, user=self.options.username)
         self.remote = RemoteHost(endpoint, self._identity, self.host_key.public_key())
@@ -197,9 +199,7 @@ class Electron:
             try:
                 await run_blocking(remote.connect)
                 return True
-            except Exception as exc:
-                if not is_transient(exc):
-                    raise
+            except (OSError, EOFError) as exc:  # not up yet; RemoteError means "never"
                 log.debug("%s: SSH not up yet: %s", self.name, exc)
                 return None
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Callable
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -171,8 +170,3 @@ def _shell_path(path: str) -> str:
     if path == "~" or path.startswith("~/"):
         return '"$HOME"' + shlex.quote(path[1:])
     return shlex.quote(path)
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Errors that mean "not up yet" while an instance boots."""
-    return isinstance(exc, (OSError, socket.timeout, EOFError)) and not isinstance(exc, RemoteError)

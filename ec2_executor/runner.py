@@ -23,7 +23,7 @@ def _run(payload_path: str) -> dict[str, Any]:
     envelope: dict[str, Any] = {"result": None, "exception": None, "traceback": ""}
     try:
         envelope["result"] = function(*args, **kwargs)
-    except BaseException as exc:  # the task's own failure, reported, not raised here
+    except BaseException as exc:  # noqa: BLE001  (the task's failure is reported, not raised)
         envelope["exception"] = exc
         envelope["traceback"] = traceback.format_exc()
     return envelope
@@ -52,7 +52,7 @@ def _captured(run: Callable[[str], dict[str, Any]], payload_path: str) -> dict[s
 def _dumps(envelope: dict[str, Any]) -> bytes:
     try:
         return bytes(cloudpickle.dumps(envelope))
-    except Exception:  # an unpicklable result or exception: keep its text, not the object
+    except Exception:  # noqa: BLE001  (unpicklable result or exception: keep its text)
         envelope["exception"] = RuntimeError(repr(envelope["exception"] or envelope["result"]))
         envelope["result"] = None
         return bytes(cloudpickle.dumps(envelope))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import sys
 import tempfile
 import warnings
 from collections.abc import Generator, Iterator
@@ -41,18 +42,33 @@ from harness.covalent_server import (
 _ISOLATION = pytest.StashKey[tuple[CovalentPaths, contextlib.ExitStack]]()
 
 
+_FAILED = pytest.StashKey[bool]()
+
+
 def pytest_configure(config: pytest.Config) -> None:
     base = Path(tempfile.mkdtemp(prefix="ec2-e2e-covalent-"))
     stack = contextlib.ExitStack()
-    stack.callback(shutil.rmtree, base, ignore_errors=True)
+    stack.callback(_remove_unless_failed, config, base)
     paths = CovalentPaths.create(base)
     stack.enter_context(client_isolation(paths))
     config.stash[_ISOLATION] = (paths, stack)
 
 
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    session.config.stash[_FAILED] = session.testsfailed > 0
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     _, stack = config.stash[_ISOLATION]
     stack.close()
+
+
+def _remove_unless_failed(config: pytest.Config, base: Path) -> None:
+    """Keep the Covalent directories (server log, database, results) after a failure."""
+    if config.stash.get(_FAILED, False):
+        print(f"\nCovalent server files (config, logs, database) kept in {base}", file=sys.stderr)
+    else:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.hookimpl(wrapper=True)

@@ -1,0 +1,334 @@
+"""`ec2-executor`: see and remove what the executor created, check a set-up, print templates.
+
+Exit codes: 0 success; 1 a check failed or a stack could not be deleted; 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+import click
+
+from cdk_stacks.shape import NetworkMode, StackShape
+from cdk_stacks.templates import cache_path, template_for
+from ec2_executor import options as opts
+from ec2_executor.aws import AWS
+from ec2_executor.blocking import Deadline
+from ec2_executor.config import config_section
+from ec2_executor.errors import EC2ExecutorError
+from ec2_executor.network import ingress_cidr, plan_network
+from ec2_executor.provision import architecture, key_pair_name
+from ec2_executor.stack import EventLog, Stacks, delete_and_wait, stack_summary
+
+DELETE_TIMEOUT = 20 * 60.0
+_AGE = re.compile(r"^(\d+)([smhd])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+
+def load_options(region: str | None, profile: str | None, pairs: tuple[str, ...]) -> opts.Options:
+    """Options as the executor would see them: flags > `[executors.ec2]` > defaults."""
+    explicit: dict[str, Any] = {"region": region, "profile": profile}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or key not in opts.OPTION_NAMES:
+            raise click.BadParameter(
+                f"{pair!r} is not KEY=VALUE with a known option; known: "
+                f"{', '.join(opts.OPTION_NAMES)}",
+                param_hint="'-o'",
+            )
+        explicit[key] = value
+    return opts.build(opts.resolve(explicit, config_section()))
+
+
+def aws_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn = click.option("--region", help="AWS region (default: [executors.ec2] or us-east-1).")(fn)
+    fn = click.option("--profile", help="AWS profile (default: [executors.ec2] or default).")(fn)
+    return click.option(
+        "-o",
+        "--option",
+        "pairs",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="Any executor option, as EC2Executor(KEY=VALUE) would take it.",
+    )(fn)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Manage what ec2-executor creates: one CloudFormation stack per electron."""
+
+
+# --- synth ------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option(
+    "--shape",
+    type=click.Choice([m.value for m in NetworkMode]),
+    default=NetworkMode.EXISTING.value,
+    show_default=True,
+    help="existing: a given VPC and subnet; created: a VPC made per electron.",
+)
+@click.option(
+    "--output",
+    "-O",
+    type=click.File("w"),
+    default="-",
+    help="Write the template here (default: stdout).",
+)
+def synth(shape: str, output: Any) -> None:
+    """Print the CloudFormation template of a stack shape (cached after the first time)."""
+    output.write(template_for(StackShape(network=NetworkMode(shape))))
+    output.write("\n")
+
+
+# --- list -------------------------------------------------------------------------------
+
+
+@main.command(name="list")
+@aws_options
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def list_stacks(
+    region: str | None, profile: str | None, pairs: tuple[str, ...], as_json: bool
+) -> None:
+    """Every stack the executor created in the region, found by its tags."""
+    rows = _summaries(_stacks(load_options(region, profile, pairs)))
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("No ec2-executor stacks.")
+        return
+    _table(rows, ("name", "dispatch_id", "node_id", "status", "age", "instance_type"))
+
+
+def _stacks(options: opts.Options) -> Stacks:
+    try:
+        return Stacks(AWS(options).cloudformation)
+    except EC2ExecutorError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _summaries(stacks: Stacks) -> list[dict[str, Any]]:
+    try:
+        found = stacks.list_ours()
+    except EC2ExecutorError as exc:
+        raise click.ClickException(str(exc)) from exc
+    now = datetime.now(UTC)
+    rows = []
+    for stack in found:
+        row = stack_summary(stack)
+        created = stack.get("CreationTime")
+        row["age_seconds"] = int((now - created).total_seconds()) if created else None
+        row["age"] = _human(row["age_seconds"])
+        rows.append(row)
+    return rows
+
+
+def _human(seconds: int | None) -> str:
+    if seconds is None:
+        return "?"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def _table(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> None:
+    widths = [max(len(c), *(len(str(r[c])) for r in rows)) for c in columns]
+    click.echo("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)))
+    for row in rows:
+        click.echo("  ".join(str(row[c]).ljust(w) for c, w in zip(columns, widths, strict=True)))
+
+
+# --- cleanup ----------------------------------------------------------------------------
+
+
+def parse_age(value: str) -> timedelta:
+    match = _AGE.match(value.strip())
+    if not match:
+        raise click.BadParameter(f"{value!r} is not an age like 30m, 2h or 1d.")
+    return timedelta(**{_UNITS[match[2]]: int(match[1])})
+
+
+@main.command()
+@aws_options
+@click.option("--older-than", help="Only stacks at least this old, e.g. 30m, 2h, 1d.")
+@click.option("--dispatch", "dispatch_id", help="Only the stacks of this dispatch id.")
+@click.option("--stack", "names", multiple=True, help="Only this stack (repeatable).")
+@click.option("--yes", "-y", is_flag=True, help="Delete without asking.")
+def cleanup(
+    region: str | None,
+    profile: str | None,
+    pairs: tuple[str, ...],
+    older_than: str | None,
+    dispatch_id: str | None,
+    names: tuple[str, ...],
+    yes: bool,
+) -> None:
+    """Delete left-over executor stacks (all of them unless filtered), waiting for each."""
+    age = parse_age(older_than) if older_than else None
+    stacks = _stacks(load_options(region, profile, pairs))
+    rows = [
+        r
+        for r in _summaries(stacks)
+        if (age is None or (r["age_seconds"] or 0) >= age.total_seconds())
+        and (dispatch_id is None or r["dispatch_id"] == dispatch_id)
+        and (not names or r["name"] in names)
+    ]
+    if not rows:
+        click.echo("Nothing to delete.")
+        return
+    _table(rows, ("name", "dispatch_id", "node_id", "status", "age"))
+    if not yes and not click.confirm(f"Delete these {len(rows)} stack(s)?", default=False):
+        raise SystemExit(1)
+    failures = asyncio.run(_delete_all(stacks, [r["name"] for r in rows]))
+    if failures:
+        for message in failures:
+            click.echo(f"FAILED  {message}", err=True)
+        raise SystemExit(1)
+
+
+async def _delete_all(stacks: Stacks, names: list[str]) -> list[str]:
+    async def one(name: str) -> str | None:
+        try:
+            await delete_and_wait(
+                stacks,
+                name,
+                deadline=Deadline(DELETE_TIMEOUT),
+                events=EventLog(name, logger=lambda _: None),
+            )
+        except EC2ExecutorError as first:
+            # DELETE_FAILED: a retry often succeeds once what blocked it (an ENI, say) is gone.
+            try:
+                await delete_and_wait(
+                    stacks,
+                    name,
+                    deadline=Deadline(DELETE_TIMEOUT),
+                    events=EventLog(name, logger=lambda _: None),
+                )
+            except EC2ExecutorError:
+                return str(first)
+        click.echo(f"deleted {name}")
+        return None
+
+    results = await asyncio.gather(*(one(name) for name in names))
+    return [r for r in results if r]
+
+
+# --- doctor -----------------------------------------------------------------------------
+
+
+@main.command()
+@aws_options
+def doctor(region: str | None, profile: str | None, pairs: tuple[str, ...]) -> None:
+    """Check the set-up an electron would use, one line per check, with the fix."""
+    checks = Checks()
+    options = checks.run("options", lambda: load_options(region, profile, pairs), str_of=_valid)
+    if options is not None:
+        _check_aws(checks, options)
+    checks.run("template cache", _template_cache)
+    raise SystemExit(1 if checks.failed else 0)
+
+
+def _check_aws(checks: Checks, options: opts.Options) -> None:
+    aws = checks.run(
+        "AWS credentials",
+        lambda: AWS(options),
+        str_of=lambda a: f"{a.check_credentials()} in {options.region}",
+    )
+    if aws is None:
+        return
+    checks.run(
+        "instance type",
+        lambda: architecture(aws.ec2, options),
+        str_of=lambda arch: f"{options.instance_type} ({arch})",
+    )
+    if options.ssh_key_file:
+        checks.run("key pair", lambda: _key_pair(aws, options))
+    cidr = checks.run("SSH ingress", lambda: _ingress(options))
+    if cidr:
+        resolved = dataclasses.replace(options, ssh_ingress_cidr=cidr.split()[0])
+        checks.run("network", lambda: _network(aws, resolved))
+    checks.run(
+        "stacks",
+        lambda: f"{len(Stacks(aws.cloudformation).list_ours())} ec2-executor stack(s) exist now",
+    )
+
+
+T = TypeVar("T")
+
+
+class Checks:
+    """Runs checks, printing one line each: 'ok' with what was found, or 'FAIL' with the fix."""
+
+    def __init__(self) -> None:
+        self.failed = 0
+
+    def run(self, name: str, check: Callable[[], T], str_of: Callable[[T], str] = str) -> T | None:
+        try:
+            value = check()
+            detail = str_of(value)
+        except (EC2ExecutorError, click.ClickException, OSError) as exc:
+            self.failed += 1
+            message = exc.format_message() if isinstance(exc, click.ClickException) else exc
+            click.echo(f"FAIL  {name}: {message}")
+            return None
+        click.echo(f"ok    {name}: {detail}")
+        return value
+
+
+def _valid(_: object) -> str:
+    return "valid"
+
+
+def _ingress(options: opts.Options) -> str:
+    if options.ssh_ingress_cidr:
+        return f"{options.ssh_ingress_cidr} (from 'ssh_ingress_cidr')"
+    return f"{ingress_cidr(options, vpc_cidr='')} (detected)"
+
+
+def _key_pair(aws: AWS, options: opts.Options) -> str:
+    name = key_pair_name(aws.ec2, options)
+    attached = f"key pair {name!r} attached" if name else "no EC2 key pair (key via user data)"
+    return f"{options.ssh_key_file} readable; {attached}"
+
+
+def _network(aws: AWS, options: opts.Options) -> str:
+    plan = plan_network(aws.ec2, options)
+    where = (
+        f"subnet {plan.subnet_id} in {plan.vpc_id}"
+        if plan.subnet_id
+        else "a VPC created per electron"
+    )
+    return f"{where}; SSH open to {plan.ingress_cidr} only"
+
+
+def _template_cache() -> str:
+    missing = [
+        s.key for s in (StackShape(network=m) for m in NetworkMode) if not cache_path(s).exists()
+    ]
+    if not missing:
+        return "every shape cached"
+    node = shutil.which("node")
+    if node is None:
+        raise OSError(
+            f"shapes {missing} not cached and Node.js is not installed; install "
+            f"Node.js (CDK synthesis needs it) or run 'ec2-executor synth' once "
+            f"where it is"
+        )
+    version = subprocess.run([node, "--version"], capture_output=True, text=True).stdout.strip()
+    return f"shapes {missing} will be synthesised on first use (Node {version})"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
