@@ -99,7 +99,9 @@ if [ "$HPY" != "$PY" ] || [ "$HPIP" = none ]; then
 fi
 
 STEP=install
-if command -v uv >/dev/null; then uv pip install --python "$VPY" "covalent==$COV" "cloudpickle==$CP"
+state  # an image that already has the versions (system site-packages) needs no install
+if [[ "$HPY $HCOV $HCP" = "$WANT" ]]; then log "covalent and cloudpickle already present"
+elif command -v uv >/dev/null; then uv pip install --python "$VPY" "covalent==$COV" "cloudpickle==$CP"
 else "$VPY" -m pip install --no-input "covalent==$COV" "cloudpickle==$CP"; fi ||
   fail "installing covalent==$COV cloudpickle==$CP failed"
 

@@ -7,7 +7,6 @@ down in `electron.py` (the cloud side) and `remote.py` (the SSH side).
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from covalent._shared_files.exceptions import TaskCancelledError, TaskRuntimeError
@@ -19,8 +18,6 @@ from ec2_executor.electron import Electron, TaskOutcome, cleanup_from_handle
 
 EXECUTOR_PLUGIN_NAME = "EC2Executor"
 _EXECUTOR_PLUGIN_DEFAULTS = opts.defaults()
-
-log = logging.getLogger("ec2_executor")
 
 
 class EC2Executor(AsyncBaseExecutor):

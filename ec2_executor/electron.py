@@ -7,7 +7,6 @@ import concurrent.futures
 import contextlib
 import importlib.metadata
 import json
-import logging
 import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from ec2_executor.access import ClientIdentity, KeyPair, client_identity
 from ec2_executor.aws import AWS
 from ec2_executor.blocking import Deadline, _pool, poll, run_blocking
 from ec2_executor.errors import ConnectionLostError, EC2ExecutorError, StackDeletionError
+from ec2_executor.logs import log
 from ec2_executor.network import NetworkPlan, plan_network
 from ec2_executor.options import Options
 from ec2_executor.phases import Phases
@@ -35,8 +35,6 @@ from ec2_executor.stack import (
     stack_tags,
     wait_for_creation,
 )
-
-log = logging.getLogger("ec2_executor")
 
 DELETE_TIMEOUT = 20 * 60.0
 WATCH_INTERVAL = 10.0
@@ -214,10 +212,15 @@ class Electron:
     async def _watch(
         self, running: asyncio.Future[bytes], cancel_requested: Callable[[], Awaitable[bool]]
     ) -> TaskOutcome | None:
-        """Wait for the task; stop early if it is cancelled or its instance goes away."""
+        """Wait for the task; stop early if it is cancelled or its instance goes away.
+
+        Returns None when the task finished (its result is in `running`), an outcome when it
+        was cancelled; raises `ConnectionLostError` naming the instance when it went away.
+        """
         while True:
             done, _ = await asyncio.wait({running}, timeout=WATCH_INTERVAL)
-            if done:
+            lost = done and isinstance(running.exception(), ConnectionLostError)
+            if done and not lost:
                 return None
             if await cancel_requested():
                 self.close_connection()
@@ -225,11 +228,16 @@ class Electron:
             state = await run_blocking(self._instance_state)
             if state not in ("pending", "running"):
                 self.close_connection()
-                raise ConnectionLostError(
-                    f"Instance {self.outputs.instance_id if self.outputs else '?'} of stack "
-                    f"{self.name!r} is {state} while the task ran (spot interruption, or "
-                    f"'max_lifetime_minutes' reached?)."
-                )
+                raise self._instance_gone(state) from running.exception() if done else None
+            if lost:
+                return None  # the instance lives: the connection error itself is the story
+
+    def _instance_gone(self, state: str) -> ConnectionLostError:
+        instance = self.outputs.instance_id if self.outputs else "?"
+        return ConnectionLostError(
+            f"Instance {instance} of stack {self.name!r} is {state}: it went away while the task "
+            f"ran (a spot interruption, 'max_lifetime_minutes' reached, or stopped by hand?)."
+        )
 
     def _instance_state(self) -> str:
         assert self.outputs is not None

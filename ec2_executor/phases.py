@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-log = logging.getLogger("ec2_executor")
+from ec2_executor.logs import log
 
 
 class Phases:

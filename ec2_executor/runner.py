@@ -36,6 +36,9 @@ def _captured(run: Callable[[str], dict[str, Any]], payload_path: str) -> dict[s
         sys.stderr.flush()
         os.dup2(out.fileno(), 1)
         os.dup2(err.fileno(), 2)
+        # Line buffering keeps the task's prints in order with its child processes' output.
+        sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+        sys.stderr.reconfigure(line_buffering=True)  # type: ignore[union-attr]
         try:
             envelope = run(payload_path)
         finally:

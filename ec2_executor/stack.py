@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import logging
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -14,11 +13,11 @@ from typing import TYPE_CHECKING, Any
 from ec2_executor.aws import aws_errors, error_code
 from ec2_executor.blocking import Deadline, poll, run_blocking
 from ec2_executor.errors import AWSError, StackCreationError, StackDeletionError, StackError
+from ec2_executor.logs import log
 
 if TYPE_CHECKING:
     from mypy_boto3_cloudformation import CloudFormationClient
 
-log = logging.getLogger(__name__)
 
 STACK_PREFIX = "ec2-executor-"
 TAG_DISPATCH = "ec2-executor:dispatch-id"

@@ -20,7 +20,9 @@ from harness import (  # noqa: E402
     LoopbackNetwork,
     MotoServer,
     NetworkGuard,
+    build_image_venv,
     create_loopback_network,
+    current_site_packages,
     patched_environ,
 )
 
@@ -83,9 +85,9 @@ def loopback_network(moto_reset: MotoServer) -> LoopbackNetwork:
 
 @pytest.fixture
 def boot_python_path() -> str | None:
-    """PYTHONPATH for emulated instances; override it (e.g. `harness.current_site_packages()`)
-    to emulate an image with covalent preinstalled."""
-    return None
+    """PYTHONPATH for emulated instances: this venv's packages, like an image with covalent
+    (and numpy, scikit-learn) preinstalled."""
+    return current_site_packages()
 
 
 @pytest.fixture
@@ -95,10 +97,17 @@ def boot_bootstrap_env() -> dict[str, str]:
     return {"EC2_EXECUTOR_BOOTSTRAP_OFFLINE": "1"}
 
 
+@pytest.fixture(scope="session")
+def _image_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The venv the real bootstrap builds (offline, over this venv's packages), built once."""
+    return build_image_venv(tmp_path_factory.mktemp("image"))
+
+
 @pytest.fixture
-def boot_image_venv() -> Path | None:
-    """A venv the emulated image already holds at the bootstrap's venv path; None: none."""
-    return None
+def boot_image_venv(_image_venv: Path) -> Path | None:
+    """A venv the emulated image already holds at the bootstrap's venv path (None: none), so
+    each boot's real bootstrap takes its fast path instead of building a venv again."""
+    return _image_venv
 
 
 @pytest.fixture

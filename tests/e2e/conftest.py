@@ -30,7 +30,6 @@ from harness import (
     LoopbackNetwork,
     MotoServer,
     create_loopback_network,
-    current_site_packages,
 )
 from harness.covalent_server import (
     CovalentPaths,
@@ -170,35 +169,23 @@ def covalent_server(
 # --- instances ------------------------------------------------------------------------------
 
 
-class HomedBoot(EmulatedBoot):
-    """Gives each emulated instance a home of its own (`HOME` in its SSH sessions and its
-    bootstrap): covalent, pip and the task run there import and write as on a fresh instance,
-    and never into the home of the user running the tests."""
-
-    def _session_env(self, record: BootedInstance) -> dict[str, str]:
-        env = super()._session_env(record)
-        home = record.workdir / "home"
-        if record.workdir.is_dir():
-            home.mkdir(exist_ok=True)
-        env["HOME"] = str(home)
-        return env
-
-
-@pytest.fixture
-def boot_python_path() -> str | None:
-    """An image with this interpreter's packages (covalent, numpy, scikit-learn) preinstalled."""
-    return current_site_packages()
-
-
 @pytest.fixture
 def emulated_boot(
     moto_server: MotoServer,
     e2e_network: LoopbackNetwork,
     boot_python_path: str | None,
+    boot_bootstrap_env: dict[str, str],
+    boot_image_venv: Path | None,
     tmp_path: Path,
 ) -> Iterator[EmulatedBoot]:
     """Boots every instance moto runs during the test (no moto reset: the network is shared)."""
-    boot = HomedBoot(moto_server.url, python_path=boot_python_path, base_dir=tmp_path / "instances")
+    boot = EmulatedBoot(
+        moto_server.url,
+        python_path=boot_python_path,
+        bootstrap_env=boot_bootstrap_env,
+        image_venv=boot_image_venv,
+        base_dir=tmp_path / "instances",
+    )
     with boot:
         yield boot
     boot.raise_errors()

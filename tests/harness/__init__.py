@@ -8,7 +8,13 @@ Nothing here talks to anything outside 127.0.0.0/8, and nothing is installed int
 every emulated instance lives in its own temporary directory.
 """
 
-from .boot import BootedInstance, BootError, EmulatedBoot, current_site_packages
+from .boot import (
+    BootedInstance,
+    BootError,
+    EmulatedBoot,
+    build_image_venv,
+    current_site_packages,
+)
 from .keys import KeyPair, generate_ed25519_keypair
 from .moto import (
     AWS_ENV_UNSET,
@@ -42,6 +48,7 @@ __all__ = [
     "NetworkGuardError",
     "UserDataError",
     "aws_environment",
+    "build_image_venv",
     "create_loopback_network",
     "current_site_packages",
     "generate_ed25519_keypair",

@@ -29,6 +29,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import sysconfig
 import tempfile
 import threading
@@ -473,7 +474,13 @@ class EmulatedBoot:
         return parse_user_data(base64.b64decode(encoded))
 
     def _session_env(self, record: BootedInstance) -> dict[str, str]:
-        env = {"EC2_EXECUTOR_PREFIX": str(record.prefix), MARKER_ENV: record.marker}
+        # Each instance has its own home, so nothing run "on the instance" (covalent's config,
+        # caches) writes into this machine's real home.
+        env = {
+            "EC2_EXECUTOR_PREFIX": str(record.prefix),
+            MARKER_ENV: record.marker,
+            "HOME": str(record.workdir / "home"),
+        }
         if self.python_path:
             env["PYTHONPATH"] = self.python_path
         return env
@@ -484,6 +491,7 @@ class EmulatedBoot:
             PRIVSEP_DIR.mkdir(mode=0o755, parents=True, exist_ok=True)
         record.workdir.mkdir(parents=True)
         record.prefix.mkdir()
+        (record.workdir / "home").mkdir()
         host_key = record.workdir / "ssh_host_ed25519_key"
         host_key.write_text(record.spec.host_key_pem)
         host_key.chmod(0o600)
@@ -686,3 +694,37 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return stat[stat.rfind(")") + 2 :].split()[0] != "Z"
+
+
+def build_image_venv(prefix: Path) -> Path:
+    """Run the real bootstrap once, offline, over this venv's packages; return its venv.
+
+    Emulated images link it in, so each boot's bootstrap takes its idempotent fast path.
+    """
+    from importlib.metadata import version
+
+    from cdk_stacks.user_data import bootstrap_script_path
+
+    python = f"{sys.version_info.major}.{sys.version_info.minor}"
+    subprocess.run(
+        [
+            "bash",
+            str(bootstrap_script_path()),
+            "--python",
+            python,
+            "--covalent",
+            version("covalent"),
+            "--cloudpickle",
+            version("cloudpickle"),
+            "--prefix",
+            str(prefix),
+        ],
+        env={
+            **os.environ,
+            "EC2_EXECUTOR_BOOTSTRAP_OFFLINE": "1",
+            "PYTHONPATH": current_site_packages(),
+        },
+        check=True,
+        capture_output=True,
+    )
+    return prefix / "venv"

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 from executor_support import harness_options
+from harness import LoopbackNetwork, MotoServer
 
 from ec2_executor.ec2 import EC2Executor
 from ec2_executor.stack import stack_name
-from harness import LoopbackNetwork, MotoServer
 
 
 @pytest.fixture
@@ -22,19 +22,31 @@ def cli_env(moto_server: MotoServer, tmp_path: Path) -> dict[str, str]:
     return {
         **os.environ,
         "COVALENT_CONFIG_DIR": str(tmp_path / "covalent-config"),
-        "EC2_EXECUTOR_CACHE_DIR": os.environ.get("EC2_EXECUTOR_CACHE_DIR",
-                                                 str(tmp_path / "cache")),
+        "EC2_EXECUTOR_CACHE_DIR": os.environ.get("EC2_EXECUTOR_CACHE_DIR", str(tmp_path / "cache")),
     }
 
 
 def cli(env: dict[str, str], *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["ec2-executor", *args], env=env, input=stdin, text=True,
-                          capture_output=True, timeout=300, check=False)
+    return subprocess.run(
+        ["ec2-executor", *args],
+        env=env,
+        input=stdin,
+        text=True,
+        capture_output=True,
+        timeout=300,
+        check=False,
+    )
 
 
 def harness_flags(network: LoopbackNetwork) -> list[str]:
-    return ["-o", f"subnet={network.subnet_id}", "-o", "use_private_ip=true",
-            "-o", "ssh_ingress_cidr=127.0.0.1/32"]
+    return [
+        "-o",
+        f"subnet={network.subnet_id}",
+        "-o",
+        "use_private_ip=true",
+        "-o",
+        "ssh_ingress_cidr=127.0.0.1/32",
+    ]
 
 
 def leave_a_stack(network: LoopbackNetwork, tmp_path: Path, dispatch_id: str) -> str:
@@ -59,20 +71,25 @@ def test_every_command_has_help(cli_env: dict[str, str], command: list[str]) -> 
 
 
 def test_list_shows_a_live_electron_stack(
-    cli_env: dict[str, str], loopback_network: LoopbackNetwork, moto_reset: MotoServer,
+    cli_env: dict[str, str],
+    loopback_network: LoopbackNetwork,
+    moto_reset: MotoServer,
     tmp_path: Path,
 ) -> None:
     name = leave_a_stack(loopback_network, tmp_path, "dispatch-list")
     rows = json.loads(cli(cli_env, "list", "--json").stdout)
-    assert [(r["name"], r["dispatch_id"], r["node_id"], r["status"], r["instance_type"])
-            for r in rows] == [(name, "dispatch-list", "7", "CREATE_COMPLETE", "t2.micro")]
+    assert [
+        (r["name"], r["dispatch_id"], r["node_id"], r["status"], r["instance_type"]) for r in rows
+    ] == [(name, "dispatch-list", "7", "CREATE_COMPLETE", "t2.micro")]
     assert rows[0]["age_seconds"] >= 0
     table = cli(cli_env, "list").stdout
     assert name in table and "CREATE_COMPLETE" in table
 
 
 def test_cleanup_asks_then_deletes_a_left_over_stack(
-    cli_env: dict[str, str], loopback_network: LoopbackNetwork, moto_reset: MotoServer,
+    cli_env: dict[str, str],
+    loopback_network: LoopbackNetwork,
+    moto_reset: MotoServer,
     tmp_path: Path,
 ) -> None:
     kept = leave_a_stack(loopback_network, tmp_path, "dispatch-keep")
@@ -91,7 +108,9 @@ def test_cleanup_asks_then_deletes_a_left_over_stack(
 
 
 def test_cleanup_by_age_spares_young_stacks(
-    cli_env: dict[str, str], loopback_network: LoopbackNetwork, moto_reset: MotoServer,
+    cli_env: dict[str, str],
+    loopback_network: LoopbackNetwork,
+    moto_reset: MotoServer,
     tmp_path: Path,
 ) -> None:
     young = leave_a_stack(loopback_network, tmp_path, "dispatch-young")
@@ -105,37 +124,55 @@ def test_cleanup_by_age_spares_young_stacks(
 
 
 def test_doctor_passes_on_the_harness(
-    cli_env: dict[str, str], loopback_network: LoopbackNetwork, moto_reset: MotoServer,
+    cli_env: dict[str, str],
+    loopback_network: LoopbackNetwork,
+    moto_reset: MotoServer,
 ) -> None:
     done = cli(cli_env, "doctor", *harness_flags(loopback_network))
     assert done.returncode == 0, done.stdout
     lines = done.stdout.splitlines()
     assert all(line.startswith("ok    ") for line in lines), done.stdout
     checked = [line.split(":")[0].removeprefix("ok    ") for line in lines]
-    assert checked == ["options", "AWS credentials", "instance type", "SSH ingress", "network",
-                       "stacks", "template cache"]
+    assert checked == [
+        "options",
+        "AWS credentials",
+        "instance type",
+        "SSH ingress",
+        "network",
+        "stacks",
+        "template cache",
+    ]
     assert loopback_network.subnet_id in done.stdout
     assert "127.0.0.1/32" in done.stdout
 
 
 def test_doctor_names_missing_credentials(
-    cli_env: dict[str, str], loopback_network: LoopbackNetwork, tmp_path: Path,
+    cli_env: dict[str, str],
+    loopback_network: LoopbackNetwork,
+    tmp_path: Path,
 ) -> None:
-    env = {k: v for k, v in cli_env.items()
-           if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")}
-    env.update(AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"),
-               AWS_CONFIG_FILE=str(tmp_path / "none"), HOME=str(tmp_path))
+    env = {
+        k: v
+        for k, v in cli_env.items()
+        if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+    }
+    env.update(
+        AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"),
+        AWS_CONFIG_FILE=str(tmp_path / "none"),
+        HOME=str(tmp_path),
+    )
     done = cli(env, "doctor", *harness_flags(loopback_network))
     assert done.returncode == 1
     assert "FAIL  AWS credentials: No AWS credentials were found" in done.stdout
 
 
 def test_doctor_names_a_missing_key_file(
-    cli_env: dict[str, str], loopback_network: LoopbackNetwork, tmp_path: Path,
+    cli_env: dict[str, str],
+    loopback_network: LoopbackNetwork,
+    tmp_path: Path,
 ) -> None:
     missing = tmp_path / "no_such_key"
-    done = cli(cli_env, "doctor", *harness_flags(loopback_network),
-               "-o", f"ssh_key_file={missing}")
+    done = cli(cli_env, "doctor", *harness_flags(loopback_network), "-o", f"ssh_key_file={missing}")
     assert done.returncode == 1
     assert f"FAIL  options: Option 'ssh_key_file' is '{missing}'" in done.stdout
 
