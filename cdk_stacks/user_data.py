@@ -5,6 +5,7 @@ Pure text: rendering needs no `aws_cdk`, so tests can check it with a YAML parse
 
 from __future__ import annotations
 
+import base64
 import importlib.util
 from pathlib import Path
 
@@ -21,14 +22,8 @@ def bootstrap_script_path() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "bootstrap.sh"
 
 
-def escape_for_sub(text: str) -> str:
-    """Make literal `${...}` survive `Fn::Sub` (which would read it as a parameter)."""
-    return text.replace("${", "${!")
-
-
-def _indent(text: str, spaces: int) -> str:
-    pad = " " * spaces
-    return "".join(pad + line if line.strip() else line for line in text.splitlines(True))
+def _base64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
 
 
 def cloud_config_template(bootstrap_script: str) -> str:
@@ -40,7 +35,9 @@ def cloud_config_template(bootstrap_script: str) -> str:
     The authorised key is a literal block: a key comment such as `work: laptop` or `#2` would
     otherwise turn the list item into a mapping or a truncated key.
     """
-    script = _indent(escape_for_sub(bootstrap_script), 6)
+    # The script goes in as base64: verbatim, whatever `${...}`, quotes or indentation it
+    # holds, with nothing for `Fn::Sub` or YAML to reinterpret.
+    script = _base64(bootstrap_script)
     return f"""#cloud-config
 ssh_deletekeys: false
 ssh_genkeytypes: []
@@ -60,8 +57,9 @@ write_files:
       KbdInteractiveAuthentication no
   - path: {BOOTSTRAP_PATH}
     permissions: "0755"
-    content: |
-{script}bootcmd:
+    encoding: b64
+    content: {script}
+bootcmd:
   - systemd-run --on-active=${{MaxLifetimeMinutes}}min --unit=ec2-executor-lifetime systemctl poweroff || shutdown -P +${{MaxLifetimeMinutes}}
 runcmd:
   - [{BOOTSTRAP_PATH}, --python, "${{PythonVersion}}", --covalent, "${{CovalentVersion}}", --cloudpickle, "${{CloudpickleVersion}}", --user, "${{SshUser}}"]

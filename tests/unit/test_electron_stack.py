@@ -485,8 +485,10 @@ def test_user_data_embeds_the_bootstrap_verbatim(
 ) -> None:
     entry = _write_files(cloud_config)[BOOTSTRAP_PATH]
     assert entry["permissions"] == "0755"
-    assert entry["content"] == BOOTSTRAP_FILE.read_text()
-    _bash_n(entry["content"], tmp_path, "bootstrap.sh")
+    assert entry["encoding"] == "b64"  # nothing for Fn::Sub or YAML to reinterpret
+    script = base64.b64decode(entry["content"]).decode()
+    assert script == BOOTSTRAP_FILE.read_text()
+    _bash_n(script, tmp_path, "bootstrap.sh")
 
 
 def test_runcmd_runs_the_bootstrap_with_the_versions(cloud_config: dict[str, Any]) -> None:
