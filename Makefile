@@ -39,7 +39,7 @@ bench: install
 	$(PY) -m bench
 
 demo: install
-	$(PY) -m ec2_executor.demo
+	$(PY) tests/demo.py
 
 clean:
 	rm -rf $(VENV) node_modules cdk.out .pytest_cache .mypy_cache .ruff_cache

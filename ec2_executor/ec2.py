@@ -15,6 +15,7 @@ from covalent.executor.base import AsyncBaseExecutor
 from ec2_executor import options as opts
 from ec2_executor.config import config_section
 from ec2_executor.electron import Electron, TaskOutcome, cleanup_from_handle
+from ec2_executor.errors import EC2ExecutorError
 
 EXECUTOR_PLUGIN_NAME = "EC2Executor"
 _EXECUTOR_PLUGIN_DEFAULTS = opts.defaults()
@@ -66,7 +67,13 @@ class EC2Executor(AsyncBaseExecutor):
     async def setup(self, task_metadata: dict[str, Any]) -> None:
         self._electron = Electron(self._options(), task_metadata)
         await self._set_job_handle(self._electron.job_handle())
-        await self._electron.provision()
+        try:
+            await self._electron.provision()
+        except EC2ExecutorError as exc:
+            # A cancel deletes the stack under a creation in progress; that is no failure.
+            if await self._cancel_requested():
+                raise TaskCancelledError(f"{self._electron.name} was cancelled.") from exc
+            raise
 
     async def run(
         self, function: Any, args: list[Any], kwargs: dict[str, Any], task_metadata: dict[str, Any]

@@ -59,7 +59,7 @@ def test_a_remote_exception_fails_the_task_with_its_traceback(
         run(execute(ex, boom, [], {}))
     stderr = ex.task_stderr.getvalue()
     assert "Traceback (most recent call last)" in stderr
-    assert ', in boom' in stderr  # the remote frame (source lines stay on the dispatcher)
+    assert ", in boom" in stderr  # the remote frame (source lines stay on the dispatcher)
     assert "ValueError: boom" in stderr
     assert all(
         s["StackStatus"] == "DELETE_COMPLETE"

@@ -1,0 +1,164 @@
+"""The seed's usage example, end to end, in one command (`make demo`).
+
+Without an AWS account configured it runs against the local stand-ins the tests use: a moto
+server for AWS, an emulated instance boot (a real sshd per instance, on 127.0.2.x), and a real
+Covalent server, all in a temporary directory that is removed at the end. With AWS credentials
+configured (and `--local` not given) it dispatches the same example to real AWS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.metadata
+import logging
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+import covalent as ct
+from harness import EmulatedBoot, MotoServer, build_image_venv, create_loopback_network
+from harness.covalent_server import CovalentPaths, CovalentServer, client_isolation, point_client_at
+from harness.moto import patched_environ
+from integration.executor_support import harness_options
+from numpy.random import permutation
+from sklearn import datasets, svm
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+PHASE = re.compile(r"(ec2-executor-\S+): (.+) took ([\d.]+)s")
+
+
+# --- the seed's example ----------------------------------------------------------------------
+
+
+def seed_example(executor: Any, deps_pip: Any) -> Any:
+    @ct.electron(executor=executor, deps_pip=deps_pip)
+    def train_svm(data, C, gamma):
+        X, y = data
+        clf = svm.SVC(C=C, gamma=gamma)
+        clf.fit(X[90:], y[90:])
+        return clf
+
+    @ct.electron
+    def load_data():
+        iris = datasets.load_iris()
+        perm = permutation(iris.target.size)
+        iris.data = iris.data[perm]
+        iris.target = iris.target[perm]
+        return iris.data, iris.target
+
+    @ct.electron
+    def score_svm(data, clf):
+        X_test, y_test = data
+        return clf.score(X_test[:90], y_test[:90])
+
+    @ct.lattice
+    def run_experiment(C=1.0, gamma=0.7):
+        data = load_data()
+        clf = train_svm(data=data, C=C, gamma=gamma)
+        score = score_svm(data=data, clf=clf)
+        return score
+
+    return run_experiment
+
+
+def pinned(*names: str) -> Any:
+    return ct.DepsPip(packages=[f"{n}=={importlib.metadata.version(n)}" for n in names])
+
+
+# --- running it ------------------------------------------------------------------------------
+
+
+def dispatch(server: CovalentServer, executor: Any, deps_pip: Any) -> float:
+    started = time.monotonic()
+    dispatch_id = ct.dispatch(seed_example(executor, deps_pip))(C=1.0, gamma=0.7)
+    print(f"dispatched {dispatch_id}; waiting for the result ...")
+    result = server.wait_for_result(dispatch_id, timeout=1800)
+    if str(result.status) != "COMPLETED":
+        raise SystemExit(f"the workflow ended {result.status}: {result.error}")
+    print(f"\nscore: {result.result}   (workflow took {time.monotonic() - started:.1f}s)")
+    return float(result.result)
+
+
+def print_phases(server: CovalentServer) -> None:
+    log = server.paths.server_log.read_text(errors="replace")
+    phases = PHASE.findall(log)
+    if phases:
+        print("\nexecutor phases (from the Covalent server's log):")
+        for _, name, seconds in phases:
+            print(f"  {name:<20} {float(seconds):7.2f}s")
+
+
+def run_local(base: Path) -> None:
+    print("No AWS account configured (or --local): using a local moto server and emulated boot.")
+    with contextlib.ExitStack() as stack:
+        moto = MotoServer.start()
+        stack.callback(moto.stop)
+        stack.enter_context(patched_environ(moto.environment(base / "aws")))
+        network = create_loopback_network(moto.client("ec2"))
+        boot = EmulatedBoot(
+            moto.url,
+            bootstrap_env={"EC2_EXECUTOR_BOOTSTRAP_OFFLINE": "1"},
+            image_venv=build_image_venv(base / "image"),
+            base_dir=base / "instances",
+        )
+        stack.enter_context(boot)
+        paths = CovalentPaths.create(base / "covalent")
+        stack.enter_context(client_isolation(paths))
+        settings = harness_options(network.subnet_id, str(base / "remote-cache"))
+        server = CovalentServer.start(
+            paths,
+            env={**moto.env, "EC2_EXECUTOR_CACHE_DIR": str(base / "templates")},
+            log_level="info",
+        )
+        stack.callback(server.stop)
+        point_client_at(server)
+        # The seed's executor, plus the local settings (loopback subnet, private address, ...).
+        executor = ct.executor.EC2Executor(instance_type="t2.micro", volume_size=8, **settings)
+        dispatch(server, executor, pinned("numpy", "scikit-learn"))
+        print_phases(server)
+        left = [
+            s
+            for s in moto.client("cloudformation").list_stacks()["StackSummaries"]
+            if s["StackStatus"] != "DELETE_COMPLETE"
+        ]
+        print(f"\nstacks left behind: {len(left)}")
+        if left:
+            raise SystemExit(f"stacks left behind: {left}")
+
+
+def run_aws(base: Path) -> None:
+    print("AWS credentials found: the example runs on a real EC2 instance (it bills).")
+    paths = CovalentPaths.create(base / "covalent")
+    with client_isolation(paths), CovalentServer.start(paths, log_level="info") as server:
+        point_client_at(server)
+        executor = ct.executor.EC2Executor(instance_type="t2.micro", volume_size=8)
+        dispatch(server, executor, ct.DepsPip(packages=["numpy", "scikit-learn"]))
+        print_phases(server)
+
+
+def aws_configured() -> bool:
+    import boto3
+
+    return boto3.Session().get_credentials() is not None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--local", action="store_true", help="never use real AWS")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    with tempfile.TemporaryDirectory(prefix="ec2-executor-demo-") as base:
+        if not args.local and aws_configured():
+            run_aws(Path(base))
+        else:
+            run_local(Path(base))
+    print("everything the demo started is stopped and removed.")
+
+
+if __name__ == "__main__":
+    main()
