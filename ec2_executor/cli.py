@@ -200,24 +200,15 @@ def cleanup(
 
 async def _delete_all(stacks: Stacks, names: list[str]) -> list[str]:
     async def one(name: str) -> str | None:
-        try:
+        try:  # retries a DELETE_FAILED stack once, then says what blocks it
             await delete_and_wait(
                 stacks,
                 name,
                 deadline=Deadline(DELETE_TIMEOUT),
                 events=EventLog(name, logger=lambda _: None),
             )
-        except EC2ExecutorError as first:
-            # DELETE_FAILED: a retry often succeeds once what blocked it (an ENI, say) is gone.
-            try:
-                await delete_and_wait(
-                    stacks,
-                    name,
-                    deadline=Deadline(DELETE_TIMEOUT),
-                    events=EventLog(name, logger=lambda _: None),
-                )
-            except EC2ExecutorError:
-                return str(first)
+        except EC2ExecutorError as exc:
+            return str(exc)
         click.echo(f"deleted {name}")
         return None
 

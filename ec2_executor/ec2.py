@@ -48,6 +48,7 @@ class EC2Executor(AsyncBaseExecutor):
         create_vpc: bool | None = None,
         spot: bool | None = None,
         instance_profile: str | None = None,
+        wait_for_deletion: bool | None = None,
         max_lifetime_minutes: int | None = None,
         provision_timeout: float | None = None,
         tags: dict[str, str] | None = None,

@@ -8,7 +8,7 @@ import contextlib
 import importlib.metadata
 import json
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +31,7 @@ from ec2_executor.stack import (
     StackOutputs,
     Stacks,
     delete_and_wait,
+    request_deletion,
     stack_name,
     stack_tags,
     wait_for_creation,
@@ -261,14 +262,39 @@ class Electron:
             # delete. Delete by name even when the call failed: a timed-out request may still
             # have created the stack, and deleting a missing stack is a no-op.
             await asyncio.wrap_future(self._create_call)
-        with self.phases.phase("delete stack"):
-            await delete_and_wait(
-                Stacks(self.aws.cloudformation),
-                self.name,
-                deadline=Deadline(DELETE_TIMEOUT),
-                events=self.events,
+        stacks = Stacks(self.aws.cloudformation)
+
+        def deletion() -> Coroutine[Any, Any, None]:
+            return delete_and_wait(
+                stacks, self.name, deadline=Deadline(DELETE_TIMEOUT), events=self.events
             )
+
+        with self.phases.phase("delete stack"):
+            if self.options.wait_for_deletion:
+                await deletion()
+            else:
+                # Once CloudFormation has the request it deletes the stack whatever becomes of
+                # this process; the electron need not wait the minute that takes. The wait
+                # goes on in the background and reports a stack that stays.
+                await request_deletion(stacks, self.name)
+                _in_background(_report_failure(deletion()))
         log.info("%s: done (%s)", self.name, self.phases.summary())
+
+
+_BACKGROUND: set[asyncio.Task[None]] = set()
+
+
+def _in_background(work: Coroutine[Any, Any, None]) -> None:
+    task = asyncio.ensure_future(work)
+    _BACKGROUND.add(task)  # the loop keeps only weak references to tasks
+    task.add_done_callback(_BACKGROUND.discard)
+
+
+async def _report_failure(deletion: Coroutine[Any, Any, None]) -> None:
+    try:
+        await deletion
+    except StackDeletionError as exc:
+        log.error("%s", exc)
 
 
 def _declared(template: str) -> frozenset[str]:

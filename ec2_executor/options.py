@@ -63,6 +63,8 @@ class Options:
     """Run on the spot market."""
     instance_profile: str = ""
     """Existing IAM instance profile name for the task's own AWS access."""
+    wait_for_deletion: bool = False
+    """Hold the electron until its stack is deleted; by default deletion is verified after."""
     max_lifetime_minutes: int = 120
     """The instance powers itself off (and terminates) after this, whatever happens here."""
     provision_timeout: float = 900.0

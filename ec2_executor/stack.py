@@ -194,25 +194,41 @@ async def wait_for_creation(
 
 
 async def delete_and_wait(
-    stacks: Stacks, name: str, *, deadline: Deadline, events: EventLog
+    stacks: Stacks, name: str, *, deadline: Deadline, events: EventLog, attempts: int = 2
 ) -> None:
-    """Delete the stack and wait until it is gone; raise a `StackDeletionError` if it stays."""
+    """Delete the stack and wait until it is gone; raise a `StackDeletionError` if it stays.
+
+    A DELETE_FAILED stack is deleted again once: what blocked it (an ENI still detaching, say)
+    has often cleared by then.
+    """
+
+    async def check() -> str | None:
+        found = await run_blocking(stacks.describe, name)
+        status = found["StackStatus"] if found else "DELETE_COMPLETE"
+        if found:
+            events.record(await run_blocking(stacks.events, name))
+        return status if status in ("DELETE_COMPLETE", "DELETE_FAILED") else None
+
+    status: str | None = None
     try:
-        await run_blocking(stacks.delete, name)
-
-        async def check() -> str | None:
-            found = await run_blocking(stacks.describe, name)
-            status = found["StackStatus"] if found else "DELETE_COMPLETE"
-            if found:
-                events.record(await run_blocking(stacks.events, name))
-            return status if status in ("DELETE_COMPLETE", "DELETE_FAILED") else None
-
-        status = await poll(check, deadline=deadline)
+        for _ in range(attempts):
+            await run_blocking(stacks.delete, name)
+            status = await poll(check, deadline=deadline)
+            if status != "DELETE_FAILED":
+                break
     except AWSError as exc:
         raise _left_behind(name, str(exc)) from exc
     if status != "DELETE_COMPLETE":
         reason = events.first_failure() if status else "deletion did not finish in time"
         raise _left_behind(name, reason)
+
+
+async def request_deletion(stacks: Stacks, name: str) -> None:
+    """Ask CloudFormation to delete the stack; from then on it deletes it without us."""
+    try:
+        await run_blocking(stacks.delete, name)
+    except AWSError as exc:
+        raise _left_behind(name, str(exc)) from exc
 
 
 def _left_behind(name: str, reason: str) -> StackError:

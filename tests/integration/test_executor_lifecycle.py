@@ -16,7 +16,12 @@ import pytest
 from executor_support import execute, free_port, harness_options, run
 from harness import LoopbackNetwork, MotoServer
 
-from ec2_executor import ConfigurationError, CredentialsError, EC2ExecutorError
+from ec2_executor import (
+    ConfigurationError,
+    CredentialsError,
+    EC2ExecutorError,
+    StackDeletionError,
+)
 from ec2_executor.ec2 import EC2Executor
 from ec2_executor.stack import TAG_DISPATCH, TAG_NODE, stack_name
 
@@ -317,3 +322,31 @@ def test_ten_electrons_in_parallel_get_ten_stacks(
     assert {s["StackStatus"] for s in summaries} == {"DELETE_COMPLETE"}
     assert emulated_boot.booted_count == 10
     assert_nothing_left(moto_reset)
+
+
+def test_waiting_for_deletion_holds_the_electron_until_the_stack_is_gone(
+    loopback_network: LoopbackNetwork,
+    emulated_boot: Any,
+    moto_reset: MotoServer,
+    remote_cache: str,
+) -> None:
+    ex = executor(loopback_network, remote_cache, wait_for_deletion=True)
+    assert run(execute(ex, double, [3], {})) == 6
+    assert_nothing_left(moto_reset)
+
+
+def test_a_stack_that_cannot_be_deleted_is_named_with_the_fix(
+    moto_reset: MotoServer,
+    remote_cache: str,
+) -> None:
+    """moto cannot delete a created VPC (its gateway attachment has no delete): a real
+    DeleteStack failure. Setup and teardown only; the instance is not on loopback."""
+    ex = EC2Executor(create_vpc=True, ssh_ingress_cidr="127.0.0.1/32", remote_cache=remote_cache)
+    metadata = {"dispatch_id": "undeletable", "node_id": 1, "results_dir": ""}
+    run(ex.setup(metadata))
+    name = stack_name("undeletable", 1)
+    assert live_stacks(moto_reset)[0]["StackName"] == name
+    with pytest.raises(StackDeletionError) as left:
+        run(ex.teardown(metadata))
+    assert name in str(left.value)
+    assert f"ec2-executor cleanup --stack {name}" in str(left.value)
