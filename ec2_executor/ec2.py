@@ -7,6 +7,7 @@ down in `electron.py` (the cloud side) and `remote.py` (the SSH side).
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from covalent._shared_files.exceptions import TaskCancelledError, TaskRuntimeError
@@ -122,3 +123,16 @@ class EC2Executor(AsyncBaseExecutor):
         if self.__dict__.get("_send_queue") is None:
             return False
         return bool(await self.get_cancel_requested())
+
+
+def _register_if_missed() -> None:
+    """Covalent registers plugins as it is imported. When this module was imported first, it
+    saw this module half-loaded (no class yet) and skipped it: register it now."""
+    manager = getattr(sys.modules.get("covalent.executor"), "_executor_manager", None)
+    if manager is None:
+        return  # covalent is importing this module itself and registers it when it is done
+    if manager.executor_plugins_map.get("ec2") is not EC2Executor:
+        manager._populate_executor_map_from_module(sys.modules[__name__])
+
+
+_register_if_missed()

@@ -16,7 +16,7 @@ import cloudpickle
 
 from cdk_stacks.parameters import StackParameters
 from cdk_stacks.templates import template_for
-from ec2_executor import provision
+from ec2_executor import provision, redact
 from ec2_executor.access import ClientIdentity, KeyPair, client_identity
 from ec2_executor.aws import AWS
 from ec2_executor.blocking import Deadline, _pool, poll, run_blocking
@@ -66,6 +66,7 @@ class Electron:
         self.events = EventLog(self.name)
         self.deadline = Deadline(options.provision_timeout)
         self.host_key = KeyPair.generate(comment="ec2-executor-host")
+        redact.hide(self.host_key.private_base64())  # until the stack is gone
         self.outputs: StackOutputs | None = None
         self.remote: RemoteHost | None = None
         self._aws: AWS | None = None
@@ -256,6 +257,7 @@ class Electron:
         """Delete whatever setup created, however far it got; say so loudly if it stays."""
         self.close_connection()
         if self._create_call is None:
+            redact.unhide(self.host_key.private_base64())
             return  # create_stack was never sent
         with contextlib.suppress(EC2ExecutorError):
             # Let an in-flight create_stack land first, or the stack could appear after the
@@ -264,10 +266,13 @@ class Electron:
             await asyncio.wrap_future(self._create_call)
         stacks = Stacks(self.aws.cloudformation)
 
-        def deletion() -> Coroutine[Any, Any, None]:
-            return delete_and_wait(
-                stacks, self.name, deadline=Deadline(DELETE_TIMEOUT), events=self.events
-            )
+        async def deletion() -> None:
+            try:
+                await delete_and_wait(
+                    stacks, self.name, deadline=Deadline(DELETE_TIMEOUT), events=self.events
+                )
+            finally:
+                redact.unhide(self.host_key.private_base64())
 
         with self.phases.phase("delete stack"):
             if self.options.wait_for_deletion:

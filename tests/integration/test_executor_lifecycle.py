@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ from ec2_executor import (
     StackDeletionError,
 )
 from ec2_executor.ec2 import EC2Executor
+from ec2_executor.logs import log
 from ec2_executor.stack import TAG_DISPATCH, TAG_NODE, stack_name
 
 # The instance cannot import this test module: ship its functions by value.
@@ -50,6 +53,18 @@ def assert_nothing_left(moto: MotoServer) -> None:
     assert set(groups) <= {"default"}, groups
 
 
+@pytest.fixture
+def package_log(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """Our records reach caplog: they go to Covalent's logger, which does not propagate."""
+    log.addHandler(caplog.handler)
+    log.setLevel(logging.DEBUG)
+    try:
+        yield
+    finally:
+        log.removeHandler(caplog.handler)
+        log.setLevel(logging.NOTSET)
+
+
 def executor(network: LoopbackNetwork, remote_cache: str, **overrides: Any) -> EC2Executor:
     return EC2Executor(**harness_options(network.subnet_id, remote_cache, **overrides))
 
@@ -60,8 +75,9 @@ def test_happy_path_runs_the_task_and_deletes_everything(
     moto_reset: MotoServer,
     remote_cache: str,
     caplog: pytest.LogCaptureFixture,
+    package_log: None,
 ) -> None:
-    caplog.set_level(logging.INFO)
+    caplog.set_level(logging.DEBUG)  # everything: ours (via package_log), paramiko, botocore
     ex = executor(loopback_network, remote_cache, tags={"project": "tests"})
     seen: dict[str, Any] = {}
     real_teardown = ex.teardown
@@ -350,3 +366,72 @@ def test_a_stack_that_cannot_be_deleted_is_named_with_the_fix(
         run(ex.teardown(metadata))
     assert name in str(left.value)
     assert f"ec2-executor cleanup --stack {name}" in str(left.value)
+
+
+def _setup_only(ex: EC2Executor, dispatch_id: str) -> dict[str, str]:
+    """Setup, read the stack's parameters, teardown: for networks the harness cannot boot."""
+    metadata = {"dispatch_id": dispatch_id, "node_id": 0, "results_dir": ""}
+    try:
+        run(ex.setup(metadata))
+        stack = ex._electron.aws.cloudformation.describe_stacks(
+            StackName=stack_name(dispatch_id, 0)
+        )["Stacks"][0]
+        return {p["ParameterKey"]: p["ParameterValue"] for p in stack["Parameters"]}
+    finally:
+        run(ex.teardown(metadata))
+
+
+def test_no_network_given_uses_the_default_vpc(moto_reset: MotoServer, remote_cache: str) -> None:
+    ec2 = moto_reset.client("ec2")
+    default_vpc = ec2.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])
+    vpc_id = default_vpc["Vpcs"][0]["VpcId"]
+    ex = EC2Executor(ssh_ingress_cidr="127.0.0.1/32", remote_cache=remote_cache)
+    params = _setup_only(ex, "default-vpc")
+    assert params["VpcId"] == vpc_id
+    subnet = ec2.describe_subnets(SubnetIds=[params["SubnetId"]])["Subnets"][0]
+    assert subnet["VpcId"] == vpc_id and subnet["MapPublicIpOnLaunch"]
+    assert params["SshIngressCidr"] == "127.0.0.1/32"
+    assert live_stacks(moto_reset) == []
+
+
+def test_no_default_vpc_means_a_created_network(moto_reset: MotoServer, remote_cache: str) -> None:
+    ec2 = moto_reset.client("ec2")
+    for vpc in ec2.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"]:
+        for subnet in ec2.describe_subnets(Filters=[{"Name": "vpc-id", "Values": [vpc["VpcId"]]}])[
+            "Subnets"
+        ]:
+            ec2.delete_subnet(SubnetId=subnet["SubnetId"])
+        ec2.delete_vpc(VpcId=vpc["VpcId"])
+    ex = EC2Executor(ssh_ingress_cidr="127.0.0.1/32", remote_cache=remote_cache)
+    metadata = {"dispatch_id": "no-default", "node_id": 0, "results_dir": ""}
+    run(ex.setup(metadata))
+    resources = moto_reset.client("cloudformation").list_stack_resources(
+        StackName=stack_name("no-default", 0)
+    )["StackResourceSummaries"]
+    assert {"AWS::EC2::VPC", "AWS::EC2::Subnet", "AWS::EC2::InternetGateway"} <= {
+        r["ResourceType"] for r in resources
+    }
+    # moto cannot delete a created VPC (see test_a_stack_that_cannot_be_deleted_...)
+    with pytest.raises(StackDeletionError):
+        run(ex.teardown(metadata))
+
+
+def test_each_phase_is_logged_with_its_time(
+    loopback_network: LoopbackNetwork,
+    emulated_boot: Any,
+    remote_cache: str,
+    caplog: pytest.LogCaptureFixture,
+    package_log: None,
+) -> None:
+    run(execute(executor(loopback_network, remote_cache), double, [2], {}))
+    for phase in (
+        "plan",
+        "template",
+        "create stack",
+        "wait for stack",
+        "wait for SSH",
+        "bootstrap",
+        "upload, run, fetch",
+        "delete stack",
+    ):
+        assert re.search(rf": {re.escape(phase)} took \d+\.\d\ds", caplog.text), phase

@@ -1,0 +1,74 @@
+"""The executor object itself: cheap to build, plain JSON attributes, the public surface."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import ec2_executor
+from ec2_executor import ConfigurationError
+from ec2_executor.ec2 import EC2Executor
+from ec2_executor.options import OPTION_NAMES
+
+
+def test_public_surface_is_pinned() -> None:
+    assert sorted(ec2_executor.__all__) == [
+        "BootstrapError",
+        "ConfigurationError",
+        "ConnectionLostError",
+        "CredentialsError",
+        "EC2Executor",
+        "EC2ExecutorError",
+        "RemoteError",
+        "StackCreationError",
+        "StackDeletionError",
+    ]
+    assert ec2_executor.EC2Executor is EC2Executor
+
+
+def test_attributes_survive_covalents_json_round_trip(tmp_path: Path) -> None:
+    key = tmp_path / "ec2_key"
+    key.write_text("not parsed until setup")
+    built = EC2Executor(instance_type="t3.small", ssh_key_file=str(key), tags={"team": "x"})
+    shipped = json.loads(json.dumps(built.to_dict()))
+    rebuilt = EC2Executor().from_dict(shipped)
+    assert {n: getattr(rebuilt, n) for n in OPTION_NAMES} == {
+        n: getattr(built, n) for n in OPTION_NAMES
+    }
+    assert rebuilt.instance_type == "t3.small" and rebuilt.tags == {"team": "x"}
+    assert shipped["short_name"] == "ec2"
+
+
+def test_bad_values_are_refused_when_the_executor_is_built() -> None:
+    with pytest.raises(ConfigurationError, match="'volume_size' is 0"):
+        EC2Executor(volume_size=0)
+
+
+def test_construction_touches_neither_aws_nor_cdk() -> None:
+    """Built on the client and again on the server for every task: it must stay cheap."""
+    probe = (
+        "import sys, covalent as ct\n"
+        "import botocore.endpoint as e\n"
+        "calls = []\n"
+        "e.Endpoint.make_request = lambda *a, **k: calls.append(a)\n"
+        "ct.executor.EC2Executor(instance_type='t3.micro')\n"
+        "assert not calls, calls\n"
+        "assert 'aws_cdk' not in sys.modules and 'jsii' not in sys.modules\n"
+        "print('cheap')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=False
+    )
+    assert done.stdout.strip().endswith("cheap"), done.stderr
+
+
+def test_covalent_resolves_the_plugin_by_short_name() -> None:
+    from covalent.executor import _executor_manager
+
+    assert _executor_manager.executor_plugins_map["ec2"] is EC2Executor
+    executor = _executor_manager.get_executor("ec2")
+    assert isinstance(executor, EC2Executor)
