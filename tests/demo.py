@@ -20,13 +20,20 @@ from pathlib import Path
 from typing import Any
 
 import cloudpickle
-import covalent as ct
-from harness import EmulatedBoot, MotoServer, build_image_venv, create_loopback_network
+from harness import (
+    EmulatedBoot,
+    MotoServer,
+    build_image_venv,
+    create_loopback_network,
+    current_site_packages,
+)
 from harness.covalent_server import CovalentPaths, CovalentServer, client_isolation, point_client_at
 from harness.moto import patched_environ
-from integration.executor_support import harness_options
 from numpy.random import permutation
 from sklearn import datasets, svm
+
+# covalent (and this package, which imports it) is imported only once the client is isolated:
+# covalent reads its config, and the default executor, when it is imported.
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 PHASE = re.compile(r"(ec2-executor-\S+): (.+) took ([\d.]+)s")
@@ -36,6 +43,8 @@ PHASE = re.compile(r"(ec2-executor-\S+): (.+) took ([\d.]+)s")
 
 
 def seed_example(executor: Any, deps_pip: Any) -> Any:
+    import covalent as ct
+
     @ct.electron(executor=executor, deps_pip=deps_pip)
     def train_svm(data, C, gamma):
         X, y = data
@@ -67,6 +76,8 @@ def seed_example(executor: Any, deps_pip: Any) -> Any:
 
 
 def pinned(*names: str) -> Any:
+    import covalent as ct
+
     return ct.DepsPip(packages=[f"{n}=={importlib.metadata.version(n)}" for n in names])
 
 
@@ -74,11 +85,22 @@ def pinned(*names: str) -> Any:
 
 
 def dispatch(server: CovalentServer, executor: Any, deps_pip: Any) -> float:
+    import covalent as ct
+
     started = time.monotonic()
     dispatch_id = ct.dispatch(seed_example(executor, deps_pip))(C=1.0, gamma=0.7)
     print(f"dispatched {dispatch_id}; waiting for the result ...")
     result = server.wait_for_result(dispatch_id, timeout=1800)
     if str(result.status) != "COMPLETED":
+        graph = result.lattice.transport_graph
+        for node_id in graph._graph.nodes:
+            node = result.get_node_result(node_id)
+            if str(node["status"]) != "COMPLETED":
+                print(
+                    f"--- {node['node_name']}: {node['status']}\n{node['error'] or ''}"
+                    f"{node['stderr'] or ''}",
+                    file=sys.stderr,
+                )
         raise SystemExit(f"the workflow ended {result.status}: {result.error}")
     print(f"\nscore: {result.result}   (workflow took {time.monotonic() - started:.1f}s)")
     return float(result.result)
@@ -93,7 +115,9 @@ def print_phases(server: CovalentServer) -> None:
             print(f"  {name:<20} {float(seconds):7.2f}s")
 
 
-def run_local(base: Path) -> None:
+def run_local(base: Path, paths: CovalentPaths) -> None:
+    import covalent as ct
+
     print("No AWS account configured (or --local): using a local moto server and emulated boot.")
     with contextlib.ExitStack() as stack:
         moto = MotoServer.start()
@@ -102,13 +126,14 @@ def run_local(base: Path) -> None:
         network = create_loopback_network(moto.client("ec2"))
         boot = EmulatedBoot(
             moto.url,
+            python_path=current_site_packages(),  # an image with covalent, numpy, sklearn
             bootstrap_env={"EC2_EXECUTOR_BOOTSTRAP_OFFLINE": "1"},
             image_venv=build_image_venv(base / "image"),
             base_dir=base / "instances",
         )
         stack.enter_context(boot)
-        paths = CovalentPaths.create(base / "covalent")
-        stack.enter_context(client_isolation(paths))
+        from integration.executor_support import harness_options
+
         settings = harness_options(network.subnet_id, str(base / "remote-cache"))
         server = CovalentServer.start(
             paths,
@@ -131,10 +156,11 @@ def run_local(base: Path) -> None:
             raise SystemExit(f"stacks left behind: {left}")
 
 
-def run_aws(base: Path) -> None:
+def run_aws(paths: CovalentPaths) -> None:
+    import covalent as ct
+
     print("AWS credentials found: the example runs on a real EC2 instance (it bills).")
-    paths = CovalentPaths.create(base / "covalent")
-    with client_isolation(paths), CovalentServer.start(paths, log_level="info") as server:
+    with CovalentServer.start(paths, log_level="info") as server:
         point_client_at(server)
         executor = ct.executor.EC2Executor(instance_type="t2.micro", volume_size=8)
         dispatch(server, executor, ct.DepsPip(packages=["numpy", "scikit-learn"]))
@@ -142,9 +168,15 @@ def run_aws(base: Path) -> None:
 
 
 def aws_configured() -> bool:
-    import boto3
+    """Credentials from the environment or the AWS files; the instance-metadata service is
+    not asked (an instance role alone does not make this machine "configured")."""
+    import botocore.session
 
-    return boto3.Session().get_credentials() is not None
+    session = botocore.session.get_session()
+    resolver = session.get_component("credential_provider")
+    for provider in ("iam-role", "container-role"):
+        resolver.remove(provider)
+    return session.get_credentials() is not None
 
 
 def main() -> None:
@@ -153,10 +185,12 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     with tempfile.TemporaryDirectory(prefix="ec2-executor-demo-") as base:
-        if not args.local and aws_configured():
-            run_aws(Path(base))
-        else:
-            run_local(Path(base))
+        paths = CovalentPaths.create(Path(base) / "covalent")
+        with client_isolation(paths):  # first: covalent reads its config when imported
+            if not args.local and aws_configured():
+                run_aws(paths)
+            else:
+                run_local(Path(base), paths)
     print("everything the demo started is stopped and removed.")
 
 
