@@ -239,10 +239,6 @@ def _left_behind(name: str, reason: str) -> StackError:
     )
 
 
-def is_executor_stack(stack: Mapping[str, Any]) -> bool:
-    return _tag(stack, TAG_DISPATCH) is not None
-
-
 def stack_summary(stack: Mapping[str, Any]) -> dict[str, Any]:
     """What `ec2-executor list` shows of a stack."""
     created = stack.get("CreationTime")

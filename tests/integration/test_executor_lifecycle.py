@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -435,3 +436,41 @@ def test_each_phase_is_logged_with_its_time(
         "delete stack",
     ):
         assert re.search(rf": {re.escape(phase)} took \d+\.\d\ds", caplog.text), phase
+
+
+INTERRUPTED_DISPATCHER = """
+import asyncio, sys
+sys.path[:0] = [{tests!r}, {support!r}]
+from executor_support import execute, harness_options
+from ec2_executor.ec2 import EC2Executor
+ex = EC2Executor(**harness_options({subnet!r}, {cache!r}))
+asyncio.run(execute(ex, print, [], {{}}, dispatch_id="interrupted"))
+"""
+
+
+def test_ctrl_c_while_waiting_leaves_no_stack(
+    loopback_network: LoopbackNetwork, moto_reset: MotoServer, remote_cache: str
+) -> None:
+    """A real SIGINT to a dispatcher waiting for SSH (no emulated boot: it never answers)."""
+    tests = Path(__file__).resolve().parents[1]
+    script = INTERRUPTED_DISPATCHER.format(
+        tests=str(tests),
+        support=str(tests / "integration"),
+        subnet=loopback_network.subnet_id,
+        cache=remote_cache,
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    cloudformation = moto_reset.client("cloudformation")
+    deadline = time.monotonic() + 120
+    while not live_stacks(moto_reset):
+        assert process.poll() is None, process.communicate()[0]
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    time.sleep(1)
+    process.send_signal(signal.SIGINT)
+    output = process.communicate(timeout=120)[0]
+    assert "KeyboardInterrupt" in output or process.returncode != 0, output
+    assert live_stacks(moto_reset) == [], output
+    assert cloudformation.list_stacks()["StackSummaries"][0]["StackStatus"] == "DELETE_COMPLETE"
