@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from functools import cache, partial
 from typing import ParamSpec, TypeVar
 
@@ -20,6 +20,11 @@ T = TypeVar("T")
 @cache
 def _pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=64, thread_name_prefix="ec2-executor")
+
+
+def submit_blocking(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> Future[T]:
+    """Start `fn` on the pool; unlike an awaited call it runs on if the caller is cancelled."""
+    return _pool().submit(fn, *args, **kwargs)
 
 
 async def run_blocking(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:

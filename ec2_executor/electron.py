@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import importlib.metadata
 import json
 import math
@@ -19,8 +20,13 @@ from cdk_stacks.templates import template_for
 from ec2_executor import provision, redact
 from ec2_executor.access import ClientIdentity, KeyPair, client_identity
 from ec2_executor.aws import AWS
-from ec2_executor.blocking import Deadline, _pool, poll, run_blocking
-from ec2_executor.errors import ConnectionLostError, EC2ExecutorError, StackDeletionError
+from ec2_executor.blocking import Deadline, poll, run_blocking, submit_blocking
+from ec2_executor.errors import (
+    ConnectionLostError,
+    EC2ExecutorError,
+    RemoteError,
+    StackDeletionError,
+)
 from ec2_executor.logs import log
 from ec2_executor.network import NetworkPlan, plan_network
 from ec2_executor.options import Options
@@ -84,6 +90,10 @@ class Electron:
             self._aws = AWS(self.options)
         return self._aws
 
+    @property
+    def stacks(self) -> Stacks:
+        return Stacks(self.aws.cloudformation)
+
     # --- setup ----------------------------------------------------------------------------
 
     async def provision(self) -> None:
@@ -92,8 +102,8 @@ class Electron:
         with self.phases.phase("template"):
             template = await run_blocking(template_for, plan.shape)
         with self.phases.phase("create stack"):
-            self._create_call = _pool().submit(
-                Stacks(self.aws.cloudformation).create,
+            self._create_call = submit_blocking(
+                self.stacks.create,
                 self.name,
                 template=template,
                 parameters=parameters.to_cloudformation(declared=_declared(template)),
@@ -109,7 +119,7 @@ class Electron:
             self._stack_id = await asyncio.wrap_future(self._create_call)
         with self.phases.phase("wait for stack"):
             self.outputs = await wait_for_creation(
-                Stacks(self.aws.cloudformation),
+                self.stacks,
                 self._stack_id,
                 self.name,
                 deadline=self.deadline,
@@ -187,7 +197,7 @@ class Electron:
             (self.outputs.private_ip, "private") if private else (self.outputs.public_ip, "public")
         )
         if not host:
-            raise ConnectionLostError(
+            raise RemoteError(
                 f"Stack {self.name!r} reports no {kind} address for {self.outputs.instance_id}; "
                 f"set use_private_ip=True or use a public subnet."
             )
@@ -264,7 +274,7 @@ class Electron:
             # delete. Delete by name even when the call failed: a timed-out request may still
             # have created the stack, and deleting a missing stack is a no-op.
             await asyncio.wrap_future(self._create_call)
-        stacks = Stacks(self.aws.cloudformation)
+        stacks = self.stacks
 
         async def deletion() -> None:
             try:
@@ -309,7 +319,7 @@ def _declared(template: str) -> frozenset[str]:
 async def cleanup_from_handle(options: Options, job_handle: dict[str, Any]) -> None:
     """Delete the stack named in a job handle (for cancel, from a freshly built executor)."""
     region = job_handle.get("region") or options.region
-    aws = AWS(Options(**{**options.as_dict(), "region": region}))
+    aws = AWS(dataclasses.replace(options, region=region))
     name = str(job_handle["stack_name"])
     await delete_and_wait(
         Stacks(aws.cloudformation),
@@ -317,6 +327,3 @@ async def cleanup_from_handle(options: Options, job_handle: dict[str, Any]) -> N
         deadline=Deadline(DELETE_TIMEOUT),
         events=EventLog(name),
     )
-
-
-__all__ = ["Electron", "StackDeletionError", "TaskOutcome", "cleanup_from_handle"]

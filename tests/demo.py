@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.metadata
 import logging
 import re
 import sys
@@ -19,7 +18,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import cloudpickle
 from harness import (
     EmulatedBoot,
     MotoServer,
@@ -29,56 +27,12 @@ from harness import (
 )
 from harness.covalent_server import CovalentPaths, CovalentServer, client_isolation, point_client_at
 from harness.moto import patched_environ
-from numpy.random import permutation
-from sklearn import datasets, svm
+from seed_example import installed_pins, make_experiment
 
 # covalent (and this package, which imports it) is imported only once the client is isolated:
 # covalent reads its config, and the default executor, when it is imported.
 
-cloudpickle.register_pickle_by_value(sys.modules[__name__])
 PHASE = re.compile(r"(ec2-executor-\S+): (.+) took ([\d.]+)s")
-
-
-# --- the seed's example ----------------------------------------------------------------------
-
-
-def seed_example(executor: Any, deps_pip: Any) -> Any:
-    import covalent as ct
-
-    @ct.electron(executor=executor, deps_pip=deps_pip)
-    def train_svm(data, C, gamma):
-        X, y = data
-        clf = svm.SVC(C=C, gamma=gamma)
-        clf.fit(X[90:], y[90:])
-        return clf
-
-    @ct.electron
-    def load_data():
-        iris = datasets.load_iris()
-        perm = permutation(iris.target.size)
-        iris.data = iris.data[perm]
-        iris.target = iris.target[perm]
-        return iris.data, iris.target
-
-    @ct.electron
-    def score_svm(data, clf):
-        X_test, y_test = data
-        return clf.score(X_test[:90], y_test[:90])
-
-    @ct.lattice
-    def run_experiment(C=1.0, gamma=0.7):
-        data = load_data()
-        clf = train_svm(data=data, C=C, gamma=gamma)
-        score = score_svm(data=data, clf=clf)
-        return score
-
-    return run_experiment
-
-
-def pinned(*names: str) -> Any:
-    import covalent as ct
-
-    return ct.DepsPip(packages=[f"{n}=={importlib.metadata.version(n)}" for n in names])
 
 
 # --- running it ------------------------------------------------------------------------------
@@ -88,7 +42,7 @@ def dispatch(server: CovalentServer, executor: Any, deps_pip: Any) -> float:
     import covalent as ct
 
     started = time.monotonic()
-    dispatch_id = ct.dispatch(seed_example(executor, deps_pip))(C=1.0, gamma=0.7)
+    dispatch_id = ct.dispatch(make_experiment(executor, deps_pip))(C=1.0, gamma=0.7)
     print(f"dispatched {dispatch_id}; waiting for the result ...")
     result = server.wait_for_result(dispatch_id, timeout=1800)
     if str(result.status) != "COMPLETED":
@@ -144,7 +98,7 @@ def run_local(base: Path, paths: CovalentPaths) -> None:
         point_client_at(server)
         # The seed's executor, plus the local settings (loopback subnet, private address, ...).
         executor = ct.executor.EC2Executor(instance_type="t2.micro", volume_size=8, **settings)
-        dispatch(server, executor, pinned("numpy", "scikit-learn"))
+        dispatch(server, executor, installed_pins("numpy", "scikit-learn"))
         print_phases(server)
         left = [
             s

@@ -10,68 +10,17 @@ The workflow's code is the page's, line for line.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
-import cloudpickle
 import covalent as ct
 import pytest
-from e2e_support import assert_nothing_left, installed_version, write_ssh_key
+from e2e_support import assert_nothing_left, write_ssh_key
 from harness import EmulatedBoot, MotoServer
 from harness.covalent_server import CovalentServer
-
-# --- the seed's example (its imports, its electrons and lattice) ----------------------------
-from numpy.random import permutation
-from sklearn import datasets, svm
+from seed_example import installed_pins, make_experiment
 
 pytestmark = pytest.mark.e2e
-
-# The server unpickles these functions: ship them by value, as for a script run as __main__.
-cloudpickle.register_pickle_by_value(sys.modules[__name__])
-
-deps_pip = ct.DepsPip(
-    packages=[
-        f"numpy=={installed_version('numpy')}",
-        f"scikit-learn=={installed_version('scikit-learn')}",
-    ]
-)
-
-
-def train_svm(data, C, gamma):
-    X, y = data
-    clf = svm.SVC(C=C, gamma=gamma)
-    clf.fit(X[90:], y[90:])
-    return clf
-
-
-@ct.electron
-def load_data():
-    iris = datasets.load_iris()
-    perm = permutation(iris.target.size)
-    iris.data = iris.data[perm]
-    iris.target = iris.target[perm]
-    return iris.data, iris.target
-
-
-@ct.electron
-def score_svm(data, clf):
-    X_test, y_test = data
-    return clf.score(X_test[:90], y_test[:90])
-
-
-def make_experiment(executor: Any) -> Any:
-    """The seed's lattice, around a `train_svm` electron on `executor` (built in the test)."""
-    train = ct.electron(executor=executor, deps_pip=deps_pip)(train_svm)
-
-    @ct.lattice
-    def run_experiment(C=1.0, gamma=0.7):
-        data = load_data()
-        clf = train(data=data, C=C, gamma=gamma)
-        score = score_svm(data=data, clf=clf)
-        return score
-
-    return run_experiment
 
 
 # --- the test --------------------------------------------------------------------------------
@@ -96,7 +45,7 @@ def test_seed_usage_example(
             ssh_key_file=str(key_file),  # default key_name will be "ec2_key"
             **local_settings,
         )
-        run_experiment = make_experiment(executor)
+        run_experiment = make_experiment(executor, installed_pins("numpy", "scikit-learn"))
 
         # Dispatch the workflow
         dispatch_id = ct.dispatch(run_experiment)(C=1.0, gamma=0.7)

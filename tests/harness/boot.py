@@ -27,7 +27,6 @@ import ipaddress
 import logging
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import sysconfig
@@ -43,6 +42,7 @@ from typing import Any
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
+from .processes import pids_with_env, terminate
 from .userdata import BootSpec, UserDataError, parse_user_data
 
 log = logging.getLogger("harness.boot")
@@ -621,24 +621,10 @@ class EmulatedBoot:
         if record.bootstrap is not None and record.bootstrap.poll() is None:
             pids.append(record.bootstrap.pid)
             pids.extend(_descendants(record.bootstrap.pid, table))
-        pids.extend(_pids_with_env(f"{MARKER_ENV}={record.marker}"))
-        own = os.getpid()
-        pids = [pid for pid in dict.fromkeys(pids) if pid != own]
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + self.stop_timeout
-        for process in (record.sshd, record.bootstrap):
-            if process is not None:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    process.wait(max(0.0, deadline - time.monotonic()))
-        while (alive := [pid for pid in pids if _alive(pid)]) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        for pid in alive:
-            log.warning("emulated boot: %s: pid %s ignored SIGTERM", record.instance_id, pid)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        for process in (record.sshd, record.bootstrap):
+        pids.extend(pids_with_env(f"{MARKER_ENV}={record.marker}"))
+        pids = [pid for pid in dict.fromkeys(pids) if pid != os.getpid()]
+        terminate(pids, grace=self.stop_timeout, label=f"emulated boot {record.instance_id}")
+        for process in (record.sshd, record.bootstrap):  # reap our direct children
             if process is not None:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     process.wait(5)
@@ -670,30 +656,6 @@ def _descendants(root: int, table: dict[int, int]) -> list[int]:
             found.append(child)
             stack.append(child)
     return found
-
-
-def _pids_with_env(assignment: str) -> list[int]:
-    needle = b"\0" + assignment.encode() + b"\0"
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            environ = Path(f"/proc/{entry}/environ").read_bytes()
-        except OSError:
-            continue
-        if needle in b"\0" + environ + b"\0":
-            pids.append(int(entry))
-    return pids
-
-
-def _alive(pid: int) -> bool:
-    """Exists and is not a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rfind(")") + 2 :].split()[0] != "Z"
 
 
 def build_image_venv(prefix: Path) -> Path:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -39,6 +38,7 @@ from typing import Any
 import toml  # type: ignore[import-untyped, unused-ignore]
 
 from .moto import AWS_ENV_UNSET, patched_environ
+from .processes import alive, cmdline, pids_with_env, terminate
 
 log = logging.getLogger("harness.covalent")
 
@@ -292,10 +292,10 @@ class CovalentServer:
             self._covalent("stop", timeout=timeout)
         except (subprocess.SubprocessError, OSError) as error:
             log.warning("covalent stop failed: %s", error)
-        leftovers = _pids_with_env(f"{MARKER_ENV}={self.marker}")
-        self.killed_after_stop = [_cmdline(pid) for pid in leftovers]
-        _terminate(leftovers)
-        still = [pid for pid in _pids_with_env(f"{MARKER_ENV}={self.marker}") if _alive(pid)]
+        leftovers = pids_with_env(f"{MARKER_ENV}={self.marker}")
+        self.killed_after_stop = [cmdline(pid) for pid in leftovers]
+        terminate(leftovers, grace=10.0, label="covalent server")
+        still = [pid for pid in pids_with_env(f"{MARKER_ENV}={self.marker}") if alive(pid)]
         if still:
             raise RuntimeError(f"covalent server processes survived SIGKILL: {still}")
 
@@ -307,7 +307,7 @@ class CovalentServer:
 
     def processes(self) -> list[int]:
         """Live processes of this server (the daemon and its children)."""
-        return [pid for pid in _pids_with_env(f"{MARKER_ENV}={self.marker}") if _alive(pid)]
+        return [pid for pid in pids_with_env(f"{MARKER_ENV}={self.marker}") if alive(pid)]
 
     # -- debugging ----------------------------------------------------------------------------
 
@@ -426,52 +426,3 @@ def _read_pid(path: Path) -> int | None:
         return int(path.read_text().split()[0])
     except (FileNotFoundError, IndexError, ValueError):
         return None
-
-
-def _pids_with_env(assignment: str) -> list[int]:
-    needle = b"\0" + assignment.encode() + b"\0"
-    own = os.getpid()
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == own:
-            continue
-        try:
-            environ = Path(f"/proc/{entry}/environ").read_bytes()
-        except OSError:
-            continue
-        if needle in b"\0" + environ + b"\0":
-            found.append(int(entry))
-    return found
-
-
-def _alive(pid: int) -> bool:
-    """Exists and is not a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rfind(")") + 2 :].split()[0] != "Z"
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return f"{pid}: (gone)"
-    return f"{pid}: " + raw.replace(b"\0", b" ").decode(errors="replace").strip()
-
-
-def _terminate(pids: list[int], grace: float = 10.0) -> None:
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while (alive := [pid for pid in pids if _alive(pid)]) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    for pid in alive:
-        log.warning("covalent server: pid %s ignored SIGTERM: %s", pid, _cmdline(pid))
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 5
-    while [pid for pid in pids if _alive(pid)] and time.monotonic() < deadline:
-        time.sleep(0.05)
