@@ -70,6 +70,11 @@ def executor(network: LoopbackNetwork, remote_cache: str, **overrides: Any) -> E
     return EC2Executor(**harness_options(network.subnet_id, remote_cache, **overrides))
 
 
+def unconfigured(**options: Any) -> EC2Executor:
+    """No network given (explicitly empty: the session's [executors.ec2] may hold one)."""
+    return EC2Executor(vpc="", subnet="", ssh_ingress_cidr="127.0.0.1/32", **options)
+
+
 def test_happy_path_runs_the_task_and_deletes_everything(
     loopback_network: LoopbackNetwork,
     emulated_boot: Any,
@@ -358,7 +363,7 @@ def test_a_stack_that_cannot_be_deleted_is_named_with_the_fix(
 ) -> None:
     """moto cannot delete a created VPC (its gateway attachment has no delete): a real
     DeleteStack failure. Setup and teardown only; the instance is not on loopback."""
-    ex = EC2Executor(create_vpc=True, ssh_ingress_cidr="127.0.0.1/32", remote_cache=remote_cache)
+    ex = unconfigured(create_vpc=True, remote_cache=remote_cache)
     metadata = {"dispatch_id": "undeletable", "node_id": 1, "results_dir": ""}
     run(ex.setup(metadata))
     name = stack_name("undeletable", 1)
@@ -386,7 +391,7 @@ def test_no_network_given_uses_the_default_vpc(moto_reset: MotoServer, remote_ca
     ec2 = moto_reset.client("ec2")
     default_vpc = ec2.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])
     vpc_id = default_vpc["Vpcs"][0]["VpcId"]
-    ex = EC2Executor(ssh_ingress_cidr="127.0.0.1/32", remote_cache=remote_cache)
+    ex = unconfigured(remote_cache=remote_cache)
     params = _setup_only(ex, "default-vpc")
     assert params["VpcId"] == vpc_id
     subnet = ec2.describe_subnets(SubnetIds=[params["SubnetId"]])["Subnets"][0]
@@ -403,7 +408,7 @@ def test_no_default_vpc_means_a_created_network(moto_reset: MotoServer, remote_c
         ]:
             ec2.delete_subnet(SubnetId=subnet["SubnetId"])
         ec2.delete_vpc(VpcId=vpc["VpcId"])
-    ex = EC2Executor(ssh_ingress_cidr="127.0.0.1/32", remote_cache=remote_cache)
+    ex = unconfigured(remote_cache=remote_cache)
     metadata = {"dispatch_id": "no-default", "node_id": 0, "results_dir": ""}
     run(ex.setup(metadata))
     resources = moto_reset.client("cloudformation").list_stack_resources(
