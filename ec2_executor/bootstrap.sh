@@ -100,10 +100,14 @@ fi
 
 STEP=install
 state  # an image that already has the versions (system site-packages) needs no install
-if [[ "$HPY $HCOV $HCP" = "$WANT" ]]; then log "covalent and cloudpickle already present"
-elif command -v uv >/dev/null; then uv pip install --python "$VPY" "covalent==$COV" "cloudpickle==$CP"
-else "$VPY" -m pip install --no-input "covalent==$COV" "cloudpickle==$CP"; fi ||
-  fail "installing covalent==$COV cloudpickle==$CP failed"
+if [[ "$HPY $HCOV $HCP" = "$WANT" ]]; then
+  log "covalent and cloudpickle already present"
+else
+  get_uv || log "no uv; installing with pip"  # uv: seconds; pip: about a minute
+  if command -v uv >/dev/null; then uv pip install --python "$VPY" "covalent==$COV" "cloudpickle==$CP"
+  else "$VPY" -m pip install --no-input "covalent==$COV" "cloudpickle==$CP"; fi ||
+    fail "installing covalent==$COV cloudpickle==$CP failed"
+fi
 
 STEP=verify
 state

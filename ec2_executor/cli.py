@@ -285,7 +285,7 @@ def _valid(_: object) -> str:
 def _ingress(options: opts.Options) -> str:
     if options.ssh_ingress_cidr:
         return f"{options.ssh_ingress_cidr} (from 'ssh_ingress_cidr')"
-    return f"{ingress_cidr(options, vpc_cidr='')} (detected)"
+    return f"{ingress_cidr(options)} (detected)"
 
 
 def _key_pair(aws: AWS, options: opts.Options) -> str:

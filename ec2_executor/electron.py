@@ -276,10 +276,14 @@ class Electron:
             await asyncio.wrap_future(self._create_call)
         stacks = self.stacks
 
-        async def deletion() -> None:
+        async def deletion(requested: bool = False) -> None:
             try:
                 await delete_and_wait(
-                    stacks, self.name, deadline=Deadline(DELETE_TIMEOUT), events=self.events
+                    stacks,
+                    self.name,
+                    deadline=Deadline(DELETE_TIMEOUT),
+                    events=self.events,
+                    requested=requested,
                 )
             finally:
                 redact.unhide(self.host_key.private_base64())
@@ -292,7 +296,7 @@ class Electron:
                 # this process; the electron need not wait the minute that takes. The wait
                 # goes on in the background and reports a stack that stays.
                 await request_deletion(stacks, self.name)
-                _in_background(_report_failure(deletion()))
+                _in_background(_report_failure(deletion(requested=True)))
         log.info("%s: done (%s)", self.name, self.phases.summary())
 
 

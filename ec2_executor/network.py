@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -41,7 +42,7 @@ def plan_network(ec2: EC2Client, options: Options) -> NetworkPlan:
     if subnet is None:
         return NetworkPlan(
             shape=StackShape(network=NetworkMode.CREATED),
-            ingress_cidr=ingress_cidr(options, vpc_cidr=""),
+            ingress_cidr=ingress_cidr(options),
         )
     public = bool(subnet.get("MapPublicIpOnLaunch"))
     if needs_public and not public:
@@ -55,7 +56,7 @@ def plan_network(ec2: EC2Client, options: Options) -> NetworkPlan:
         vpc_id=subnet["VpcId"],
         subnet_id=subnet["SubnetId"],
         public_ip=public,
-        ingress_cidr=ingress_cidr(options, vpc_cidr=_vpc_cidr(ec2, subnet["VpcId"])),
+        ingress_cidr=ingress_cidr(options, vpc_cidr=lambda: _vpc_cidr(ec2, subnet["VpcId"])),
     )
 
 
@@ -133,12 +134,15 @@ def _zones_offering(ec2: EC2Client, instance_type: str) -> set[str]:
     return {offer["Location"] for offer in offers}
 
 
-def ingress_cidr(options: Options, *, vpc_cidr: str) -> str:
-    """Who may reach SSH: the option, else the VPC for private access, else this machine."""
+def ingress_cidr(options: Options, *, vpc_cidr: Callable[[], str] = str) -> str:
+    """Who may reach SSH: the option, else the VPC for private access, else this machine.
+
+    `vpc_cidr` is asked only when needed (it is an AWS call).
+    """
     if options.ssh_ingress_cidr:
         return options.ssh_ingress_cidr
-    if options.use_private_ip and vpc_cidr:
-        return vpc_cidr
+    if options.use_private_ip and (cidr := vpc_cidr()):
+        return cidr
     return f"{detect_public_ip()}/32"
 
 

@@ -8,6 +8,7 @@ returns the result envelope on stdout.
 from __future__ import annotations
 
 import shlex
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,7 @@ class RemoteHost:
         connect_timeout: float = 10.0,
     ) -> None:
         self.endpoint = endpoint
+        self.connect_timeout = connect_timeout
         self.round_trips = 0
         self._connection = Connection(
             endpoint.host,
@@ -68,6 +70,13 @@ class RemoteHost:
 
     def connect(self) -> None:
         """Open the connection; `OSError` while the instance boots, `RemoteError` for good."""
+        sock = socket.create_connection(
+            (self.endpoint.host, self.endpoint.port), timeout=self.connect_timeout
+        )
+        # paramiko leaves Nagle on: each small write after an unacknowledged one would wait
+        # for the peer's delayed ACK (~40 ms), several times per command.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._connection.connect_kwargs["sock"] = sock
         try:
             self._connection.open()
         except paramiko.BadHostKeyException as exc:
@@ -83,6 +92,9 @@ class RemoteHost:
             ) from exc
         except paramiko.SSHException as exc:  # a banner or handshake cut short while booting
             raise OSError(str(exc)) from exc
+        finally:
+            if not self._connection.is_connected:
+                sock.close()
         transport = self._connection.client.get_transport()
         assert transport is not None
         transport.set_keepalive(15)

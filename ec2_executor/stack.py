@@ -194,9 +194,10 @@ async def wait_for_creation(
 
 
 async def delete_and_wait(
-    stacks: Stacks, name: str, *, deadline: Deadline, events: EventLog, attempts: int = 2
+    stacks: Stacks, name: str, *, deadline: Deadline, events: EventLog, requested: bool = False
 ) -> None:
-    """Delete the stack and wait until it is gone; raise a `StackDeletionError` if it stays.
+    """Delete the stack (unless `requested` already) and wait until it is gone; raise a
+    `StackDeletionError` if it stays.
 
     A DELETE_FAILED stack is deleted again once: what blocked it (an ENI still detaching, say)
     has often cleared by then.
@@ -211,8 +212,9 @@ async def delete_and_wait(
 
     status: str | None = None
     try:
-        for _ in range(attempts):
-            await run_blocking(stacks.delete, name)
+        for attempt in range(2):
+            if attempt or not requested:
+                await run_blocking(stacks.delete, name)
             status = await poll(check, deadline=deadline)
             if status != "DELETE_FAILED":
                 break

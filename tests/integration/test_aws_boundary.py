@@ -104,7 +104,7 @@ def test_public_ip_detection_gives_a_slash_32(
     script, url = scripted
     script.replies = [(200, "203.0.113.7\n")]
     monkeypatch.setattr(network, "IP_CHECK_URL", url)
-    assert network.ingress_cidr(Options(), vpc_cidr="") == "203.0.113.7/32"
+    assert network.ingress_cidr(Options()) == "203.0.113.7/32"
 
 
 @pytest.mark.parametrize("reply", [(200, "<html>captive portal</html>"), (503, "")])
@@ -115,15 +115,19 @@ def test_undetectable_public_ip_says_to_set_the_cidr(
     script.replies = [reply]
     monkeypatch.setattr(network, "IP_CHECK_URL", url)
     with pytest.raises(ConfigurationError, match="set 'ssh_ingress_cidr'"):
-        network.ingress_cidr(Options(), vpc_cidr="")
+        network.ingress_cidr(Options())
 
 
 def test_unreachable_ip_service_says_to_set_the_cidr(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(network, "IP_CHECK_URL", "http://127.0.0.1:9/")
     with pytest.raises(ConfigurationError, match="set 'ssh_ingress_cidr'"):
-        network.ingress_cidr(Options(), vpc_cidr="")
+        network.ingress_cidr(Options())
 
 
 def test_private_access_defaults_to_the_vpc_range() -> None:
     options = Options(use_private_ip=True)
-    assert network.ingress_cidr(options, vpc_cidr="10.1.0.0/16") == "10.1.0.0/16"
+    assert network.ingress_cidr(options, vpc_cidr=lambda: "10.1.0.0/16") == "10.1.0.0/16"
+    asked: list[bool] = []
+    given = Options(use_private_ip=True, ssh_ingress_cidr="10.1.2.3/32")
+    assert network.ingress_cidr(given, vpc_cidr=lambda: asked.append(True) or "x") == "10.1.2.3/32"
+    assert asked == []  # the VPC is not looked up when the option answers
