@@ -80,17 +80,19 @@ class Stat:
         return cls(median(values), min(values), max(values), len(values))
 
     def ms(self) -> str:
-        return f"{self.median * 1e3:.1f} ms ({self.low * 1e3:.1f}–{self.high * 1e3:.1f})"
+        return f"{fmt_s(self.median)} ({fmt_s(self.low)}-{fmt_s(self.high)})"
 
     def s(self) -> str:
-        return f"{self.median:.2f} s ({self.low:.2f}–{self.high:.2f})"
+        return f"{self.median:.2f} s ({self.low:.2f}-{self.high:.2f})"
 
 
 def fmt_s(seconds: float) -> str:
     if seconds != seconds:  # NaN
-        return "–"
-    if seconds < 1:
-        return f"{seconds * 1e3:.0f} ms" if seconds >= 0.01 else f"{seconds * 1e3:.1f} ms"
+        return "-"
+    if abs(seconds) < 1e-3:
+        return f"{seconds * 1e6:.0f} µs"
+    if abs(seconds) < 1:
+        return f"{seconds * 1e3:.0f} ms" if abs(seconds) >= 0.01 else f"{seconds * 1e3:.1f} ms"
     return f"{seconds:.2f} s"
 
 
@@ -128,7 +130,9 @@ def _command_output(command: list[str]) -> str:
         done = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return "unavailable"
-    return (done.stdout or done.stderr).strip().splitlines()[0] if (done.stdout or done.stderr) else ""
+    return (
+        (done.stdout or done.stderr).strip().splitlines()[0] if (done.stdout or done.stderr) else ""
+    )
 
 
 def machine_facts() -> dict[str, Any]:
@@ -206,6 +210,11 @@ def benchmark_main(key: str, run: Callable[[argparse.Namespace], Section], doc: 
     parser = argparse.ArgumentParser(prog=f"python -m bench.{key}", description=doc)
     parser.add_argument("--repeats", type=int, default=None, help="override the repeat count")
     parser.add_argument("--json", type=Path, default=None, help="also write the section here")
+    parser.add_argument(
+        "--moto-in-process",
+        action="store_true",
+        help="run moto in this process, as the tests do (default: its own process)",
+    )
     args = parser.parse_args()
     started = time.monotonic()
     section = run(args)
@@ -264,30 +273,107 @@ class Harness:
     boot: Any
     image_venv: Path
     setup_seconds: dict[str, float]
+    moto_in_process: bool = False
+    stacks_left_before_resets: int = 0
 
     def options(self, **overrides: Any) -> dict[str, Any]:
         from integration.executor_support import harness_options
 
-        return harness_options(
-            self.network.subnet_id, str(self.base / "remote-cache"), **overrides
-        )
+        return harness_options(self.network.subnet_id, str(self.base / "remote-cache"), **overrides)
+
+    def stacks_left(self) -> int:
+        """Stacks not deleted, over the whole run (moto resets included)."""
+        return self.stacks_left_before_resets + len(self.live_stacks())
 
     def live_stacks(self) -> list[dict[str, Any]]:
         summaries = self.moto.client("cloudformation").list_stacks()["StackSummaries"]
         return [s for s in summaries if s["StackStatus"] != "DELETE_COMPLETE"]
 
-    def settle(self, timeout: float = 10.0) -> None:
+    def moto_cpu(self) -> float:
+        """CPU seconds of the moto server's own process so far (0 when it runs in this one)."""
+        handle = getattr(self.moto, "_server", None)
+        process = getattr(handle, "process", None)
+        if process is None:
+            return 0.0
+        try:
+            stat = Path(f"/proc/{process.pid}/stat").read_text()
+        except OSError:
+            return 0.0
+        fields = stat[stat.rfind(")") + 2 :].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def settle(self, timeout: float = 60.0) -> None:
         """Wait until every emulated instance has been stopped (between measured runs)."""
         deadline = time.monotonic() + timeout
         while self.boot.running_count and time.monotonic() < deadline:
             time.sleep(0.05)
+        time.sleep(0.2)  # the harness's last kills and reaps
+
+    def fresh_cloud(self) -> int:
+        """Between measured runs: settle, count the stacks left, then empty moto and make the
+        loopback network again. moto keeps every instance it ever ran, and the emulated boot
+        polls `DescribeInstances` five times a second: without this, the harness's own load
+        grows with every electron. Returns the number of stacks that were left."""
+        from harness import create_loopback_network
+
+        self.settle()
+        left = len(self.live_stacks())
+        self.stacks_left_before_resets += left
+        self.moto.reset()
+        self.network = create_loopback_network(self.moto.client("ec2"))
+        return left
+
+
+class _MotoProcess:
+    """`python -m moto.server` in its own process: stands in for ThreadedMotoServer behind
+    `harness.MotoServer`, whose other methods (url, client, environment, reset) only need the
+    host and port."""
+
+    def __init__(self, log: Path) -> None:
+        self.port = free_port()
+        self._log = open(log, "ab")  # noqa: SIM115  (closed in stop)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    return
+            except OSError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"moto server did not start; see {log}") from None
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+        self._log.close()
+
+
+def start_moto(base: Path, *, in_process: bool) -> Any:
+    """A `harness.MotoServer`: in this process (as the tests run it) or in its own process (so
+    its CPU time does not compete with the executor for this process's GIL, as AWS would not)."""
+    from harness import MotoServer
+
+    if in_process:
+        return MotoServer.start()
+    handle = _MotoProcess(base / "moto.log")
+    return MotoServer(host="127.0.0.1", port=handle.port, _server=handle)  # type: ignore[arg-type]
 
 
 @contextlib.contextmanager
-def harness(*, poll_interval: float = 0.2) -> Iterator[Harness]:
+def harness(*, poll_interval: float = 0.2, moto_in_process: bool = False) -> Iterator[Harness]:
     from harness import (
         EmulatedBoot,
-        MotoServer,
         build_image_venv,
         create_loopback_network,
         current_site_packages,
@@ -305,11 +391,13 @@ def harness(*, poll_interval: float = 0.2) -> Iterator[Harness]:
         image_venv = build_image_venv(base / "image")
         timings["image venv (offline bootstrap)"] = time.monotonic() - t
         t = time.monotonic()
-        moto = MotoServer.start()
+        moto = start_moto(base, in_process=moto_in_process)
         stack.callback(moto.stop)
         stack.enter_context(patched_environ(moto.environment(base / "aws")))
         network = create_loopback_network(moto.client("ec2"))
-        timings["moto server + loopback network"] = time.monotonic() - t
+        timings[
+            f"moto server ({'in this process' if moto_in_process else 'own process'}) + network"
+        ] = time.monotonic() - t
         boot = EmulatedBoot(
             moto.url,
             python_path=current_site_packages(),
@@ -319,7 +407,7 @@ def harness(*, poll_interval: float = 0.2) -> Iterator[Harness]:
             poll_interval=poll_interval,
         )
         stack.enter_context(boot)
-        yield Harness(base, moto, network, boot, image_venv, timings)
+        yield Harness(base, moto, network, boot, image_venv, timings, moto_in_process)
         errors = boot.errors
         if errors:
             raise RuntimeError("emulated boot failed:\n" + "\n".join(errors))
@@ -395,17 +483,19 @@ class Recorder:
         self._patch(electron_module, "Phases", RecordingPhases)
 
         original_client = aws_module.AWS.client
+        hooked: list[Any] = []  # the clients seen (kept, so their ids stay unique)
 
         def client(aws: Any, service: str) -> Any:
-            if service in aws._clients:
-                return original_client(aws, service)
             start = time.monotonic()
             made = original_client(aws, service)
-            recorder.client_creation.append(Span(service, start, time.monotonic()))
-            made.meta.events.register("before-parameter-build", recorder._params)
-            made.meta.events.register("before-call", recorder._before)
-            made.meta.events.register("after-call", recorder._after)
-            made.meta.events.register("after-call-error", recorder._after)
+            if not any(made is seen for seen in hooked):
+                # A client we have not seen: its creation is what this call cost.
+                recorder.client_creation.append(Span(service, start, time.monotonic()))
+                hooked.append(made)
+                made.meta.events.register("before-parameter-build", recorder._params)
+                made.meta.events.register("before-call", recorder._before)
+                made.meta.events.register("after-call", recorder._after)
+                made.meta.events.register("after-call-error", recorder._after)
             return made
 
         self._patch(aws_module.AWS, "client", client)
@@ -498,6 +588,31 @@ class Recorder:
                 "connects": list(self.connects),
                 "executes": list(self.executes),
             }
+
+
+async def timed_execute(
+    executor: Any, function: Any, args: list[Any], *, dispatch_id: str, node_id: int = 0
+) -> tuple[Any, dict[str, float]]:
+    """`integration.executor_support.execute` (what `AsyncBaseExecutor.execute` does, minus the
+    server channel) with setup, run and teardown timed separately."""
+    import io
+
+    executor._task_stdout, executor._task_stderr = io.StringIO(), io.StringIO()
+    metadata = {"dispatch_id": dispatch_id, "node_id": node_id, "results_dir": ""}
+    times: dict[str, float] = {}
+    started = time.monotonic()
+    try:
+        await executor.setup(metadata)
+        times["setup"] = time.monotonic() - started
+        t = time.monotonic()
+        result = await executor.run(function, args, {}, metadata)
+        times["run"] = time.monotonic() - t
+    finally:
+        t = time.monotonic()
+        await executor.teardown(metadata)
+        times["teardown"] = time.monotonic() - t
+        times["total"] = time.monotonic() - started
+    return result, times
 
 
 def calls_by_label(calls: Sequence[AwsCall]) -> dict[str, dict[str, int]]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
+import contextlib
 import os
 import subprocess
 import sys
@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import fixes
 from bench.common import (
     Harness,
     Recorder,
@@ -31,7 +32,9 @@ from bench.common import (
     median,
     progress,
     table,
+    timed_execute,
 )
+from bench.fixes import Fix
 
 KEY = "overhead"
 TITLE = "2. Executor overhead per electron (loopback harness)"
@@ -50,27 +53,7 @@ PHASE_ORDER = (
 
 TRIVIAL = lambda: 1  # noqa: E731  (a lambda: cloudpickle always ships it by value)
 
-
-async def timed_execute(executor: Any, dispatch_id: str) -> dict[str, float]:
-    """`executor_support.execute` with each of setup, run and teardown timed."""
-    executor._task_stdout, executor._task_stderr = io.StringIO(), io.StringIO()
-    metadata = {"dispatch_id": dispatch_id, "node_id": 0, "results_dir": ""}
-    times: dict[str, float] = {}
-    started = time.monotonic()
-    try:
-        await executor.setup(metadata)
-        times["setup"] = time.monotonic() - started
-        t = time.monotonic()
-        result = await executor.run(TRIVIAL, [], {}, metadata)
-        times["run"] = time.monotonic() - t
-    finally:
-        t = time.monotonic()
-        await executor.teardown(metadata)
-        times["teardown"] = time.monotonic() - t
-    times["total"] = time.monotonic() - started
-    if result != 1:
-        raise RuntimeError(f"the task returned {result!r}")
-    return times
+AS_IS = "as in the code"
 
 
 async def one_electron(h: Harness, recorder: Recorder, index: int) -> dict[str, Any]:
@@ -80,7 +63,11 @@ async def one_electron(h: Harness, recorder: Recorder, index: int) -> dict[str, 
     known = {r.instance_id for r in h.boot.instances}
     recorder.reset()
     wall_offset = time.time() - time.monotonic()
-    times = await timed_execute(executor, f"bench-overhead-{index}")
+    result, times = await timed_execute(
+        executor, TRIVIAL, [], dispatch_id=f"bench-overhead-{index}"
+    )
+    if result != 1:
+        raise RuntimeError(f"the task returned {result!r}")
     recorder.label = "background, after teardown returned"
     times["background"] = await drain_background()
     snap = recorder.snapshot()
@@ -105,8 +92,11 @@ async def one_electron(h: Harness, recorder: Recorder, index: int) -> dict[str, 
             - phase["create stack"].end,
             "sshd started (harness)": record.booted_at - record.seen_running_at,
             "bootstrap script (harness, image venv fast path)": ready_at - record.booted_at,
-            "SSH: sshd listening -> connected": phase["wait for SSH"].end - record.booted_at,
-            "bootstrap: ready file -> phase end": phase["bootstrap"].end - ready_at,
+            "wait for SSH: from sshd listening to connected": phase["wait for SSH"].end
+            - record.booted_at,
+            "bootstrap phase: waiting for the script to finish": max(
+                0.0, ready_at - phase["bootstrap"].start
+            ),
         }
     return times
 
@@ -138,24 +128,25 @@ def remote_python_startup(h: Harness, repeats: int = 5) -> float:
 
 
 def session_cost(repeats: int = 5) -> dict[str, float]:
-    """A fresh botocore session and its three clients (what each electron builds now) against
-    the same clients from one session kept for the process."""
-    from ec2_executor.aws import AWS
+    """A new boto3 session and its three clients (what an electron builds when nothing is
+    shared) against the same three clients from an `AWS` object that already has them."""
+    from ec2_executor import aws as aws_module
     from ec2_executor.options import Options
 
     options = Options()
-    fresh, reused = [], []
-    kept = AWS(options)
-    for service in ("sts", "ec2", "cloudformation"):
+    services = ("sts", "ec2", "cloudformation")
+    kept = aws_module.AWS(options)
+    for service in services:
         kept.client(service)
+    fresh, reused = [], []
     for _ in range(repeats):
         t = time.monotonic()
-        aws = AWS(options)
-        for service in ("sts", "ec2", "cloudformation"):
-            aws.client(service)
+        session = aws_module._session(options)
+        for service in services:
+            session.client(service, region_name=options.region, config=aws_module.CLIENT_CONFIG)
         fresh.append(time.monotonic() - t)
         t = time.monotonic()
-        for service in ("sts", "ec2", "cloudformation"):
+        for service in services:
             kept.client(service)
         reused.append(time.monotonic() - t)
     return {"fresh": median(fresh), "reused": median(reused)}
@@ -165,25 +156,35 @@ def run(args: argparse.Namespace) -> Section:
     repeats = args.repeats or 7
     section = Section(KEY, TITLE, COMMAND)
     recorder = Recorder()
-    with harness() as h:
+    with harness(moto_in_process=args.moto_in_process) as h:
         recorder.install()
         try:
 
-            async def all_runs() -> tuple[dict[str, Any], list[dict[str, Any]]]:
+            async def all_runs() -> tuple[dict[str, Any], list[Fix], dict[str, list[Any]]]:
                 progress("overhead: warm-up electron (first in this process)")
                 first = await one_electron(h, recorder, 0)
-                await asyncio.to_thread(h.settle)
-                runs = []
+                await asyncio.to_thread(h.fresh_cloud)
+                found = fixes.detect()
+                switches: dict[str, Fix | None] = {AS_IS: None, **{f.label: f for f in found}}
+                runs: dict[str, list[dict[str, Any]]] = {name: [] for name in switches}
                 for i in range(1, repeats + 1):
-                    progress(f"overhead: electron {i}/{repeats}")
-                    runs.append(await one_electron(h, recorder, i))
-                    await asyncio.to_thread(h.settle)
-                return first, runs
+                    # The code as it is, then with each fix switched (patched in when the code
+                    # lacks it, patched out when it has it); the order reverses every other
+                    # repeat.
+                    names = list(switches) if i % 2 else list(reversed(switches))
+                    for number, name in enumerate(names):
+                        progress(f"overhead: electron {i}/{repeats}, {name}")
+                        fix = switches[name]
+                        with fix.toggled() if fix else contextlib.nullcontext():
+                            runs[name].append(await one_electron(h, recorder, 100 * number + i))
+                        await asyncio.to_thread(h.fresh_cloud)
+                return first, found, runs
 
-            first, runs = asyncio.run(all_runs())
+            first, found, variants = asyncio.run(all_runs())
+            runs = variants[AS_IS]
         finally:
             recorder.uninstall()
-        left = h.live_stacks()
+        left = h.stacks_left()
         startup = remote_python_startup(h)
         sessions = session_cost()
         harness_setup = dict(h.setup_seconds)
@@ -191,48 +192,72 @@ def run(args: argparse.Namespace) -> Section:
         "repeats": repeats,
         "first": _plain(first),
         "runs": [_plain(r) for r in runs],
+        "variants": {name: [_plain(r) for r in got] for name, got in variants.items()},
+        "fixes": [
+            {"key": f.key, "name": f.name, "where": f.where, "in_code": f.in_code, "label": f.label}
+            for f in found
+        ],
         "remote_python_startup": startup,
         "session_cost": sessions,
-        "stacks_left": len(left),
+        "stacks_left": left,
     }
-    section.body = render(first, runs, startup, sessions, harness_setup, len(left))
+    section.body = render(
+        args.moto_in_process, first, variants, found, startup, sessions, harness_setup, left
+    )
     total = Stat.of([r["total"] for r in runs])
     section.data["total_median"] = total.median
     section.data["phase_medians"] = {
         name: median([r["phases"].get(name, 0.0) for r in runs]) for name in PHASE_ORDER
     }
+    section.data["variant_total_medians"] = {
+        name: median([r["total"] for r in got]) for name, got in variants.items()
+    }
+    section.data["variant_plan_medians"] = {
+        name: median([r["phases"].get("plan", 0.0) for r in got]) for name, got in variants.items()
+    }
+    section.data["slow_bootstrap_waits"] = {
+        name: sum(1 for r in got if r["phases"].get("bootstrap", 0.0) > 0.3)
+        for name, got in variants.items()
+    }
     section.targets = [
         Target(
-            "executor overhead per electron (setup+run+teardown − task)",
-            f"{total.median:.2f} s median of {len(runs)} ({total.low:.2f}–{total.high:.2f})",
+            "executor overhead per electron (setup+run+teardown - task)",
+            f"{total.median:.2f} s median of {len(runs)} ({total.low:.2f}-{total.high:.2f})",
             f"< {TARGET_SECONDS:.0f} s",
             total.median < TARGET_SECONDS,
         ),
         Target(
-            "no phase repeats an AWS call",
+            "no AWS call made twice for one electron (polls aside)",
             _repeats_text(runs[-1]["calls"]),
-            "each call once per phase",
+            "each call once",
             not _repeated(runs[-1]["calls"]),
         ),
     ]
     return section
 
 
-def _repeated(calls: list[Any]) -> dict[str, dict[str, int]]:
-    by = calls_by_label([c for c in calls if not c.label.startswith("background")])
-    return {label: {op: n for op, n in ops.items() if n > 1} for label, ops in by.items() if any(
-        n > 1 for n in ops.values()
-    )}
+POLLS = frozenset({"DescribeStacks", "DescribeStackEvents"})
+"""The waits' polls: repeating them is their job (on moto each runs once anyway)."""
+
+
+def _repeated(calls: list[Any]) -> dict[str, int]:
+    """Calls other than polls made more than once for one electron (background included)."""
+    counts: dict[str, list[str]] = {}
+    for call in calls:
+        if call.operation not in POLLS:
+            counts.setdefault(call.operation, []).append(call.label)
+    return {op: len(labels) for op, labels in counts.items() if len(labels) > 1}
 
 
 def _repeats_text(calls: list[Any]) -> str:
     repeated = _repeated(calls)
     if not repeated:
         return "none repeated"
-    return "; ".join(
-        f"{label}: " + ", ".join(f"{op}×{n}" for op, n in ops.items())
-        for label, ops in repeated.items()
-    )
+    where: dict[str, list[str]] = {}
+    for call in calls:
+        if call.operation in repeated:
+            where.setdefault(call.operation, []).append(call.label)
+    return "; ".join(f"{op} x{n} ({' + '.join(where[op])})" for op, n in repeated.items())
 
 
 def _plain(run: dict[str, Any]) -> dict[str, Any]:
@@ -242,13 +267,17 @@ def _plain(run: dict[str, Any]) -> dict[str, Any]:
 
 
 def render(
+    moto_in_process: bool,
     first: dict[str, Any],
-    runs: list[dict[str, Any]],
+    variants: dict[str, list[dict[str, Any]]],
+    found: list[Fix],
     startup: float,
     sessions: dict[str, float],
     harness_setup: dict[str, float],
     stacks_left: int,
 ) -> str:
+    runs = variants[AS_IS]
+    whatifs = [name for name in variants if name != AS_IS]
     n = len(runs)
     last_calls = runs[-1]["calls"]
     by_label = calls_by_label(last_calls)
@@ -257,74 +286,136 @@ def render(
         values = [r["phases"][name] for r in runs if name in r["phases"]]
         if not values:
             continue
-        aws_time = median(
-            [sum(c.seconds for c in r["calls"] if c.label == name) for r in runs]
-        )
+        aws_time = median([sum(c.seconds for c in r["calls"] if c.label == name) for r in runs])
         ops = by_label.get(name, {})
-        ops_text = ", ".join(f"{op}" + (f" ×{k}" if k > 1 else "") for op, k in ops.items())
+        ops_text = ", ".join(f"{op}" + (f" x{k}" if k > 1 else "") for op, k in ops.items())
         rows.append(
             (
                 name,
                 fmt_s(median(values)),
                 fmt_s(first["phases"].get(name, float("nan"))),
-                ops_text or "–",
-                fmt_s(aws_time) if ops else "–",
+                ops_text or "-",
+                fmt_s(aws_time) if ops else "-",
+                *(
+                    fmt_s(median([r["phases"].get(name, float("nan")) for r in variants[w]]))
+                    for w in whatifs
+                ),
             )
         )
-    between = [
-        r["total"] - sum(r["phases"].values()) for r in runs
-    ]
-    rows.append(("(outside phases: executor object, keys, run/teardown glue)", fmt_s(median(between)),
-                 fmt_s(first["total"] - sum(first["phases"].values())), "–", "–"))
+
+    def outside(r: dict[str, Any]) -> float:
+        return float(r["total"] - sum(r["phases"].values()))
+
+    rows.append(
+        (
+            "(outside phases: executor object, keys, run/teardown glue)",
+            fmt_s(median([outside(r) for r in runs])),
+            fmt_s(outside(first)),
+            "-",
+            "-",
+            *(fmt_s(median([outside(r) for r in variants[w]])) for w in whatifs),
+        )
+    )
     background_ops = calls_by_label(last_calls).get("background, after teardown returned", {})
     rows.append(
         (
             "(background deletion wait, after the electron completed)",
             fmt_s(median([r["background"] for r in runs])),
             fmt_s(first["background"]),
-            ", ".join(f"{op}" + (f" ×{k}" if k > 1 else "") for op, k in background_ops.items())
-            or "–",
-            fmt_s(median([
-                sum(c.seconds for c in r["calls"] if c.label.startswith("background"))
-                for r in runs
-            ])),
+            ", ".join(f"{op}" + (f" x{k}" if k > 1 else "") for op, k in background_ops.items())
+            or "-",
+            fmt_s(
+                median(
+                    [
+                        sum(c.seconds for c in r["calls"] if c.label.startswith("background"))
+                        for r in runs
+                    ]
+                )
+            ),
+            *(fmt_s(median([r["background"] for r in variants[w]])) for w in whatifs),
         )
     )
     total = Stat.of([r["total"] for r in runs])
-    rows.append(("**total (setup+run+teardown)**", f"**{fmt_s(total.median)}**",
-                 fmt_s(first["total"]), "", fmt_s(median([
-                     sum(c.seconds for c in r["calls"] if not c.label.startswith("background"))
-                     for r in runs]))))
+    rows.append(
+        (
+            "**total (setup+run+teardown)**",
+            f"**{fmt_s(total.median)}**",
+            fmt_s(first["total"]),
+            "",
+            fmt_s(
+                median(
+                    [
+                        sum(c.seconds for c in r["calls"] if not c.label.startswith("background"))
+                        for r in runs
+                    ]
+                )
+            ),
+            *(f"**{fmt_s(median([r['total'] for r in variants[w]]))}**" for w in whatifs),
+        )
+    )
     phase_table = table(
-        ("Phase", f"Median of {n}", "First electron in the process", "AWS calls in the phase",
-         "of which AWS calls (moto)"),
+        (
+            "Phase",
+            f"Median of {n}",
+            "First electron in the process",
+            "AWS calls in the phase",
+            "of which AWS calls (moto)",
+            *whatifs,
+        ),
         rows,
     )
-    parts = Stat.of([r["setup"] for r in runs]), Stat.of([r["run"] for r in runs]), Stat.of(
-        [r["teardown"] for r in runs]
+    parts = (
+        Stat.of([r["setup"] for r in runs]),
+        Stat.of([r["run"] for r in runs]),
+        Stat.of([r["teardown"] for r in runs]),
     )
     harness_rows = []
     keys = list(runs[-1].get("harness", {}))
     for key in keys:
-        harness_rows.append((key, fmt_s(median([r["harness"][key] for r in runs if "harness" in r]))))
-    harness_table = table(("Inside the phases (from the harness's own clocks)", "Median"), harness_rows)
+        harness_rows.append(
+            (key, fmt_s(median([r["harness"][key] for r in runs if "harness" in r])))
+        )
+    harness_table = table(
+        ("Inside the phases (from the harness's own clocks)", "Median"), harness_rows
+    )
     handshake = median([r["handshake"] for r in runs])
     attempts = median([r["connect_attempts"] for r in runs])
     executes = runs[-1]["executes"]
     client_creation = median([r["client_creation"] for r in runs])
+    slow = {
+        name: sum(1 for r in got if r["phases"].get("bootstrap", 0.0) > 0.3)
+        for name, got in variants.items()
+    }
+    fix_text = "; ".join(
+        f"{f.name} ({f.where}): {'in the code' if f.in_code else 'not in the code'}" for f in found
+    )
     setup_text = ", ".join(f"{k} {fmt_s(v)}" for k, v in harness_setup.items())
+    where = (
+        "in this process, as the tests run it"
+        if moto_in_process
+        else "`python -m moto.server` in its own process, so that its CPU time does not compete "
+        "with the executor for this process's GIL (`--moto-in-process` runs it as the tests do)"
+    )
+    gil = (
+        "moto runs in this process here, so its CPU time also competes with the executor for "
+        "the GIL."
+        if moto_in_process
+        else "The emulated boot (a polling thread) still runs in this process."
+    )
     return f"""
-Setup: a moto server in this process (threaded), a loopback VPC/subnet, emulated boots with a
+Setup: a moto server ({where}), a loopback VPC/subnet, emulated boots with a
 real `sshd` on 127.0.2.x (`EmulatedBoot(poll_interval=0.2, image_venv=build_image_venv(...),
 bootstrap_env={{"EC2_EXECUTOR_BOOTSTRAP_OFFLINE": "1"}}, python_path=current_site_packages())`),
 a warm template cache, and `EC2Executor(**harness_options(...))` driven directly (setup, run,
 teardown, as `AsyncBaseExecutor.execute` does, without a Covalent server) on one event loop. One
-warm-up electron, then {n} electrons one after the other (the harness is left to stop each
-instance before the next). The task is `lambda: 1`: its own time is well under a millisecond, so
-the overhead is the wall time. Phase times come from `Electron.phases` (a recording subclass of
-`ec2_executor.phases.Phases` patched into `ec2_executor.electron`); AWS calls are counted and
-timed with botocore's `before-call`/`after-call` events on every client the executor makes,
-labelled with the phase in progress. Harness start-up (not measured): {setup_text}.
+warm-up electron, then {n} electrons one after the other (between two electrons the harness
+stops the instance, then moto is emptied and the loopback network made again, so that the
+harness's own polling does not grow over the run). The task is `lambda: 1`: its own time is
+well under a millisecond, so the overhead is the wall time. Phase times come from
+`Electron.phases` (a recording subclass of `ec2_executor.phases.Phases` patched into
+`ec2_executor.electron`); AWS calls are counted and timed with botocore's
+`before-call`/`after-call` events on every client the executor makes, labelled with the phase
+in progress. Harness start-up (not measured): {setup_text}.
 
 Setup / run / teardown medians: {parts[0].s()} / {parts[1].s()} / {parts[2].s()}.
 
@@ -334,7 +425,7 @@ The AWS column is the wall time of the botocore calls (signing, loopback HTTP, m
 with moto this is all of *create stack* (moto's `CreateStack` builds the security group and
 runs the instance synchronously inside the call), all of *wait for stack* (the first poll
 already sees `CREATE_COMPLETE`) and all of *delete stack* (`DeleteStack` is synchronous too).
-moto runs in this process, so its CPU time also competes with the executor for the GIL.
+{gil}
 
 {harness_table}
 
@@ -348,6 +439,12 @@ moto runs in this process, so its CPU time also competes with the executor for t
   CloudFormation) per electron: {fmt_s(client_creation)} per electron, measured inside the phases.
   Side by side in this run: a fresh session + 3 clients {fmt_s(sessions["fresh"])}, the same
   3 clients from a session kept for the process {fmt_s(sessions["reused"])}.
+- The last columns: the same electron with one fix switched from the benchmark
+  (`bench/fixes.py`), alternating with the code as it is, {n} runs each. A fix the code has is
+  patched out (*reverted*: the code's earlier behaviour), one it lacks is patched in
+  (*what-if*): {fix_text}. Electrons whose *bootstrap* phase took over 0.3 s (they reached the
+  instance before its bootstrap had finished and waited for the wait loop's next tick):
+  {", ".join(f"{name}: {slow[name]}/{len(got)}" for name, got in variants.items())}.
 - Stacks left after the run: {stacks_left}.
 """
 

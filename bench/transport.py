@@ -17,7 +17,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench import REPO, fixes
 from bench.common import (
     BENCH_TMP,
     Section,
@@ -95,6 +95,10 @@ def sshd(prefix: Path) -> Iterator[Sshd]:
     from harness import generate_ed25519_keypair
 
     workdir = scratch("sshd")
+    # Sessions get an empty HOME, as the harness's instances do: a fresh instance's user has
+    # no heavy shell start-up files (this machine's root .bashrc runs `pyenv init`, ~0.2 s,
+    # and bash reads it for every SSH command).
+    (workdir / "home").mkdir()
     host, client = generate_ed25519_keypair("bench-host"), generate_ed25519_keypair("bench")
     host_key = workdir / "host_key"
     host_key.write_text(host.private_openssh)
@@ -126,7 +130,7 @@ def sshd(prefix: Path) -> Iterator[Sshd]:
             MaxSessions 100
             LogLevel DEBUG1
             Subsystem sftp internal-sftp
-            SetEnv "EC2_EXECUTOR_PREFIX={prefix}"
+            SetEnv "EC2_EXECUTOR_PREFIX={prefix}" "HOME={workdir / "home"}"
             """
         )
     )
@@ -183,33 +187,77 @@ def _read(path: Path) -> str:
 # --- ours: RemoteHost ------------------------------------------------------------------------
 
 
-def ours(server: Sshd, args: list[Any], remote_dir: Path) -> tuple[float, Any, int]:
+def ours(
+    server: Sshd,
+    args: list[Any],
+    remote_dir: Path,
+    *,
+    port: int | None = None,
+) -> tuple[float, Any, int, dict[str, float]]:
     """What `Electron.run_task` does once the stack is up: connect, wait for the bootstrap,
     pickle the task, one command with the payload on stdin and the envelope on stdout, unpickle.
-    Returns (seconds, result, round trips)."""
+    Returns (seconds, result, round trips, the time of each step).
+    """
     import cloudpickle
 
     from ec2_executor.access import ClientIdentity
     from ec2_executor.remote import Endpoint, RemoteHost
 
+    port = port or server.port
     function = (lambda x: x) if args else (lambda: 1)
-    started = time.perf_counter()
+    steps: dict[str, float] = {}
+    started = last = time.perf_counter()
+
+    def step(name: str) -> None:
+        nonlocal last
+        now = time.perf_counter()
+        steps[name] = now - last
+        last = now
+
     remote = RemoteHost(
-        Endpoint(host="127.0.0.1", port=server.port, user=server.user),
+        Endpoint(host="127.0.0.1", port=port, user=server.user),
         ClientIdentity(key=server.client_key, authorized_key=server.authorized_key),
         server.host_public,
     )
     with remote:
         remote.connect()
+        step("connect")
         python = remote.wait_for_bootstrap(30)
+        step("wait_for_bootstrap")
         payload = cloudpickle.dumps((function, args, {}))
-        envelope = cloudpickle.loads(
-            remote.run_task(payload, python=python, remote_dir=str(remote_dir))
-        )
+        step("pickle")
+        out = remote.run_task(payload, python=python, remote_dir=str(remote_dir))
+        step("run_task")
+        envelope = cloudpickle.loads(out)
+        step("unpickle")
+    step("close")
     seconds = time.perf_counter() - started
     if envelope["traceback"]:
         raise RuntimeError(envelope["traceback"])
-    return seconds, envelope["result"], remote.round_trips
+    return seconds, envelope["result"], remote.round_trips, steps
+
+
+@contextlib.contextmanager
+def latency_proxy(target_port: int, rtt_ms: float) -> Iterator[int]:
+    """`bench.latency_proxy` in its own process; yields the port to connect to."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bench.latency_proxy", str(target_port), str(rtt_ms / 2)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+    try:
+        assert process.stdout is not None
+        yield int(process.stdout.readline())
+    finally:
+        assert process.stdin is not None
+        process.stdin.close()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
 
 
 # --- theirs: covalent-ssh-plugin in its own venv ---------------------------------------------
@@ -302,7 +350,8 @@ class Theirs:
     def __init__(self, python: Path, server: Sshd, remote_python: str, base: Path) -> None:
         home = base / "home"
         (home / ".ssh").mkdir(parents=True)
-        (home / ".ssh" / "config").write_text(f"Host 127.0.0.1\n  Port {server.port}\n")
+        self.ssh_config = home / ".ssh" / "config"
+        self.set_port(server.port)
         for name in ("cache", "remote-cache", "workdir", "covalent"):
             (base / name).mkdir()
         driver = base / "driver.py"
@@ -342,6 +391,10 @@ class Theirs:
             cwd=base,
         )
         self._reply()
+
+    def set_port(self, port: int) -> None:
+        """asyncssh reads ~/.ssh/config at every connect: where the plugin's next run goes."""
+        self.ssh_config.write_text(f"Host 127.0.0.1\n  Port {port}\n")
 
     def _reply(self) -> dict[str, Any]:
         assert self.process.stdout is not None
@@ -405,6 +458,49 @@ def scp_round_trip(server: Sshd, local: Path, remote: Path, back: Path) -> float
 # --- the benchmark ---------------------------------------------------------------------------
 
 
+def raw_round_trip(server: Sshd, data: bytes, remote_file: Path) -> float:
+    """The same bytes up and back through one `RemoteHost.execute` (`cat > f && cat f`): the
+    transport alone, without Python on either end."""
+    from ec2_executor.access import ClientIdentity
+    from ec2_executor.remote import Endpoint, RemoteHost
+
+    remote = RemoteHost(
+        Endpoint(host="127.0.0.1", port=server.port, user=server.user),
+        ClientIdentity(key=server.client_key, authorized_key=server.authorized_key),
+        server.host_public,
+    )
+    with remote:
+        remote.connect()
+        started = time.perf_counter()
+        status, out, _ = remote.execute(f"cat > {remote_file} && cat {remote_file}", stdin=data)
+        seconds = time.perf_counter() - started
+    remote_file.unlink(missing_ok=True)
+    if status != 0 or len(out) != len(data):
+        raise RuntimeError(f"raw round trip failed ({status}, {len(out)} bytes)")
+    return seconds
+
+
+def runner_alone(python: str, payload: bytes, workdir: Path, repeats: int = 5) -> float:
+    """The remote side of `run_task` without SSH: `python -c <runner> payload result`."""
+    from ec2_executor.remote import RUNNER_SOURCE
+
+    (workdir / "payload.pkl").write_bytes(payload)
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        subprocess.run(
+            [python, "-c", RUNNER_SOURCE, str(workdir / "payload.pkl"), str(workdir / "r.pkl")],
+            check=True,
+            capture_output=True,
+        )
+        times.append(time.perf_counter() - started)
+    return median(times)
+
+
+RTTS_MS = (10.0, 50.0)
+"""Emulated round-trip times for the trivial function: same region, and across a continent."""
+
+
 def run(args: argparse.Namespace) -> Section:
     import cloudpickle
     import numpy as np
@@ -427,77 +523,80 @@ def run(args: argparse.Namespace) -> Section:
     big = np.ones(BIG_BYTES // 8)
     blob = base / "payload.bin"
     blob.write_bytes(cloudpickle.dumps((lambda x: x, [big], {})))
-    results: dict[str, list[Any]] = {
-        "ours_trivial": [],
-        "theirs_trivial": [],
-        "ours_big": [],
-        "theirs_big": [],
-        "scp_big": [],
-    }
+    results: dict[str, list[Any]] = {}
+
+    def ok_result(kind: str, result: Any) -> bool:
+        if kind == "big":
+            return bool(result.nbytes == big.nbytes and (result == 1).all())
+        return bool(result == 1)
+
+    nodelay = fixes.nodelay_fix()
     with network_guard(), sshd(prefix) as server:
         theirs = Theirs(plugin_python, server, remote_python, base / "plugin")
         try:
+
+            def measure(who: str, kind: str, condition: str, port: int, index: int) -> None:
+                before = server.counts()
+                entry: dict[str, Any]
+                if who in ("ours", "ours-switched"):
+                    remote_dir = base / f"{who}-{kind}-{condition}-{index}"
+                    switch = nodelay.toggled() if who == "ours-switched" else None
+                    with switch or contextlib.nullcontext():
+                        seconds, result, trips, steps = ours(
+                            server, [big] if kind == "big" else [], remote_dir, port=port
+                        )
+                    if not ok_result(kind, result):
+                        raise RuntimeError(f"our transport returned a wrong {kind} result")
+                    shutil.rmtree(remote_dir, ignore_errors=True)
+                    entry = {"seconds": seconds, "round_trips": trips, "steps": steps}
+                elif who == "plugin":
+                    theirs.set_port(port)
+                    entry = theirs.run(kind)
+                elif who == "scp":
+                    entry = {
+                        "seconds": scp_round_trip(
+                            server, blob, base / "scp-remote.bin", base / "scp-back.bin"
+                        )
+                    }
+                    for name in ("scp-remote.bin", "scp-back.bin"):
+                        (base / name).unlink(missing_ok=True)
+                else:
+                    entry = {"seconds": raw_round_trip(server, blob.read_bytes(), base / "raw.bin")}
+                entry["sshd"] = list(server.counts_settled(before))
+                results.setdefault(f"{who}|{kind}|{condition}", []).append(entry)
+
+            def rounds(kind: str, condition: str, port: int, who: tuple[str, ...]) -> None:
+                for i in range(repeats):
+                    progress(f"transport: {kind}, {condition}, repeat {i + 1}/{repeats}")
+                    # Reverse the order every other repeat: drift on this shared machine then
+                    # hits everyone alike.
+                    for name in who if i % 2 == 0 else tuple(reversed(who)):
+                        measure(name, kind, condition, port, i)
+
             progress("transport: warm-up (one run each)")
             ours(server, [], base / "ours-warm")
             theirs.run("trivial")
-
-            def measure_ours(kind: str, index: int) -> None:
-                before = server.counts()
-                remote_dir = base / f"ours-{kind}-{index}"
-                seconds, result, trips = ours(server, [big] if kind == "big" else [], remote_dir)
-                if kind == "big":
-                    if not (result.nbytes == big.nbytes and bool((result == 1).all())):
-                        raise RuntimeError("our transport returned a different array")
-                elif result != 1:
-                    raise RuntimeError(f"our transport returned {result!r}")
-                connections, sessions = server.counts_settled(before)
-                results[f"ours_{kind}"].append(
-                    {"seconds": seconds, "round_trips": trips, "sshd": [connections, sessions]}
-                )
-                shutil.rmtree(remote_dir, ignore_errors=True)
-
-            def measure_theirs(kind: str) -> None:
-                before = server.counts()
-                reply = theirs.run(kind)
-                connections, sessions = server.counts_settled(before)
-                reply["sshd"] = [connections, sessions]
-                results[f"theirs_{kind}"].append(reply)
-
-            for i in range(repeats):
-                progress(f"transport: trivial function, repeat {i + 1}/{repeats}")
-                # Alternate who goes first, so drift on this shared machine hits both alike.
-                if i % 2 == 0:
-                    measure_ours("trivial", i)
-                    measure_theirs("trivial")
-                else:
-                    measure_theirs("trivial")
-                    measure_ours("trivial", i)
-            for i in range(repeats):
-                progress(f"transport: 100 MiB round trip, repeat {i + 1}/{repeats}")
-                order = ["ours", "theirs", "scp"] if i % 2 == 0 else ["scp", "theirs", "ours"]
-                for who in order:
-                    if who == "ours":
-                        measure_ours("big", i)
-                    elif who == "theirs":
-                        measure_theirs("big")
-                    else:
-                        before = server.counts()
-                        seconds = scp_round_trip(
-                            server, blob, base / "scp-remote.bin", base / "scp-back.bin"
-                        )
-                        connections, sessions = server.counts_settled(before)
-                        results["scp_big"].append(
-                            {"seconds": seconds, "sshd": [connections, sessions]}
-                        )
-                        for name in ("scp-remote.bin", "scp-back.bin"):
-                            (base / name).unlink(missing_ok=True)
+            trivial = ("ours", "plugin", "ours-switched")
+            rounds("trivial", "loopback", server.port, trivial)
+            for rtt in RTTS_MS:
+                with latency_proxy(server.port, rtt) as port:
+                    rounds("trivial", f"rtt{rtt:.0f}", port, trivial)
+            theirs.set_port(server.port)
+            rounds("big", "loopback", server.port, ("ours", "plugin", "scp", "raw"))
         finally:
             theirs.close()
+        runner = base / "runner"
+        runner.mkdir()
+        runner_trivial = runner_alone(remote_python, cloudpickle.dumps((lambda: 1, [], {})), runner)
+        runner_big = runner_alone(remote_python, blob.read_bytes(), runner, repeats=3)
     section.data = {
         "plugin": f"covalent-ssh-plugin {version.group(1) if version else '?'}",
         "plugin_install_seconds": install_seconds,
         "payload_bytes": blob.stat().st_size,
-        **results,
+        "runner_trivial": runner_trivial,
+        "runner_big": runner_big,
+        "results": results,
+        "nodelay": {"in_code": nodelay.in_code, "label": nodelay.label},
     }
     section.targets, section.body = render(section.data, repeats)
     return section
@@ -507,37 +606,54 @@ def _pair_ratios(slow: list[dict[str, Any]], fast: list[dict[str, Any]]) -> list
     return [s["seconds"] / f["seconds"] for s, f in zip(slow, fast, strict=True)]
 
 
-def render(data: dict[str, Any], repeats: int) -> tuple[list[Target], str]:
-    def stat(key: str) -> Stat:
-        return Stat.of([r["seconds"] for r in data[key]])
-
-    payload = data["payload_bytes"]
-    trivial_ratio = median(_pair_ratios(data["theirs_trivial"], data["ours_trivial"]))
-    # Throughput of a round trip: the bytes go up and come back.
-    scp_vs_ours = median(_pair_ratios(data["scp_big"], data["ours_big"]))
-    mib = 2 * payload / 2**20
-
-    def throughput(key: str) -> str:
-        return f"{mib / stat(key).median:.0f} MiB/s"
-
-    targets = [
-        Target(
-            "trivial function: SSH plugin time / our time",
-            f"{trivial_ratio:.1f}× (ours {fmt_s(stat('ours_trivial').median)}, plugin "
-            f"{fmt_s(stat('theirs_trivial').median)})",
-            "≥ 3×",
-            trivial_ratio >= 3,
-        ),
-        Target(
-            "100 MiB round trip: our throughput / scp's",
-            f"{scp_vs_ours:.2f} (ours {throughput('ours_big')}, scp {throughput('scp_big')})",
-            "≥ 0.5",
-            scp_vs_ours >= 0.5,
-        ),
+def _conditions() -> list[tuple[str, str]]:
+    return [("loopback", "loopback (RTT ≈ 0)")] + [
+        (f"rtt{rtt:.0f}", f"emulated RTT {rtt:.0f} ms") for rtt in RTTS_MS
     ]
 
-    def trips(key: str) -> str:
-        first = data[key][0]
+
+def render(data: dict[str, Any], repeats: int) -> tuple[list[Target], str]:
+    results = data["results"]
+
+    def runs(who: str, kind: str, condition: str = "loopback") -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = results[f"{who}|{kind}|{condition}"]
+        return found
+
+    def stat(who: str, kind: str, condition: str = "loopback") -> Stat:
+        return Stat.of([r["seconds"] for r in runs(who, kind, condition)])
+
+    payload = data["payload_bytes"]
+    mib = 2 * payload / 2**20  # a round trip: the bytes go up and come back
+
+    def throughput(who: str) -> str:
+        return f"{mib / stat(who, 'big').median:.0f} MiB/s"
+
+    targets = []
+    for condition, label in _conditions():
+        ratio = median(
+            _pair_ratios(runs("plugin", "trivial", condition), runs("ours", "trivial", condition))
+        )
+        targets.append(
+            Target(
+                f"trivial function, {label}: SSH plugin time / our time",
+                f"{ratio:.1f}x (ours {fmt_s(stat('ours', 'trivial', condition).median)}, "
+                f"plugin {fmt_s(stat('plugin', 'trivial', condition).median)})",
+                "≥ 3x",
+                ratio >= 3,
+            )
+        )
+    scp_vs_ours = median(_pair_ratios(runs("scp", "big"), runs("ours", "big")))
+    targets.append(
+        Target(
+            "100 MiB round trip: our throughput / scp's",
+            f"{scp_vs_ours:.2f} (ours {throughput('ours')}, scp {throughput('scp')})",
+            "≥ 0.5",
+            scp_vs_ours >= 0.5,
+        )
+    )
+
+    def trips(who: str, kind: str) -> str:
+        first = runs(who, kind)[0]
         connections, sessions = first["sshd"]
         own = ""
         if "round_trips" in first:
@@ -549,58 +665,142 @@ def render(data: dict[str, Any], repeats: int) -> tuple[list[Target], str]:
             )
         return f"{connections} connection(s), {sessions} session channel(s){own}"
 
-    rows = []
-    for key, label in (
-        ("ours_trivial", "ours (`RemoteHost`), `lambda: 1`"),
-        ("theirs_trivial", "SSH plugin (`SSHExecutor.run`), `lambda: 1`"),
-        ("ours_big", "ours, 100 MiB array round trip"),
-        ("theirs_big", "SSH plugin, 100 MiB array round trip"),
-        ("scp_big", "`scp` up + `scp` back, the same pickled bytes"),
+    switched = data["nodelay"]["label"]
+    nodelay_in_code = data["nodelay"]["in_code"]
+    trivial_rows = []
+    for who, label in (
+        ("ours", "ours (`RemoteHost`, as in the code)"),
+        ("plugin", "SSH plugin (`SSHExecutor.run`)"),
+        ("ours-switched", f"ours, {switched} (patched from the benchmark)"),
     ):
-        extra = f"{mib / stat(key).median:.0f} MiB/s" if key.endswith("big") else "–"
-        rows.append((label, stat(key).s(), extra, trips(key)))
+        cells = [stat(who, "trivial", condition).s() for condition, _ in _conditions()]
+        trivial_rows.append((label, *cells, trips(who, "trivial")))
+    ratio_cells = []
+    for condition, _ in _conditions():
+        plain = median(
+            _pair_ratios(runs("plugin", "trivial", condition), runs("ours", "trivial", condition))
+        )
+        fixed = median(
+            _pair_ratios(
+                runs("plugin", "trivial", condition), runs("ours-switched", "trivial", condition)
+            )
+        )
+        ratio_cells.append(f"{plain:.1f}x / {fixed:.1f}x")
+    trivial_rows.append((f"plugin / ours (as in the code / {switched})", *ratio_cells, ""))
+    trivial_table = table(
+        ("`lambda: 1`", *(label for _, label in _conditions()), "SSH round trips (sshd's log)"),
+        trivial_rows,
+    )
+    big_rows = []
+    for who, label in (
+        ("ours", "ours, `lambda x: x` on the 100 MiB array"),
+        ("plugin", "SSH plugin, the same"),
+        ("scp", "`scp` up, then `scp` back, of the same pickled bytes"),
+        ("raw", "ours, the same bytes through one `RemoteHost.execute` (`cat > f && cat f`)"),
+    ):
+        big_rows.append((label, stat(who, "big").s(), throughput(who), trips(who, "big")))
+    big_table = table(
+        ("100 MiB round trip, loopback", "Time", "Throughput (up + back)", "SSH round trips"),
+        big_rows,
+    )
+    step_names = list(runs("ours", "trivial")[0]["steps"])
+    step_table = table(
+        ("Step of ours (loopback)", "`lambda: 1`", f"`lambda: 1`, {switched}", "100 MiB"),
+        [
+            (
+                name,
+                fmt_s(median([r["steps"][name] for r in runs("ours", "trivial")])),
+                fmt_s(median([r["steps"][name] for r in runs("ours-switched", "trivial")])),
+                fmt_s(median([r["steps"][name] for r in runs("ours", "big")])),
+            )
+            for name in step_names
+        ]
+        + [
+            (
+                "(inside `run_task`: the runner alone, `python -c <runner>`, no SSH)",
+                fmt_s(data["runner_trivial"]),
+                "",
+                fmt_s(data["runner_big"]),
+            )
+        ],
+    )
     install = data.get("plugin_install_seconds")
     install_text = (
-        f"This run installed it ({install:.0f} s, not measured)."
+        f"This run installed it ({install:.0f} s, not counted)."
         if install
-        else "It was installed by an earlier run (kept there)."
+        else "An earlier run installed it (it is kept there between runs)."
     )
-    big_ratio = median(_pair_ratios(data["theirs_big"], data["ours_big"]))
+    big_ratio = median(_pair_ratios(runs("plugin", "big"), runs("ours", "big")))
+    on, off = ("ours", "ours-switched") if nodelay_in_code else ("ours-switched", "ours")
+
+    def step(who: str, name: str) -> str:
+        return fmt_s(median([r["steps"][name] for r in runs(who, "trivial")]))
+
+    nagle_text = (
+        f"**TCP_NODELAY.** paramiko leaves Nagle's algorithm on, so a small write that follows "
+        f"an unacknowledged one waits for the peer's delayed ACK (~40 ms on Linux); "
+        f"`RemoteHost.connect` {'sets' if nodelay_in_code else 'does not set'} TCP_NODELAY "
+        f"in the code measured here, and the *{switched}* rows switch it from the benchmark "
+        f"(`bench/fixes.py`). On loopback, with the option the key exchange took "
+        f"{step(on, 'connect')} and `run_task` {step(on, 'run_task')}; without it "
+        f"{step(off, 'connect')} and {step(off, 'run_task')}. The first session channel on a "
+        f"connection costs ~40 ms either way (sshd's side); later ones a few ms. The plugin's "
+        f"asyncssh sets TCP_NODELAY itself, so its ten channels cost little on loopback: the "
+        f"difference in round trips shows once the network has latency."
+    )
     body = f"""
 One `sshd` (OpenSSH, `LogLevel DEBUG1`) on 127.0.0.1 and a free port, with a host key and a
-client key generated for the run. The same remote interpreter ({sys.executable}, cloudpickle and
-numpy) runs both sides' remote code. {data["plugin"]} was installed from PyPI into its own
-venv (`python -m venv` + `pip install {" ".join(PLUGIN_REQUIREMENTS)} numpy cloudpickle`, pinned
-to this venv's numpy and cloudpickle) under {BENCH_TMP}. {install_text} 0.24.1 is the plugin's
-newest release and asks for `covalent>=0.202.0,<1`, so it takes covalent 0.240.0 as is.
+client key generated for the run; SSH sessions get an empty `HOME` as on a fresh instance (this
+machine's root `.bashrc` runs `pyenv init`, ~0.2 s, and bash reads it for every SSH command).
+The same remote interpreter (`{sys.executable}`, with cloudpickle and numpy) runs both sides'
+remote code. {data["plugin"]} was installed from PyPI into its own venv (`python -m venv` +
+`pip install {" ".join(PLUGIN_REQUIREMENTS)}` plus this venv's numpy and cloudpickle versions)
+under `{BENCH_TMP}`. {install_text} 0.24.1 is the plugin's newest release and asks for
+`covalent>=0.202.0,<1`, so it takes covalent 0.240.0.
 
 - **Ours**: what `Electron.run_task` does once the stack is up, with a new `RemoteHost` per
   run: connect (pinned host key), `wait_for_bootstrap` (one command; the ready file is already
   there), cloudpickle the task, `run_task` (one command: payload on stdin, envelope on stdout),
   unpickle. Timed in this process.
 - **SSH plugin**: `SSHExecutor(username, hostname="127.0.0.1", ssh_key_file, cache_dir,
-  python_path, remote_cache, remote_workdir).run(fn, args, {{}}, task_metadata)` called directly
-  (no Covalent dispatch, no server) in a long-lived process of the plugin's venv, timed around
-  `run` inside that process; defaults otherwise (`do_cleanup=True`). The plugin passes no port to
-  `asyncssh.connect`; the port comes from `~/.ssh/config` of a `HOME` made for the driver.
-- **scp**: `scp` (OpenSSH {_scp_version()}, SFTP protocol, default cipher) of the pickled
-  payload ({payload / 2**20:.1f} MiB) up, then back.
+  python_path, remote_cache, remote_workdir).run(fn, args, {{}}, task_metadata)` called
+  directly (no Covalent dispatch, no server) in a long-lived process of the plugin's venv,
+  timed around `run` inside that process; everything else at its defaults (`do_cleanup=True`).
+  The plugin passes no port to `asyncssh.connect`; the port comes from `~/.ssh/config` in a
+  `HOME` made for the driver.
+- **scp**: `scp` ({_scp_version()}: SFTP protocol, default cipher) of the pickled payload
+  ({payload / 2**20:.1f} MiB) up, then back: two connections.
+- **Emulated RTT**: `bench/latency_proxy.py`, a TCP proxy in its own process that holds every
+  chunk for RTT/2 in each direction (no `tc`/netem: the machine is shared).
 
-{repeats} repeats, each pair run back to back with the order alternating; one warm-up run
-each first. Times are medians (min–max); ratios are medians of the per-pair ratios.
+{repeats} repeats per cell, everyone back to back, the order reversed every other repeat; one
+warm-up run each first. Times are medians (min-max); ratios are medians of the per-repeat
+ratios.
 
-{table(("Run", "Time", "Round-trip throughput", "SSH round trips (from sshd's log)"), rows)}
+{trivial_table}
+
+{big_table}
 
 Round trips are counted on the server, the same way for everyone: `Accepted publickey` lines
 (connections) and `server_input_channel_open: ctype session` lines (session channels: one per
 command, per scp transfer, per SFTP session) in sshd's DEBUG1 log. The plugin's own counters
-(patched `asyncssh.connect` and `SSHClientConnection.create_session` in its process) agree.
-The plugin opens a connection per task and then runs `python --version`, `mkdir`, two scp
-uploads (function and script), the task, `ls` of the result, one scp download and three `rm`:
-ten sessions, each a round trip on a real network, where ours uses two.
+(`asyncssh.connect` and `SSHClientConnection.create_session`, patched in its process) agree.
+Per task the plugin connects, then runs `python --version`, `mkdir`, two scp uploads
+(function, script), the task, `ls` of the result, one scp download and three `rm`: ten
+session channels. Ours uses two (wait for the bootstrap, run the task) on one connection.
 
-On 100 MiB the plugin takes {big_ratio:.2f}× our time: it pickles to a local file, copies it
-with scp, and the result comes back the same way, through files on both ends.
+Where our time goes (medians):
+
+{step_table}
+
+{nagle_text}
+
+On 100 MiB the plugin took {big_ratio:.2f}x our time (median of the per-repeat ratios). It
+pickles to a local file, copies it with scp and brings the result back the same way, through
+files at both ends; ours streams it through one channel, and that channel moves the bytes as
+fast as scp (the raw row). The rest of ours is Python and disk on the instance: the payload is
+written to a file (`cat > payload.pkl`) and read back, and the runner writes the envelope
+twice (`result.pkl` and stdout); the runner alone takes {fmt_s(data["runner_big"])} of it.
 """
     return targets, body
 

@@ -1,0 +1,276 @@
+"""The performance fixes these benchmarks found, each detected in the code as it is and
+switchable from the benchmark, so that its worth is measured side by side in one run: a fix the
+code lacks is patched in ("what-if"), a fix the code has is patched out ("reverted", the code's
+earlier behaviour). Nothing here edits the code; the patches live only in the benchmark process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import socket
+import threading
+import types
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any
+
+# --- one boto3 session per process -----------------------------------------------------------
+
+_SHARED_AWS: dict[tuple[str, str, str], Any] = {}
+_SHARED_AWS_LOCK = threading.RLock()
+
+
+def code_shares_boto3_clients() -> bool:
+    """Whether two `AWS` objects with the same options hand out the same client."""
+    from ec2_executor.aws import AWS
+    from ec2_executor.options import Options
+
+    return bool(AWS(Options()).client("sts") is AWS(Options()).client("sts"))
+
+
+@contextlib.contextmanager
+def shared_boto3_session() -> Iterator[None]:
+    """What-if: one boto3 session and one set of clients per (profile, region, credentials
+    file) for the process, clients built under a lock. The cache lives as long as this process,
+    as the fix's would, and is only used inside this context."""
+    from ec2_executor import aws as aws_module
+
+    cls = aws_module.AWS
+    original_init, original_client = cls.__dict__["__init__"], cls.__dict__["client"]
+
+    def init(self: Any, options: Any) -> None:
+        key = (options.profile, options.region, options.credentials_file)
+        with _SHARED_AWS_LOCK:
+            if key not in _SHARED_AWS:
+                first = object.__new__(cls)
+                original_init(first, options)
+                _SHARED_AWS[key] = first
+            self.__dict__.update(_SHARED_AWS[key].__dict__)
+            self.options = options
+
+    def client(self: Any, service: str) -> Any:
+        with _SHARED_AWS_LOCK:
+            return original_client(self, service)
+
+    cls.__init__ = init
+    cls.client = client
+    try:
+        yield
+    finally:
+        cls.__init__ = original_init
+        cls.client = original_client
+
+
+@contextlib.contextmanager
+def session_per_electron() -> Iterator[None]:
+    """Reverted: a new boto3 session and new clients for every `AWS` object, i.e. for every
+    electron, as the code did before it shared them (its old `__init__` and `client`)."""
+    from ec2_executor import aws as aws_module
+
+    cls = aws_module.AWS
+    original_init, original_client = cls.__dict__["__init__"], cls.__dict__["client"]
+
+    def init(self: Any, options: Any) -> None:
+        self.options = options
+        self.session = aws_module._session(options)
+        self._bench_clients = {}
+
+    def client(self: Any, service: str) -> Any:
+        if service not in self._bench_clients:
+            self._bench_clients[service] = self.session.client(
+                service, region_name=self.options.region, config=aws_module.CLIENT_CONFIG
+            )
+        return self._bench_clients[service]
+
+    cls.__init__ = init
+    cls.client = client
+    try:
+        yield
+    finally:
+        cls.__init__ = original_init
+        cls.client = original_client
+
+
+# --- TCP_NODELAY on the SSH socket -----------------------------------------------------------
+
+
+def code_sets_nodelay() -> bool:
+    """From the module's source: `RemoteHost.connect` itself may be wrapped by the recorder."""
+    from ec2_executor import remote as remote_module
+
+    return "TCP_NODELAY" in inspect.getsource(remote_module)
+
+
+@contextlib.contextmanager
+def tcp_nodelay() -> Iterator[None]:
+    """What-if: `RemoteHost.connect` hands paramiko (Fabric's `connect_kwargs["sock"]`) a TCP
+    socket with TCP_NODELAY set."""
+    from ec2_executor import remote as remote_module
+
+    cls = remote_module.RemoteHost
+    original = cls.__dict__["connect"]
+
+    def connect(self: Any) -> None:
+        endpoint = self.endpoint
+        sock = socket.create_connection((endpoint.host, endpoint.port), timeout=10)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._connection.connect_kwargs["sock"] = sock
+        try:
+            original(self)
+        except BaseException:
+            sock.close()
+            raise
+        finally:
+            self._connection.connect_kwargs.pop("sock", None)
+
+    cls.connect = connect
+    try:
+        yield
+    finally:
+        cls.connect = original
+
+
+class _NagleSocket(socket.socket):
+    """A socket that ignores requests to set TCP_NODELAY."""
+
+    def setsockopt(self, level: int, option: int, value: Any, *rest: Any) -> None:
+        if level == socket.IPPROTO_TCP and option == socket.TCP_NODELAY:
+            return
+        super().setsockopt(level, option, value, *rest)
+
+
+@contextlib.contextmanager
+def nagle_on() -> Iterator[None]:
+    """Reverted: the sockets `ec2_executor.remote` opens ignore TCP_NODELAY, so Nagle's
+    algorithm stays on, as it did before the code set the option."""
+    from ec2_executor import remote as remote_module
+
+    def create_connection(address: Any, *args: Any, **kwargs: Any) -> socket.socket:
+        plain = socket.create_connection(address, *args, **kwargs)
+        timeout = plain.gettimeout()
+        nagle = _NagleSocket(fileno=plain.detach())
+        nagle.settimeout(timeout)
+        return nagle
+
+    shim = types.ModuleType("socket")
+    shim.__dict__.update(socket.__dict__)
+    shim.create_connection = create_connection  # type: ignore[attr-defined]
+    saved = remote_module.__dict__.get("socket")
+    remote_module.socket = shim  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        if saved is None:
+            del remote_module.socket
+        else:
+            remote_module.socket = saved  # type: ignore[attr-defined]
+
+
+# --- the bootstrap wait's tick ---------------------------------------------------------------
+
+_LOOP, _TICK = 'while [ "$i" -lt {ticks} ]', "sleep 0.5;"
+
+
+def code_polls_bootstrap_finely() -> bool:
+    from ec2_executor import remote as remote_module
+
+    return _TICK not in getattr(remote_module, "_WAIT_FOR_BOOTSTRAP", _TICK)
+
+
+@contextlib.contextmanager
+def fine_bootstrap_poll() -> Iterator[None]:
+    """What-if: the remote wait for the bootstrap's ready file checks every 0.05 s instead of
+    every 0.5 s (ten times the ticks: the same total timeout)."""
+    from ec2_executor import remote as remote_module
+
+    saved = remote_module._WAIT_FOR_BOOTSTRAP
+    if _LOOP not in saved or _TICK not in saved:
+        yield
+        return
+    remote_module._WAIT_FOR_BOOTSTRAP = saved.replace(
+        _LOOP, 'while [ "$i" -lt $(({ticks} * 10)) ]'
+    ).replace(_TICK, "sleep 0.05;")
+    try:
+        yield
+    finally:
+        remote_module._WAIT_FOR_BOOTSTRAP = saved
+
+
+# --- the bootstrap's installer ---------------------------------------------------------------
+
+
+def bootstrap_installs_with_uv() -> bool:
+    """Whether ec2_executor/bootstrap.sh fetches uv for the install step even when a Python was
+    found (before, it used uv only if it had needed uv to find a Python)."""
+    from cdk_stacks.user_data import bootstrap_script_path
+
+    text = bootstrap_script_path().read_text()
+    start, end = text.find("STEP=install"), text.find("STEP=verify")
+    return start >= 0 and "get_uv" in text[start:end]
+
+
+# --- all of them -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Fix:
+    key: str
+    name: str
+    where: str
+    in_code: bool
+    apply: Callable[[], AbstractContextManager[Any]]
+    revert: Callable[[], AbstractContextManager[Any]] | None
+
+    @property
+    def label(self) -> str:
+        """What toggling it does, for a column or row heading."""
+        if self.in_code:
+            return f"{self.name} reverted" if self.revert else f"{self.name} (in the code)"
+        return f"what-if: {self.name}"
+
+    def toggled(self) -> AbstractContextManager[Any]:
+        """The code with this fix switched: patched out if it has it, patched in if not."""
+        if self.in_code:
+            return self.revert() if self.revert else contextlib.nullcontext()
+        return self.apply()
+
+
+def session_fix() -> Fix:
+    """Call inside the harness environment: the check builds two `AWS` objects."""
+    return Fix(
+        "session",
+        "one boto3 session per process",
+        "ec2_executor/aws.py, `AWS.__init__`/`AWS.client`",
+        code_shares_boto3_clients(),
+        shared_boto3_session,
+        session_per_electron,
+    )
+
+
+def nodelay_fix() -> Fix:
+    return Fix(
+        "nodelay",
+        "TCP_NODELAY on the SSH socket",
+        "ec2_executor/remote.py, `RemoteHost.connect`",
+        code_sets_nodelay(),
+        tcp_nodelay,
+        nagle_on,
+    )
+
+
+def tick_fix() -> Fix:
+    return Fix(
+        "tick",
+        "bootstrap wait checks every 0.05 s",
+        "ec2_executor/remote.py, `_WAIT_FOR_BOOTSTRAP`",
+        code_polls_bootstrap_finely(),
+        fine_bootstrap_poll,
+        None,
+    )
+
+
+def detect() -> list[Fix]:
+    """Every fix, each with whether the code has it (inside the harness environment)."""
+    return [session_fix(), nodelay_fix(), tick_fix()]
