@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -105,7 +106,7 @@ def test_unreadable_key_file_is_refused(tmp_path: Path) -> None:
     key = tmp_path / "key"
     key.write_text("x")
     key.chmod(0)
-    if __import__("os").access(key, __import__("os").R_OK):
+    if os.access(key, os.R_OK):
         pytest.skip("running as root: every file is readable")
     with pytest.raises(ConfigurationError, match="not readable"):
         build({"ssh_key_file": str(key)})
