@@ -15,7 +15,7 @@ from typing import Any
 
 from bench import REPO
 from bench.common import BENCH_TMP, machine_facts, progress
-from bench.report import render_document
+from bench.report import code_state, render_document
 
 BENCHMARKS: tuple[tuple[str, str, float, tuple[str, ...]], ...] = (
     # (result key, module, time limit in seconds, arguments)
@@ -62,6 +62,7 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown benchmark(s): {', '.join(unknown)}; choose from {[*keys, 'paper']}")
     started = time.monotonic()
+    code_before = code_state()
     facts = machine_facts()
     results: dict[str, Any] = {}
     for key, module, limit, extra in BENCHMARKS:
@@ -75,7 +76,8 @@ def main() -> None:
         if args.no_install:
             paper_args.append("--no-install")
         results["paper"] = run_one("paper", "paper", 600, paper_args)
-    document = render_document(results, facts, time.monotonic() - started, args.only)
+    code = (code_before, code_state())
+    document = render_document(results, facts, time.monotonic() - started, args.only, code)
     if args.only:
         print(document)
         return

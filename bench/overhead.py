@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,35 @@ PHASE_ORDER = (
 TRIVIAL = lambda: 1  # noqa: E731  (a lambda: cloudpickle always ships it by value)
 
 AS_IS = "as in the code"
+
+
+def _proposed_label(found: list[Fix]) -> str:
+    return "what-if: " + " + ".join(f.name for f in found if not f.in_code)
+
+
+def variant_patches(found: list[Fix]) -> dict[str, list[Callable[[], Any]]]:
+    """The code as it is; with every fix it lacks patched in (the "proposed" variant); and,
+    for each fix it has, that fix patched out on top of the proposed variant, so that a fix the
+    code lacks (the bootstrap wait's tick, say) does not blur what the others are worth."""
+    pending = [f.apply for f in found if not f.in_code]
+    variants: dict[str, list[Callable[[], Any]]] = {AS_IS: []}
+    if pending:
+        variants[_proposed_label(found)] = list(pending)
+    for fix in found:
+        if fix.in_code and fix.revert is not None:
+            label = fix.label + (", with the what-ifs" if pending else "")
+            variants[label] = [*pending, fix.revert]
+    return variants
+
+
+def comparison(found: list[Fix], fix: Fix) -> tuple[str, str] | None:
+    """(without the fix, with it): the two variants whose difference is this fix."""
+    proposed = _proposed_label(found) if any(not f.in_code for f in found) else AS_IS
+    if not fix.in_code:
+        return (AS_IS, proposed)
+    if fix.revert is None:
+        return None
+    return (fix.label + (", with the what-ifs" if proposed != AS_IS else ""), proposed)
 
 
 async def one_electron(h: Harness, recorder: Recorder, index: int) -> dict[str, Any]:
@@ -165,17 +195,16 @@ def run(args: argparse.Namespace) -> Section:
                 first = await one_electron(h, recorder, 0)
                 await asyncio.to_thread(h.fresh_cloud)
                 found = fixes.detect()
-                switches: dict[str, Fix | None] = {AS_IS: None, **{f.label: f for f in found}}
+                switches = variant_patches(found)
                 runs: dict[str, list[dict[str, Any]]] = {name: [] for name in switches}
                 for i in range(1, repeats + 1):
-                    # The code as it is, then with each fix switched (patched in when the code
-                    # lacks it, patched out when it has it); the order reverses every other
-                    # repeat.
+                    # Every variant once per repeat; the order reverses every other repeat.
                     names = list(switches) if i % 2 else list(reversed(switches))
                     for number, name in enumerate(names):
                         progress(f"overhead: electron {i}/{repeats}, {name}")
-                        fix = switches[name]
-                        with fix.toggled() if fix else contextlib.nullcontext():
+                        with contextlib.ExitStack() as patches:
+                            for patch in switches[name]:
+                                patches.enter_context(patch())
                             runs[name].append(await one_electron(h, recorder, 100 * number + i))
                         await asyncio.to_thread(h.fresh_cloud)
                 return first, found, runs
@@ -194,9 +223,17 @@ def run(args: argparse.Namespace) -> Section:
         "runs": [_plain(r) for r in runs],
         "variants": {name: [_plain(r) for r in got] for name, got in variants.items()},
         "fixes": [
-            {"key": f.key, "name": f.name, "where": f.where, "in_code": f.in_code, "label": f.label}
+            {
+                "key": f.key,
+                "name": f.name,
+                "where": f.where,
+                "in_code": f.in_code,
+                "label": f.label,
+                "compare": comparison(found, f),
+            }
             for f in found
         ],
+        "bootstrap_tick": fixes.bootstrap_tick(),
         "remote_python_startup": startup,
         "session_cost": sessions,
         "stacks_left": left,
@@ -439,11 +476,13 @@ already sees `CREATE_COMPLETE`) and all of *delete stack* (`DeleteStack` is sync
   CloudFormation) per electron: {fmt_s(client_creation)} per electron, measured inside the phases.
   Side by side in this run: a fresh session + 3 clients {fmt_s(sessions["fresh"])}, the same
   3 clients from a session kept for the process {fmt_s(sessions["reused"])}.
-- The last columns: the same electron with one fix switched from the benchmark
-  (`bench/fixes.py`), alternating with the code as it is, {n} runs each. A fix the code has is
-  patched out (*reverted*: the code's earlier behaviour), one it lacks is patched in
-  (*what-if*): {fix_text}. Electrons whose *bootstrap* phase took over 0.3 s (they reached the
-  instance before its bootstrap had finished and waited for the wait loop's next tick):
+- The last columns: the same electron with fixes switched from the benchmark
+  (`bench/fixes.py`), alternating with the code as it is, {n} runs each. *what-if*: the fixes
+  the code lacks, patched in; *reverted, with the what-ifs*: on top of those, one fix the code
+  has patched out (the code's earlier behaviour), so that each fix is measured against the
+  same base. The fixes: {fix_text}. Electrons whose *bootstrap* phase took over 0.3 s (they
+  reached the instance before its bootstrap had finished and waited for the wait loop's next
+  tick):
   {", ".join(f"{name}: {slow[name]}/{len(got)}" for name, got in variants.items())}.
 - Stacks left after the run: {stacks_left}.
 """

@@ -3,6 +3,7 @@ section as its benchmark wrote it."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import statistics
 import subprocess
@@ -32,18 +33,21 @@ def _median(values: list[float]) -> float:
     return float(statistics.median(values)) if values else float("nan")
 
 
-def _commit() -> str:
+def code_state() -> str:
+    """The commit, and a digest of uncommitted changes to the measured code, if any."""
+
     def git(*args: str) -> str:
         done = subprocess.run(
             ["git", *args], cwd=REPO, capture_output=True, text=True, check=False, timeout=30
         )
-        return done.stdout.strip()
+        return done.stdout
 
-    head = git("rev-parse", "--short", "HEAD") or "unknown"
-    dirty = git("status", "--porcelain", "--", "ec2_executor", "cdk_stacks")
-    return f"{head}" + (
-        " (with uncommitted changes in ec2_executor/ or cdk_stacks/)" if dirty else ""
-    )
+    head = git("rev-parse", "--short", "HEAD").strip() or "unknown"
+    diff = git("diff", "HEAD", "--", "ec2_executor", "cdk_stacks")
+    if not diff:
+        return head
+    digest = hashlib.sha1(diff.encode()).hexdigest()[:8]
+    return f"{head} + uncommitted changes to ec2_executor/cdk_stacks ({digest})"
 
 
 def _in_process_markdown(section: dict[str, Any]) -> str:
@@ -133,18 +137,20 @@ def _findings(results: dict[str, Any]) -> str:
     totals = overhead.get("variant_total_medians", {})
     plans = overhead.get("variant_plan_medians", {})
     slow = overhead.get("slow_bootstrap_waits", {})
-    as_is = "as in the code"
     n = overhead.get("repeats", "?")
     items: list[str] = []
 
     def toggled(key: str) -> str:
         fix = fixes.get(key)
-        if not fix or fix["label"] not in totals or as_is not in totals:
+        pair = fix.get("compare") if fix else None
+        if not pair or any(name not in totals for name in pair):
             return ""
+        without, with_ = pair
+        base = "" if with_ == "as in the code" else f"; both with *{with_}*"
         return (
             f" Side by side in benchmark 2 (medians of {n} electrons each): "
-            f"{fmt_s(totals[as_is])} per electron as in the code, {fmt_s(totals[fix['label']])} "
-            f"with *{fix['label']}*."
+            f"{fmt_s(totals[with_])} per electron with it, {fmt_s(totals[without])} without it "
+            f"(*{without}*{base})."
         )
 
     session = fixes.get("session")
@@ -160,10 +166,11 @@ def _findings(results: dict[str, Any]) -> str:
             "for clients already built, all of it CPU under the GIL of the Covalent server's "
             "process."
         )
-        if session["label"] in plans and as_is in plans:
+        pair = session.get("compare")
+        if pair and all(name in plans for name in pair):
             text += (
-                f" The *plan* phase took {fmt_s(plans[as_is])} as in the code and "
-                f"{fmt_s(plans[session['label']])} with *{session['label']}*."
+                f" The *plan* phase took {fmt_s(plans[pair[0]])} without it and "
+                f"{fmt_s(plans[pair[1]])} with it."
             )
         text += toggled("session")
         if len(names) >= 2:
@@ -213,15 +220,20 @@ def _findings(results: dict[str, Any]) -> str:
     tick = fixes.get("tick")
     if tick:
         counts = ", ".join(f"{name}: {count}/{n}" for name, count in slow.items())
+        seconds = overhead.get("bootstrap_tick")
+        now = (
+            f"the code sleeps {seconds:g} s between checks"
+            if tick["in_code"] and seconds
+            else "check every 0.05 s, with ten times the ticks (the same timeout)"
+        )
         items.append(
             "**The 0.5 s tick of the bootstrap wait.** The remote loop that waits for the "
-            "bootstrap's ready file checks, then sleeps 0.5 s. Once the electron is fast, it "
+            "bootstrap's ready file checked, then slept 0.5 s. Once the electron is fast, it "
             "reaches the instance before the bootstrap has finished and waits for the next "
             f"tick: electrons whose *bootstrap* phase took over 0.3 s, by variant: {counts}."
             + toggled("tick")
-            + f" **Fix** ({tick['where']}): check every 0.05 s, ten times the ticks (the same "
-            "timeout); on AWS, where the bootstrap takes tens of seconds, this saves ~0.25 s on "
-            "average." + _status(tick["in_code"])
+            + f" **Fix** ({tick['where']}): {now}; on AWS, where the bootstrap takes tens of "
+            "seconds, the 0.5 s tick cost ~0.25 s on average." + _status(tick["in_code"])
         )
 
     if install.get("pip") and install.get("uv"):
@@ -267,7 +279,7 @@ def _findings(results: dict[str, Any]) -> str:
             )
             wall = _median([r["wall"] for r in one])
             self_cpu = _median([r["cpu_self"] for r in group])
-            if best is None or floor / wall < best[0]:
+            if best is None:  # the first variant: the code as it is
                 best = (floor / wall, floor, wall, self_cpu, name, cores)
     if best is not None:
         ratio, floor, wall, self_cpu, name, cores = best
@@ -301,7 +313,11 @@ def _findings(results: dict[str, Any]) -> str:
 
 
 def render_document(
-    results: dict[str, Any], facts: dict[str, Any], seconds: float, only: list[str]
+    results: dict[str, Any],
+    facts: dict[str, Any],
+    seconds: float,
+    only: list[str],
+    code: tuple[str, str],
 ) -> str:
     targets = []
     for key in ORDER:
@@ -329,7 +345,7 @@ def render_document(
     parts = [
         "# Benchmarks",
         "",
-        f"Written by `{command}` (`make bench` runs it) on {stamp}, commit {_commit()}; the "
+        f"Written by `{command}` (`make bench` runs it) on {stamp}, code at {code[0]}; the "
         f"whole run took {seconds / 60:.1f} min. Every number below comes from that one run. "
         "Each benchmark also runs alone (`python -m bench.synth`, `bench.overhead`, "
         "`bench.transport`, `bench.concurrency`, `bench.teardown`, `bench.paper`) and prints "
@@ -343,6 +359,15 @@ def render_document(
         "",
         _facts_table(facts),
         "",
+        *(
+            [
+                f"**The code changed during this run** (from {code[0]} to {code[1]}): the "
+                "sections may not all have measured the same code.",
+                "",
+            ]
+            if code[0] != code[1]
+            else []
+        ),
         "## Targets",
         "",
         _target_table(targets) if targets else "(none run)",
