@@ -472,10 +472,10 @@ already sees `CREATE_COMPLETE`) and all of *delete stack* (`DeleteStack` is sync
   ({", ".join(f"{fmt_s(s)}" for s, _ in executes)}).
 - The task's interpreter on the "instance" (`python -c <runner>` with cloudpickle, the
   image venv, `lambda: 1`) takes {fmt_s(startup)} of *upload, run, fetch* by itself.
-- boto3: the executor builds a new botocore session and three clients (STS, EC2,
-  CloudFormation) per electron: {fmt_s(client_creation)} per electron, measured inside the phases.
-  Side by side in this run: a fresh session + 3 clients {fmt_s(sessions["fresh"])}, the same
-  3 clients from a session kept for the process {fmt_s(sessions["reused"])}.
+- boto3: time spent building sessions and clients inside an electron's phases (median):
+  {fmt_s(client_creation)} (nothing once the process has them, when the code shares them).
+  Side by side in this run: a new session + 3 clients {fmt_s(sessions["fresh"])}, the same
+  3 clients from an `AWS` object that has them {fmt_s(sessions["reused"])}.
 - The last columns: the same electron with fixes switched from the benchmark
   (`bench/fixes.py`), alternating with the code as it is, {n} runs each. *what-if*: the fixes
   the code lacks, patched in; *reverted, with the what-ifs*: on top of those, one fix the code

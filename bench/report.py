@@ -34,20 +34,23 @@ def _median(values: list[float]) -> float:
 
 
 def code_state() -> str:
-    """The commit, and a digest of uncommitted changes to the measured code, if any."""
-
-    def git(*args: str) -> str:
-        done = subprocess.run(
-            ["git", *args], cwd=REPO, capture_output=True, text=True, check=False, timeout=30
-        )
-        return done.stdout
-
-    head = git("rev-parse", "--short", "HEAD").strip() or "unknown"
-    diff = git("diff", "HEAD", "--", "ec2_executor", "cdk_stacks")
-    if not diff:
-        return head
-    digest = hashlib.sha1(diff.encode()).hexdigest()[:8]
-    return f"{head} + uncommitted changes to ec2_executor/cdk_stacks ({digest})"
+    """The commit, and a digest of the measured code as it is on disk (ec2_executor/ and
+    cdk_stacks/), so that a commit elsewhere in the repository does not count as a change."""
+    done = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+    )
+    digest = hashlib.sha1()
+    for package in ("ec2_executor", "cdk_stacks"):
+        for path in sorted((REPO / package).rglob("*")):
+            if path.is_file() and path.suffix in (".py", ".sh"):
+                digest.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes())
+    head = done.stdout.strip() or "unknown"
+    return f"commit {head}, ec2_executor/ + cdk_stacks/ {digest.hexdigest()[:8]}"
 
 
 def _in_process_markdown(section: dict[str, Any]) -> str:
@@ -345,7 +348,7 @@ def render_document(
     parts = [
         "# Benchmarks",
         "",
-        f"Written by `{command}` (`make bench` runs it) on {stamp}, code at {code[0]}; the "
+        f"Written by `{command}` (`make bench` runs it) on {stamp} ({code[0]}); the "
         f"whole run took {seconds / 60:.1f} min. Every number below comes from that one run. "
         "Each benchmark also runs alone (`python -m bench.synth`, `bench.overhead`, "
         "`bench.transport`, `bench.concurrency`, `bench.teardown`, `bench.paper`) and prints "
@@ -365,7 +368,7 @@ def render_document(
                 "sections may not all have measured the same code.",
                 "",
             ]
-            if code[0] != code[1]
+            if code[0].split(", ")[-1] != code[1].split(", ")[-1]
             else []
         ),
         "## Targets",
