@@ -457,6 +457,7 @@ class Recorder:
 
     def install(self) -> Recorder:
         import ec2_executor.electron as electron_module
+        from bench import fixes as fixes_module
         from ec2_executor import aws as aws_module
         from ec2_executor import remote as remote_module
         from ec2_executor.phases import Phases
@@ -485,19 +486,26 @@ class Recorder:
         original_client = aws_module.AWS.client
         hooked: list[Any] = []  # the clients seen (kept, so their ids stay unique)
 
+        def hook(made: Any, service: str, start: float) -> None:
+            """Count and time a client the first time it is seen."""
+            if any(made is seen for seen in hooked):
+                return
+            recorder.client_creation.append(Span(service, start, time.monotonic()))
+            hooked.append(made)
+            made.meta.events.register("before-parameter-build", recorder._params)
+            made.meta.events.register("before-call", recorder._before)
+            made.meta.events.register("after-call", recorder._after)
+            made.meta.events.register("after-call-error", recorder._after)
+
         def client(aws: Any, service: str) -> Any:
             start = time.monotonic()
             made = original_client(aws, service)
-            if not any(made is seen for seen in hooked):
-                # A client we have not seen: its creation is what this call cost.
-                recorder.client_creation.append(Span(service, start, time.monotonic()))
-                hooked.append(made)
-                made.meta.events.register("before-parameter-build", recorder._params)
-                made.meta.events.register("before-call", recorder._before)
-                made.meta.events.register("after-call", recorder._after)
-                made.meta.events.register("after-call-error", recorder._after)
+            hook(made, service, start)
             return made
 
+        # bench.fixes patches that build clients themselves report them here too.
+        fixes_module.NEW_CLIENT_HOOK = hook
+        self._undo.append(lambda: setattr(fixes_module, "NEW_CLIENT_HOOK", None))
         self._patch(aws_module.AWS, "client", client)
 
         original_session = aws_module._session
@@ -552,19 +560,21 @@ class Recorder:
         if isinstance(params, dict) and "StackName" in params:
             context["bench_stack"] = str(params["StackName"])
 
-    def _before(self, model: Any, context: Any, **_: Any) -> None:
+    def _before(self, context: Any = None, **_: Any) -> None:
         context["bench_started"] = time.monotonic()
         context["bench_label"] = self.label
 
-    def _after(self, model: Any, context: Any, **_: Any) -> None:
-        started = context.get("bench_started")
+    def _after(self, context: Any = None, model: Any = None, **_: Any) -> None:
+        """`after-call` and `after-call-error` (the latter has no model, and may fire after a
+        failed attempt that botocore then retries)."""
+        started = (context or {}).get("bench_started")
         if started is None:
             return
         with self._lock:
             self.calls.append(
                 AwsCall(
                     label=context.get("bench_label", "?"),
-                    operation=model.name,
+                    operation=model.name if model is not None else "(failed attempt)",
                     seconds=time.monotonic() - started,
                     stack=context.get("bench_stack", ""),
                 )

@@ -183,7 +183,7 @@ def render(
         )
     phase_table = table(
         (
-            "Phase (as is, unless said)",
+            "Phase (as in the code, unless said)",
             "one electron",
             f"{N} at once: median electron",
             f"{N} at once: slowest electron",

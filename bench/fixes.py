@@ -11,6 +11,7 @@ import inspect
 import re
 import socket
 import threading
+import time
 import types
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
@@ -18,6 +19,9 @@ from dataclasses import dataclass
 from typing import Any
 
 # --- one boto3 session per process -----------------------------------------------------------
+
+NEW_CLIENT_HOOK: Callable[[Any, str, float], None] | None = None
+"""Set by `bench.common.Recorder`: told of each client a patch here builds itself."""
 
 _SHARED_AWS: dict[tuple[str, str, str], Any] = {}
 _SHARED_AWS_LOCK = threading.RLock()
@@ -80,9 +84,12 @@ def session_per_electron() -> Iterator[None]:
 
     def client(self: Any, service: str) -> Any:
         if service not in self._bench_clients:
+            start = time.monotonic()
             self._bench_clients[service] = self.session.client(
                 service, region_name=self.options.region, config=aws_module.CLIENT_CONFIG
             )
+            if NEW_CLIENT_HOOK is not None:
+                NEW_CLIENT_HOOK(self._bench_clients[service], service, start)
         return self._bench_clients[service]
 
     cls.__init__ = init
