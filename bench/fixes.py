@@ -176,6 +176,39 @@ def nagle_on() -> Iterator[None]:
             remote_module.socket = saved  # type: ignore[attr-defined]
 
 
+# --- quick ACKs on the SSH socket ------------------------------------------------------------
+
+
+def code_acks_at_once() -> bool:
+    from ec2_executor import remote as remote_module
+
+    return hasattr(remote_module, "_AckAtOnceSocket")
+
+
+@contextlib.contextmanager
+def delayed_acks() -> Iterator[None]:
+    """Reverted: the SSH socket reads without setting TCP_QUICKACK, so the kernel's delayed
+    ACKs hold back sshd's small replies (Nagle on sshd's side) as before."""
+    from ec2_executor import remote as remote_module
+
+    cls = remote_module._AckAtOnceSocket
+    original = cls.__dict__["recv"]
+    cls.recv = socket.socket.recv  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        cls.recv = original  # type: ignore[method-assign]
+
+
+# --- the warm worker ---------------------------------------------------------------------------
+
+
+def code_has_warm_worker() -> bool:
+    from cdk_stacks.user_data import bootstrap_script_path
+
+    return "start_worker" in bootstrap_script_path().read_text()
+
+
 # --- the bootstrap wait's tick ---------------------------------------------------------------
 
 _LOOP = 'while [ "$i" -lt {ticks} ]'
@@ -296,6 +329,17 @@ def tick_fix() -> Fix:
     )
 
 
+def quickack_fix() -> Fix:
+    return Fix(
+        "quickack",
+        "quick ACKs on the SSH socket",
+        "ec2_executor/remote.py, `_AckAtOnceSocket`",
+        code_acks_at_once(),
+        contextlib.nullcontext,
+        delayed_acks,
+    )
+
+
 def detect() -> list[Fix]:
     """Every fix, each with whether the code has it (inside the harness environment)."""
-    return [session_fix(), nodelay_fix(), tick_fix()]
+    return [session_fix(), nodelay_fix(), quickack_fix(), tick_fix()]

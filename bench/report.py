@@ -194,30 +194,46 @@ def _findings(results: dict[str, Any]) -> str:
         )
         items.append(text)
 
-    nodelay = transport.get("nodelay") or {}
     runs = transport.get("results", {})
-    ours = runs.get("ours|trivial|loopback", [])
-    other = runs.get("ours-switched|trivial|loopback", [])
-    plugin = runs.get("plugin|trivial|loopback", [])
-    if nodelay and ours and other and plugin:
-        on, off = (ours, other) if nodelay["in_code"] else (other, ours)
 
-        def t(found: list[dict[str, Any]], step: str | None = None) -> str:
-            if step is None:
-                return fmt_s(_median([r["seconds"] for r in found]))
-            return fmt_s(_median([r["steps"][step] for r in found]))
+    def t(who: str, step: str | None = None) -> str:
+        found = runs.get(f"{who}|trivial|loopback", [])
+        if not found:
+            return "?"
+        if step is None:
+            return fmt_s(_median([r["seconds"] for r in found]))
+        return fmt_s(_median([r["steps"][step] for r in found]))
 
+    nodelay, quickack = transport.get("nodelay") or {}, transport.get("quickack") or {}
+    if nodelay and quickack and runs:
         items.append(
-            "**Nagle's algorithm on the SSH socket.** paramiko leaves TCP_NODELAY off, so a "
-            "small write after an unacknowledged one waits for the peer's delayed ACK (~40 ms "
-            "on Linux), several times per connection and command. On loopback (benchmark 3) the "
-            f"key exchange took {t(off, 'connect')} without the option and {t(on, 'connect')} "
-            f"with it, `run_task` {t(off, 'run_task')} and {t(on, 'run_task')}, the whole "
-            f"trivial round trip {t(off)} and {t(on)} (the SSH plugin's asyncssh sets it: "
-            f"{t(plugin)})." + toggled("nodelay") + " **Fix** (ec2_executor/remote.py, "
-            "`RemoteHost.connect`): connect the socket with `socket.create_connection`, set "
-            "TCP_NODELAY, hand it to Fabric as `connect_kwargs['sock']`."
-            + _status(nodelay["in_code"])
+            "**Nagle's algorithm and delayed ACKs on the SSH connection.** paramiko leaves "
+            "TCP_NODELAY off, so a small write after an unacknowledged one waits for the peer's "
+            "delayed ACK (~40 ms on Linux); and sshd leaves Nagle on for sessions without a "
+            "terminal, so on every connection its first channel confirmation waited ~40 ms for "
+            "our delayed ACK of the authentication's last messages. On loopback (benchmark 3) "
+            f"the trivial round trip took {t('ours')} as in the code, {t('ours-nodelay')} with "
+            f"*{nodelay['label']}* and {t('ours-quickack')} with *{quickack['label']}* (the SSH "
+            f"plugin: {t('plugin')})." + toggled("nodelay") + toggled("quickack") + " **Fix** "
+            "(ec2_executor/remote.py, `RemoteHost.connect`, `_low_latency_socket`): the socket "
+            "is connected by us, with TCP_NODELAY, and handed to Fabric as "
+            "`connect_kwargs['sock']`; on Linux it sets TCP_QUICKACK after every read."
+            + _status(nodelay["in_code"] and quickack["in_code"])
+        )
+    if "warm" in transport and runs:
+        items.append(
+            "**An interpreter started per task, and a command to wait for the bootstrap.** Each "
+            "task used to start `python -c <runner>` (Python, site, cloudpickle: "
+            f"{fmt_s(transport.get('runner_trivial'))} alone here) and to send a command of its "
+            "own to wait for the bootstrap. On loopback the trivial round trip took "
+            f"{t('ours-cold')} with a fresh interpreter (*run_task* {t('ours-cold', 'run_task')}) "
+            f"and {t('ours')} with the warm worker (*run_task* {t('ours', 'run_task')}). **Fix** "
+            "(ec2_executor/bootstrap.sh `start_worker`, ec2_executor/runner.py `serve`, "
+            "ec2_executor/remote.py `run_task`): the bootstrap starts runner.py as a worker "
+            "that imports what it needs and waits on a FIFO, before it writes `ready`; one "
+            "command uploads the payload, waits for `ready`, hands the task to the worker "
+            "(or, with none waiting, to a fresh interpreter) and returns the envelope."
+            + _status(bool(transport["warm"]))
         )
 
     tick = fixes.get("tick")
@@ -296,11 +312,12 @@ def _findings(results: dict[str, Any]) -> str:
             "only the executor's process stays on the dispatcher."
         )
     items.append(
-        "**Left to do.** The bootstrap wait is an SSH command of its own, and the first "
-        "channel of a connection costs ~40 ms on sshd's side plus round trips: folding the "
-        "wait into the task's command (ec2_executor/remote.py) saves one command per electron. "
-        "On AWS the larger items are in benchmark 6: an image with covalent preinstalled, not "
-        "waiting for CREATE_COMPLETE, and short SSH probe timeouts while the instance boots."
+        "**Left to do.** On AWS the larger items are in benchmark 6: an image with covalent "
+        "preinstalled, not waiting for CREATE_COMPLETE, and short SSH probe timeouts while the "
+        "instance boots. The warm worker could also import covalent ahead of the task (Covalent "
+        "wraps every task in covalent's own functions, so unpickling it imports covalent: "
+        "seconds of CPU on a small instance); it does not yet, because on this machine every "
+        "emulated instance would pay that CPU on the same two cores."
     )
     return "\n".join(
         textwrap.fill(

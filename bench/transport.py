@@ -187,22 +187,50 @@ def _read(path: Path) -> str:
 # --- ours: RemoteHost ------------------------------------------------------------------------
 
 
+def start_worker(server: Sshd, prefix: Path, python: str) -> subprocess.Popen[bytes]:
+    """What the bootstrap's `start_worker` leaves on an instance: runner.py `--serve` in
+    `$PREFIX/worker` (0700, two FIFOs), waiting. Boot-time work: not timed."""
+    worker = prefix / "worker"
+    shutil.rmtree(worker, ignore_errors=True)
+    worker.mkdir(mode=0o700)
+    for name in ("go", "done"):
+        os.mkfifo(worker / name)
+    process = subprocess.Popen(
+        [python, str(REPO / "ec2_executor" / "runner.py"), "--serve", str(worker)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "HOME": str(server.workdir / "home")},
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 30
+    while not (worker / "pid").exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("the warm worker did not start")
+        time.sleep(0.01)
+    return process
+
+
 def ours(
     server: Sshd,
     args: list[Any],
     remote_dir: Path,
     *,
     port: int | None = None,
+    worker: tuple[Path, str] | None = None,
 ) -> tuple[float, Any, int, dict[str, float]]:
-    """What `Electron.run_task` does once the stack is up: connect, wait for the bootstrap,
-    pickle the task, one command with the payload on stdin and the envelope on stdout, unpickle.
-    Returns (seconds, result, round trips, the time of each step).
+    """What `Electron.run_task` does once the stack is up: connect, pickle the task, one
+    command (payload on stdin; it waits for the bootstrap, hands the task to the warm worker
+    or a fresh interpreter, envelope on stdout), unpickle. `worker`: (prefix, python) to start
+    a warm worker first, as the bootstrap does. Returns (seconds, result, round trips, the
+    time of each step).
     """
     import cloudpickle
 
     from ec2_executor.access import ClientIdentity
     from ec2_executor.remote import Endpoint, RemoteHost
 
+    process = start_worker(server, *worker) if worker else None
     port = port or server.port
     function = (lambda x: x) if args else (lambda: 1)
     steps: dict[str, float] = {}
@@ -222,16 +250,18 @@ def ours(
     with remote:
         remote.connect()
         step("connect")
-        python = remote.wait_for_bootstrap(30)
-        step("wait_for_bootstrap")
         payload = cloudpickle.dumps((function, args, {}))
         step("pickle")
-        out = remote.run_task(payload, python=python, remote_dir=str(remote_dir))
+        done = remote.run_task(payload, remote_dir=str(remote_dir), bootstrap_timeout=30)
         step("run_task")
-        envelope = cloudpickle.loads(out)
+        envelope = cloudpickle.loads(done.envelope)
         step("unpickle")
     step("close")
     seconds = time.perf_counter() - started
+    if process is not None:
+        process.wait(30)
+        if not done.warm:
+            raise RuntimeError("the warm worker was started but did not run the task")
     if envelope["traceback"]:
         raise RuntimeError(envelope["traceback"])
     return seconds, envelope["result"], remote.round_trips, steps
@@ -530,7 +560,9 @@ def run(args: argparse.Namespace) -> Section:
             return bool(result.nbytes == big.nbytes and (result == 1).all())
         return bool(result == 1)
 
-    nodelay = fixes.nodelay_fix()
+    nodelay, quickack = fixes.nodelay_fix(), fixes.quickack_fix()
+    switches = {"ours-nodelay": nodelay, "ours-quickack": quickack}
+    warm = fixes.code_has_warm_worker()
     with network_guard(), sshd(prefix) as server:
         theirs = Theirs(plugin_python, server, remote_python, base / "plugin")
         try:
@@ -538,12 +570,17 @@ def run(args: argparse.Namespace) -> Section:
             def measure(who: str, kind: str, condition: str, port: int, index: int) -> None:
                 before = server.counts()
                 entry: dict[str, Any]
-                if who in ("ours", "ours-switched"):
+                if who.startswith("ours"):
                     remote_dir = base / f"{who}-{kind}-{condition}-{index}"
-                    switch = nodelay.toggled() if who == "ours-switched" else None
+                    switch = switches[who].toggled() if who in switches else None
+                    worker = None if who == "ours-cold" or not warm else (prefix, remote_python)
                     with switch or contextlib.nullcontext():
                         seconds, result, trips, steps = ours(
-                            server, [big] if kind == "big" else [], remote_dir, port=port
+                            server,
+                            [big] if kind == "big" else [],
+                            remote_dir,
+                            port=port,
+                            worker=worker,
                         )
                     if not ok_result(kind, result):
                         raise RuntimeError(f"our transport returned a wrong {kind} result")
@@ -574,9 +611,9 @@ def run(args: argparse.Namespace) -> Section:
                         measure(name, kind, condition, port, i)
 
             progress("transport: warm-up (one run each)")
-            ours(server, [], base / "ours-warm")
+            ours(server, [], base / "ours-warm-up")
             theirs.run("trivial")
-            trivial = ("ours", "plugin", "ours-switched")
+            trivial = ("ours", "plugin", "ours-cold", "ours-nodelay", "ours-quickack")
             rounds("trivial", "loopback", server.port, trivial)
             for rtt in RTTS_MS:
                 with latency_proxy(server.port, rtt) as port:
@@ -597,6 +634,8 @@ def run(args: argparse.Namespace) -> Section:
         "runner_big": runner_big,
         "results": results,
         "nodelay": {"in_code": nodelay.in_code, "label": nodelay.label},
+        "quickack": {"in_code": quickack.in_code, "label": quickack.label},
+        "warm": warm,
     }
     section.targets, section.body = render(section.data, repeats)
     return section
@@ -665,28 +704,31 @@ def render(data: dict[str, Any], repeats: int) -> tuple[list[Target], str]:
             )
         return f"{connections} connection(s), {sessions} session channel(s){own}"
 
-    switched = data["nodelay"]["label"]
-    nodelay_in_code = data["nodelay"]["in_code"]
+    variants = {
+        "ours-cold": "no warm worker: a fresh interpreter per task",
+        "ours-nodelay": data["nodelay"]["label"],
+        "ours-quickack": data["quickack"]["label"],
+    }
     trivial_rows = []
     for who, label in (
         ("ours", "ours (`RemoteHost`, as in the code)"),
         ("plugin", "SSH plugin (`SSHExecutor.run`)"),
-        ("ours-switched", f"ours, {switched} (patched from the benchmark)"),
+        *((who, f"ours, {label} (switched from the benchmark)") for who, label in variants.items()),
     ):
         cells = [stat(who, "trivial", condition).s() for condition, _ in _conditions()]
         trivial_rows.append((label, *cells, trips(who, "trivial")))
     ratio_cells = []
     for condition, _ in _conditions():
-        plain = median(
-            _pair_ratios(runs("plugin", "trivial", condition), runs("ours", "trivial", condition))
-        )
-        fixed = median(
-            _pair_ratios(
-                runs("plugin", "trivial", condition), runs("ours-switched", "trivial", condition)
+        ratios = [
+            median(
+                _pair_ratios(runs("plugin", "trivial", condition), runs(w, "trivial", condition))
             )
-        )
-        ratio_cells.append(f"{plain:.1f}x / {fixed:.1f}x")
-    trivial_rows.append((f"plugin / ours (as in the code / {switched})", *ratio_cells, ""))
+            for w in ("ours", *variants)
+        ]
+        ratio_cells.append(" / ".join(f"{r:.1f}x" for r in ratios))
+    trivial_rows.append(
+        (f"plugin / ours (as in the code / {' / '.join(variants.values())})", *ratio_cells, "")
+    )
     trivial_table = table(
         ("`lambda: 1`", *(label for _, label in _conditions()), "SSH round trips (sshd's log)"),
         trivial_rows,
@@ -703,21 +745,32 @@ def render(data: dict[str, Any], repeats: int) -> tuple[list[Target], str]:
         ("100 MiB round trip, loopback", "Time", "Throughput (up + back)", "SSH round trips"),
         big_rows,
     )
+
+    def step(who: str, name: str, kind: str = "trivial") -> str:
+        return fmt_s(median([r["steps"][name] for r in runs(who, kind)]))
+
     step_names = list(runs("ours", "trivial")[0]["steps"])
     step_table = table(
-        ("Step of ours (loopback)", "`lambda: 1`", f"`lambda: 1`, {switched}", "100 MiB"),
+        (
+            "Step of ours (loopback)",
+            "`lambda: 1`",
+            *(f"`lambda: 1`, {variants[w]}" for w in ("ours-cold", "ours-quickack")),
+            "100 MiB",
+        ),
         [
             (
                 name,
-                fmt_s(median([r["steps"][name] for r in runs("ours", "trivial")])),
-                fmt_s(median([r["steps"][name] for r in runs("ours-switched", "trivial")])),
-                fmt_s(median([r["steps"][name] for r in runs("ours", "big")])),
+                step("ours", name),
+                step("ours-cold", name),
+                step("ours-quickack", name),
+                step("ours", name, "big"),
             )
             for name in step_names
         ]
         + [
             (
-                "(inside `run_task`: the runner alone, `python -c <runner>`, no SSH)",
+                "(for comparison: the runner alone, `python -c <runner>`, no SSH)",
+                "",
                 fmt_s(data["runner_trivial"]),
                 "",
                 fmt_s(data["runner_big"]),
@@ -731,22 +784,20 @@ def render(data: dict[str, Any], repeats: int) -> tuple[list[Target], str]:
         else "An earlier run installed it (it is kept there between runs)."
     )
     big_ratio = median(_pair_ratios(runs("plugin", "big"), runs("ours", "big")))
-    on, off = ("ours", "ours-switched") if nodelay_in_code else ("ours-switched", "ours")
-
-    def step(who: str, name: str) -> str:
-        return fmt_s(median([r["steps"][name] for r in runs(who, "trivial")]))
-
     nagle_text = (
-        f"**TCP_NODELAY.** paramiko leaves Nagle's algorithm on, so a small write that follows "
-        f"an unacknowledged one waits for the peer's delayed ACK (~40 ms on Linux); "
-        f"`RemoteHost.connect` {'sets' if nodelay_in_code else 'does not set'} TCP_NODELAY "
-        f"in the code measured here, and the *{switched}* rows switch it from the benchmark "
-        f"(`bench/fixes.py`). On loopback, with the option the key exchange took "
-        f"{step(on, 'connect')} and `run_task` {step(on, 'run_task')}; without it "
-        f"{step(off, 'connect')} and {step(off, 'run_task')}. The first session channel on a "
-        f"connection costs ~40 ms either way (sshd's side); later ones a few ms. The plugin's "
-        f"asyncssh sets TCP_NODELAY itself, so its ten channels cost little on loopback: the "
-        f"difference in round trips shows once the network has latency."
+        "**The socket.** paramiko leaves Nagle's algorithm on, so a small write that follows an "
+        "unacknowledged one waits for the peer's delayed ACK (~40 ms on Linux); "
+        "`RemoteHost.connect` sets TCP_NODELAY. sshd does the same to us: it leaves Nagle on for "
+        "sessions without a terminal, so its small reply that follows one we have not "
+        "acknowledged yet (on every connection: the first channel's confirmation, just after "
+        "the authentication's last messages) waits for our delayed ACK; our socket sets "
+        "TCP_QUICKACK after every read. On loopback, `connect` + `run_task` took "
+        f"{step('ours', 'connect')} + {step('ours', 'run_task')} as in the code, "
+        f"{step('ours-nodelay', 'connect')} + {step('ours-nodelay', 'run_task')} with "
+        f"*{variants['ours-nodelay']}* and {step('ours-quickack', 'connect')} + "
+        f"{step('ours-quickack', 'run_task')} with *{variants['ours-quickack']}* (switched by "
+        "`bench/fixes.py`). The plugin's asyncssh sets TCP_NODELAY itself but not quick ACKs, "
+        "so its first channel waits as well."
     )
     body = f"""
 One `sshd` (OpenSSH, `LogLevel DEBUG1`) on 127.0.0.1 and a free port, with a host key and a
@@ -759,9 +810,12 @@ under `{BENCH_TMP}`. {install_text} 0.24.1 is the plugin's newest release and as
 `covalent>=0.202.0,<1`, so it takes covalent 0.240.0.
 
 - **Ours**: what `Electron.run_task` does once the stack is up, with a new `RemoteHost` per
-  run: connect (pinned host key), `wait_for_bootstrap` (one command; the ready file is already
-  there), cloudpickle the task, `run_task` (one command: payload on stdin, envelope on stdout),
-  unpickle. Timed in this process.
+  run: connect (pinned host key), cloudpickle the task, `run_task` (one command: payload on
+  stdin, wait for the bootstrap's ready file, which is already there, hand the task to the warm
+  worker, envelope on stdout), unpickle. Timed in this process. Before each run, untimed,
+  the benchmark starts the warm worker as the bootstrap does on an instance (runner.py
+  `--serve`, which imports cloudpickle and waits); the *no warm worker* row runs the same
+  command without one, so the command starts `python -c <runner>` as the fallback.
 - **SSH plugin**: `SSHExecutor(username, hostname="127.0.0.1", ssh_key_file, cache_dir,
   python_path, remote_cache, remote_workdir).run(fn, args, {{}}, task_metadata)` called
   directly (no Covalent dispatch, no server) in a long-lived process of the plugin's venv,
@@ -787,7 +841,7 @@ command, per scp transfer, per SFTP session) in sshd's DEBUG1 log. The plugin's 
 (`asyncssh.connect` and `SSHClientConnection.create_session`, patched in its process) agree.
 Per task the plugin connects, then runs `python --version`, `mkdir`, two scp uploads
 (function, script), the task, `ls` of the result, one scp download and three `rm`: ten
-session channels. Ours uses two (wait for the bootstrap, run the task) on one connection.
+session channels. Ours uses one command on one connection.
 
 Where our time goes (medians):
 
@@ -799,8 +853,8 @@ On 100 MiB the plugin took {big_ratio:.2f}x our time (median of the per-repeat r
 pickles to a local file, copies it with scp and brings the result back the same way, through
 files at both ends; ours streams it through one channel, and that channel moves the bytes as
 fast as scp (the raw row). The rest of ours is Python and disk on the instance: the payload is
-written to a file (`cat > payload.pkl`) and read back, and the runner writes the envelope
-twice (`result.pkl` and stdout); the runner alone takes {fmt_s(data["runner_big"])} of it.
+written to a file (`cat > payload.pkl`) and read back, and the envelope is written to
+`result.pkl` and read back by `cat`; the runner alone takes {fmt_s(data["runner_big"])} of it.
 """
     return targets, body
 

@@ -10,7 +10,7 @@ from constructs import Construct
 
 from cdk_stacks.parameters import AL2023_SSM_PARAMETER, DEFAULT_ROOT_DEVICE
 from cdk_stacks.shape import NetworkMode, StackShape
-from cdk_stacks.user_data import bootstrap_script_path, cloud_config_template
+from cdk_stacks.user_data import bootstrap_script_path, cloud_config_template, runner_path
 
 IPV4_CIDR_PATTERN = r"^(\d{1,3}\.){3}\d{1,3}/(\d|[12]\d|3[0-2])$"
 CREATED_VPC_CIDR = "10.64.0.0/16"
@@ -208,7 +208,9 @@ class ElectronStack(cdk.Stack):
 
         spot = self._is_true("SpotRequested", p["UseSpot"])
         spot_template = self._spot_launch_template(spot)
-        user_data = cloud_config_template(bootstrap_script_path().read_text())
+        user_data = cloud_config_template(
+            bootstrap_script_path().read_text(), runner_path().read_text()
+        )
         return ec2.CfnInstance(
             self,
             "Instance",

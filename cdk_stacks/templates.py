@@ -17,7 +17,7 @@ from functools import cache
 from pathlib import Path
 
 from cdk_stacks.shape import StackShape
-from cdk_stacks.user_data import bootstrap_script_path
+from cdk_stacks.user_data import bootstrap_script_path, runner_path
 
 MAX_INLINE_TEMPLATE_BYTES = 51_200
 _SOURCES = ("electron_stack.py", "parameters.py", "shape.py", "synth.py", "user_data.py")
@@ -36,12 +36,12 @@ def cache_dir() -> Path:
 
 @cache
 def _fingerprint() -> str:
-    """Package and aws-cdk-lib versions plus the stack's own sources and the bootstrap."""
+    """Package and aws-cdk-lib versions plus the stack's own sources and the instance's files."""
     digest = hashlib.sha256()
     for dist in ("ec2-executor", "aws-cdk-lib"):
         digest.update(f"{dist}={_version(dist)};".encode())
     here = Path(__file__).parent
-    for path in [here / name for name in _SOURCES] + [bootstrap_script_path()]:
+    for path in [here / name for name in _SOURCES] + [bootstrap_script_path(), runner_path()]:
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 

@@ -6,27 +6,43 @@ Pure text: rendering needs no `aws_cdk`, so tests can check it with a YAML parse
 from __future__ import annotations
 
 import base64
+import gzip
 import importlib.util
 from pathlib import Path
 
 HOST_KEY_PATH = "/etc/ssh/ec2_executor_host_ed25519_key"
 SSHD_DROP_IN_PATH = "/etc/ssh/sshd_config.d/00-ec2-executor.conf"
 BOOTSTRAP_PATH = "/opt/ec2-executor/bootstrap.sh"
+RUNNER_PATH = "/opt/ec2-executor/runner.py"  # beside the bootstrap, which starts it warm
 
 
-def bootstrap_script_path() -> Path:
-    """Where `ec2_executor/bootstrap.sh` lives, found without importing the package."""
+def package_file(name: str) -> Path:
+    """A file of the `ec2_executor` package, found without importing the package."""
     spec = importlib.util.find_spec("ec2_executor")
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError("The ec2_executor package is not installed; run 'make install'.")
-    return Path(next(iter(spec.submodule_search_locations))) / "bootstrap.sh"
+    return Path(next(iter(spec.submodule_search_locations))) / name
+
+
+def bootstrap_script_path() -> Path:
+    return package_file("bootstrap.sh")
+
+
+def runner_path() -> Path:
+    return package_file("runner.py")
 
 
 def _base64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
 
 
-def cloud_config_template(bootstrap_script: str) -> str:
+def _gzip_base64(text: str) -> str:
+    """cloud-init's `gz+b64`: a third of the size (user data is capped at 16 KB); mtime=0
+    keeps the template byte-for-byte the same from one synthesis to the next."""
+    return base64.b64encode(gzip.compress(text.encode(), mtime=0)).decode()
+
+
+def cloud_config_template(bootstrap_script: str, runner: str) -> str:
     """The cloud-config for `Fn::Sub`; `${Name}` refers to a stack parameter.
 
     Host key and port go into an sshd drop-in written before sshd starts (cloud-init's first
@@ -35,9 +51,9 @@ def cloud_config_template(bootstrap_script: str) -> str:
     The authorised key is a literal block: a key comment such as `work: laptop` or `#2` would
     otherwise turn the list item into a mapping or a truncated key.
     """
-    # The script goes in as base64: verbatim, whatever `${...}`, quotes or indentation it
-    # holds, with nothing for `Fn::Sub` or YAML to reinterpret.
-    script = _base64(bootstrap_script)
+    # The scripts go in gzipped and base64-encoded: verbatim, whatever `${...}`, quotes or
+    # indentation they hold, with nothing for `Fn::Sub` or YAML to reinterpret.
+    script = _gzip_base64(bootstrap_script)
     return f"""#cloud-config
 ssh_deletekeys: false
 ssh_genkeytypes: []
@@ -57,8 +73,12 @@ write_files:
       KbdInteractiveAuthentication no
   - path: {BOOTSTRAP_PATH}
     permissions: "0755"
-    encoding: b64
+    encoding: gz+b64
     content: {script}
+  - path: {RUNNER_PATH}
+    permissions: "0644"
+    encoding: gz+b64
+    content: {_gzip_base64(runner)}
 bootcmd:
   - systemd-run --on-active=${{MaxLifetimeMinutes}}min --unit=ec2-executor-lifetime systemctl poweroff || shutdown -P +${{MaxLifetimeMinutes}}
 runcmd:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds $PREFIX/venv (Python minor + pinned covalent/cloudpickle); writes $PREFIX/ready
-# (venv python path) or $PREFIX/failed (reason). EC2_EXECUTOR_PREFIX: default prefix.
+# (venv python path) or $PREFIX/failed (reason), then starts runner.py (found beside this
+# script) as a warm worker in $PREFIX/worker. EC2_EXECUTOR_PREFIX: default prefix.
 # EC2_EXECUTOR_BOOTSTRAP_OFFLINE=1 skips package-manager/uv installs (for tests).
 set -euo pipefail
 umask 022
@@ -13,6 +14,7 @@ while [ $# -gt 0 ]; do
   esac
   shift $(($# > 1 ? 2 : 1))
 done
+HERE=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "${PREFIX:?empty prefix}" && cd "$PREFIX" && PREFIX=$PWD || exit 2
 VENV=$PREFIX/venv VPY=$PREFIX/venv/bin/python STEP=args REASON=''
 exec 3>&2 >>"$PREFIX/bootstrap.log" 2>&1
@@ -29,7 +31,27 @@ on_exit() {
 log() { printf '%s [%s] %s\n' "$(date -u +%FT%TZ)" "$STEP" "$*"; }
 put() { printf '%s\n' "$2" >"$PREFIX/.$1.$$" && mv -f "$PREFIX/.$1.$$" "$PREFIX/$1"; }
 fail() { REASON=$1; exit 1; }
-ok() { rm -f "$PREFIX/failed"; put ready "$VPY"; log "ready: $VPY"; }
+ok() { rm -f "$PREFIX/failed"; start_worker; put ready "$VPY"; log "ready: $VPY"; }
+# The task's interpreter, started as the SSH user before `ready`, so that the task need not
+# wait for one; without it the executor starts one per task. Descriptors 3 and 9 (cloud-init's
+# output, the lock) are closed: the worker outlives this script.
+start_worker() {
+  local w=$PREFIX/worker as=() i=0
+  STEP=worker
+  [ -f "$HERE/runner.py" ] || { log "no runner.py beside the bootstrap; no warm worker"; return 0; }
+  if [ -n "$RUN_USER" ] && [ "$RUN_USER" != "$(id -un)" ]; then
+    id -u "$RUN_USER" >/dev/null 2>&1 || { log "no user '$RUN_USER'; no warm worker"; return 0; }
+    as=(runuser -u "$RUN_USER" --)
+  fi
+  if ! { rm -rf "$w" && mkdir -m 700 "$w" && mkfifo "$w/go" "$w/done"; }; then
+    log "could not make $w; no warm worker"; return 0
+  fi
+  [ ${#as[@]} = 0 ] || chown -R "$RUN_USER": "$w"
+  PATH=$VENV/bin:$PATH setsid "${as[@]}" "$VPY" "$HERE/runner.py" --serve "$w" \
+    </dev/null >>"$w/worker.log" 2>&1 3>&- 9>&- &
+  while [ ! -f "$w/pid" ] && [ "$i" -lt 200 ] && kill -0 $! 2>/dev/null; do sleep 0.05; i=$((i+1)); done
+  if [ -f "$w/pid" ]; then log "worker waiting (pid $(cat "$w/pid"))"; else log "no worker; see $w/worker.log"; fi
+}
 
 [ -z "$BAD" ] || fail "usage: $BAD"
 [[ $PY =~ ^(3\.[0-9]+)(\.[0-9]+)?$ ]] || fail "usage: --python must be like 3.11, got '$PY'"

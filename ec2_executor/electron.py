@@ -31,7 +31,7 @@ from ec2_executor.logs import log
 from ec2_executor.network import NetworkPlan, plan_network
 from ec2_executor.options import Options
 from ec2_executor.phases import Phases
-from ec2_executor.remote import Endpoint, RemoteHost
+from ec2_executor.remote import Endpoint, RemoteHost, TaskRun
 from ec2_executor.stack import (
     EventLog,
     StackOutputs,
@@ -167,22 +167,24 @@ class Electron:
         cancel_requested: Callable[[], Awaitable[bool]],
     ) -> TaskOutcome:
         remote = await self._connect()
-        with self.phases.phase("bootstrap"):
-            python = await run_blocking(remote.wait_for_bootstrap, self.deadline.remaining)
+        # One command waits for the bootstrap, then runs the task: its log line says how long
+        # the wait was, and the phases split it off.
         with self.phases.phase("upload, run, fetch"):
             payload = cloudpickle.dumps(task)
             running = asyncio.ensure_future(
                 run_blocking(
                     remote.run_task,
                     payload,
-                    python=python,
                     remote_dir=f"{self.options.remote_cache.rstrip('/')}/{self.name}",
+                    bootstrap_timeout=self.deadline.remaining,
                 )
             )
             stopped = await self._watch(running, cancel_requested)
             if stopped is not None:
                 return stopped
-            envelope = cloudpickle.loads(running.result())
+            done = running.result()
+            envelope = cloudpickle.loads(done.envelope)
+        self.phases.split("upload, run, fetch", "bootstrap", done.bootstrap_wait)
         return TaskOutcome(
             result=envelope["result"],
             stdout=envelope["stdout"],
@@ -222,7 +224,7 @@ class Electron:
         return remote
 
     async def _watch(
-        self, running: asyncio.Future[bytes], cancel_requested: Callable[[], Awaitable[bool]]
+        self, running: asyncio.Future[TaskRun], cancel_requested: Callable[[], Awaitable[bool]]
     ) -> TaskOutcome | None:
         """Wait for the task; stop early if it is cancelled or its instance goes away.
 

@@ -1,12 +1,14 @@
-"""One Fabric connection per electron: pinned host key, readiness, and the task's one round trip.
+"""One Fabric connection per electron: pinned host key, and the task's one command.
 
-Round trips per task: the connection (TCP, key exchange, auth), one command that waits for the
-bootstrap's ready marker, and one command that receives the payload on stdin, runs it and
-returns the result envelope on stdout.
+Round trips per task: the connection (TCP, key exchange, auth) and one command. That command
+takes the payload on stdin, waits for the bootstrap's ready marker, hands the task to the
+warm worker the bootstrap started (runner.py `--serve`) or, without one, to a fresh
+interpreter, and returns the result envelope on stdout.
 """
 
 from __future__ import annotations
 
+import re
 import shlex
 import socket
 from collections.abc import Callable
@@ -21,15 +23,46 @@ from ec2_executor.errors import BootstrapError, ConnectionLostError, RemoteError
 
 RUNNER_SOURCE = (Path(__file__).parent / "runner.py").read_text()
 _CHUNK = 1 << 20
-_READY, _FAILED, _TIMED_OUT = 0, 3, 4
+_MARK = "ec2-executor:"
+"""Starts the lines the command itself writes: the envelope on stdout is a pickle, never text."""
+_FAILED, _TIMED_OUT = 3, 4
+_UPLOAD = """d={directory}
+mkdir -p "$d" && cat > "$d/payload.pkl" || exit 5
+p="${{EC2_EXECUTOR_PREFIX:-/opt/ec2-executor}}"; w="$p/worker"; t0=$EPOCHREALTIME
+"""
 # Checks every 0.1 s: a fast electron reaches the instance just before its bootstrap ends.
-_WAIT_FOR_BOOTSTRAP = """p="${{EC2_EXECUTOR_PREFIX:-/opt/ec2-executor}}"; i=0
+_WAIT_FOR_BOOTSTRAP = """i=0; py=''
 while [ "$i" -lt {ticks} ]; do
-  if [ -f "$p/ready" ]; then cat "$p/ready"; exit 0; fi
-  if [ -f "$p/failed" ]; then cat "$p/failed"; tail -n 40 "$p/bootstrap.log"; exit 3; fi
+  if [ -f "$p/ready" ]; then py=$(tail -n 1 "$p/ready"); break; fi
+  if [ -f "$p/failed" ]; then echo "{mark} failed"; cat "$p/failed"; tail -n 40 "$p/bootstrap.log"; exit 3; fi
   sleep 0.1; i=$((i+1))
 done
-echo "the bootstrap did not finish"; tail -n 40 "$p/bootstrap.log" 2>/dev/null; exit 4"""
+if [ -z "$py" ]; then echo "{mark} timed out"; tail -n 40 "$p/bootstrap.log" 2>/dev/null; exit 4; fi
+echo "{mark} bootstrap waited $t0 $EPOCHREALTIME" >&2
+"""  # noqa: E501
+# The worker's FIFOs are opened read-write, so no open blocks; a dead worker is noticed
+# within a second, and the task is then not run a second time.
+_RUN = """if pid=$(cat "$w/pid" 2>/dev/null) && kill -0 "$pid" 2>/dev/null &&
+  exec 4<>"$w/go" 5<>"$w/done"; then
+  echo "$d" >&4; echo "{mark} warm worker $pid" >&2
+  until read -r -t 1 _ <&5; do
+    kill -0 "$pid" 2>/dev/null || {{ echo "{mark} the worker died; see $w/worker.log" >&2; exit 6; }}
+  done
+  [ -f "$d/result.pkl" ] || {{ echo "{mark} no result; $w/worker.log ends:"; tail -n 20 "$w/worker.log"; }} >&2
+  exec cat "$d/result.pkl"
+fi
+PATH="${{py%/*}}:$PATH" exec "$py" -c {runner} "$d/payload.pkl" "$d/result.pkl"
+"""  # noqa: E501
+_WAITED = re.compile(rf"^{_MARK} bootstrap waited (\d+\.\d+) (\d+\.\d+)$", re.M)
+
+
+@dataclass(frozen=True)
+class TaskRun:
+    envelope: bytes
+    bootstrap_wait: float
+    """Seconds the command waited on the instance for the bootstrap to finish."""
+    warm: bool
+    """Whether the bootstrap's warm worker ran the task (else a fresh interpreter did)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -71,12 +104,11 @@ class RemoteHost:
 
     def connect(self) -> None:
         """Open the connection; `OSError` while the instance boots, `RemoteError` for good."""
-        sock = socket.create_connection(
-            (self.endpoint.host, self.endpoint.port), timeout=self.connect_timeout
+        sock = _low_latency_socket(
+            socket.create_connection(
+                (self.endpoint.host, self.endpoint.port), timeout=self.connect_timeout
+            )
         )
-        # paramiko leaves Nagle on: each small write after an unacknowledged one would wait
-        # for the peer's delayed ACK (~40 ms), several times per command.
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._connection.connect_kwargs["sock"] = sock
         try:
             self._connection.open()
@@ -101,34 +133,33 @@ class RemoteHost:
         transport.set_keepalive(15)
         self.round_trips += 1
 
-    def wait_for_bootstrap(self, timeout: float) -> str:
-        """The task interpreter's path, once the bootstrap is ready; `BootstrapError` if not."""
-        status, out, _ = self.execute(_WAIT_FOR_BOOTSTRAP.format(ticks=max(1, int(timeout * 10))))
-        text = out.decode(errors="replace").strip()
-        if status == _READY and text:
-            return text.splitlines()[-1]
-        what = "failed" if status == _FAILED else "did not finish in 'provision_timeout'"
-        raise BootstrapError(
-            f"The instance's bootstrap {what} on {self.endpoint.host}; its log ends:\n{text}"
+    def run_task(self, payload: bytes, *, remote_dir: str, bootstrap_timeout: float) -> TaskRun:
+        """Upload the payload, wait for the bootstrap, run the task, fetch its envelope."""
+        ticks = max(1, int(bootstrap_timeout * 10))
+        script = (
+            _UPLOAD.format(directory=_shell_path(remote_dir))
+            + _WAIT_FOR_BOOTSTRAP.format(ticks=ticks, mark=_MARK)
+            + _RUN.format(mark=_MARK, runner=shlex.quote(RUNNER_SOURCE))
         )
-
-    def run_task(self, payload: bytes, *, python: str, remote_dir: str) -> bytes:
-        """Upload the payload, run it, and return the result envelope: one round trip."""
-        directory = _shell_path(remote_dir)
-        command = (
-            f"mkdir -p {directory} && cat > {directory}/payload.pkl && "
-            f'PATH={shlex.quote(str(Path(python).parent))}:"$PATH" '
-            f"exec {shlex.quote(python)} -c {shlex.quote(RUNNER_SOURCE)} "
-            f"{directory}/payload.pkl {directory}/result.pkl"
-        )
-        status, out, err = self.execute(command, stdin=payload)
+        status, out, err = self.execute(f"exec bash -c {shlex.quote(script)}", stdin=payload)
+        if out.startswith(_MARK.encode()) and status in (_FAILED, _TIMED_OUT):
+            what = "failed" if status == _FAILED else "did not finish in 'provision_timeout'"
+            text = out.decode(errors="replace").split("\n", 1)[-1].strip()
+            raise BootstrapError(
+                f"The instance's bootstrap {what} on {self.endpoint.host}; its log ends:\n{text}"
+            )
+        messages = err.decode(errors="replace")
         if status != 0 or not out:
             raise ConnectionLostError(
                 f"The task runner on {self.endpoint.host} ended without a result (exit status "
-                f"{status}); the instance may have stopped. Its stderr ends:\n"
-                f"{err.decode(errors='replace')[-2000:]}"
+                f"{status}); the instance may have stopped. Its stderr ends:\n{messages[-2000:]}"
             )
-        return out
+        waited = _WAITED.search(messages)
+        return TaskRun(
+            envelope=out,
+            bootstrap_wait=float(waited[2]) - float(waited[1]) if waited else 0.0,
+            warm=f"{_MARK} warm worker" in messages,
+        )
 
     def execute(self, command: str, *, stdin: bytes = b"") -> tuple[int, bytes, bytes]:
         """Run one command; a dropped connection becomes `ConnectionLostError`."""
@@ -169,6 +200,34 @@ def _pinned_client(endpoint: Endpoint, host_key: paramiko.PKey) -> paramiko.SSHC
         keys.add(spec, host_key.get_name(), host_key)
     client.set_missing_host_key_policy(paramiko.RejectPolicy())
     return client
+
+
+class _AckAtOnceSocket(socket.socket):
+    """A socket that acknowledges what it receives at once (Linux's TCP_QUICKACK).
+
+    sshd leaves Nagle's algorithm on for sessions without a terminal, so a small reply that
+    follows one we have not acknowledged yet waits for our delayed ACK (~40 ms): on every
+    connection, the first channel's confirmation does. Quick ACK is not sticky (the kernel
+    returns to delayed ACKs), hence it is set again after every read.
+    """
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        data = super().recv(bufsize, flags)
+        self.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+        return data
+
+
+def _low_latency_socket(sock: socket.socket) -> socket.socket:
+    """TCP_NODELAY on our side, and quick ACKs where the platform has them."""
+    # paramiko leaves Nagle on: each small write after an unacknowledged one would wait
+    # for the peer's delayed ACK (~40 ms), several times per command.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if not hasattr(socket, "TCP_QUICKACK"):  # not Linux
+        return sock
+    timeout = sock.gettimeout()
+    quick = _AckAtOnceSocket(sock.family, sock.type, sock.proto, fileno=sock.detach())
+    quick.settimeout(timeout)
+    return quick
 
 
 def _read_all(recv: Callable[[int], bytes]) -> bytes:

@@ -1,13 +1,20 @@
-"""Runs one task on the instance. Sent as `python -c <this source> PAYLOAD RESULT`.
+"""Runs one task on the instance.
 
 Stdlib and cloudpickle only. Reads `(function, args, kwargs)` from PAYLOAD, runs it with file
 descriptors 1 and 2 captured (so output of child processes is caught too), and writes one
-cloudpickled envelope to RESULT and to the original stdout, which the executor reads.
+cloudpickled envelope to RESULT.
+
+Two ways in:
+- `runner.py --serve DIR`: started by the bootstrap, a warm interpreter waits for the
+  instance's one task (`serve`); the executor's command never waits for Python to start.
+- `python -c <this source> PAYLOAD RESULT`: a fresh interpreter, when no worker is waiting;
+  the envelope also goes to stdout, which the executor reads.
 """
 
 from __future__ import annotations
 
 import os
+import pwd
 import sys
 import tempfile
 import traceback
@@ -61,14 +68,44 @@ def _dumps(envelope: dict[str, Any]) -> bytes:
         return bytes(cloudpickle.dumps(envelope))
 
 
-def main(payload_path: str, result_path: str) -> None:
+def main(payload_path: str, result_path: str, *, to_stdout: bool = True) -> None:
     data = _dumps(_captured(_run, payload_path))
     with open(result_path, "wb") as result:
         result.write(data)
-    out = os.fdopen(1, "wb", closefd=False)
-    out.write(data)
-    out.flush()
+    if to_stdout:
+        out = os.fdopen(1, "wb", closefd=False)
+        out.write(data)
+        out.flush()
+
+
+def serve(directory: str) -> None:
+    """Wait, warm, for one task, then run it like `main` and exit.
+
+    `directory` (mode 0700, the task user's) holds two FIFOs, opened read-write so that no
+    open ever blocks: the executor's command writes the task's directory as one line to
+    `go`, then waits for a line on `done`. `pid` says a worker is waiting; it goes away once
+    the task is taken, so a second command starts a fresh interpreter instead.
+    """
+    os.chdir(pwd.getpwuid(os.getuid()).pw_dir)  # where sshd starts a command
+    go = os.open(os.path.join(directory, "go"), os.O_RDWR)
+    done = os.open(os.path.join(directory, "done"), os.O_RDWR)
+    pid_path = os.path.join(directory, "pid")
+    with open(f"{pid_path}.tmp", "w") as pid:
+        pid.write(f"{os.getpid()}\n")
+    os.replace(f"{pid_path}.tmp", pid_path)
+    line = b""
+    while not line.endswith(b"\n"):
+        line += os.read(go, 4096)
+    os.unlink(pid_path)
+    task_dir = line.decode().strip()
+    try:
+        main(f"{task_dir}/payload.pkl", f"{task_dir}/result.pkl", to_stdout=False)
+    finally:
+        os.write(done, b"done\n")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    if sys.argv[1] == "--serve":
+        serve(sys.argv[2])
+    else:
+        main(sys.argv[1], sys.argv[2])

@@ -564,6 +564,8 @@ class EmulatedBoot:
         script = record.workdir / "bootstrap.sh"
         script.write_text(record.spec.bootstrap_script)
         script.chmod(0o755)
+        for name, content in record.spec.companions.items():  # runner.py, beside the script
+            (record.workdir / name).write_text(content)
         env = {
             "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
             "HOME": os.environ.get("HOME", "/root"),
@@ -668,10 +670,13 @@ def build_image_venv(prefix: Path) -> Path:
     from cdk_stacks.user_data import bootstrap_script_path
 
     python = f"{sys.version_info.major}.{sys.version_info.minor}"
+    # A copy without runner.py beside it: building the image starts no worker.
+    script = prefix.parent / f"{prefix.name}-bootstrap.sh"
+    shutil.copyfile(bootstrap_script_path(), script)
     subprocess.run(
         [
             "bash",
-            str(bootstrap_script_path()),
+            str(script),
             "--python",
             python,
             "--covalent",

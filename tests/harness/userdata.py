@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import base64
 import gzip
+import posixpath
 import re
 import shlex
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
@@ -57,6 +58,8 @@ class BootSpec:
     """The script `runcmd` runs (content of its `write_files` entry), or None."""
     bootstrap_args: tuple[str, ...]
     """The arguments `runcmd` passes to it (without the script path)."""
+    companions: dict[str, str] = field(default_factory=dict)
+    """Other `write_files` entries in the bootstrap's directory, by file name (runner.py)."""
 
 
 def _decode_entry(entry: dict[str, Any]) -> str:
@@ -133,6 +136,7 @@ def parse_user_data(text: str | bytes) -> BootSpec:
 
     bootstrap_script: str | None = None
     bootstrap_args: tuple[str, ...] = ()
+    companions: dict[str, str] = {}
     for command in document.get("runcmd") or ():
         argv = _command_argv(command)
         if argv and argv[0] in ("bash", "sh", "/bin/bash", "/bin/sh") and len(argv) > 1:
@@ -140,6 +144,12 @@ def parse_user_data(text: str | bytes) -> BootSpec:
         if argv and argv[0] in files:
             bootstrap_script = files[argv[0]]
             bootstrap_args = tuple(argv[1:])
+            folder = posixpath.dirname(argv[0])
+            companions = {
+                posixpath.basename(path): content
+                for path, content in files.items()
+                if posixpath.dirname(path) == folder and path != argv[0]
+            }
             break
 
     return BootSpec(
@@ -148,6 +158,7 @@ def parse_user_data(text: str | bytes) -> BootSpec:
         port=port,
         bootstrap_script=bootstrap_script,
         bootstrap_args=bootstrap_args,
+        companions=companions,
     )
 
 

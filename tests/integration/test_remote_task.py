@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import pwd
+import signal
+import socket
+import stat
 import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import cloudpickle
@@ -16,7 +23,7 @@ from harness import LoopbackNetwork, MotoServer
 from ec2_executor import BootstrapError, ConnectionLostError, RemoteError
 from ec2_executor.access import ClientIdentity, KeyPair
 from ec2_executor.ec2 import EC2Executor
-from ec2_executor.remote import Endpoint, RemoteHost
+from ec2_executor.remote import Endpoint, RemoteHost, TaskRun, _AckAtOnceSocket
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -133,26 +140,126 @@ def test_the_connection_refuses_any_host_key_but_the_pinned_one(
         pinned.connect()
         assert pinned.execute("echo pinned")[1] == b"pinned\n"
         assert pinned.round_trips == 2
+        if hasattr(socket, "TCP_QUICKACK"):  # paramiko reads through the quick-ACK socket
+            transport = pinned._connection.client.get_transport()
+            assert isinstance(transport.sock, _AckAtOnceSocket)
 
 
-def test_one_connection_and_three_round_trips_per_task(
+def where_am_i() -> dict[str, Any]:
+    import os
+
+    return {
+        "cwd": os.getcwd(),
+        "python": sys.executable,
+        "path0": os.environ["PATH"].split(":")[0],
+        "home": os.environ["HOME"],
+    }
+
+
+class RunSpy:
+    """Records every `RemoteHost` and what its `run_task` returned; `before_run` runs first."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.hosts: list[RemoteHost] = []
+        self.runs: list[TaskRun] = []
+        self.before_run: Callable[[], None] = lambda: None
+        real_init, real_run = RemoteHost.__init__, RemoteHost.run_task
+
+        def init(host: RemoteHost, *args: Any, **kwargs: Any) -> None:
+            real_init(host, *args, **kwargs)
+            self.hosts.append(host)
+
+        def run_task(host: RemoteHost, *args: Any, **kwargs: Any) -> TaskRun:
+            self.before_run()
+            self.runs.append(real_run(host, *args, **kwargs))
+            return self.runs[-1]
+
+        monkeypatch.setattr(RemoteHost, "__init__", init)
+        monkeypatch.setattr(RemoteHost, "run_task", run_task)
+
+
+def test_one_connection_two_round_trips_and_the_warm_worker_per_task(
     loopback_network: LoopbackNetwork,
     emulated_boot: Any,
     remote_cache: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    hosts: list[RemoteHost] = []
-    real_init = RemoteHost.__init__
-
-    def spy(self: RemoteHost, *args: Any, **kwargs: Any) -> None:
-        real_init(self, *args, **kwargs)
-        hosts.append(self)
-
-    monkeypatch.setattr(RemoteHost, "__init__", spy)
+    spy = RunSpy(monkeypatch)
     ex = EC2Executor(**harness_options(loopback_network.subnet_id, remote_cache))
     assert run(execute(ex, noisy, [], {})) == "done"
-    assert len(hosts) == 1
-    assert hosts[0].round_trips == 3  # connect+auth, wait for bootstrap, run with payload
+    assert ex.task_stdout.getvalue() == "to stdout\nfrom a child process\n"
+    assert len(spy.hosts) == 1
+    assert spy.hosts[0].round_trips == 2  # connect+auth, one command with the payload
+    assert [r.warm for r in spy.runs] == [True]
+    worker = emulated_boot.instances[0].prefix / "worker"
+    assert not (worker / "pid").exists()  # taken: a second command would not reuse it
+    assert stat.S_IMODE(worker.stat().st_mode) == 0o700
+
+
+def test_without_a_waiting_worker_a_fresh_interpreter_runs_the_task_alike(
+    loopback_network: LoopbackNetwork,
+    emulated_boot: Any,
+    remote_cache: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    spy = RunSpy(monkeypatch)
+    warm = run(
+        execute(
+            EC2Executor(**harness_options(loopback_network.subnet_id, remote_cache)),
+            where_am_i,
+            [],
+            {},
+        )
+    )
+
+    def stop_the_worker() -> None:
+        instance = emulated_boot.instances[-1]
+        emulated_boot.wait_bootstrap(instance.instance_id)
+        pid_file = instance.prefix / "worker" / "pid"
+        deadline = time.monotonic() + 30
+        while not pid_file.exists():  # the worker announces itself just after the bootstrap
+            assert time.monotonic() < deadline, "the worker never started"
+            time.sleep(0.05)
+        pid = int(pid_file.read_text())
+        pid_file.unlink()  # what a worker that is gone leaves
+        os.kill(pid, signal.SIGKILL)
+
+    spy.before_run = stop_the_worker
+    cold = run(
+        execute(
+            EC2Executor(**harness_options(loopback_network.subnet_id, remote_cache)),
+            where_am_i,
+            [],
+            {},
+        )
+    )
+    assert [r.warm for r in spy.runs] == [True, False]
+    first, second = (str(instance.workdir) for instance in emulated_boot.instances[-2:])
+    assert cold == {key: value.replace(first, second) for key, value in warm.items()}
+    assert warm["path0"] == str(Path(warm["python"]).parent)
+    assert warm["cwd"] == pwd.getpwuid(os.getuid()).pw_dir  # where sshd starts a command
+
+
+def test_a_worker_that_dies_with_the_task_fails_it_without_running_it_again(
+    loopback_network: LoopbackNetwork,
+    emulated_boot: Any,
+    remote_cache: str,
+    tmp_path: Path,
+) -> None:
+    marks = tmp_path / "runs"
+
+    def count_then_die() -> None:
+        import os
+
+        with open(marks, "a") as runs:
+            runs.write("ran\n")
+        os.kill(os.getpid(), 9)
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    ex = EC2Executor(**harness_options(loopback_network.subnet_id, remote_cache))
+    with pytest.raises(ConnectionLostError, match="the worker died"):
+        run(execute(ex, count_then_die, [], {}))
+    assert marks.read_text() == "ran\n"
 
 
 def _user() -> str:

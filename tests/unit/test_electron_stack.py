@@ -8,7 +8,9 @@ substituted, parsed as YAML, its shell fragments and the embedded bootstrap run 
 from __future__ import annotations
 
 import base64
+import gzip
 import json
+import posixpath
 import re
 import shlex
 import subprocess
@@ -30,7 +32,7 @@ from cdk_stacks.parameters import StackParameters
 from cdk_stacks.shape import ALL_SHAPES, NetworkMode, StackShape
 from cdk_stacks.synth import APP_CONTEXT, add_stack
 from cdk_stacks.templates import MAX_INLINE_TEMPLATE_BYTES
-from cdk_stacks.user_data import BOOTSTRAP_PATH, HOST_KEY_PATH, SSHD_DROP_IN_PATH
+from cdk_stacks.user_data import BOOTSTRAP_PATH, HOST_KEY_PATH, RUNNER_PATH, SSHD_DROP_IN_PATH
 
 REPO = Path(__file__).resolve().parents[2]
 BOOTSTRAP_FILE = REPO / "ec2_executor" / "bootstrap.sh"
@@ -485,10 +487,18 @@ def test_user_data_embeds_the_bootstrap_verbatim(
 ) -> None:
     entry = _write_files(cloud_config)[BOOTSTRAP_PATH]
     assert entry["permissions"] == "0755"
-    assert entry["encoding"] == "b64"  # nothing for Fn::Sub or YAML to reinterpret
-    script = base64.b64decode(entry["content"]).decode()
+    assert entry["encoding"] == "gz+b64"  # nothing for Fn::Sub or YAML to reinterpret
+    script = gzip.decompress(base64.b64decode(entry["content"])).decode()
     assert script == BOOTSTRAP_FILE.read_text()
     _bash_n(script, tmp_path, "bootstrap.sh")
+
+
+def test_user_data_puts_the_runner_beside_the_bootstrap(cloud_config: dict[str, Any]) -> None:
+    entry = _write_files(cloud_config)[RUNNER_PATH]
+    assert posixpath.dirname(RUNNER_PATH) == posixpath.dirname(BOOTSTRAP_PATH)
+    assert entry["encoding"] == "gz+b64"
+    runner = gzip.decompress(base64.b64decode(entry["content"])).decode()
+    assert runner == (REPO / "ec2_executor" / "runner.py").read_text()
 
 
 def test_runcmd_runs_the_bootstrap_with_the_versions(cloud_config: dict[str, Any]) -> None:
