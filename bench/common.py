@@ -481,6 +481,16 @@ class Recorder:
                     self.spans.append(Span(name, start, time.monotonic()))
                     recorder.label = "between phases"
 
+            def split(self, name: str, part: str, seconds: float) -> None:
+                """`part` (measured on the instance) is the first `seconds` of `name`'s span."""
+                super().split(name, part, seconds)
+                for i, span in enumerate(self.spans):
+                    if span.name == name:
+                        cut = span.start + min(seconds, span.seconds)
+                        pieces = [Span(part, span.start, cut), Span(name, cut, span.end)]
+                        self.spans[i : i + 1] = pieces
+                        break
+
         self._patch(electron_module, "Phases", RecordingPhases)
 
         original_client = aws_module.AWS.client

@@ -132,8 +132,8 @@ async def one_electron(h: Harness, recorder: Recorder, index: int) -> dict[str, 
 
 
 def remote_python_startup(h: Harness, repeats: int = 5) -> float:
-    """What the instance spends in `upload, run, fetch` outside SSH: the runner's interpreter
-    (the image venv's python, PYTHONPATH as in the SSH sessions) running `lambda: 1`."""
+    """What a fresh interpreter (the command's fallback when no warm worker waits) costs: the
+    image venv's python, PYTHONPATH as in the SSH sessions, running `lambda: 1`."""
     import cloudpickle
     from harness import current_site_packages
 
@@ -470,8 +470,11 @@ already sees `CREATE_COMPLETE`) and all of *delete stack* (`DeleteStack` is sync
   the harness starts sshd); the successful connect (TCP, key exchange, auth) takes
   {fmt_s(handshake)}. SSH round trips per electron: 1 connection + {len(executes)} commands
   ({", ".join(f"{fmt_s(s)}" for s, _ in executes)}).
-- The task's interpreter on the "instance" (`python -c <runner>` with cloudpickle, the
-  image venv, `lambda: 1`) takes {fmt_s(startup)} of *upload, run, fetch* by itself.
+- The task runs in the warm worker the bootstrap started (runner.py `--serve`); a fresh
+  interpreter, the command's fallback when no worker waits (`python -c <runner>` with
+  cloudpickle, the image venv, `lambda: 1`), would take {fmt_s(startup)} by itself. The
+  *bootstrap* phase is the wait for the ready file, measured on the instance inside the task's
+  one command and split off *upload, run, fetch*.
 - boto3: time spent building sessions and clients inside an electron's phases (median):
   {fmt_s(client_creation)} (nothing once the process has them, when the code shares them).
   Side by side in this run: a new session + 3 clients {fmt_s(sessions["fresh"])}, the same

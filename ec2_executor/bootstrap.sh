@@ -32,23 +32,26 @@ log() { printf '%s [%s] %s\n' "$(date -u +%FT%TZ)" "$STEP" "$*"; }
 put() { printf '%s\n' "$2" >"$PREFIX/.$1.$$" && mv -f "$PREFIX/.$1.$$" "$PREFIX/$1"; }
 fail() { REASON=$1; exit 1; }
 ok() { rm -f "$PREFIX/failed"; start_worker; put ready "$VPY"; log "ready: $VPY"; }
-# The task's interpreter, started as the SSH user before `ready`, so that the task need not
-# wait for one; without it the executor starts one per task. Descriptors 3 and 9 (cloud-init's
-# output, the lock) are closed: the worker outlives this script.
+# The task's interpreter, started before `ready` as the SSH user in a login shell (the
+# environment of a login on the instance: /etc/profile.d, ~/.bash_profile), so that no task
+# waits for one; without it the executor starts one per task. Descriptors 3 and 9
+# (cloud-init's output, the lock) are closed: the worker outlives this script.
 start_worker() {
-  local w=$PREFIX/worker as=() i=0
+  local w=$PREFIX/worker i=0 run as=()
   STEP=worker
   [ -f "$HERE/runner.py" ] || { log "no runner.py beside the bootstrap; no warm worker"; return 0; }
   if [ -n "$RUN_USER" ] && [ "$RUN_USER" != "$(id -un)" ]; then
     id -u "$RUN_USER" >/dev/null 2>&1 || { log "no user '$RUN_USER'; no warm worker"; return 0; }
-    as=(runuser -u "$RUN_USER" --)
+    as=(runuser -l "$RUN_USER" -s /bin/bash)
   fi
+  [ ! -f "$w/pid" ] || kill "$(cat "$w/pid")" 2>/dev/null || true  # an earlier run's, idle
   if ! { rm -rf "$w" && mkdir -m 700 "$w" && mkfifo "$w/go" "$w/done"; }; then
     log "could not make $w; no warm worker"; return 0
   fi
   [ ${#as[@]} = 0 ] || chown -R "$RUN_USER": "$w"
-  PATH=$VENV/bin:$PATH setsid "${as[@]}" "$VPY" "$HERE/runner.py" --serve "$w" \
-    </dev/null >>"$w/worker.log" 2>&1 3>&- 9>&- &
+  # shellcheck disable=SC2016  # $PATH: the login shell's, expanded there
+  printf -v run 'PATH=%q:"$PATH" exec %q %q --serve %q' "$VENV/bin" "$VPY" "$HERE/runner.py" "$w"
+  setsid "${as[@]:-bash}" -c "$run" </dev/null >>"$w/worker.log" 2>&1 3>&- 9>&- &
   while [ ! -f "$w/pid" ] && [ "$i" -lt 200 ] && kill -0 $! 2>/dev/null; do sleep 0.05; i=$((i+1)); done
   if [ -f "$w/pid" ]; then log "worker waiting (pid $(cat "$w/pid"))"; else log "no worker; see $w/worker.log"; fi
 }

@@ -86,7 +86,10 @@ def serve(directory: str) -> None:
     `go`, then waits for a line on `done`. `pid` says a worker is waiting; it goes away once
     the task is taken, so a second command starts a fresh interpreter instead.
     """
-    os.chdir(pwd.getpwuid(os.getuid()).pw_dir)  # where sshd starts a command
+    try:
+        os.chdir(pwd.getpwuid(os.getuid()).pw_dir)  # where sshd starts a command
+    except OSError:
+        os.chdir("/")  # as sshd does when the home directory is missing
     go = os.open(os.path.join(directory, "go"), os.O_RDWR)
     done = os.open(os.path.join(directory, "done"), os.O_RDWR)
     pid_path = os.path.join(directory, "pid")

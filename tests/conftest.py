@@ -20,6 +20,7 @@ from harness import (  # noqa: E402
     LoopbackNetwork,
     MotoServer,
     NetworkGuard,
+    booting,
     build_image_venv,
     create_loopback_network,
     current_site_packages,
@@ -122,13 +123,11 @@ def emulated_boot(
 
     Boot errors the test did not `clear_errors()` fail the test at teardown.
     """
-    boot = EmulatedBoot(
+    with booting(
         moto_reset.url,
         python_path=boot_python_path,
         bootstrap_env=boot_bootstrap_env,
         image_venv=boot_image_venv,
         base_dir=tmp_path / "instances",
-    )
-    with boot:
+    ) as boot:
         yield boot
-    boot.raise_errors()

@@ -29,6 +29,7 @@ from harness import (
     EmulatedBoot,
     LoopbackNetwork,
     MotoServer,
+    booting,
     create_loopback_network,
 )
 from harness.covalent_server import (
@@ -179,13 +180,11 @@ def emulated_boot(
     tmp_path: Path,
 ) -> Iterator[EmulatedBoot]:
     """Boots every instance moto runs during the test (no moto reset: the network is shared)."""
-    boot = EmulatedBoot(
+    with booting(
         moto_server.url,
         python_path=boot_python_path,
         bootstrap_env=boot_bootstrap_env,
         image_venv=boot_image_venv,
         base_dir=tmp_path / "instances",
-    )
-    with boot:
+    ) as boot:
         yield boot
-    boot.raise_errors()

@@ -12,6 +12,7 @@ from .boot import (
     BootedInstance,
     BootError,
     EmulatedBoot,
+    booting,
     build_image_venv,
     current_site_packages,
 )
@@ -48,6 +49,7 @@ __all__ = [
     "NetworkGuardError",
     "UserDataError",
     "aws_environment",
+    "booting",
     "build_image_venv",
     "create_loopback_network",
     "current_site_packages",

@@ -34,6 +34,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -658,6 +659,29 @@ def _descendants(root: int, table: dict[int, int]) -> list[int]:
             found.append(child)
             stack.append(child)
     return found
+
+
+@contextlib.contextmanager
+def booting(
+    moto_url: str,
+    *,
+    python_path: str | None,
+    bootstrap_env: dict[str, str],
+    image_venv: Path | None,
+    base_dir: Path,
+) -> Iterator[EmulatedBoot]:
+    """An `EmulatedBoot` for one test: stopped after it; boot errors that the test did not
+    `clear_errors()` are raised then."""
+    boot = EmulatedBoot(
+        moto_url,
+        python_path=python_path,
+        bootstrap_env=bootstrap_env,
+        image_venv=image_venv,
+        base_dir=base_dir,
+    )
+    with boot:
+        yield boot
+    boot.raise_errors()
 
 
 def build_image_venv(prefix: Path) -> Path:

@@ -187,7 +187,6 @@ def test_one_connection_two_round_trips_and_the_warm_worker_per_task(
     spy = RunSpy(monkeypatch)
     ex = EC2Executor(**harness_options(loopback_network.subnet_id, remote_cache))
     assert run(execute(ex, noisy, [], {})) == "done"
-    assert ex.task_stdout.getvalue() == "to stdout\nfrom a child process\n"
     assert len(spy.hosts) == 1
     assert spy.hosts[0].round_trips == 2  # connect+auth, one command with the payload
     assert [r.warm for r in spy.runs] == [True]
@@ -203,14 +202,13 @@ def test_without_a_waiting_worker_a_fresh_interpreter_runs_the_task_alike(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     spy = RunSpy(monkeypatch)
-    warm = run(
-        execute(
-            EC2Executor(**harness_options(loopback_network.subnet_id, remote_cache)),
-            where_am_i,
-            [],
-            {},
-        )
-    )
+
+    def where_the_task_runs() -> dict[str, Any]:
+        ex = EC2Executor(**harness_options(loopback_network.subnet_id, remote_cache))
+        found: dict[str, Any] = run(execute(ex, where_am_i, [], {}))
+        return found
+
+    warm = where_the_task_runs()
 
     def stop_the_worker() -> None:
         instance = emulated_boot.instances[-1]
@@ -225,14 +223,7 @@ def test_without_a_waiting_worker_a_fresh_interpreter_runs_the_task_alike(
         os.kill(pid, signal.SIGKILL)
 
     spy.before_run = stop_the_worker
-    cold = run(
-        execute(
-            EC2Executor(**harness_options(loopback_network.subnet_id, remote_cache)),
-            where_am_i,
-            [],
-            {},
-        )
-    )
+    cold = where_the_task_runs()
     assert [r.warm for r in spy.runs] == [True, False]
     first, second = (str(instance.workdir) for instance in emulated_boot.instances[-2:])
     assert cold == {key: value.replace(first, second) for key, value in warm.items()}

@@ -105,6 +105,27 @@ def no_system_uv() -> None:
         pytest.skip("uv is on the system PATH; offline tests need the pip path")
 
 
+@pytest.fixture
+def nobody() -> pwd.struct_passwd:
+    """Another user, for what the bootstrap does as root for the SSH user."""
+    if os.geteuid() != 0:
+        pytest.skip("acting for another user needs root")
+    try:
+        return pwd.getpwnam("nobody")
+    except KeyError:
+        pytest.skip("no 'nobody' user")
+
+
+def with_runner(tmp_path: Path) -> Path:
+    """A copy of the bootstrap with runner.py beside it, as the user data lays them out (the
+    package's own copy starts no worker in tests that run it for a user that does not exist)."""
+    here = tmp_path / "opt"
+    here.mkdir()
+    shutil.copyfile(SCRIPT, here / "bootstrap.sh")
+    shutil.copyfile(SCRIPT.parent / "runner.py", here / "runner.py")
+    return here / "bootstrap.sh"
+
+
 def assert_failed(prefix: Path, result: subprocess.CompletedProcess[str], text: str) -> str:
     assert result.returncode != 0, result.stderr
     assert not (prefix / "ready").exists()
@@ -185,11 +206,8 @@ def test_already_installed_writes_ready_and_second_run_is_fast(
 def test_starts_the_warm_worker_before_ready_and_leaves_its_output(
     tmp_path: Path, interp_bin: Path
 ) -> None:
-    here = tmp_path / "opt"
-    here.mkdir()
-    script = here / "bootstrap.sh"
-    shutil.copyfile(SCRIPT, script)
-    shutil.copyfile(SCRIPT.parent / "runner.py", here / "runner.py")
+    script = with_runner(tmp_path)
+    here = script.parent
     prefix = tmp_path / "prefix"
     worker = prefix / "worker"
     # capture_output: if the worker kept the bootstrap's stdout/stderr (cloud-init's
@@ -209,19 +227,80 @@ def test_starts_the_warm_worker_before_ready_and_leaves_its_output(
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         assert cmdline[1:4] == [str(here / "runner.py").encode(), b"--serve", str(worker).encode()]
         assert cmdline[0] == str(prefix / "venv" / "bin" / "python").encode()
+
+        # Run again (a retry): the idle worker of the first run is replaced, not left behind.
+        again = run_bootstrap(
+            prefix, [interp_bin], PRESENT, user=getpass.getuser(), script=script, timeout=120
+        )
+        assert again.returncode == 0, (prefix / "bootstrap.log").read_text()
+        first, pid = pid, int((worker / "pid").read_text())
+        assert pid != first
+        assert not _running(first)
+    finally:
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan is reaped by whoever adopted it, in its own time)."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return False
+        if state == "Z":
+            return False
+        time.sleep(0.05)
+    return True
+
+
+FAKE_RUNUSER = """#!/bin/bash
+printf '%s\\n' "$@" > "$RUNUSER_ARGS"
+exec bash -c "$6"
+"""
+
+
+@pytest.mark.usefixtures("no_system_uv")
+def test_the_worker_of_another_user_starts_in_its_login_shell(
+    tmp_path: Path, interp_bin: Path, nobody: pwd.struct_passwd
+) -> None:
+    # runuser itself is replaced (it would need an interpreter 'nobody' may run): it records
+    # its arguments and runs the command as this user.
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "runuser").write_text(FAKE_RUNUSER)
+    (fake_bin / "runuser").chmod(0o755)
+    script = with_runner(tmp_path)
+    prefix, recorded = tmp_path / "prefix", tmp_path / "runuser-args"
+    result = run_bootstrap(
+        prefix,
+        [fake_bin, interp_bin],
+        {**PRESENT, "RUNUSER_ARGS": str(recorded)},
+        user="nobody",
+        script=script,
+        timeout=120,
+    )
+    worker = prefix / "worker"
+    pid = int((worker / "pid").read_text()) if (worker / "pid").exists() else None
+    try:
+        assert result.returncode == 0, (prefix / "bootstrap.log").read_text()
+        assert pid is not None, (prefix / "bootstrap.log").read_text()
+        args = recorded.read_text().splitlines()
+        assert args[:5] == ["-l", "nobody", "-s", "/bin/bash", "-c"]
+        assert worker.stat().st_uid == nobody.pw_uid
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        path = next(v for v in environ if v.startswith(b"PATH=")).decode()[5:]
+        assert path.split(":")[0] == str(prefix / "venv" / "bin")
     finally:
         if pid is not None:
             os.kill(pid, signal.SIGKILL)
 
 
 @pytest.mark.usefixtures("no_system_uv")
-def test_chowns_venv_to_existing_user(tmp_path: Path, interp_bin: Path) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("chown to another user needs root")
-    try:
-        nobody = pwd.getpwnam("nobody")
-    except KeyError:
-        pytest.skip("no 'nobody' user")
+def test_chowns_venv_to_existing_user(
+    tmp_path: Path, interp_bin: Path, nobody: pwd.struct_passwd
+) -> None:
     prefix = tmp_path / "prefix"
     result = run_bootstrap(prefix, [interp_bin], PRESENT, user="nobody")
     assert result.returncode == 0, (prefix / "bootstrap.log").read_text()
