@@ -267,7 +267,7 @@ def test_the_worker_of_another_user_starts_in_its_login_shell(
 ) -> None:
     # runuser itself is replaced (it would need an interpreter 'nobody' may run): it records
     # its arguments and runs the command as this user.
-    fake_bin = tmp_path / "bin"
+    fake_bin = tmp_path / "fake-bin"
     fake_bin.mkdir()
     (fake_bin / "runuser").write_text(FAKE_RUNUSER)
     (fake_bin / "runuser").chmod(0o755)
