@@ -265,9 +265,10 @@ returns. Ratios per repeat: {ratio_text}. Stacks left: {left}.
 This machine has {os.cpu_count()} cores, and everything shares them: {N} sshd processes and
 their sessions, {N} bootstrap checks, {N} task interpreters, moto, and the executor's own
 Python (one GIL). On AWS each instance brings its own CPU; only the executor's process (first
-CPU row) and the AWS API latency stay on the dispatcher's side. The emulated boot starts the
-sshd of each instance one after the other in one thread (the "first to last sshd" row), which
-also stretches *wait for SSH* here; that part is the harness, not the executor.
+CPU row) and the AWS API latency stay on the dispatcher's side. The emulated boot notices new
+instances by polling moto every 0.2 s and starts the sshd of those it finds in one poll
+together (the "first to last sshd" row: the spread of those starts on the shared cores); that
+part of *wait for SSH* is the harness, not the executor.
 """
 
 

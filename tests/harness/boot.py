@@ -21,6 +21,7 @@ the bootstrap left running are terminated, like a real instance going away.
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import contextlib
 import importlib.util
 import ipaddress
@@ -345,9 +346,16 @@ class EmulatedBoot:
                     self._stop_instance(record, "no longer known to moto (reset?)")
                 elif known[0] != "running":
                     self._stop_instance(record, f"instance is {known[0]}")
-            for instance_id, (state, private_ip) in states.items():
-                if state == "running" and instance_id not in self._records:
-                    self._boot(instance_id, private_ip)
+            new = [
+                (instance_id, private_ip)
+                for instance_id, (state, private_ip) in states.items()
+                if state == "running" and instance_id not in self._records
+            ]
+            if len(new) > 1:  # instances launched together boot together, as on EC2
+                with concurrent.futures.ThreadPoolExecutor(len(new)) as pool:
+                    list(pool.map(lambda found: self._boot(*found), new))
+            elif new:
+                self._boot(*new[0])
 
     # -- internals ----------------------------------------------------------------------------
 
