@@ -167,8 +167,8 @@ class Electron:
         cancel_requested: Callable[[], Awaitable[bool]],
     ) -> TaskOutcome:
         remote = await self._connect()
-        # One command waits for the bootstrap, then runs the task: its log line says how long
-        # the wait was, and the phases split it off.
+        # One command waits for the bootstrap, then runs the task; it reports how long the
+        # wait took, and the phases split that off as "bootstrap".
         with self.phases.phase("upload, run, fetch"):
             payload = cloudpickle.dumps(task)
             running = asyncio.ensure_future(

@@ -53,7 +53,8 @@ _RUN = """if pid=$(cat "$w/pid" 2>/dev/null) && kill -0 "$pid" 2>/dev/null &&
 fi
 PATH="${{py%/*}}:$PATH" exec "$py" -c {runner} "$d/payload.pkl" "$d/result.pkl"
 """  # noqa: E501
-_WAITED = re.compile(rf"^{_MARK} bootstrap waited (\d+\.\d+) (\d+\.\d+)$", re.M)
+# $EPOCHREALTIME (bash 5) uses the locale's decimal point.
+_WAITED = re.compile(rf"^{_MARK} bootstrap waited (\d+[.,]\d+) (\d+[.,]\d+)$", re.M)
 
 
 @dataclass(frozen=True)
@@ -157,7 +158,7 @@ class RemoteHost:
         waited = _WAITED.search(messages)
         return TaskRun(
             envelope=out,
-            bootstrap_wait=float(waited[2]) - float(waited[1]) if waited else 0.0,
+            bootstrap_wait=_seconds(waited[2]) - _seconds(waited[1]) if waited else 0.0,
             warm=f"{_MARK} warm worker" in messages,
         )
 
@@ -228,6 +229,10 @@ def _low_latency_socket(sock: socket.socket) -> socket.socket:
     quick = _AckAtOnceSocket(sock.family, sock.type, sock.proto, fileno=sock.detach())
     quick.settimeout(timeout)
     return quick
+
+
+def _seconds(stamp: str) -> float:
+    return float(stamp.replace(",", "."))
 
 
 def _read_all(recv: Callable[[int], bytes]) -> bytes:

@@ -100,7 +100,7 @@ def serve(directory: str) -> None:
     while not line.endswith(b"\n"):
         line += os.read(go, 4096)
     os.unlink(pid_path)
-    task_dir = line.decode().strip()
+    task_dir = line.decode().rstrip("\n")
     try:
         main(f"{task_dir}/payload.pkl", f"{task_dir}/result.pkl", to_stdout=False)
     finally:
