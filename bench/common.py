@@ -416,6 +416,21 @@ def harness(*, poll_interval: float = 0.2, moto_in_process: bool = False) -> Ite
 # --- instrumentation -------------------------------------------------------------------------
 
 
+PHASES = (
+    "plan",
+    "template",
+    "create stack",
+    "wait for stack",
+    "wait for SSH",
+    "bootstrap",
+    "upload, run, fetch",
+    "delete stack",
+)
+"""An electron's phases (`Electron.phases`), in order."""
+
+TRIVIAL = lambda: 1  # noqa: E731  (a lambda: cloudpickle always ships it by value)
+
+
 @dataclass
 class Span:
     name: str

@@ -17,6 +17,8 @@ from typing import Any
 
 from bench import fixes
 from bench.common import (
+    PHASES,
+    TRIVIAL,
     Harness,
     Recorder,
     Section,
@@ -38,18 +40,6 @@ TITLE = "4. Concurrency: 16 electrons at once vs one"
 COMMAND = "python -m bench.concurrency"
 N = 16
 TARGET_RATIO = 3.0
-PHASES = (
-    "plan",
-    "template",
-    "create stack",
-    "wait for stack",
-    "wait for SSH",
-    "bootstrap",
-    "upload, run, fetch",
-    "delete stack",
-)
-
-TRIVIAL = lambda: 1  # noqa: E731  (a lambda: cloudpickle always ships it by value)
 
 
 def _cpu() -> tuple[float, float]:

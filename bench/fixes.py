@@ -36,6 +36,22 @@ def code_shares_boto3_clients() -> bool:
 
 
 @contextlib.contextmanager
+def _aws_patched(init: Callable[..., None], client: Callable[..., Any]) -> Iterator[None]:
+    """`AWS.__init__` and `AWS.client` replaced for the duration of the context."""
+    from ec2_executor import aws as aws_module
+
+    cls = aws_module.AWS
+    original_init, original_client = cls.__dict__["__init__"], cls.__dict__["client"]
+    cls.__init__ = init  # type: ignore[method-assign]
+    cls.client = client  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        cls.__init__ = original_init  # type: ignore[method-assign]
+        cls.client = original_client  # type: ignore[method-assign]
+
+
+@contextlib.contextmanager
 def shared_boto3_session() -> Iterator[None]:
     """What-if: one boto3 session and one set of clients per (profile, region, credentials
     file) for the process, clients built under a lock. The cache lives as long as this process,
@@ -59,13 +75,8 @@ def shared_boto3_session() -> Iterator[None]:
         with _SHARED_AWS_LOCK:
             return original_client(self, service)
 
-    cls.__init__ = init
-    cls.client = client
-    try:
+    with _aws_patched(init, client):
         yield
-    finally:
-        cls.__init__ = original_init
-        cls.client = original_client
 
 
 @contextlib.contextmanager
@@ -73,9 +84,6 @@ def session_per_electron() -> Iterator[None]:
     """Reverted: a new boto3 session and new clients for every `AWS` object, i.e. for every
     electron, as the code did before it shared them (its old `__init__` and `client`)."""
     from ec2_executor import aws as aws_module
-
-    cls = aws_module.AWS
-    original_init, original_client = cls.__dict__["__init__"], cls.__dict__["client"]
 
     def init(self: Any, options: Any) -> None:
         self.options = options
@@ -92,13 +100,8 @@ def session_per_electron() -> Iterator[None]:
                 NEW_CLIENT_HOOK(self._bench_clients[service], service, start)
         return self._bench_clients[service]
 
-    cls.__init__ = init
-    cls.client = client
-    try:
+    with _aws_patched(init, client):
         yield
-    finally:
-        cls.__init__ = original_init
-        cls.client = original_client
 
 
 # --- TCP_NODELAY on the SSH socket -----------------------------------------------------------
@@ -193,7 +196,7 @@ def delayed_acks() -> Iterator[None]:
 
     cls = remote_module._AckAtOnceSocket
     original = cls.__dict__["recv"]
-    cls.recv = socket.socket.recv  # type: ignore[method-assign]
+    cls.recv = socket.socket.recv  # type: ignore[method-assign,assignment]
     try:
         yield
     finally:

@@ -20,6 +20,8 @@ from typing import Any
 
 from bench import fixes
 from bench.common import (
+    PHASES,
+    TRIVIAL,
     Harness,
     Recorder,
     Section,
@@ -41,18 +43,6 @@ KEY = "overhead"
 TITLE = "2. Executor overhead per electron (loopback harness)"
 COMMAND = "python -m bench.overhead"
 TARGET_SECONDS = 2.0
-PHASE_ORDER = (
-    "plan",
-    "template",
-    "create stack",
-    "wait for stack",
-    "wait for SSH",
-    "bootstrap",
-    "upload, run, fetch",
-    "delete stack",
-)
-
-TRIVIAL = lambda: 1  # noqa: E731  (a lambda: cloudpickle always ships it by value)
 
 AS_IS = "as in the code"
 
@@ -244,7 +234,7 @@ def run(args: argparse.Namespace) -> Section:
     total = Stat.of([r["total"] for r in runs])
     section.data["total_median"] = total.median
     section.data["phase_medians"] = {
-        name: median([r["phases"].get(name, 0.0) for r in runs]) for name in PHASE_ORDER
+        name: median([r["phases"].get(name, 0.0) for r in runs]) for name in PHASES
     }
     section.data["variant_total_medians"] = {
         name: median([r["total"] for r in got]) for name, got in variants.items()
@@ -319,7 +309,7 @@ def render(
     last_calls = runs[-1]["calls"]
     by_label = calls_by_label(last_calls)
     rows = []
-    for name in PHASE_ORDER:
+    for name in PHASES:
         values = [r["phases"][name] for r in runs if name in r["phases"]]
         if not values:
             continue

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from bench.common import (
+    TRIVIAL,
     Harness,
     Recorder,
     Section,
@@ -40,8 +41,6 @@ API_LATENCY = 0.1
 """Virtual seconds each simulated CloudFormation call takes (a typical in-region API call)."""
 DELETE_SECONDS = (30.0, 60.0, 90.0, 180.0)
 CREATE_SECONDS = (20.0, 30.0, 45.0, 60.0)
-
-TRIVIAL = lambda: 1  # noqa: E731  (a lambda: cloudpickle always ships it by value)
 
 
 # --- on the harness --------------------------------------------------------------------------
@@ -261,32 +260,7 @@ def render(
         else "There it only polls: `DeleteStack` is sent once."
     )
     delete_60 = next((d for d in deletes if d["seconds"] == 60.0), deletes[0])
-    delete_table = table(
-        ("Stack deletion takes", "noticed after", "lag", "DescribeStacks polls", "all calls"),
-        [
-            (
-                fmt_s(d["seconds"]),
-                fmt_s(d["noticed_after"]),
-                fmt_s(d["lag"]),
-                d["polls"],
-                ", ".join(f"{k} {v}" for k, v in d["calls"].items()),
-            )
-            for d in deletes
-        ],
-    )
-    create_table = table(
-        ("Stack creation takes", "noticed after", "lag", "DescribeStacks polls", "all calls"),
-        [
-            (
-                fmt_s(c["seconds"]),
-                fmt_s(c["noticed_after"]),
-                fmt_s(c["lag"]),
-                c["polls"],
-                ", ".join(f"{k} {v}" for k, v in c["calls"].items()),
-            )
-            for c in creates
-        ],
-    )
+    delete_table, create_table = _lag_table("deletion", deletes), _lag_table("creation", creates)
     return f"""
 On the harness of benchmark 2, one electron (`lambda: 1`) at a time, the variants alternating,
 teardown timed around `EC2Executor.teardown` (the time between the task's result and the
@@ -313,6 +287,23 @@ of that on average, and a {fmt_s(delete_60["seconds"])} deletion costs {delete_6
 `DescribeStacks` polls (with as many `DescribeStackEvents`): far below CloudFormation's API
 limits, and in the background by default.
 """
+
+
+def _lag_table(what: str, polled: list[dict[str, Any]]) -> str:
+    """How late the executor's poll noticed a stack's `what` that took a known time."""
+    return table(
+        (f"Stack {what} takes", "noticed after", "lag", "DescribeStacks polls", "all calls"),
+        [
+            (
+                fmt_s(r["seconds"]),
+                fmt_s(r["noticed_after"]),
+                fmt_s(r["lag"]),
+                r["polls"],
+                ", ".join(f"{k} {v}" for k, v in r["calls"].items()),
+            )
+            for r in polled
+        ],
+    )
 
 
 def main() -> None:

@@ -131,3 +131,12 @@ def emulated_boot(
         base_dir=tmp_path / "instances",
     ) as boot:
         yield boot
+
+
+@pytest.fixture(scope="module")
+def template_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The session's shared template cache, so each shape synthesises once per session."""
+    cache = tmp_path_factory.getbasetemp() / "ec2-executor-template-cache"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("EC2_EXECUTOR_CACHE_DIR", str(cache))
+        yield cache

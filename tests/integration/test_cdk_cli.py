@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -84,15 +83,6 @@ def assembly(cli_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) 
     outdir = tmp_path_factory.mktemp("cdk-out")
     run_cdk(cli_env, "synth", "--output", str(outdir), "--quiet")
     return outdir
-
-
-@pytest.fixture(scope="module")
-def template_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """The session's shared template cache, so each shape synthesises once per session."""
-    cache = tmp_path_factory.getbasetemp() / "ec2-executor-template-cache"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("EC2_EXECUTOR_CACHE_DIR", str(cache))
-        yield cache
 
 
 @pytest.mark.usefixtures("template_cache")

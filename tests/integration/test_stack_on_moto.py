@@ -19,7 +19,6 @@ import base64
 import ipaddress
 import json
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,15 +39,6 @@ CREATED = StackShape(network=NetworkMode.CREATED)
 SSH_PORT = 2202
 VOLUME_GIB = 12
 VERSIONS = ("3.10", "0.240.0", "3.1.1")
-
-
-@pytest.fixture(scope="module")
-def template_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """The session's shared template cache, so each shape synthesises once per session."""
-    cache = tmp_path_factory.getbasetemp() / "ec2-executor-template-cache"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("EC2_EXECUTOR_CACHE_DIR", str(cache))
-        yield cache
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import aws_cdk
@@ -32,15 +31,6 @@ NAG_MIN_REASON_CHARS = 10  # cdk-nag refuses shorter suppression reasons
 
 def _shape_id(shape: StackShape) -> str:
     return shape.network.value
-
-
-@pytest.fixture(scope="module")
-def template_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """One template cache for the session's modules, so each shape synthesises once."""
-    cache = tmp_path_factory.getbasetemp() / "ec2-executor-template-cache"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("EC2_EXECUTOR_CACHE_DIR", str(cache))
-        yield cache
 
 
 # --- cfn-lint -----------------------------------------------------------------------------------
