@@ -351,11 +351,9 @@ class EmulatedBoot:
                 for instance_id, (state, private_ip) in states.items()
                 if state == "running" and instance_id not in self._records
             ]
-            if len(new) > 1:  # instances launched together boot together, as on EC2
+            if new:  # instances launched together boot together, as on EC2
                 with concurrent.futures.ThreadPoolExecutor(len(new)) as pool:
                     list(pool.map(lambda found: self._boot(*found), new))
-            elif new:
-                self._boot(*new[0])
 
     # -- internals ----------------------------------------------------------------------------
 
