@@ -99,13 +99,9 @@ class TimedCloud:
         params = dict(urllib.parse.parse_qsl(body.decode(errors="replace")))
         action = params.get("Action", "")
         stack = self._known(params.get("StackName", ""))
-        if (
-            action == "DescribeStackResource"
-            and stack
-            and params.get("LogicalResourceId") == INSTANCE
-        ):
-            if self._age(stack) < self.timeline.instance_after:
-                return _send(request, 400, _not_there_yet(stack.name))
+        asks_instance = action == "DescribeStackResource" and params.get("LogicalResourceId")
+        if stack and asks_instance == INSTANCE and self._age(stack) < self.timeline.instance_after:
+            return _send(request, 400, _not_there_yet(stack.name))
         status, headers, answer = self._forward(request, body)
         if action == "CreateStack" and status == 200:
             self._record(params["StackName"], answer)
