@@ -88,6 +88,12 @@ class TimedCloud:
         assert self._server is not None
         return f"http://127.0.0.1:{self._server.server_address[1]}"
 
+    def created_at(self, stack_name: str) -> float | None:
+        """When CreateStack for the stack came through (monotonic), or None."""
+        with self._lock:
+            stack = self._stacks.get(stack_name)
+            return stack.created if stack else None
+
     def completed_at(self, stack_name: str) -> float | None:
         """When the proxy first reported the stack CREATE_COMPLETE (monotonic), or None."""
         with self._lock:
