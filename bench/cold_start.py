@@ -3,7 +3,7 @@
 python -m bench.cold_start [--repeats 2] [--scale 1.0] [--json FILE]
 
 The timed cloud (tests/harness/timed_cloud.py) replays AWS's timeline for one stack, scaled by
-`--scale`: the instance launched 5 s into the stack, sshd answering 20 s after that, the stack
+`--scale`: the instance launched 5 s into the stack, sshd answering at 20 s, the stack
 CREATE_COMPLETE at 40 s. The floor is CreateStack to sshd answering, read per electron; each
 path's time is from the start of setup to the task's first instruction on the instance (the
 task returns `time.monotonic()`, one clock for the whole machine). Paths, side by side, in
@@ -101,9 +101,9 @@ def measure(repeats: int, scale: float) -> dict[str, Any]:
 
 def render(result: dict[str, Any]) -> str:
     lines = [
-        f"Timeline (scale {result['scale']}): instance launched at "
-        f"{result['seconds']['instance_after']:.2f} s, sshd answering "
-        f"{result['seconds']['boot']:.2f} s later, CREATE_COMPLETE at "
+        f"Timeline (scale {result['scale']}), from CreateStack: instance launched at "
+        f"{result['seconds']['instance_after']:.2f} s, sshd answering at "
+        f"{result['seconds']['boot']:.2f} s, CREATE_COMPLETE at "
         f"{result['seconds']['complete_after']:.2f} s; medians of {result['repeats']}.",
         "",
         "| Path | dispatch to task start | floor (stack created to SSH) | ratio to the floor |",
