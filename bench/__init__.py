@@ -2,8 +2,8 @@
 BENCHMARKS.md; each one also runs alone (`python -m bench.synth`, ...) and prints its section.
 
 Everything runs on loopback, on the test harness (tests/harness/: a moto server, emulated boots
-with a real sshd per instance); the only other traffic is the package registry (the SSH plugin's
-venv, once, and the install timings of `bench.paper`).
+with a real sshd per instance); the only other traffic is the package registry, once, for the
+SSH plugin's venv.
 """
 
 from __future__ import annotations

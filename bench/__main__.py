@@ -25,7 +25,6 @@ BENCHMARKS: tuple[tuple[str, str, float, tuple[str, ...]], ...] = (
     ("transport", "transport", 1200, ()),  # the first run also installs the plugin's venv
     ("concurrency", "concurrency", 900, ()),
     ("teardown", "teardown", 600, ()),
-    ("paper", "paper", 900, ()),
 )
 OUTPUT = REPO / "BENCHMARKS.md"
 

@@ -11,23 +11,11 @@ import asyncio
 import os
 import resource
 import time
+from collections.abc import Callable
 from typing import Any
 
-from bench.common import (
-    Harness,
-    Probe,
-    Section,
-    Target,
-    background_work,
-    benchmark_main,
-    fmt_s,
-    harness,
-    median,
-    progress,
-    spread,
-    table,
-    timed_execute,
-)
+from bench.common import Section, Target, benchmark_main, fmt_s, median, progress, spread, table
+from bench.loopback import Harness, Probe, background_work, harness, timed_execute
 
 N = 16
 GOAL = 3.0
@@ -77,19 +65,11 @@ def run(args: argparse.Namespace) -> Section:
         left = h.stacks_left
     ratios = [g["wall"] / s["wall"] for s, g in zip(results[1], results[N], strict=True)]
     one, many = median([s["wall"] for s in results[1]]), median([g["wall"] for g in results[N]])
-    section = Section(
-        "concurrency",
-        f"4. Concurrency: {N} electrons at once vs one",
-        "python -m bench.concurrency",
-    )
-    section.targets = [
-        Target(
-            f"{N} electrons at once / one electron, wall time",
-            f"{median(ratios):.1f}x ({N}: {fmt_s(many)}, one: {fmt_s(one)})",
-            f"≤ {GOAL:.0f}x",
-            median(ratios) <= GOAL,
-        )
-    ]
+    title = f"4. Concurrency: {N} electrons at once vs one"
+    section = Section("concurrency", title, "python -m bench.concurrency")
+    measured = f"{median(ratios):.1f}x ({N}: {fmt_s(many)}, one: {fmt_s(one)})"
+    name = f"{N} electrons at once / one electron, wall time"
+    section.targets = [Target(name, measured, f"≤ {GOAL:.0f}x", median(ratios) <= GOAL)]
     section.table = batch_table(results)
     section.note = (
         f"Ratios per repeat: {', '.join(f'{r:.1f}x' for r in ratios)}; stacks left: {left}. "
@@ -97,41 +77,33 @@ def run(args: argparse.Namespace) -> Section:
         "interpreters, moto, the executor): the last row is the wall-time floor that leaves, "
         "whatever the executor does. On AWS each instance brings its own CPU."
     )
-    section.data = {"ratios": ratios, "wall": {"1": one, str(N): many}, "stacks_left": left}
+    section.data = {"results": results, "stacks_left": left}
     return section
 
 
 def batch_table(results: dict[int, list[dict[str, Any]]]) -> str:
-    def phase(runs: list[dict[str, Any]], name: str, pick: Any) -> str:
-        return fmt_s(median([pick([p.get(name, 0.0) for p in r["phases"]]) for r in runs]))
+    def phase(n: int, name: str, pick: Any) -> str:
+        return fmt_s(median([pick([p.get(name, 0.0) for p in r["phases"]]) for r in results[n]]))
+
+    def each(n: int, value: Callable[[dict[str, Any]], float]) -> float:
+        return median([value(r) for r in results[n]])
 
     rows: list[tuple[Any, ...]] = [
-        (
-            name,
-            phase(results[1], name, median),
-            phase(results[N], name, median),
-            phase(results[N], name, max),
-        )
+        (name, phase(1, name, median), phase(N, name, median), phase(N, name, max))
         for name in results[1][-1]["phases"][0]
     ]
     cores = os.cpu_count() or 1
-    for i, what in enumerate(
-        (
-            "CPU of this process (executor, boot thread)",
-            "CPU of child processes (sshd, bootstraps)",
-            "CPU of the moto server",
-        )
-    ):
-        rows.append((what, *(fmt_s(median([r["cpu"][i] for r in results[n]])) for n in (1, N)), ""))
-    rows.append(
-        ("AWS calls", *(f"{median([r['calls'] for r in results[n]]):.0f}" for n in (1, N)), "")
-    )
+    cpu: dict[str, Callable[[dict[str, Any]], float]] = {
+        "CPU: this process (executor, boot thread)": lambda r: r["cpu"][0],
+        "CPU: sshd, bootstraps": lambda r: r["cpu"][1],
+        "CPU: moto": lambda r: r["cpu"][2],
+        f"all CPU / {cores} cores": lambda r: sum(r["cpu"]) / cores,
+    }
+    rows += [(what, *(fmt_s(each(n, value)) for n in (1, N)), "") for what, value in cpu.items()]
+    rows.append(("AWS calls", *(f"{each(n, lambda r: r['calls']):.0f}" for n in (1, N)), ""))
     rows.append(("wall time", *(spread([r["wall"] for r in results[n]]) for n in (1, N)), ""))
-    floor = [median([sum(r["cpu"]) / cores for r in results[n]]) for n in (1, N)]
-    rows.append((f"all CPU / {cores} cores", *(fmt_s(f) for f in floor), ""))
-    return table(
-        ("Phase, or the whole batch", "one electron", f"{N} at once: median", f"{N}: slowest"), rows
-    )
+    headers = ("Phase, or the whole batch", "one electron", f"{N} at once: median")
+    return table((*headers, f"{N}: slowest"), rows)
 
 
 if __name__ == "__main__":

@@ -10,24 +10,12 @@ import argparse
 import asyncio
 from typing import Any
 
-from bench.common import (
-    Harness,
-    Probe,
-    Section,
-    Target,
-    background_work,
-    benchmark_main,
-    fmt_s,
-    harness,
-    median,
-    progress,
-    repeated_calls,
-    spread,
-    table,
-    timed_execute,
-)
+from bench.common import Section, Target, benchmark_main, fmt_s, median, progress, spread, table
+from bench.loopback import Harness, Probe, background_work, harness, repeated_calls, timed_execute
 
 GOAL = 2.0
+OVERHEAD = "executor overhead per electron (setup+run+teardown - task)"
+REPEATS = "no AWS call made twice for one electron (polls aside)"
 
 
 async def one_electron(h: Harness, probe: Probe, index: int) -> dict[str, Any]:
@@ -62,20 +50,11 @@ def run(args: argparse.Namespace) -> Section:
         "python -m bench.overhead" + (" --moto-in-process --repeats 5" * args.moto_in_process),
     )
     totals = [r["times"]["total"] for r in runs]
-    repeats_seen = sorted({c for r in runs for c in repeated_calls(r["calls"])})
+    twice = sorted({c for r in runs for c in repeated_calls(r["calls"])})
+    overhead = f"{spread(totals)}, median of {len(runs)}"
     section.targets = [
-        Target(
-            "executor overhead per electron (setup+run+teardown - task)",
-            f"{spread(totals)}, median of {len(runs)}",
-            f"< {GOAL:.0f} s",
-            median(totals) < GOAL,
-        ),
-        Target(
-            "no AWS call made twice for one electron (polls aside)",
-            ", ".join(repeats_seen) or "none repeated",
-            "each call once",
-            not repeats_seen,
-        ),
+        Target(OVERHEAD, overhead, f"< {GOAL:.0f} s", median(totals) < GOAL),
+        Target(REPEATS, ", ".join(twice) or "none repeated", "each call once", not twice),
     ]
     section.table = phase_table(first, runs)
     section.note = (
@@ -84,14 +63,7 @@ def run(args: argparse.Namespace) -> Section:
         "Phases from the executor's log lines, AWS calls from botocore's events on its clients; "
         f"moto answers `CreateStack` and `DeleteStack` synchronously. Stacks left: {left}."
     )
-    section.data = {
-        "phases": {
-            name: median([r["phases"].get(name, 0.0) for r in runs]) for name in first["phases"]
-        },
-        "total": median(totals),
-        "calls": [c[:2] for r in runs for c in r["calls"]],
-        "stacks_left": left,
-    }
+    section.data = {"first": first, "runs": runs, "stacks_left": left}
     return section
 
 
@@ -105,35 +77,15 @@ def phase_table(first: dict[str, Any], runs: list[dict[str, Any]]) -> str:
         operations = dict.fromkeys(c[1] for c in calls_in(runs[-1], phase))
         aws = [sum(c[2] for c in calls_in(r, phase)) for r in runs]
         first_seconds = first["phases"].get(phase, first["times"]["background"])
-        rows.append(
-            (
-                phase,
-                fmt_s(median(seconds)),
-                fmt_s(first_seconds),
-                ", ".join(operations) or "-",
-                fmt_s(median(aws)) if operations else "-",
-            )
-        )
+        aws_time = fmt_s(median(aws)) if operations else "-"
+        calls = ", ".join(operations) or "-"
+        rows.append((phase, fmt_s(median(seconds)), fmt_s(first_seconds), calls, aws_time))
     outside = [r["times"]["total"] - sum(r["phases"].values()) for r in runs]
     rows.append(("(outside phases)", fmt_s(median(outside)), "", "", ""))
-    totals = [r["times"]["total"] for r in runs]
-    rows.append(
-        (
-            "**setup+run+teardown**",
-            f"**{fmt_s(median(totals))}**",
-            fmt_s(first["times"]["total"]),
-            "",
-            "",
-        )
-    )
-    headers = (
-        "Phase (`lambda: 1`)",
-        f"median of {len(runs)}",
-        "first in the process",
-        "AWS calls",
-        "their time",
-    )
-    return table(headers, rows)
+    total = fmt_s(median([r["times"]["total"] for r in runs]))
+    rows.append(("**setup+run+teardown**", f"**{total}**", fmt_s(first["times"]["total"]), "", ""))
+    headers = ("Phase (`lambda: 1`)", f"median of {len(runs)}", "first in the process")
+    return table((*headers, "AWS calls", "their time"), rows)
 
 
 if __name__ == "__main__":

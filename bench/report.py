@@ -26,7 +26,7 @@ commit 19a0f57 (2026-11-25, `python -m bench`), are not re-run:
 | quick ACKs on the SSH socket (remote.py) | 3: loopback | 76 ms | 31 ms |
 | a warm worker, one command per task (runner.py) | 3: loopback | 87 ms | 31 ms |
 | the bootstrap wait checks every 0.1 s, not 0.5 s (remote.py) | 2: per electron | 855 ms | 438 ms |
-| the bootstrap installs with uv, not pip (bootstrap.sh) | 6: install | 39.58 s | 6.30 s |
+| the bootstrap installs with uv, not pip (bootstrap.sh) | bootstrap install | 39.58 s | 6.30 s |
 | `DeleteStack` sent once (stack.py) | 2: AWS calls | DeleteStack x2 | none repeated |
 """
 
@@ -80,7 +80,7 @@ def document(results: dict[str, dict[str, Any]], facts: str, minutes: float, cod
         f"every figure below comes from that run. The machine: {facts} It is shared and noisy: "
         "times are medians (min-max), comparisons are made side by side in one run, alternating "
         "the order, with ratios per pair. Nothing connects outside 127.0.0.0/8 but the package "
-        "registry (the SSH plugin's venv, once; benchmark 6's installs).",
+        "registry, once, for the SSH plugin's venv.",
         "",
         "## Targets",
         "",

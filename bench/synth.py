@@ -80,33 +80,30 @@ def run(args: argparse.Namespace) -> Section:
     section = Section("synth", "1. Template synthesis: cold vs cache hit", "python -m bench.synth")
     rows = []
     for key, result in found.items():
-        cold, hit = median(result["cold"]), median([x["call"] for x in result["fresh"]])
-        cdk = any(x["cdk"] for x in result["fresh"])
-        rows.append(
-            (
-                f"`{key}`",
-                spread(result["cold"]),
-                spread(result["warm"]),
-                spread([x["call"] for x in result["fresh"]]),
-                f"{cold / hit:,.0f}x",
-                "yes" if cdk else "no",
-                f"{result['fresh'][0]['bytes']:,} B",
-            )
+        hits = [x["call"] for x in result["fresh"]]
+        cold, hit, cdk = (
+            median(result["cold"]),
+            median(hits),
+            any(x["cdk"] for x in result["fresh"]),
         )
-        section.targets += [
-            Target(
-                f"`{key}`: cache hit, first call in a fresh process",
-                fmt_s(hit),
-                f"< {HIT_GOAL * 1e3:.0f} ms",
-                hit < HIT_GOAL and not cdk,
-            ),
-            Target(
-                f"`{key}`: cold / hit",
-                f"{cold / hit:,.0f}x",
-                f"≥ {RATIO_GOAL:.0f}x",
-                cold / hit >= RATIO_GOAL,
-            ),
-        ]
+        times = (
+            spread(result["cold"]),
+            spread(result["warm"]),
+            spread(hits),
+            f"{cold / hit:,.0f}x",
+        )
+        rows.append(
+            (f"`{key}`", *times, "yes" if cdk else "no", f"{result['fresh'][0]['bytes']:,} B")
+        )
+        fresh, goal = (
+            f"`{key}`: cache hit, first call in a fresh process",
+            f"< {HIT_GOAL * 1e3:.0f} ms",
+        )
+        section.targets.append(Target(fresh, fmt_s(hit), goal, hit < HIT_GOAL and not cdk))
+        ratio, goal = f"{cold / hit:,.0f}x", f"≥ {RATIO_GOAL:.0f}x"
+        section.targets.append(
+            Target(f"`{key}`: cold / hit", ratio, goal, cold / hit >= RATIO_GOAL)
+        )
     headers = ("Shape", "cold", "hit, warm", "hit, fresh process", "cold / hit")
     section.table = table((*headers, "aws_cdk imported on a hit", "template"), rows)
     section.note = (

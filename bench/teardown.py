@@ -10,21 +10,8 @@ import argparse
 import asyncio
 from typing import Any
 
-from bench.common import (
-    Harness,
-    Probe,
-    Section,
-    Target,
-    background_work,
-    benchmark_main,
-    fmt_s,
-    harness,
-    median,
-    progress,
-    spread,
-    table,
-    timed_execute,
-)
+from bench.common import Section, Target, benchmark_main, fmt_s, median, progress, spread, table
+from bench.loopback import Harness, Probe, background_work, harness, timed_execute
 
 VARIANTS = {"default": {}, "wait_for_deletion=True": {"wait_for_deletion": True}}
 
@@ -64,14 +51,9 @@ def run(args: argparse.Namespace) -> Section:
         "teardown", "5. Teardown: what holds the electron", "python -m bench.teardown"
     )
     held = [r["teardown"] for r in results["default"]]
-    section.targets = [
-        Target(
-            "teardown holds the electron (default)",
-            f"{fmt_s(median(held))} median of {len(held)} on moto",
-            "report (no goal given)",
-            None,
-        )
-    ]
+    measured = f"{fmt_s(median(held))} median of {len(held)} on moto"
+    name = "teardown holds the electron (default)"
+    section.targets = [Target(name, measured, "report (no goal given)", None)]
     rows = [
         (
             f"`{name}`",

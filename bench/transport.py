@@ -30,22 +30,22 @@ import paramiko
 from bench import REPO
 from bench.common import (
     BENCH_TMP,
-    Harness,
     Section,
     Target,
     benchmark_main,
     fmt_s,
-    harness,
     median,
     progress,
     scratch,
     spread,
     table,
 )
+from bench.loopback import Harness, harness
 
 PLUGIN_REQUIREMENTS = ("covalent-ssh-plugin==0.24.1", "covalent==0.240.0", "fastapi<0.132")
 """0.24.1 is the plugin's newest release; it asks for covalent>=0.202.0,<1."""
 BIG = 100 * 2**20
+Measure = Callable[[], dict[str, Any]]
 RTTS_MS = (10.0, 50.0)
 """Emulated round-trip times: the same region, and across a continent."""
 
@@ -131,9 +131,13 @@ def ours(
         envelope = cloudpickle.loads(done.envelope)
     seconds = time.perf_counter() - started
     shutil.rmtree(remote_dir, ignore_errors=True)
-    if envelope["traceback"] or not done.warm:
-        raise RuntimeError(envelope["traceback"] or "the warm worker did not run the task")
-    return {"seconds": seconds, "result": envelope["result"], "round_trips": remote.round_trips}
+    result = envelope["result"]
+    right = bool((result == args[0]).all()) if args else result == 1
+    if envelope["traceback"] or not done.warm or not right:
+        raise RuntimeError(
+            envelope["traceback"] or f"wrong result or no warm worker (warm: {done.warm})"
+        )
+    return {"seconds": seconds, "round_trips": remote.round_trips}
 
 
 DRIVER = r'''
@@ -168,25 +172,22 @@ for number, line in enumerate(sys.stdin):
     result = loop.run_until_complete(task)
     seconds = time.perf_counter() - started
     ok = bool((result == 1).all()) and result.nbytes == size if size else result == 1
-    print("BENCH " + json.dumps({"seconds": seconds, "ok": bool(ok), **counts}), flush=True)
+    rpcs = counts["connections"] + counts["sessions"]
+    print("BENCH " + json.dumps({"seconds": seconds, "ok": bool(ok), "rpcs": rpcs}), flush=True)
 '''
 
 
 def plugin_python() -> Path:
     """The SSH plugin's venv, kept between runs; built (from the package registry) when missing."""
     venv = BENCH_TMP / "ssh-plugin-venv"
-    wanted = [
-        *PLUGIN_REQUIREMENTS,
-        *(f"{d}=={importlib.metadata.version(d)}" for d in ("numpy", "cloudpickle")),
-    ]
+    same = [f"{dist}=={importlib.metadata.version(dist)}" for dist in ("numpy", "cloudpickle")]
+    wanted = [*PLUGIN_REQUIREMENTS, *same]
     marker, python = venv / "bench-requirements.json", venv / "bin" / "python"
     if marker.exists() and json.loads(marker.read_text()) == wanted:
         return python
     progress(f"transport: installing {' '.join(wanted)} into {venv} (once)")
     shutil.rmtree(venv, ignore_errors=True)
-    subprocess.run(
-        [getattr(sys, "_base_executable", sys.executable), "-m", "venv", str(venv)], check=True
-    )
+    subprocess.run([sys._base_executable, "-m", "venv", str(venv)], check=True)  # type: ignore[attr-defined]
     subprocess.run([python, "-m", "pip", "install", "-q", *wanted], check=True, timeout=900)
     marker.write_text(json.dumps(wanted))
     return python
@@ -201,27 +202,17 @@ class Plugin:
         paths = CovalentPaths.create(base / "covalent")
         self.ssh_config = paths.home / ".ssh" / "config"
         self.ssh_config.parent.mkdir(parents=True, exist_ok=True)
-        settings = {
-            "username": target.user,
-            "ssh_key_file": str(target.key_file),
-            "python_path": sys.executable,  # the interpreter ours runs on the instance too
-            **{key: str(base / key) for key in ("cache_dir", "remote_cache", "remote_workdir")},
-        }
+        # python_path: the interpreter our runner uses on the instance too
+        settings = {"username": target.user, "ssh_key_file": str(target.key_file)}
+        settings["python_path"] = sys.executable
         for key in ("cache_dir", "remote_cache", "remote_workdir"):
             (base / key).mkdir()
-        env = {
-            "PATH": os.environ["PATH"],
-            "LANG": "C.UTF-8",
-            **paths.environment(),
-            **paths.home_environment(),
-        }
+            settings[key] = str(base / key)
+        env = {"PATH": os.environ["PATH"], **paths.environment(), **paths.home_environment()}
+        command = [str(plugin_python()), "-c", DRIVER, json.dumps(settings)]
+        pipe = subprocess.PIPE
         self.process = subprocess.Popen(
-            [plugin_python(), "-c", DRIVER, json.dumps(settings)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            env=env,
-            text=True,
-            cwd=base,
+            command, stdin=pipe, stdout=pipe, env=env, text=True, cwd=base
         )
         self._reply()
 
@@ -244,10 +235,7 @@ class Plugin:
         reply = self._reply()
         if not reply["ok"]:
             raise RuntimeError(f"the SSH plugin returned a wrong result: {reply}")
-        return {
-            "seconds": reply["seconds"],
-            "round_trips": reply["connections"] + reply["sessions"],
-        }
+        return {"seconds": reply["seconds"], "round_trips": reply["rpcs"]}
 
     def close(self) -> None:
         assert self.process.stdin is not None
@@ -256,15 +244,8 @@ class Plugin:
 
 
 def scp(target: Instance, local: Path, back: Path) -> dict[str, Any]:
-    options = [
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        "StrictHostKeyChecking=no",
-        "-o",
-        "UserKnownHostsFile=/dev/null",
-    ]
-    command = ["scp", "-q", "-i", str(target.key_file), "-P", str(target.port), *options]
+    options = "-q -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null"
+    command = ["scp", *options.split(), "-i", str(target.key_file), "-P", str(target.port)]
     remote = f"{target.user}@{target.host}:{local}.remote"
     started = time.perf_counter()
     subprocess.run([*command, str(local), remote], check=True, timeout=300)
@@ -279,9 +260,8 @@ def scp(target: Instance, local: Path, back: Path) -> dict[str, Any]:
 def latency(host: str, port: int, rtt_ms: float) -> Iterator[int]:
     """`bench.latency_proxy` in its own process; yields the port on 127.0.0.1 to use."""
     command = [sys.executable, "-m", "bench.latency_proxy", host, str(port), str(rtt_ms / 2)]
-    proxy = subprocess.Popen(
-        command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO
-    )
+    pipe = subprocess.PIPE
+    proxy = subprocess.Popen(command, stdin=pipe, stdout=pipe, text=True, cwd=REPO)
     assert proxy.stdin is not None and proxy.stdout is not None
     try:
         yield int(proxy.stdout.readline())
@@ -304,9 +284,7 @@ def run(args: argparse.Namespace) -> Section:
         plugin = Plugin(target, base / "plugin")
         try:
 
-            def rounds(
-                condition: str, host: str, port: int, who: dict[str, Callable[[], dict[str, Any]]]
-            ) -> None:
+            def rounds(condition: str, host: str, port: int, who: dict[str, Measure]) -> None:
                 plugin.aim(host, port)
                 for measure in who.values():
                     measure()  # one warm-up each
@@ -315,25 +293,20 @@ def run(args: argparse.Namespace) -> Section:
                     for name in list(who) if i % 2 == 0 else list(reversed(who)):
                         results.setdefault(f"{name} {condition}", []).append(who[name]())
 
-            def trivial(host: str, port: int) -> dict[str, Callable[[], dict[str, Any]]]:
-                return {
-                    "ours": lambda: ours(target, host, port, [], base / "ours"),
-                    "plugin": lambda: plugin.run(0),
-                }
+            def both(host: str, port: int, args: list[Any], size: int) -> dict[str, Measure]:
+                our = lambda: ours(target, host, port, args, base / "ours")  # noqa: E731
+                return {"ours": our, "plugin": lambda: plugin.run(size)}
 
-            rounds("loopback", target.host, target.port, trivial(target.host, target.port))
+            rounds("loopback", target.host, target.port, both(target.host, target.port, [], 0))
             for rtt in RTTS_MS:
                 with latency(target.host, target.port, rtt) as port:
-                    rounds(f"rtt{rtt:.0f}", "127.0.0.1", port, trivial("127.0.0.1", port))
+                    rounds(f"rtt{rtt:.0f}", "127.0.0.1", port, both("127.0.0.1", port, [], 0))
+            big_ones = both(target.host, target.port, [big], BIG)
             rounds(
                 "big",
                 target.host,
                 target.port,
-                {
-                    "ours": lambda: ours(target, target.host, target.port, [big], base / "ours"),
-                    "plugin": lambda: plugin.run(BIG),
-                    "scp": lambda: scp(target, blob, back),
-                },
+                {**big_ones, "scp": lambda: scp(target, blob, back)},
             )
         finally:
             plugin.close()
@@ -350,9 +323,8 @@ def section(results: dict[str, list[dict[str, Any]]], size: int, repeats: int) -
     def speed(who: str) -> str:
         return f"{2 * size / 2**20 / median(seconds(f'{who} big')):.0f} MiB/s"  # up and back
 
-    s = Section(
-        "transport", "3. Transport: ours vs the SSH plugin vs scp", "python -m bench.transport"
-    )
+    title = "3. Transport: ours vs the SSH plugin vs scp"
+    s = Section("transport", title, "python -m bench.transport")
     conditions = {"loopback": "loopback (RTT ≈ 0)"}
     conditions.update({f"rtt{r:.0f}": f"emulated RTT {r:.0f} ms" for r in RTTS_MS})
     for key, label in conditions.items():
