@@ -86,7 +86,7 @@ def instance(h: Harness) -> Iterator[Instance]:
         h.boot.wait_bootstrap(record.instance_id)
         assert record.spec is not None and record.port is not None
         host_key = paramiko.Ed25519Key.from_private_key(io.StringIO(record.spec.host_key_pem))
-        bootstrap = [str(record.workdir / "bootstrap.sh"), *record.spec.bootstrap_args]
+        bootstrap = [str(record.prefix / "bootstrap.sh"), *record.spec.bootstrap_args]
         yield Instance(
             host=record.private_ip,
             port=record.port,
@@ -117,7 +117,8 @@ def ours(
         remote = RemoteHost(
             Endpoint(host=host, port=port, user=target.user), target.identity, target.host_key
         )
-        remote.connect()
+        if not remote.try_connect():
+            raise RuntimeError(f"SSH on {host}:{port} did not answer")
         return remote
 
     with connected(target.host, target.port) as setup:
