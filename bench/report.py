@@ -88,7 +88,7 @@ def document(results: dict[str, dict[str, Any]], facts: str, minutes: float, cod
         "",
         RECORDED,
     ]
-    return "\n".join(head + [section_markdown(s) for s in results.values()] + [KEEP_MARKER, ""])
+    return "\n".join(head + [section_markdown(s) for s in results.values()] + [KEEP_MARKER, "", ""])
 
 
 def kept_tail(text: str) -> str:
