@@ -223,6 +223,7 @@ async def launch(electron: Electron) -> Launched:
     deadline = Deadline(options.provision_timeout)
     with phases.phase("plan"):
         plan = await run_blocking(lookups.plan, AWS(options), options)
+    log.info("%s: image: %s", electron.name, plan.image.why)
     parameters = stack_parameters(options, plan, electron.host_key)
     with phases.phase("template"):
         template = await run_blocking(stack_template, plan.network.shape)
