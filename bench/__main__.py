@@ -15,7 +15,7 @@ from typing import Any
 
 from bench import REPO
 from bench.common import BENCH_TMP, machine_facts, progress
-from bench.report import code_state, render_document
+from bench.report import code_state, document, kept_tail, section_markdown
 
 BENCHMARKS: tuple[tuple[str, str, float, tuple[str, ...]], ...] = (
     # (result key, module, time limit in seconds, arguments)
@@ -27,61 +27,43 @@ BENCHMARKS: tuple[tuple[str, str, float, tuple[str, ...]], ...] = (
     ("teardown", "teardown", 600, ()),
 )
 OUTPUT = REPO / "BENCHMARKS.md"
-KEPT = BENCH_TMP / "results"
-"""The last run's JSON, one file per benchmark, for a closer look."""
 
 
-def run_one(key: str, module: str, limit: float, extra: list[str]) -> dict[str, Any]:
-    KEPT.mkdir(parents=True, exist_ok=True)
-    out = KEPT / f"{key}.json"
+def run_one(key: str, module: str, limit: float, extra: tuple[str, ...]) -> dict[str, Any]:
+    out = BENCH_TMP / "results" / f"{key}.json"  # kept: the last run's figures, in full
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.unlink(missing_ok=True)
+    progress(f"bench.{module} {' '.join(extra)}: starting (limit {limit:.0f} s)")
     command = [sys.executable, "-m", f"bench.{module}", "--json", str(out), *extra]
-    progress(f"{' '.join(command[2:3] + extra)}: starting (limit {limit:.0f} s)")
-    started = time.monotonic()
     try:
-        done = subprocess.run(
-            command, cwd=REPO, stdout=subprocess.PIPE, text=True, timeout=limit, check=False
-        )
+        done = subprocess.run(command, cwd=REPO, stdout=subprocess.DEVNULL, timeout=limit)
     except subprocess.TimeoutExpired:
         return {"key": key, "error": f"stopped after its {limit:.0f} s limit"}
-    seconds = time.monotonic() - started
     if done.returncode != 0 or not out.exists():
-        return {"key": key, "error": f"exited with status {done.returncode}", "seconds": seconds}
+        return {"key": key, "error": f"exited with status {done.returncode}"}
     section: dict[str, Any] = json.loads(out.read_text())
-    progress(f"bench.{module}: done in {seconds:.0f} s")
+    section["key"] = key
     return section
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("only", nargs="*", help="run only these benchmarks (no file written)")
-    parser.add_argument("--no-install", action="store_true", help="skip the pip/uv install")
+    modules = sorted({module for _, module, _, _ in BENCHMARKS})
+    parser.add_argument("only", nargs="*", help=f"run only these, of {', '.join(modules)}")
     args = parser.parse_args()
-    keys = sorted({module for _, module, _, _ in BENCHMARKS})
-    unknown = [name for name in args.only if name not in [*keys, "paper"]]
-    if unknown:
-        parser.error(f"unknown benchmark(s): {', '.join(unknown)}; choose from {[*keys, 'paper']}")
-    started = time.monotonic()
-    code_before = code_state()
-    facts = machine_facts()
-    results: dict[str, Any] = {}
-    for key, module, limit, extra in BENCHMARKS:
-        if args.only and module not in args.only:
-            continue
-        results[key] = run_one(key, module, limit, list(extra))
-    if not args.only or "paper" in args.only:
-        KEPT.mkdir(parents=True, exist_ok=True)
-        (KEPT / "all.json").write_text(json.dumps(results, default=str))
-        paper_args = ["--results", str(KEPT / "all.json")]
-        if args.no_install:
-            paper_args.append("--no-install")
-        results["paper"] = run_one("paper", "paper", 600, paper_args)
-    code = (code_before, code_state())
-    document = render_document(results, facts, time.monotonic() - started, args.only, code)
+    if unknown := set(args.only) - set(modules):
+        parser.error(f"unknown benchmark(s) {sorted(unknown)}; choose from {modules}")
+    started, code, facts = time.monotonic(), code_state(), machine_facts()
+    results = {
+        key: run_one(key, module, limit, extra)
+        for key, module, limit, extra in BENCHMARKS
+        if not args.only or module in args.only
+    }
     if args.only:
-        print(document)
+        print("\n".join(section_markdown(section) for section in results.values()))
         return
-    OUTPUT.write_text(document)
+    tail = kept_tail(OUTPUT.read_text()) if OUTPUT.exists() else ""
+    OUTPUT.write_text(document(results, facts, (time.monotonic() - started) / 60, code) + tail)
     progress(f"wrote {OUTPUT}")
     failed = [key for key, section in results.items() if "error" in section]
     if failed:

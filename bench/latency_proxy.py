@@ -1,7 +1,7 @@
-"""A TCP proxy on 127.0.0.1 that delays every byte by a fixed one-way latency, both ways: an
-emulated network path (RTT = 2 x delay) without touching the machine's interfaces (no `tc`).
+"""A TCP proxy on 127.0.0.1 to HOST:PORT that delays every byte by a fixed one-way latency,
+both ways: an emulated network path (RTT = 2 x delay) without touching the interfaces (no `tc`).
 
-python -m bench.latency_proxy TARGET_PORT DELAY_MS    # prints the port it listens on
+python -m bench.latency_proxy HOST PORT DELAY_MS    # prints the port it listens on
 
 Run as its own process, so its work never competes for the GIL with the client it measures.
 It stops when its stdin closes.
@@ -44,11 +44,11 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, dela
         await delivering
 
 
-async def _serve(target_port: int, delay: float) -> None:
+async def _serve(host: str, port: int, delay: float) -> None:
     async def handle(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         writers = [client_w]
         try:
-            server_r, server_w = await asyncio.open_connection("127.0.0.1", target_port)
+            server_r, server_w = await asyncio.open_connection(host, port)
             writers.append(server_w)
             await asyncio.gather(_pipe(client_r, server_w, delay), _pipe(server_r, client_w, delay))
         except (OSError, asyncio.CancelledError):
@@ -58,15 +58,14 @@ async def _serve(target_port: int, delay: float) -> None:
                 writer.close()
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    print(port, flush=True)
+    print(server.sockets[0].getsockname()[1], flush=True)
     async with server:
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
 
 
 def main() -> None:
-    target_port, delay_ms = int(sys.argv[1]), float(sys.argv[2])
-    asyncio.run(_serve(target_port, delay_ms / 1000))
+    host, port, delay_ms = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+    asyncio.run(_serve(host, port, delay_ms / 1000))
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from .moto import (
     patched_environ,
     reset_moto,
 )
+from .net import free_port
 from .netguard import NetworkGuard, NetworkGuardError
 from .userdata import (
     STAND_IN_BOOTSTRAP,
@@ -53,6 +54,7 @@ __all__ = [
     "build_image_venv",
     "create_loopback_network",
     "current_site_packages",
+    "free_port",
     "generate_ed25519_keypair",
     "parse_user_data",
     "patched_environ",

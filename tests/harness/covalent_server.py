@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -38,6 +37,7 @@ from typing import Any
 import toml  # type: ignore[import-untyped, unused-ignore]
 
 from .moto import AWS_ENV_UNSET, patched_environ
+from .net import free_port
 from .processes import alive, cmdline, pids_with_env, terminate
 
 log = logging.getLogger("harness.covalent")
@@ -53,12 +53,6 @@ TERMINAL_STATUSES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "POSTPROCESSI
 
 def _venv_bin() -> Path:
     return Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind((ADDRESS, 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclass(frozen=True)

@@ -6,16 +6,11 @@ from __future__ import annotations
 import asyncio
 import getpass
 import io
-import socket
 from typing import Any
 
+from harness import free_port
+
 from ec2_executor import EC2Executor
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def harness_options(subnet_id: str, remote_cache: str, **overrides: Any) -> dict[str, Any]:
