@@ -137,6 +137,7 @@ def test_doctor_passes_on_the_harness(
         "options",
         "AWS credentials",
         "instance type",
+        "image",
         "SSH ingress",
         "network",
         "stacks",
@@ -144,6 +145,7 @@ def test_doctor_passes_on_the_harness(
     ]
     assert loopback_network.subnet_id in done.stdout
     assert "127.0.0.1/32" in done.stdout
+    assert "no baked image matches ('ec2-executor bake' makes one)" in done.stdout
 
 
 def test_doctor_names_missing_credentials(

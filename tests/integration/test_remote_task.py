@@ -17,8 +17,8 @@ from typing import Any
 import cloudpickle
 import pytest
 from covalent._shared_files.exceptions import TaskRuntimeError
-from executor_support import execute, free_port, harness_options, run
-from harness import LoopbackNetwork, MotoServer
+from executor_support import execute, harness_options, run
+from harness import LoopbackNetwork, MotoServer, free_port
 
 from ec2_executor import BootstrapError, ConnectionLostError, RemoteError
 from ec2_executor.access import ClientIdentity, KeyPair
