@@ -9,7 +9,7 @@ import dataclasses
 import importlib.metadata
 import json
 import math
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +31,7 @@ from ec2_executor.logs import log
 from ec2_executor.network import NetworkPlan, plan_network
 from ec2_executor.options import Options
 from ec2_executor.phases import Phases
-from ec2_executor.remote import Endpoint, RemoteHost, TaskRun
+from ec2_executor.remote import DEFAULT_KEEPALIVE, Endpoint, Keepalive, RemoteHost
 from ec2_executor.stack import (
     EventLog,
     StackOutputs,
@@ -44,7 +44,6 @@ from ec2_executor.stack import (
 )
 
 DELETE_TIMEOUT = 20 * 60.0
-WATCH_INTERVAL = 10.0
 
 
 def version(dist: str) -> str:
@@ -57,14 +56,22 @@ class TaskOutcome:
     stdout: str = ""
     stderr: str = ""
     traceback: str = ""
-    cancelled: bool = False
+    error: str = ""
+    """What went wrong on the instance, with the exception's type, or empty."""
 
 
 class Electron:
     """The cloud resources and connection of one electron, created and removed in order."""
 
-    def __init__(self, options: Options, task_metadata: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        options: Options,
+        task_metadata: dict[str, Any],
+        *,
+        keepalive: Keepalive = DEFAULT_KEEPALIVE,
+    ) -> None:
         self.options = options
+        self.keepalive = keepalive
         self.dispatch_id = str(task_metadata["dispatch_id"])
         self.node_id = task_metadata["node_id"]
         self.name = stack_name(self.dispatch_id, self.node_id)
@@ -160,29 +167,18 @@ class Electron:
 
     # --- run ------------------------------------------------------------------------------
 
-    async def run_task(
-        self,
-        task: tuple[Any, list[Any], dict[str, Any]],
-        *,
-        cancel_requested: Callable[[], Awaitable[bool]],
-    ) -> TaskOutcome:
+    async def run_task(self, task: tuple[Any, list[Any], dict[str, Any]]) -> TaskOutcome:
         remote = await self._connect()
         # One command waits for the bootstrap, then runs the task; it reports how long the
         # wait took, and the phases split that off as "bootstrap".
         with self.phases.phase("upload, run, fetch"):
             payload = cloudpickle.dumps(task)
-            running = asyncio.ensure_future(
-                run_blocking(
-                    remote.run_task,
-                    payload,
-                    remote_dir=f"{self.options.remote_cache.rstrip('/')}/{self.name}",
-                    bootstrap_timeout=self.deadline.remaining,
-                )
+            done = await run_blocking(
+                remote.run_task,
+                payload,
+                remote_dir=f"{self.options.remote_cache.rstrip('/')}/{self.name}",
+                bootstrap_timeout=self.deadline.remaining,
             )
-            stopped = await self._watch(running, cancel_requested)
-            if stopped is not None:
-                return stopped
-            done = running.result()
             envelope = cloudpickle.loads(done.envelope)
         self.phases.split("upload, run, fetch", "bootstrap", done.bootstrap_wait)
         return TaskOutcome(
@@ -190,6 +186,7 @@ class Electron:
             stdout=envelope["stdout"],
             stderr=envelope["stderr"],
             traceback=envelope["traceback"],
+            error=envelope["error"],
         )
 
     async def _connect(self) -> RemoteHost:
@@ -203,8 +200,15 @@ class Electron:
                 f"Stack {self.name!r} reports no {kind} address for {self.outputs.instance_id}; "
                 f"set use_private_ip=True or use a public subnet."
             )
-        endpoint = Endpoint(host=host, port=self.options.ssh_port, user=self.options.username)
-        self.remote = RemoteHost(endpoint, self._identity, self.host_key.public_key())
+        endpoint = Endpoint(
+            host=host,
+            port=self.options.ssh_port,
+            user=self.options.username,
+            name=f"instance {self.outputs.instance_id} of stack {self.name!r} ({host})",
+        )
+        self.remote = RemoteHost(
+            endpoint, self._identity, self.host_key.public_key(), keepalive=self.keepalive
+        )
         remote = self.remote
 
         async def attempt() -> bool | None:
@@ -223,34 +227,19 @@ class Electron:
                 )
         return remote
 
-    async def _watch(
-        self, running: asyncio.Future[TaskRun], cancel_requested: Callable[[], Awaitable[bool]]
-    ) -> TaskOutcome | None:
-        """Wait for the task; stop early if it is cancelled or its instance goes away.
-
-        Returns None when the task finished (its result is in `running`), an outcome when it
-        was cancelled; raises `ConnectionLostError` naming the instance when it went away.
-        """
-        while True:
-            done, _ = await asyncio.wait({running}, timeout=WATCH_INTERVAL)
-            lost = done and isinstance(running.exception(), ConnectionLostError)
-            if done and not lost:
-                return None
-            if await cancel_requested():
-                self.close_connection()
-                return TaskOutcome(cancelled=True)
-            state = await run_blocking(self._instance_state)
-            if state not in ("pending", "running"):
-                self.close_connection()
-                raise self._instance_gone(state) from running.exception() if done else None
-            if lost:
-                return None  # the instance lives: the connection error itself is the story
+    async def instance_gone(self) -> ConnectionLostError | None:
+        """The error to fail with when the instance is no longer running (None: it runs, or is
+        not known yet)."""
+        if self.outputs is None:
+            return None
+        state = await run_blocking(self._instance_state)
+        return None if state in ("pending", "running") else self._instance_gone(state)
 
     def _instance_gone(self, state: str) -> ConnectionLostError:
         instance = self.outputs.instance_id if self.outputs else "?"
         return ConnectionLostError(
-            f"Instance {instance} of stack {self.name!r} is {state}: it went away while the task "
-            f"ran (a spot interruption, 'max_lifetime_minutes' reached, or stopped by hand?)."
+            f"Instance {instance} of stack {self.name!r} is {state}: it went away before the task "
+            f"ended (a spot interruption, 'max_lifetime_minutes' reached, or stopped by hand?)."
         )
 
     def _instance_state(self) -> str:
