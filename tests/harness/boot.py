@@ -87,7 +87,10 @@ def current_site_packages(packages: tuple[str, ...] = ("ec2_executor",)) -> str:
 def _find_sshd() -> str:
     found = shutil.which("sshd") or shutil.which("sshd", path="/usr/sbin:/usr/local/sbin:/sbin")
     if not found:
-        raise BootError("OpenSSH server (sshd) not found")
+        raise BootError(
+            "OpenSSH server (sshd) not found: install openssh-server ('make test' and "
+            "'make demo' do so on Debian and Ubuntu)"
+        )
     return str(Path(found).resolve())  # sshd re-executes itself: needs an absolute path
 
 
