@@ -23,6 +23,7 @@ from ec2_executor.blocking import run_blocking
 from ec2_executor.config import config_section
 from ec2_executor.electron import Electron, TaskOutcome, cleanup_from_handle
 from ec2_executor.errors import TaskError
+from ec2_executor.logs import log
 from ec2_executor.remote import DEFAULT_KEEPALIVE, Keepalive
 from ec2_executor.watch import CancelRequested, watched
 
@@ -206,7 +207,13 @@ class EC2Executor(AsyncBaseExecutor):
     async def _cancel_requested(self) -> bool:
         if self.__dict__.get("_send_queue") is None:
             return False
-        return bool(await self.get_cancel_requested())
+        try:
+            return bool(await self.get_cancel_requested())
+        except (TimeoutError, RuntimeError) as exc:
+            # The server's channel did not answer (it is asked every few seconds): a cancel
+            # still deletes the stack, which ends the task; asking again is enough.
+            log.warning("Covalent did not say whether the task was cancelled: %r", exc)
+            return False
 
 
 def _tail(name: str, text: str, limit: int = 2000) -> str:
