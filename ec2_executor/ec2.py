@@ -7,9 +7,10 @@ down in `electron.py` (the cloud side) and `remote.py` (the SSH side).
 
 from __future__ import annotations
 
+import functools
 import sys
 import traceback
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 from covalent._shared_files.exceptions import TaskCancelledError
@@ -17,12 +18,13 @@ from covalent._shared_files.util_classes import RESULT_STATUS
 from covalent.executor.base import AsyncBaseExecutor
 from covalent.executor.schemas import TaskUpdate
 
+from ec2_executor import electron as pipeline
 from ec2_executor import helper_nodes
 from ec2_executor import options as opts
 from ec2_executor.blocking import run_blocking
 from ec2_executor.config import config_section
-from ec2_executor.electron import Electron, TaskOutcome, cleanup_from_handle
-from ec2_executor.errors import TaskError
+from ec2_executor.electron import Electron, Launched, TaskOutcome, cleanup_from_handle
+from ec2_executor.errors import ConnectionLostError, TaskError
 from ec2_executor.logs import log
 from ec2_executor.remote import DEFAULT_KEEPALIVE, Keepalive
 from ec2_executor.watch import CancelRequested, watched
@@ -76,8 +78,7 @@ class EC2Executor(AsyncBaseExecutor):
         # The section first: on the server, Covalent passes it as these keywords too.
         opts.report_unknown(section, where="in [executors.ec2]")
         opts.report_unknown(kwargs, where="given as an argument")
-        base = {k: v for k, v in kwargs.items() if k in opts.BASE_OPTION_NAMES}
-        super().__init__(**base)
+        super().__init__(**{k: v for k, v in kwargs.items() if k in opts.BASE_OPTION_NAMES})
         values = opts.resolve(explicit, section)
         # Refuse bad values here, on the client, before anything is sent. Plain attributes:
         # Covalent ships them to the server as JSON (to_dict/from_dict).
@@ -106,7 +107,7 @@ class EC2Executor(AsyncBaseExecutor):
             raise TaskCancelledError("The task was cancelled before it started.")
         self._electron = Electron(self._options(), task_metadata, keepalive=self.keepalive)
         await self._set_job_handle(self._electron.job_handle())
-        await self._watched(self._electron.provision())
+        self._launched = await self._watched(pipeline.launch(self._electron), _not_yet)
 
     async def run(
         self, function: Any, args: list[Any], kwargs: dict[str, Any], task_metadata: dict[str, Any]
@@ -116,16 +117,25 @@ class EC2Executor(AsyncBaseExecutor):
             return await self._run_helper(helper, args, kwargs)
         if await self._cancel_requested():
             raise TaskCancelledError("The task was cancelled before it started.")
-        outcome = await self._watched(self._electron.run_task((function, args, kwargs)))
+        launched: Launched = self._launched
+        outcome = await self._watched(
+            pipeline.run_task(self._electron, launched, (function, args, kwargs)),
+            functools.partial(pipeline.instance_gone, self._electron, launched.outputs),
+        )
         return self._report(outcome)
 
-    async def _watched(self, work: Coroutine[Any, Any, T]) -> T:
+    async def _watched(
+        self,
+        work: Coroutine[Any, Any, T],
+        instance_gone: Callable[[], Awaitable[ConnectionLostError | None]],
+    ) -> T:
+        """`work`, ended early by a cancel (TaskCancelledError) or by its instance going away."""
         electron = self._electron
         try:
             return await watched(
                 work,
                 cancel_requested=self._cancel_requested,
-                instance_gone=electron.instance_gone,
+                instance_gone=instance_gone,
                 on_stop=electron.close_connection,
             )
         except CancelRequested as exc:
@@ -172,6 +182,7 @@ class EC2Executor(AsyncBaseExecutor):
             await electron.destroy()
         finally:
             del self._electron
+            self.__dict__.pop("_launched", None)
 
     async def cancel(self, task_metadata: dict[str, Any], job_handle: Any) -> bool:
         """Delete the electron's stack (which terminates the instance and its process)."""
@@ -214,6 +225,11 @@ class EC2Executor(AsyncBaseExecutor):
             # still deletes the stack, which ends the task; asking again is enough.
             log.warning("Covalent did not say whether the task was cancelled: %r", exc)
             return False
+
+
+async def _not_yet() -> ConnectionLostError | None:
+    """No instance to look at while the stack is being created."""
+    return None
 
 
 def _tail(name: str, text: str, limit: int = 2000) -> str:
