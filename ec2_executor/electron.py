@@ -121,7 +121,8 @@ class Electron:
             ),
             timeout_minutes=max(5, math.ceil(self.options.provision_timeout / 60)),
         )
-        return await asyncio.wrap_future(self._create_call)
+        # Shielded: cancelling a wrapped future cancels the call itself if it has not started.
+        return await asyncio.shield(asyncio.wrap_future(self._create_call))
 
     def close_connection(self) -> None:
         if self.remote is not None:

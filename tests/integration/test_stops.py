@@ -126,7 +126,7 @@ def test_a_cancel_while_planning_creates_nothing(
     on_phase: Callable[[str, Callable[[], None]], None],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    slowed(monkeypatch, "ec2_executor.electron.plan_network", 5)
+    slowed(monkeypatch, "ec2_executor.lookups.plan", 5)
     switch = CancelSwitch()
     on_phase("plan", switch.pull)
     ex = EC2Executor(**harness_options(loopback_network.subnet_id, remote_cache))
