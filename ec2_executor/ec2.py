@@ -71,6 +71,7 @@ class EC2Executor(AsyncBaseExecutor):
         provision_timeout: float | None = None,
         tags: dict[str, str] | None = None,
         python_version: str | None = None,
+        use_baked_image: bool | None = None,
         **kwargs: Any,
     ) -> None:
         explicit = {k: v for k, v in locals().items() if k in opts.OPTION_NAMES}

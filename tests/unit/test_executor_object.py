@@ -115,3 +115,11 @@ def test_covalents_own_options_are_known_and_kept() -> None:
 def test_options_are_keyword_only() -> None:
     with pytest.raises(TypeError):
         EC2Executor("default", "us-east-1")  # type: ignore[misc]
+
+
+def test_every_option_is_a_constructor_argument() -> None:
+    """An option missing from the signature would vanish into `**kwargs` unread."""
+    import inspect
+
+    parameters = inspect.signature(EC2Executor.__init__).parameters
+    assert set(OPTION_NAMES) <= set(parameters), set(OPTION_NAMES) - set(parameters)
