@@ -10,7 +10,7 @@ MYPY_TESTS := $(VENV)/bin/mypy --config-file tests/mypy.ini
 export JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(CURDIR)/node_modules/.bin:$(PATH)
 
-.PHONY: install lint test test-fast bench demo clean
+.PHONY: install tools lint test test-fast bench demo clean
 
 install: $(INSTALLED) $(CDK)
 
@@ -24,6 +24,10 @@ $(CDK): package.json
 	npm install --no-package-lock --no-audit --no-fund --loglevel=error
 	touch $@
 
+# sshd and shellcheck: installed on Debian/Ubuntu when missing, else named (tests/need-tools.sh).
+tools:
+	@tests/need-tools.sh
+
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -32,17 +36,17 @@ lint: install
 	$(MYPY_TESTS) tests/integration
 	$(MYPY_TESTS) tests/e2e
 
-test: lint
+test: tools lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The suite without the tests that install packages from the registry.
-test-fast: install
+test-fast: tools install
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 bench: install
 	$(PY) -m bench
 
-demo: install
+demo: tools install
 	$(PY) tests/demo.py
 
 clean:

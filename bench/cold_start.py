@@ -37,19 +37,13 @@ PATHS = {
 }
 
 
-async def _never() -> bool:
-    return False
-
-
 async def one_electron(options: dict[str, Any], pace: Pace, dispatch_id: str) -> float:
     """Seconds from setup's start to the task's start on the instance."""
     electron = Electron(build(options), {"dispatch_id": dispatch_id, "node_id": 0}, pace=pace)
     started = time.monotonic()
     try:
         launched = await launch(electron)
-        outcome = await run_task(
-            electron, launched, (time.monotonic, [], {}), cancel_requested=_never
-        )
+        outcome = await run_task(electron, launched, (time.monotonic, [], {}))
     finally:
         await electron.destroy()
     return float(outcome.result) - started

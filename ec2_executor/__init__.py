@@ -13,6 +13,7 @@ from ec2_executor.errors import (
     RemoteError,
     StackCreationError,
     StackDeletionError,
+    TaskError,
 )
 
 if TYPE_CHECKING:
@@ -28,6 +29,7 @@ __all__ = [
     "RemoteError",
     "StackCreationError",
     "StackDeletionError",
+    "TaskError",
 ]
 
 

@@ -58,11 +58,11 @@ async def bake(options: Options, *, pip: tuple[str, ...] = (), force: bool = Fal
     )
     try:
         launched = await launch(electron)
-        outcome = await run_task(
-            electron, launched, (platform.python_version, [], {}), cancel_requested=_never
-        )
-        if outcome.traceback:
-            raise BakeError(f"The first task on the instance failed:\n{outcome.traceback}")
+        outcome = await run_task(electron, launched, (platform.python_version, [], {}))
+        if outcome.error:
+            raise BakeError(
+                f"The first task on the instance failed: {outcome.error}\n{outcome.traceback}"
+            )
         assert electron.remote is not None
         command = shlex.join(["bash", "-s", "--", *pip])
         status, _, err = await run_blocking(electron.remote.execute, command, stdin=BAKE_SCRIPT)
@@ -76,10 +76,6 @@ async def bake(options: Options, *, pip: tuple[str, ...] = (), force: bool = Fal
         return Baked(image=image, made=True)
     finally:
         await electron.destroy()
-
-
-async def _never() -> bool:
-    return False
 
 
 def _create_image(ec2: EC2Client, instance_id: str, recipe: Recipe, stack: str) -> BakedImage:

@@ -7,17 +7,29 @@ down in `electron.py` (the cloud side) and `remote.py` (the SSH side).
 
 from __future__ import annotations
 
+import functools
 import sys
-from typing import Any
+import traceback
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
 
-from covalent._shared_files.exceptions import TaskCancelledError, TaskRuntimeError
+from covalent._shared_files.exceptions import TaskCancelledError
+from covalent._shared_files.util_classes import RESULT_STATUS
 from covalent.executor.base import AsyncBaseExecutor
+from covalent.executor.schemas import TaskUpdate
 
 from ec2_executor import electron as pipeline
+from ec2_executor import helper_nodes
 from ec2_executor import options as opts
+from ec2_executor.blocking import run_blocking
 from ec2_executor.config import config_section
 from ec2_executor.electron import Electron, Launched, TaskOutcome, cleanup_from_handle
-from ec2_executor.errors import EC2ExecutorError
+from ec2_executor.errors import ConnectionLostError, TaskError
+from ec2_executor.logs import log
+from ec2_executor.remote import DEFAULT_KEEPALIVE, Keepalive
+from ec2_executor.watch import CancelRequested, watched
+
+T = TypeVar("T")
 
 EXECUTOR_PLUGIN_NAME = "EC2Executor"
 _EXECUTOR_PLUGIN_DEFAULTS = opts.defaults()
@@ -30,8 +42,12 @@ class EC2Executor(AsyncBaseExecutor):
     one's meaning and default. An option not given here is read from `[executors.ec2]`.
     """
 
+    keepalive: Keepalive = DEFAULT_KEEPALIVE
+    """The SSH connection's keepalive: a class attribute, not an option (tests shorten it)."""
+
     def __init__(
         self,
+        *,
         profile: str | None = None,
         region: str | None = None,
         credentials_file: str | None = None,
@@ -58,9 +74,13 @@ class EC2Executor(AsyncBaseExecutor):
         use_baked_image: bool | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
         explicit = {k: v for k, v in locals().items() if k in opts.OPTION_NAMES}
-        values = opts.resolve(explicit, config_section())
+        section = config_section()
+        # The section first: on the server, Covalent passes it as these keywords too.
+        opts.report_unknown(section, where="in [executors.ec2]")
+        opts.report_unknown(kwargs, where="given as an argument")
+        super().__init__(**{k: v for k, v in kwargs.items() if k in opts.BASE_OPTION_NAMES})
+        values = opts.resolve(explicit, section)
         # Refuse bad values here, on the client, before anything is sent. Plain attributes:
         # Covalent ships them to the server as JSON (to_dict/from_dict).
         self.__dict__.update(opts.build(values).as_dict())
@@ -68,42 +88,94 @@ class EC2Executor(AsyncBaseExecutor):
     def _options(self) -> opts.Options:
         return opts.build(self.__dict__)
 
+    async def execute(
+        self,
+        function: Any,
+        args: list[Any],
+        kwargs: dict[str, Any],
+        dispatch_id: str,
+        results_dir: str,
+        node_id: int = -1,
+    ) -> Any:
+        # Covalent's own helper nodes (item access, collections) run here, without an instance.
+        self._helper = helper_nodes.helper_function(function)
+        return await super().execute(function, args, kwargs, dispatch_id, results_dir, node_id)
+
     async def setup(self, task_metadata: dict[str, Any]) -> None:
-        self._electron = Electron(self._options(), task_metadata)
+        if self.__dict__.get("_helper") is not None:
+            return
+        if await self._cancel_requested():
+            raise TaskCancelledError("The task was cancelled before it started.")
+        self._electron = Electron(self._options(), task_metadata, keepalive=self.keepalive)
         await self._set_job_handle(self._electron.job_handle())
-        try:
-            self._launched = await pipeline.launch(self._electron)
-        except EC2ExecutorError as exc:
-            # A cancel deletes the stack under a creation in progress; that is no failure.
-            if await self._cancel_requested():
-                raise TaskCancelledError(f"{self._electron.name} was cancelled.") from exc
-            raise
+        self._launched = await self._watched(pipeline.launch(self._electron), _not_yet)
 
     async def run(
         self, function: Any, args: list[Any], kwargs: dict[str, Any], task_metadata: dict[str, Any]
     ) -> Any:
+        helper = self.__dict__.get("_helper")
+        if helper is not None:
+            return await self._run_helper(helper, args, kwargs)
         if await self._cancel_requested():
             raise TaskCancelledError("The task was cancelled before it started.")
         launched: Launched = self._launched
-        outcome = await pipeline.run_task(
-            self._electron,
-            launched,
-            (function, args, kwargs),
-            cancel_requested=self._cancel_requested,
+        outcome = await self._watched(
+            pipeline.run_task(self._electron, launched, (function, args, kwargs)),
+            functools.partial(pipeline.instance_gone, self._electron, launched.outputs),
         )
         return self._report(outcome)
+
+    async def _watched(
+        self,
+        work: Coroutine[Any, Any, T],
+        instance_gone: Callable[[], Awaitable[ConnectionLostError | None]],
+    ) -> T:
+        """`work`, ended early by a cancel (TaskCancelledError) or by its instance going away."""
+        electron = self._electron
+        try:
+            return await watched(
+                work,
+                cancel_requested=self._cancel_requested,
+                instance_gone=instance_gone,
+                on_stop=electron.close_connection,
+            )
+        except CancelRequested as exc:
+            raise TaskCancelledError(f"{electron.name} was cancelled.") from exc
 
     def _report(self, outcome: TaskOutcome) -> Any:
         self.task_stdout.write(outcome.stdout)
         self.task_stderr.write(outcome.stderr)
-        if outcome.cancelled:
-            raise TaskCancelledError(f"The task on {self._electron.name} was cancelled.")
-        if outcome.traceback:
-            self.task_stderr.write(outcome.traceback)
-            raise TaskRuntimeError(outcome.traceback)
-        return outcome.result
+        if not outcome.error:
+            return outcome.result
+        self.task_stderr.write(outcome.traceback)
+        # Covalent keeps a failed task's streams only with TaskRuntimeError, and its message
+        # only with any other error: the message carries the traceback and the streams' ends.
+        raise TaskError(
+            "\n".join(
+                part
+                for part in (
+                    f"{outcome.error} (on {self._electron.name}).",
+                    outcome.traceback.rstrip(),
+                    _tail("stdout", outcome.stdout),
+                    _tail("stderr", outcome.stderr),
+                )
+                if part
+            )
+        )
+
+    async def _run_helper(
+        self, helper: Callable[..., Any], args: list[Any], kwargs: dict[str, Any]
+    ) -> Any:
+        try:
+            return await run_blocking(helper_nodes.run_here, helper, args, kwargs)
+        except Exception as exc:
+            self.task_stderr.write(traceback.format_exc())
+            raise TaskError(
+                f"Covalent's helper node {helper.__name__!r} raised {type(exc).__name__}: {exc}"
+            ) from exc
 
     async def teardown(self, task_metadata: dict[str, Any]) -> None:
+        self.__dict__.pop("_helper", None)
         electron: Electron | None = self.__dict__.get("_electron")
         if electron is None:
             return  # setup failed before it could name a stack: nothing was created
@@ -120,6 +192,24 @@ class EC2Executor(AsyncBaseExecutor):
         await cleanup_from_handle(self._options(), job_handle)
         return True
 
+    async def receive(self, task_group_metadata: dict[str, Any], data: Any) -> list[TaskUpdate]:
+        """What Covalent asks of a task it cancelled before it started (`data` is None then):
+        report each as cancelled. Nothing was created for it, so nothing is deleted."""
+        if data is not None:
+            raise NotImplementedError(
+                f"EC2Executor runs tasks through run(); receive() got {data!r} for "
+                f"{task_group_metadata}."
+            )
+        return [
+            TaskUpdate(
+                dispatch_id=task_group_metadata["dispatch_id"],
+                node_id=node_id,
+                status=RESULT_STATUS.CANCELLED,
+                assets={},
+            )
+            for node_id in task_group_metadata["node_ids"]
+        ]
+
     # --- Covalent's server channel: absent when the executor is driven directly -----------
 
     async def _set_job_handle(self, handle: dict[str, Any]) -> None:
@@ -129,7 +219,25 @@ class EC2Executor(AsyncBaseExecutor):
     async def _cancel_requested(self) -> bool:
         if self.__dict__.get("_send_queue") is None:
             return False
-        return bool(await self.get_cancel_requested())
+        try:
+            return bool(await self.get_cancel_requested())
+        except (TimeoutError, RuntimeError) as exc:
+            # The server's channel did not answer (it is asked every few seconds): a cancel
+            # still deletes the stack, which ends the task; asking again is enough.
+            log.warning("Covalent did not say whether the task was cancelled: %r", exc)
+            return False
+
+
+async def _not_yet() -> ConnectionLostError | None:
+    """No instance to look at while the stack is being created."""
+    return None
+
+
+def _tail(name: str, text: str, limit: int = 2000) -> str:
+    if not text.strip():
+        return ""
+    cut = "..." if len(text) > limit else ""
+    return f"--- the task's {name}{' (end)' if cut else ''}:\n{cut}{text[-limit:].rstrip()}"
 
 
 def _register_if_missed() -> None:

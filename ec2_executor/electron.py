@@ -19,9 +19,9 @@ import dataclasses
 import importlib.metadata
 import json
 import math
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import cloudpickle
 
@@ -41,7 +41,7 @@ from ec2_executor.logs import log
 from ec2_executor.lookups import Plan
 from ec2_executor.options import Options
 from ec2_executor.phases import Phases
-from ec2_executor.remote import Endpoint, RemoteHost, TaskRun
+from ec2_executor.remote import DEFAULT_KEEPALIVE, Endpoint, Keepalive, RemoteHost
 from ec2_executor.stack import (
     DELETE_TIMEOUT,
     EventLog,
@@ -56,8 +56,8 @@ from ec2_executor.stack import (
     wait_for_creation,
 )
 
-WATCH_INTERVAL = 10.0
-"""How often a running task's instance is checked (and a cancel looked for)."""
+T = TypeVar("T")
+
 INSTANCE_LOGICAL_ID = "Instance"
 """The instance's logical id in `ElectronStack`'s template."""
 
@@ -81,7 +81,8 @@ class TaskOutcome:
     stdout: str = ""
     stderr: str = ""
     traceback: str = ""
-    cancelled: bool = False
+    error: str = ""
+    """What went wrong on the instance, with the exception's type, or empty."""
 
 
 @dataclass(frozen=True)
@@ -97,10 +98,16 @@ class Electron:
     """What lives across setup, run and teardown: what teardown and cancel need."""
 
     def __init__(
-        self, options: Options, task_metadata: dict[str, Any], *, pace: Pace | None = None
+        self,
+        options: Options,
+        task_metadata: dict[str, Any],
+        *,
+        pace: Pace | None = None,
+        keepalive: Keepalive = DEFAULT_KEEPALIVE,
     ) -> None:
         self.options = options
         self.pace = pace or Pace()
+        self.keepalive = keepalive
         self.dispatch_id = str(task_metadata["dispatch_id"])
         self.node_id = task_metadata["node_id"]
         self.name = stack_name(self.dispatch_id, self.node_id)
@@ -139,7 +146,8 @@ class Electron:
             ),
             timeout_minutes=max(5, math.ceil(self.options.provision_timeout / 60)),
         )
-        return await asyncio.wrap_future(self._create_call)
+        # Shielded: cancelling a wrapped future cancels the call itself if it has not started.
+        return await asyncio.shield(asyncio.wrap_future(self._create_call))
 
     def close_connection(self) -> None:
         if self.remote is not None:
@@ -294,7 +302,12 @@ def endpoint(options: Options, outputs: StackOutputs, stack: str) -> Endpoint:
             f"Stack {stack!r} reports no {kind} address for {outputs.instance_id}; "
             f"set use_private_ip=True or use a public subnet."
         )
-    return Endpoint(host=host, port=options.ssh_port, user=options.username)
+    return Endpoint(
+        host=host,
+        port=options.ssh_port,
+        user=options.username,
+        name=f"instance {outputs.instance_id} of stack {stack!r} ({host})",
+    )
 
 
 async def connect(electron: Electron, launched: Launched) -> RemoteHost:
@@ -305,6 +318,7 @@ async def connect(electron: Electron, launched: Launched) -> RemoteHost:
         launched.identity,
         electron.host_key.public_key(),
         connect_timeout=electron.pace.probe_timeout,
+        keepalive=electron.keepalive,
     )
     electron.remote = remote
 
@@ -323,11 +337,7 @@ async def connect(electron: Electron, launched: Launched) -> RemoteHost:
 
 
 async def run_task(
-    electron: Electron,
-    launched: Launched,
-    task: tuple[Any, list[Any], dict[str, Any]],
-    *,
-    cancel_requested: Callable[[], Awaitable[bool]],
+    electron: Electron, launched: Launched, task: tuple[Any, list[Any], dict[str, Any]]
 ) -> TaskOutcome:
     """Run the task on the instance; one command waits for the bootstrap, then runs it."""
     remote = await connect(electron, launched)
@@ -340,9 +350,7 @@ async def run_task(
                 bootstrap_timeout=launched.deadline.remaining,
             )
         )
-        if await _watch(electron, launched.outputs, running, cancel_requested):
-            return TaskOutcome(cancelled=True)
-        done = running.result()
+        done = await _unless_the_stack_fails(electron, running)
         envelope = cloudpickle.loads(done.envelope)
     # The command reports how long it waited for the bootstrap: its own phase.
     electron.phases.split("upload, run, fetch", "bootstrap", done.bootstrap_wait)
@@ -351,42 +359,35 @@ async def run_task(
         stdout=envelope["stdout"],
         stderr=envelope["stderr"],
         traceback=envelope["traceback"],
+        error=envelope["error"],
     )
 
 
-async def _watch(
-    electron: Electron,
-    outputs: StackOutputs,
-    running: asyncio.Future[TaskRun],
-    cancel_requested: Callable[[], Awaitable[bool]],
-) -> bool:
-    """Wait for the task; True when it was cancelled. Raises `ConnectionLostError` naming the
-    instance when the instance went away under it."""
-    ec2 = AWS(electron.options).ec2
-    while True:
-        waits: set[asyncio.Future[Any]] = {running}
-        if electron.completion is not None and not electron.completion.done():
-            waits.add(electron.completion)  # a stack that fails now still fails the electron
-        await asyncio.wait(waits, timeout=WATCH_INTERVAL, return_when=asyncio.FIRST_COMPLETED)
-        done = running.done()
-        if not done:
+async def _unless_the_stack_fails(electron: Electron, running: asyncio.Future[T]) -> T:
+    """`running`'s result; a stack that fails meanwhile (it may still be completing) fails the
+    electron at once, and closing the connection ends the command."""
+    while not running.done():
+        completion = electron.completion
+        if completion is None or completion.done():
             electron.raise_if_stack_failed()
-        lost = done and isinstance(running.exception(), ConnectionLostError)
-        if done and not lost:
-            return False
-        if await cancel_requested():
-            electron.close_connection()
-            return True
-        state = await run_blocking(lookups.instance_state, ec2, outputs.instance_id)
-        if state not in ("pending", "running"):
-            electron.close_connection()
-            raise ConnectionLostError(
-                f"Instance {outputs.instance_id} of stack {electron.name!r} is {state}: it went "
-                f"away while the task ran (a spot interruption, 'max_lifetime_minutes' reached, "
-                f"or stopped by hand?)."
-            ) from (running.exception() if done else None)
-        if lost:
-            return False  # the instance lives: the connection error itself is the story
+            break
+        waits: set[asyncio.Future[Any]] = {running, completion}
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    return await running
+
+
+async def instance_gone(electron: Electron, outputs: StackOutputs) -> ConnectionLostError | None:
+    """The error to fail with once the instance no longer runs, else None (for `watch`)."""
+    state = await run_blocking(
+        lookups.instance_state, AWS(electron.options).ec2, outputs.instance_id
+    )
+    if state in ("pending", "running"):
+        return None
+    return ConnectionLostError(
+        f"Instance {outputs.instance_id} of stack {electron.name!r} is {state}: it went away "
+        f"before the task ended (a spot interruption, 'max_lifetime_minutes' reached, or "
+        f"stopped by hand?)."
+    )
 
 
 # --- teardown helpers ------------------------------------------------------------------------

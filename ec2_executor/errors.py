@@ -51,3 +51,7 @@ class BootstrapError(RemoteError):
 
 class ConnectionLostError(RemoteError):
     """The SSH connection dropped or the instance vanished while the task ran."""
+
+
+class TaskError(EC2ExecutorError):
+    """The task raised, or its result could not come back; the message names the type."""

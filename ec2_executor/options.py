@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
 import re
 import sys
-from collections.abc import Mapping
+import warnings
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -99,6 +101,34 @@ class Options:
 
 
 OPTION_NAMES: tuple[str, ...] = tuple(f.name for f in fields(Options))
+BASE_OPTION_NAMES = ("log_stdout", "log_stderr", "cache_dir", "time_limit", "retries")
+"""Covalent's own executor options (`BaseExecutor.__init__`), taken by every executor."""
+
+_REPORTED: set[str] = set()
+
+
+class UnknownOptionWarning(UserWarning):
+    """An option EC2Executor does not know was given; it is ignored."""
+
+
+def report_unknown(names: Iterable[str], *, where: str) -> None:
+    """Warn once per process about each unknown option, naming the closest known one.
+
+    Not an error: Covalent passes the whole `[executors.ec2]` section as keywords, and old
+    configurations (the Terraform plugin's `conda_env`, `poll_freq`, ...) must keep working.
+    """
+    known = OPTION_NAMES + BASE_OPTION_NAMES
+    for name in names:
+        if name in known or name in _REPORTED:
+            continue
+        _REPORTED.add(name)
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else "see the README's option table."
+        warnings.warn(
+            f"EC2Executor ignores the unknown option {name!r} ({where}); {hint}",
+            UnknownOptionWarning,
+            stacklevel=3,
+        )
 
 
 def defaults() -> dict[str, Any]:

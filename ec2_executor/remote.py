@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import shlex
 import socket
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -48,6 +49,62 @@ class Endpoint:
     host: str
     port: int
     user: str
+    name: str = ""
+    """How errors name the machine (e.g. its instance id and stack); the host when empty."""
+
+
+@dataclass(frozen=True)
+class Keepalive:
+    """Requests that want a reply, sent over an idle-or-busy connection (OpenSSH's
+    ServerAliveInterval): idle NAT gateways and firewalls keep the connection, and a peer that
+    stops answering (a dropped route, a hung instance) is noticed instead of waited on forever."""
+
+    interval: float = 15.0
+    """Seconds between a reply and the next request."""
+    timeout: float = 60.0
+    """Seconds a request may stay unanswered before the connection counts as lost."""
+
+
+DEFAULT_KEEPALIVE = Keepalive()
+
+
+class _Heartbeat:
+    """Sends the keepalive requests on its own thread; calls `on_lost` once one goes unanswered."""
+
+    def __init__(
+        self, transport: paramiko.Transport, keepalive: Keepalive, on_lost: Callable[[], None]
+    ) -> None:
+        self.lost = False
+        self._transport = transport
+        self._keepalive = keepalive
+        self._on_lost = on_lost
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name="ec2-executor-keepalive", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def _run(self) -> None:
+        while not self._stopped.wait(self._keepalive.interval):
+            if not self._transport.is_active():
+                return
+            # global_request waits for the reply without a deadline (until the transport
+            # closes): give it its own thread, and the deadline here.
+            request = threading.Thread(
+                target=self._transport.global_request,
+                args=("keepalive@openssh.com",),
+                name="ec2-executor-keepalive-request",
+                daemon=True,
+            )
+            request.start()
+            request.join(self._keepalive.timeout)
+            if request.is_alive() and not self._stopped.is_set():
+                self.lost = True
+                self._on_lost()  # closing the transport ends the waiting request too
+                return
 
 
 class RemoteHost:
@@ -60,10 +117,14 @@ class RemoteHost:
         host_key: paramiko.PKey,
         *,
         connect_timeout: float = 10.0,
+        keepalive: Keepalive = DEFAULT_KEEPALIVE,
     ) -> None:
         self.endpoint = endpoint
         self.connect_timeout = connect_timeout
+        self.keepalive = keepalive
         self.round_trips = 0
+        self._heartbeat: _Heartbeat | None = None
+        self._closed = False
         self._connection = Connection(
             endpoint.host,
             user=endpoint.user,
@@ -109,9 +170,18 @@ class RemoteHost:
         finally:
             if not self._connection.is_connected:
                 sock.close()
-        self._connection.transport.set_keepalive(15)
+        if self._closed:  # closed (cancelled) while this connection was being opened
+            self._connection.close()
+            raise RemoteError(f"The connection to {self.where} was closed while it opened.")
+        self._heartbeat = _Heartbeat(
+            self._connection.transport, self.keepalive, on_lost=self._connection.close
+        )
         self.round_trips += 1
         return True
+
+    @property
+    def where(self) -> str:
+        return self.endpoint.name or self.endpoint.host
 
     def run_task(self, payload: bytes, *, remote_dir: str, bootstrap_timeout: float) -> TaskRun:
         """Upload the payload, wait for the bootstrap, run the task, fetch its envelope."""
@@ -122,12 +192,12 @@ class RemoteHost:
             what = "failed" if status == _FAILED else "did not finish in 'provision_timeout'"
             text = out.decode(errors="replace").split("\n", 1)[-1].strip()
             raise BootstrapError(
-                f"The instance's bootstrap {what} on {self.endpoint.host}; its log ends:\n{text}"
+                f"The instance's bootstrap {what} on {self.where}; its log ends:\n{text}"
             )
         messages = err.decode(errors="replace")
         if status != 0 or not out:
             raise ConnectionLostError(
-                f"The task runner on {self.endpoint.host} ended without a result (exit status "
+                f"The task runner on {self.where} ended without a result (exit status "
                 f"{status}); the instance may have stopped. Its stderr ends:\n{messages[-2000:]}"
             )
         waited = _WAITED.search(messages)
@@ -140,7 +210,9 @@ class RemoteHost:
     def execute(self, command: str, *, stdin: bytes = b"") -> tuple[int, bytes, bytes]:
         """Run one command; a dropped connection becomes `ConnectionLostError`."""
         if not self._connection.is_connected:
-            raise ConnectionLostError(f"The SSH connection to {self.endpoint.host} is closed.")
+            raise self._lost() or ConnectionLostError(
+                f"The SSH connection to {self.where} is closed."
+            )
         self.round_trips += 1
         try:
             with self._connection.create_session() as channel:
@@ -150,14 +222,31 @@ class RemoteHost:
                 channel.shutdown_write()
                 out = _read_all(channel.recv)
                 err = _read_all(channel.recv_stderr)
-                return channel.recv_exit_status(), out, err
+                status = channel.recv_exit_status()
         except (OSError, EOFError, paramiko.SSHException) as exc:
-            raise ConnectionLostError(
-                f"Lost the SSH connection to {self.endpoint.host} while running a command: {exc}"
+            raise self._lost() or ConnectionLostError(
+                f"Lost the SSH connection to {self.where} while running a command: {exc}"
             ) from exc
+        lost = self._lost()
+        if lost is not None:
+            raise lost
+        return status, out, err
+
+    def _lost(self) -> ConnectionLostError | None:
+        """The error for a connection the keepalive found dead, else None."""
+        if self._heartbeat is None or not self._heartbeat.lost:
+            return None
+        return ConnectionLostError(
+            f"Lost the SSH connection to {self.where}: it did not answer a keepalive within "
+            f"{self.keepalive.timeout:g} s (a dropped route, a NAT or firewall timeout, or a hung "
+            f"instance?)."
+        )
 
     def close(self) -> None:
         """Idempotent; also interrupts a command that another thread is waiting on."""
+        self._closed = True
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
         self._connection.close()
 
     def __enter__(self) -> RemoteHost:

@@ -27,13 +27,34 @@ import cloudpickle
 def _run(payload_path: str) -> dict[str, Any]:
     with open(payload_path, "rb") as payload:
         function, args, kwargs = cloudpickle.load(payload)
-    envelope: dict[str, Any] = {"result": None, "exception": None, "traceback": ""}
+    envelope: dict[str, Any] = {"result": None, "error": "", "traceback": ""}
     try:
         envelope["result"] = function(*args, **kwargs)
     except BaseException as exc:  # noqa: BLE001  (the task's failure is reported, not raised)
-        envelope["exception"] = exc
+        # Text only: the exception object may not pickle, or not unpickle on the dispatcher.
+        envelope["error"] = f"The task raised {_describe(exc)}"
         envelope["traceback"] = traceback.format_exc()
     return envelope
+
+
+def _type_name(value: object) -> str:
+    kind = type(value)
+    module = kind.__module__
+    return kind.__qualname__ if module == "builtins" else f"{module}.{kind.__qualname__}"
+
+
+def _describe(exc: BaseException) -> str:
+    """`module.Type: message`, and whether the exception object itself could be pickled."""
+    try:
+        message = str(exc)
+    except Exception as broken:  # noqa: BLE001  (a broken __str__ must not hide the type)
+        message = f"(its message could not be read: {broken!r})"
+    text = f"{_type_name(exc)}: {message}" if message else _type_name(exc)
+    try:
+        cloudpickle.dumps(exc)
+    except Exception:  # noqa: BLE001
+        text += " (the exception object cannot be pickled; its text and traceback come back)"
+    return text
 
 
 def _captured(run: Callable[[str], dict[str, Any]], payload_path: str) -> dict[str, Any]:
@@ -62,9 +83,13 @@ def _captured(run: Callable[[str], dict[str, Any]], payload_path: str) -> dict[s
 def _dumps(envelope: dict[str, Any]) -> bytes:
     try:
         return bytes(cloudpickle.dumps(envelope))
-    except Exception:  # noqa: BLE001  (unpicklable result or exception: keep its text)
-        envelope["exception"] = RuntimeError(repr(envelope["exception"] or envelope["result"]))
-        envelope["result"] = None
+    except Exception as exc:  # noqa: BLE001  (the result cannot travel: fail, saying why)
+        result, envelope["result"] = envelope["result"], None
+        envelope["error"] = (
+            f"The task's result, of type {_type_name(result)}, cannot be pickled "
+            f"({type(exc).__name__}: {exc}); return a value that pickle or cloudpickle can "
+            f"serialise."
+        )
         return bytes(cloudpickle.dumps(envelope))
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import (
+    BootError,
     EmulatedBoot,
     MotoServer,
     build_image_venv,
@@ -144,7 +145,10 @@ def main() -> None:
             if not args.local and aws_configured():
                 run_aws(paths)
             else:
-                run_local(Path(base), paths)
+                try:
+                    run_local(Path(base), paths)
+                except BootError as exc:  # a missing tool is one line, not a traceback
+                    sys.exit(f"demo: {exc}")
     print("everything the demo started is stopped and removed.")
 
 

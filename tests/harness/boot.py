@@ -28,6 +28,7 @@ import ipaddress
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import sysconfig
@@ -86,7 +87,10 @@ def current_site_packages(packages: tuple[str, ...] = ("ec2_executor",)) -> str:
 def _find_sshd() -> str:
     found = shutil.which("sshd") or shutil.which("sshd", path="/usr/sbin:/usr/local/sbin:/sbin")
     if not found:
-        raise BootError("OpenSSH server (sshd) not found")
+        raise BootError(
+            "OpenSSH server (sshd) not found: install openssh-server ('make test' and "
+            "'make demo' do so on Debian and Ubuntu)"
+        )
     return str(Path(found).resolve())  # sshd re-executes itself: needs an absolute path
 
 
@@ -119,6 +123,8 @@ class BootedInstance:
     stopped_at: float | None = None
     stop_reason: str | None = None
     error: str | None = None
+    frozen: list[int] = field(default_factory=list)
+    """sshd processes stopped with SIGSTOP (`EmulatedBoot.freeze_sshd`)."""
 
     @property
     def prefix(self) -> Path:
@@ -189,6 +195,7 @@ class EmulatedBoot:
         sshd_start_timeout: float = 15.0,
         stop_timeout: float = 5.0,
         boot_delay: float = 0.0,
+        bootstrap_delay: float = 0.0,
     ) -> None:
         """
         python_path: exported as PYTHONPATH to the bootstrap and to SSH sessions (emulates an
@@ -200,6 +207,8 @@ class EmulatedBoot:
             the real bootstrap runs, which then takes its idempotent fast path).
         boot_delay: seconds from an instance's first sighting as running to its sshd starting
             (an instance's boot; 0 boots at once).
+        bootstrap_delay: seconds between sshd listening and the bootstrap starting (a slow
+            install); read at each boot, so a test may set it on a running harness.
         """
         self.endpoint_url = endpoint_url
         self.python_path = python_path
@@ -211,6 +220,7 @@ class EmulatedBoot:
         self.sshd_start_timeout = sshd_start_timeout
         self.stop_timeout = stop_timeout
         self.boot_delay = boot_delay
+        self.bootstrap_delay = bootstrap_delay
         self._first_seen: dict[str, float] = {}
         self._owns_base_dir = base_dir is None
         self.base_dir = Path(base_dir) if base_dir is not None else None
@@ -336,6 +346,25 @@ class EmulatedBoot:
                 + record.bootstrap_output_tail()
             )
         return record
+
+    def freeze_sshd(self, instance_id: str) -> list[int]:
+        """SIGSTOP the instance's sshd processes (listener and connections), not the task: the
+        connection goes silent, as over a dropped route. Returns the frozen pids."""
+        record = self.get(instance_id)
+        if record.sshd is None:
+            raise BootError(f"{instance_id} has no sshd to freeze")
+        table = _proc_table()
+        pids = [record.sshd.pid] + [
+            pid for pid in _descendants(record.sshd.pid, table) if _command(pid).startswith("sshd")
+        ]
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+        record.frozen.extend(pids)
+        return pids
+
+    def thaw_sshd(self, instance_id: str) -> None:
+        _thaw(self.get(instance_id))
 
     def poll_once(self) -> None:
         """One poll of moto, synchronously (the background thread does this continuously)."""
@@ -602,6 +631,8 @@ class EmulatedBoot:
         command = [str(script), *record.spec.bootstrap_args, "--prefix", str(record.prefix)]
         if self.image_venv is not None:
             (record.prefix / "venv").symlink_to(self.image_venv, target_is_directory=True)
+        if self.bootstrap_delay:
+            time.sleep(self.bootstrap_delay)
         try:
             with self._cond:
                 if record.stop_reason is not None:
@@ -641,6 +672,7 @@ class EmulatedBoot:
 
     def _kill_processes(self, record: BootedInstance) -> None:
         """End sshd, its connections, the bootstrap and every process carrying the marker."""
+        _thaw(record)  # a stopped process would not act on SIGTERM
         table = _proc_table()
         pids: list[int] = []
         if record.sshd is not None and record.sshd.poll() is None:
@@ -656,6 +688,20 @@ class EmulatedBoot:
             if process is not None:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     process.wait(5)
+
+
+def _thaw(record: BootedInstance) -> None:
+    for pid in record.frozen:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+    record.frozen.clear()
+
+
+def _command(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
 
 
 def _proc_table() -> dict[int, int]:

@@ -16,11 +16,10 @@ from typing import Any
 
 import cloudpickle
 import pytest
-from covalent._shared_files.exceptions import TaskRuntimeError
 from executor_support import execute, harness_options, run
 from harness import LoopbackNetwork, MotoServer, free_port
 
-from ec2_executor import BootstrapError, ConnectionLostError, RemoteError
+from ec2_executor import BootstrapError, ConnectionLostError, RemoteError, TaskError
 from ec2_executor.access import ClientIdentity, KeyPair
 from ec2_executor.ec2 import EC2Executor
 from ec2_executor.remote import Endpoint, RemoteHost, TaskRun, _AckAtOnceSocket
@@ -62,8 +61,9 @@ def test_a_remote_exception_fails_the_task_with_its_traceback(
     moto_reset: MotoServer,
 ) -> None:
     ex = EC2Executor(**harness_options(loopback_network.subnet_id, remote_cache))
-    with pytest.raises(TaskRuntimeError):
+    with pytest.raises(TaskError, match=r"^The task raised ValueError: boom \(on ") as failed:
         run(execute(ex, boom, [], {}))
+    assert "Traceback (most recent call last)" in str(failed.value)
     stderr = ex.task_stderr.getvalue()
     assert "Traceback (most recent call last)" in stderr
     assert ", in boom" in stderr  # the remote frame (source lines stay on the dispatcher)
@@ -81,7 +81,7 @@ def test_a_vanished_instance_fails_the_task_saying_so(
     moto_reset: MotoServer,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("ec2_executor.electron.WATCH_INTERVAL", 0.5)
+    monkeypatch.setattr("ec2_executor.watch.INSTANCE_POLL", 0.5)
     ex = EC2Executor(**harness_options(loopback_network.subnet_id, remote_cache))
     ec2 = moto_reset.client("ec2")
 
