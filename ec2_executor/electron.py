@@ -17,9 +17,9 @@ import cloudpickle
 
 from cdk_stacks.parameters import StackParameters
 from cdk_stacks.templates import template_for
-from ec2_executor import provision, redact
+from ec2_executor import capacity, provision, redact, watch
 from ec2_executor.access import ClientIdentity, KeyPair, client_identity
-from ec2_executor.aws import AWS
+from ec2_executor.aws import AWS, error_code
 from ec2_executor.blocking import Deadline, poll, run_blocking, submit_blocking
 from ec2_executor.errors import (
     ConnectionLostError,
@@ -30,6 +30,7 @@ from ec2_executor.errors import (
 from ec2_executor.logs import log
 from ec2_executor.network import NetworkPlan, plan_network
 from ec2_executor.options import Options
+from ec2_executor.permissions import ACCESS_DENIED
 from ec2_executor.phases import Phases
 from ec2_executor.remote import Endpoint, RemoteHost, TaskRun
 from ec2_executor.stack import (
@@ -45,6 +46,7 @@ from ec2_executor.stack import (
 
 DELETE_TIMEOUT = 20 * 60.0
 WATCH_INTERVAL = 10.0
+WATCH_ANSWER_DEADLINE = 120.0
 
 
 def version(dist: str) -> str:
@@ -101,29 +103,39 @@ class Electron:
             plan, parameters = await run_blocking(self._plan)
         with self.phases.phase("template"):
             template = await run_blocking(template_for, plan.shape)
+        self.outputs = await capacity.first_that_fits(
+            capacity.attempts(plan.placements, self.options.spot),
+            lambda attempt: self._launch(template, capacity.placed(parameters, attempt)),
+            clear=self._clear_refused,
+            name=self.name,
+            instance_type=self.options.instance_type,
+        )
+
+    async def _launch(self, template: str, parameters: StackParameters) -> StackOutputs:
         with self.phases.phase("create stack"):
             self._create_call = submit_blocking(
                 self.stacks.create,
                 self.name,
                 template=template,
                 parameters=parameters.to_cloudformation(declared=_declared(template)),
-                tags=stack_tags(
-                    dispatch_id=self.dispatch_id,
-                    node_id=self.node_id,
-                    version=version("ec2-executor"),
-                    instance_type=self.options.instance_type,
-                    extra=self.options.tags,
-                ),
+                tags=[{"Key": k, "Value": v} for k, v in parameters.Tags],
                 timeout_minutes=max(5, math.ceil(self.options.provision_timeout / 60)),
             )
             self._stack_id = await asyncio.wrap_future(self._create_call)
         with self.phases.phase("wait for stack"):
-            self.outputs = await wait_for_creation(
+            return await wait_for_creation(
                 self.stacks,
                 self._stack_id,
                 self.name,
                 deadline=self.deadline,
                 events=self.events,
+            )
+
+    async def _clear_refused(self) -> None:
+        """Remove a stack whose launch was refused, so its name is free for the next try."""
+        with self.phases.phase("delete stack"):
+            await delete_and_wait(
+                self.stacks, self.name, deadline=self.deadline, events=self.events
             )
 
     def _plan(self) -> tuple[NetworkPlan, StackParameters]:
@@ -134,7 +146,14 @@ class Electron:
         arch = provision.architecture(ec2, options)
         image = provision.image(ec2, options, arch)
         key_name = provision.key_pair_name(ec2, options)
-        plan = plan_network(ec2, options)
+        plan = plan_network(ec2, options, spread_key=self.name)
+        tags = stack_tags(
+            dispatch_id=self.dispatch_id,
+            node_id=self.node_id,
+            version=version("ec2-executor"),
+            instance_type=options.instance_type,
+            extra=options.tags,
+        )
         return plan, StackParameters(
             InstanceType=options.instance_type,
             AuthorizedKey=self._identity.authorized_key,
@@ -151,11 +170,11 @@ class Electron:
             SshPort=options.ssh_port,
             SshUser=options.username,
             MaxLifetimeMinutes=options.max_lifetime_minutes,
-            UseSpot=options.spot,
             InstanceProfile=options.instance_profile,
             ExpectPublicIp=plan.public_ip,
             VpcId=plan.vpc_id,
             SubnetId=plan.subnet_id,
+            Tags=tuple((tag["Key"], tag["Value"]) for tag in tags),
         )
 
     # --- run ------------------------------------------------------------------------------
@@ -239,8 +258,17 @@ class Electron:
             if await cancel_requested():
                 self.close_connection()
                 return TaskOutcome(cancelled=True)
-            state = await run_blocking(self._instance_state)
-            if state not in ("pending", "running"):
+            look = asyncio.ensure_future(self._instance_state())
+            if not done:  # a look may retry for a while: the task's end must not wait for it
+                either: set[asyncio.Future[Any]] = {running, look}
+                await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+                if not look.done():
+                    look.cancel()
+                    continue
+            state = await look
+            if state is None:
+                log.warning("%s: the instance's state is unknown; the task goes on", self.name)
+            elif state not in ("pending", "running"):
                 self.close_connection()
                 raise self._instance_gone(state) from running.exception() if done else None
             if lost:
@@ -253,11 +281,11 @@ class Electron:
             f"ran (a spot interruption, 'max_lifetime_minutes' reached, or stopped by hand?)."
         )
 
-    def _instance_state(self) -> str:
+    async def _instance_state(self) -> str | None:
         assert self.outputs is not None
-        found = self.aws.ec2.describe_instances(InstanceIds=[self.outputs.instance_id])
-        instances = [i for r in found["Reservations"] for i in r["Instances"]]
-        return str(instances[0]["State"]["Name"]) if instances else "gone"
+        return await watch.instance_state(
+            self.options, self.outputs.instance_id, deadline=WATCH_ANSWER_DEADLINE, label=self.name
+        )
 
     # --- teardown -------------------------------------------------------------------------
 
@@ -276,6 +304,9 @@ class Electron:
             # delete. Delete by name even when the call failed: a timed-out request may still
             # have created the stack, and deleting a missing stack is a no-op.
             await asyncio.wrap_future(self._create_call)
+        if _refused_outright(self._create_call):
+            redact.unhide(self.host_key.private_base64())
+            return  # CloudFormation answered "no": there is no stack to delete or report
         stacks = self.stacks
 
         async def deletion(requested: bool = False) -> None:
@@ -316,6 +347,19 @@ async def _report_failure(deletion: Coroutine[Any, Any, None]) -> None:
         await deletion
     except StackDeletionError as exc:
         log.error("%s", exc)
+
+
+# CreateStack errors after which no stack exists (unlike a timeout, or AlreadyExists).
+_NOT_CREATED = ACCESS_DENIED | {
+    "ValidationError",
+    "LimitExceededException",
+    "InsufficientCapabilitiesException",
+}
+
+
+def _refused_outright(create_call: concurrent.futures.Future[str]) -> bool:
+    failure = create_call.exception()
+    return failure is not None and error_code(failure) in _NOT_CREATED
 
 
 def _declared(template: str) -> frozenset[str]:

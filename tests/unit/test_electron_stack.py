@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 
 from cdk_stacks.parameters import StackParameters
 from cdk_stacks.shape import ALL_SHAPES, NetworkMode, StackShape
-from cdk_stacks.synth import APP_CONTEXT, add_stack
+from cdk_stacks.synth import add_stack, new_app
 from cdk_stacks.templates import MAX_INLINE_TEMPLATE_BYTES
 from cdk_stacks.user_data import BOOTSTRAP_PATH, HOST_KEY_PATH, RUNNER_PATH, SSHD_DROP_IN_PATH
 
@@ -70,7 +70,7 @@ def _shape_id(shape: StackShape) -> str:
 @pytest.fixture(scope="module")
 def templates() -> dict[StackShape, Template]:
     """Every shape in one app, so the app synthesises once for the whole module."""
-    app = aws_cdk.App(context=APP_CONTEXT, analytics_reporting=False)
+    app = new_app()
     stacks = {shape: add_stack(app, shape) for shape in ALL_SHAPES}
     return {shape: Template.from_stack(stack) for shape, stack in stacks.items()}
 
