@@ -112,6 +112,7 @@ class Electron:
         )
 
     async def _launch(self, template: str, parameters: StackParameters) -> StackOutputs:
+        self.events = EventLog(self.name)  # a failure is this attempt's, not an earlier one's
         with self.phases.phase("create stack"):
             self._create_call = submit_blocking(
                 self.stacks.create,

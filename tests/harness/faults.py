@@ -26,6 +26,7 @@ _QUERY_XMLNS = {
     "sts": "https://sts.amazonaws.com/doc/2011-06-15/",
     "iam": "https://iam.amazonaws.com/doc/2010-05-08/",
 }
+_DRY_RUN_MESSAGE = "Request would have succeeded, but DryRun flag is set."
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "host", "content-length"}
 
 
@@ -106,6 +107,10 @@ class FaultProxy:
             fault = next((f for f in self.faults if f.matches(service, action, params)), None)
             if fault is not None and fault.times is not None:
                 fault.times -= 1
+            if fault is None and service == "ec2" and params.get("DryRun") == "true":
+                # AWS answers every permitted dry run so; moto ignores DryRun on some actions
+                # (CreateVpc creates a VPC), so the proxy answers them all as AWS does.
+                fault = Fault("ec2", action, "DryRunOperation", _DRY_RUN_MESSAGE, status=412)
             self.calls.append((service, action, fault.code if fault else "moto"))
             return fault
 
@@ -237,6 +242,7 @@ def _refusal(instance_type: str, zone: str, spot: bool) -> str:
 def capacity_refused(plan: CapacityPlan) -> Iterator[CapacityPlan]:
     """Patch moto (in this process, where the moto server runs) to refuse launches per `plan`."""
     from moto.cloudformation import models as cfn_models
+    from moto.cloudformation import parsing as cfn_parsing
     from moto.ec2.models import ec2_backends
     from moto.ec2.models.instances import Instance
 
@@ -272,13 +278,20 @@ def capacity_refused(plan: CapacityPlan) -> Iterator[CapacityPlan]:
                 cfn_models.Event(
                     stack_id=stack.stack_id,
                     stack_name=stack.name,
-                    logical_resource_id=refused.logical_id,
+                    # moto names it "<stack>-<logical id>-<suffix>"
+                    logical_resource_id=refused.logical_id.removeprefix(f"{stack.name}-").rsplit(
+                        "-", 1
+                    )[0],
                     physical_resource_id="",
                     resource_type="AWS::EC2::Instance",
                     resource_status="CREATE_FAILED",
                     resource_status_reason=refused.reason,
                     resource_properties=None,
                 )
+            )
+            # A rolled-back stack has no outputs (moto would resolve them, launching again).
+            stack.output_map = cfn_parsing.OutputMap(
+                stack.resource_map, {"Outputs": {}}, stack.stack_id
             )
             stack.status = "ROLLBACK_COMPLETE"
             stack._add_stack_event("ROLLBACK_COMPLETE")

@@ -119,7 +119,7 @@ def test_cleanup_by_age_spares_young_stacks(
     assert "Nothing to delete." in done.stdout
     assert status(moto_reset, young) == "CREATE_COMPLETE"
     assert cli(cli_env, "cleanup", "--older-than", "soon").returncode == 2
-    assert cli(cli_env, "cleanup", "--yes").returncode == 0
+    assert cli(cli_env, "cleanup", "--all", "--yes").returncode == 0
     assert status(moto_reset, young) == "DELETE_COMPLETE"
 
 

@@ -19,7 +19,6 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-import aws_cdk
 import pytest
 import yaml
 from aws_cdk.assertions import Match, Template
@@ -110,27 +109,122 @@ def test_resource_types_are_exactly_the_expected_set(
     assert sum(r["Type"] == "AWS::EC2::Instance" for r in as_json["Resources"].values()) == 1
 
 
-def test_spot_launch_template_exists_only_on_request(template: Template) -> None:
+def test_spot_market_only_on_request(template: Template, as_json: dict[str, Any]) -> None:
     template.has_condition("SpotRequested", {"Fn::Equals": [{"Ref": "UseSpot"}, "true"]})
-    template.has_resource(
-        "AWS::EC2::LaunchTemplate",
-        {
-            "Condition": "SpotRequested",
-            "Properties": {
-                "LaunchTemplateData": {
-                    "InstanceMarketOptions": Match.object_like({"MarketType": "spot"})
-                }
-            },
-        },
-    )
+    data = as_json["Resources"]["LaunchTemplate"]["Properties"]["LaunchTemplateData"]
+    market = data["InstanceMarketOptions"]["Fn::If"]
+    assert market[0] == "SpotRequested" and market[2] == {"Ref": "AWS::NoValue"}
+    assert market[1]["MarketType"] == "spot"
+    assert market[1]["SpotOptions"]["InstanceInterruptionBehavior"] == "terminate"
     template.has_resource_properties(
         "AWS::EC2::Instance",
         {
             "LaunchTemplate": {
-                "Fn::If": ["SpotRequested", Match.any_value(), {"Ref": "AWS::NoValue"}]
+                "LaunchTemplateId": {"Ref": "LaunchTemplate"},
+                "Version": {"Fn::GetAtt": ["LaunchTemplate", "LatestVersionNumber"]},
             }
         },
     )
+
+
+# Resources a launch creates without a resource of their own in the template; stack tags do not
+# reach them, so the template must carry the tags to each.
+IMPLICIT_TAGGABLES = {"volume", "network-interface", "spot-instances-request"}
+
+
+def test_every_taggable_resource_gets_the_stack_tags(as_json: dict[str, Any]) -> None:
+    """Stack tags propagate to every template resource that takes `Tags`; the root volume,
+    network interface and spot request get them from the instance and the launch template."""
+    from cdk_stacks.parameters import TAG_SLOTS
+
+    resources = as_json["Resources"]
+    spec = _cloudformation_spec()
+    for name, resource in resources.items():
+        properties = spec.get(resource["Type"], {})
+        if "Tags" in properties:
+            # CloudFormation copies stack tags to it, unless the template sets a key itself.
+            assert "Tags" not in resource.get("Properties", {}), name
+    instance = resources["Instance"]["Properties"]
+    assert instance["PropagateTagsToVolumeOnCreation"] is True  # the root volume
+    data = resources["LaunchTemplate"]["Properties"]["LaunchTemplateData"]
+    covered: dict[str, list[Any]] = {}
+    for entry in data["TagSpecifications"]:
+        if "Fn::If" in entry:
+            assert entry["Fn::If"][0] == "SpotRequested"
+            entry = entry["Fn::If"][1]
+        covered[entry["ResourceType"]] = entry["Tags"]
+    assert set(covered) | {"volume"} == IMPLICIT_TAGGABLES
+    slots = [
+        {
+            "Fn::If": [
+                f"HasTag{n}Key",
+                {"Key": {"Ref": f"Tag{n}Key"}, "Value": {"Ref": f"Tag{n}Value"}},
+                {"Ref": "AWS::NoValue"},
+            ]
+        }
+        for n in range(1, TAG_SLOTS + 1)
+    ]
+    for kind, tags in covered.items():
+        assert tags == slots, kind
+    for n in range(1, TAG_SLOTS + 1):
+        assert as_json["Conditions"][f"HasTag{n}Key"] == {
+            "Fn::Not": [{"Fn::Equals": [{"Ref": f"Tag{n}Key"}, ""]}]
+        }
+
+
+def _cloudformation_spec() -> dict[str, set[str]]:
+    """Resource type -> property names, from cfn-lint's copy of the CloudFormation schemas."""
+    from cfnlint.schema import PROVIDER_SCHEMA_MANAGER
+
+    types = {
+        "AWS::EC2::VPC",
+        "AWS::EC2::Subnet",
+        "AWS::EC2::InternetGateway",
+        "AWS::EC2::VPCGatewayAttachment",
+        "AWS::EC2::RouteTable",
+        "AWS::EC2::SubnetRouteTableAssociation",
+        "AWS::EC2::Route",
+        "AWS::EC2::SecurityGroup",
+        "AWS::EC2::Instance",
+        "AWS::EC2::LaunchTemplate",
+    }
+    spec = {}
+    for kind in types:
+        schema = PROVIDER_SCHEMA_MANAGER.get_resource_schema("us-east-1", kind)
+        spec[kind] = set(schema.schema.get("properties", {}))
+    return spec
+
+
+def test_tags_fill_the_slots_in_order() -> None:
+    from cdk_stacks.parameters import TAG_SLOTS
+
+    params = StackParameters(
+        InstanceType="t3.micro",
+        AuthorizedKey="k",
+        HostKey="h",
+        SshIngressCidr="1.2.3.4/32",
+        PythonVersion="3.11",
+        CovalentVersion="0.240.0",
+        CloudpickleVersion="3.1.3",
+        Tags=(("project", "climate"), ("ec2-executor:node-id", "3")),
+    )
+    declared = frozenset(
+        f"Tag{n}{part}" for n in range(1, TAG_SLOTS + 1) for part in ("Key", "Value")
+    )
+    rendered = {
+        p["ParameterKey"]: p["ParameterValue"] for p in params.to_cloudformation(declared=declared)
+    }
+    assert rendered == {
+        "Tag1Key": "project",
+        "Tag1Value": "climate",
+        "Tag2Key": "ec2-executor:node-id",
+        "Tag2Value": "3",
+    }
+    too_many = tuple((f"k{n}", "v") for n in range(TAG_SLOTS + 1))
+    with pytest.raises(ValueError, match="slots"):
+        StackParameters(**{**params.__dict__, "Tags": too_many}).to_cloudformation(
+            declared=declared
+        )
 
 
 def test_no_cdk_bootstrap_or_metadata(as_json: dict[str, Any], template: Template) -> None:
