@@ -25,6 +25,7 @@ MAX_EXTRA_TAGS = 10
 """Extra tags the launch template carries to the volume, network interface and spot request
 (each is a pair of stack parameters); the stack itself takes up to 50 tags in all."""
 SPOT_FALLBACK = "fallback"
+_BOOL_WORDS = ("true", "false", "1", "0", "yes", "no")
 
 
 def dispatcher_python() -> str:
@@ -144,6 +145,8 @@ def _coerce(name: str, value: Any) -> Any:
     if kind == "bool | str":  # spot: a boolean or the word "fallback"
         if isinstance(value, str) and value.lower() == SPOT_FALLBACK:
             return SPOT_FALLBACK
+        if isinstance(value, str) and value.lower() not in _BOOL_WORDS:
+            return value  # refused by its check, which names the choices
         kind = "bool"
     try:
         if kind == "int" and not isinstance(value, bool):
@@ -151,7 +154,7 @@ def _coerce(name: str, value: Any) -> Any:
         if kind == "float":
             return float(value)
         if kind == "bool" and isinstance(value, str):
-            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+            if value.lower() not in _BOOL_WORDS:
                 raise ValueError(value)
             return value.lower() in ("true", "1", "yes")
     except (TypeError, ValueError) as exc:

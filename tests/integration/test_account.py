@@ -378,3 +378,33 @@ def test_the_task_watch_outlasts_throttling_and_expired_credentials(
     assert answers[:3] == ["ExpiredToken", "Throttling", "Throttling"]
     assert "moto" in answers[3:]  # then real answers: the watch kept looking
     assert live_stacks(moto_reset) == []
+
+
+# --- tags ---------------------------------------------------------------------------------
+
+
+def test_tags_reach_the_launch_template_for_the_network_interface_and_the_instance(
+    loopback_network: LoopbackNetwork, moto_reset: MotoServer, remote_cache: str
+) -> None:
+    ex = EC2Executor(
+        **harness_options(loopback_network.subnet_id, remote_cache, tags={"project": "climate"})
+    )
+    metadata = {"dispatch_id": "tagged", "node_id": 2, "results_dir": ""}
+    try:
+        run(ex.setup(metadata))
+        ec2 = moto_reset.client("ec2")
+        template = ec2.describe_launch_templates()["LaunchTemplates"][0]
+        data = ec2.describe_launch_template_versions(LaunchTemplateId=template["LaunchTemplateId"])[
+            "LaunchTemplateVersions"
+        ][0]["LaunchTemplateData"]
+        specs = {s["ResourceType"]: s["Tags"] for s in data["TagSpecifications"]}
+        assert set(specs) == {"network-interface"}  # no spot request without spot
+        tags = {t["Key"]: t["Value"] for t in specs["network-interface"]}
+        assert tags["project"] == "climate"
+        assert tags["ec2-executor:dispatch-id"] == "tagged"
+        assert tags["ec2-executor:node-id"] == "2"
+        instance = ec2.describe_instances()["Reservations"][0]["Instances"][0]
+        on_instance = {t["Key"]: t["Value"] for t in instance["Tags"]}
+        assert {k: on_instance[k] for k in tags} == tags  # the same set, from the stack
+    finally:
+        run(ex.teardown(metadata))

@@ -16,6 +16,7 @@ and the existing-network stack deletes cleanly.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import ipaddress
 import json
 import time
@@ -29,7 +30,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from harness import LoopbackNetwork, MotoServer, parse_user_data
 
-from cdk_stacks.parameters import AL2023_SSM_PARAMETER, StackParameters
+from cdk_stacks.parameters import AL2023_SSM_PARAMETER, TAG_SLOTS, StackParameters
 from cdk_stacks.shape import NetworkMode, StackShape
 from cdk_stacks.templates import template_for
 
@@ -319,7 +320,9 @@ def test_parameters_cover_every_declared_parameter(template_cache: Path) -> None
         required = {n for n, p in template["Parameters"].items() if "Default" not in p}
         keys = Keys("ssh-ed25519 AAAA x", "pem")
         network = LoopbackNetwork(vpc_id="vpc-1", subnet_id="subnet-1")
-        given = _parameters(keys, network).to_cloudformation(declared=declared)
+        every_slot = tuple((f"key{n}", f"value{n}") for n in range(TAG_SLOTS))
+        parameters = dataclasses.replace(_parameters(keys, network), Tags=every_slot)
+        given = parameters.to_cloudformation(declared=declared)
         names = [item["ParameterKey"] for item in given]
         assert set(names) == declared
         assert required <= set(names)
