@@ -8,7 +8,6 @@ order, and whether a failure is worth another zone; the electron supplies the la
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import hashlib
 import re
@@ -92,13 +91,13 @@ def attempts(placements: Sequence[Placement], spot: bool | str) -> list[Attempt]
 
 def placed(parameters: StackParameters, attempt: Attempt) -> StackParameters:
     """The stack parameters for one attempt: its subnet or zone, and its market."""
-    if attempt.placement.subnet_id:
-        return dataclasses.replace(
-            parameters, SubnetId=attempt.placement.subnet_id, UseSpot=attempt.spot
-        )
-    return dataclasses.replace(
-        parameters, AvailabilityZone=attempt.placement.zone, UseSpot=attempt.spot
-    )
+    where = attempt.placement
+    placed: dict[str, str | int | bool] = {**parameters, "UseSpot": attempt.spot}
+    if where.subnet_id:
+        placed["SubnetId"] = where.subnet_id
+    else:
+        placed["AvailabilityZone"] = where.zone
+    return StackParameters(**placed)
 
 
 async def first_that_fits(

@@ -16,7 +16,6 @@ and the existing-network stack deletes cleanly.
 from __future__ import annotations
 
 import base64
-import dataclasses
 import ipaddress
 import json
 import time
@@ -30,7 +29,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from harness import LoopbackNetwork, MotoServer, parse_user_data
 
-from cdk_stacks.parameters import AL2023_SSM_PARAMETER, TAG_SLOTS, StackParameters
+from cdk_stacks.parameters import AL2023_SSM_PARAMETER, StackParameters
 from cdk_stacks.shape import NetworkMode, StackShape
 from cdk_stacks.templates import template_for
 
@@ -181,7 +180,7 @@ def test_stack_creates_and_renders_on_moto(
     _check_user_data(aws.user_data(created.instance["InstanceId"]), keys)
     _check_volume_and_security_group(aws, created)
     _check_default_image(aws, created)
-    assert "SpotMarket" not in created.resources  # UseSpot defaults to false
+    assert "InstanceMarketOptions" not in _launch_data(aws, created)  # UseSpot defaults false
     if shape == CREATED:
         _check_created_network(aws, created, loopback_network)
 
@@ -270,9 +269,9 @@ def test_explicit_image_and_spot(aws: Aws, loopback_network: LoopbackNetwork, ke
     parameters = _parameters(keys, loopback_network, ImageId=other, UseSpot=True)
     created = aws.create("moto-explicit-image-spot", EXISTING, parameters)
     assert created.instance["ImageId"] == other
-    # The conditional launch template exists; moto ignores the instance's LaunchTemplate, so
-    # the spot market itself is not observable here.
-    assert "SpotMarket" in created.resources
+    # The launch template asks for the spot market; moto ignores the instance's
+    # LaunchTemplate, so the spot market itself is not observable here.
+    assert _launch_data(aws, created)["InstanceMarketOptions"]["MarketType"] == "spot"
 
 
 def test_existing_network_stack_deletes_cleanly(
@@ -312,6 +311,14 @@ def test_created_network_stack_deletes(
         aws.ec2.describe_vpcs(VpcIds=[created.resources["Vpc"]])
 
 
+def _launch_data(aws: Aws, created: Created) -> dict[str, Any]:
+    versions = aws.ec2.describe_launch_template_versions(
+        LaunchTemplateId=created.resources["LaunchTemplate"]
+    )["LaunchTemplateVersions"]
+    data: dict[str, Any] = versions[0]["LaunchTemplateData"]
+    return data
+
+
 def test_parameters_cover_every_declared_parameter(template_cache: Path) -> None:
     """`to_cloudformation` fills every parameter without a default, for both shapes."""
     for shape in (EXISTING, CREATED):
@@ -320,9 +327,7 @@ def test_parameters_cover_every_declared_parameter(template_cache: Path) -> None
         required = {n for n, p in template["Parameters"].items() if "Default" not in p}
         keys = Keys("ssh-ed25519 AAAA x", "pem")
         network = LoopbackNetwork(vpc_id="vpc-1", subnet_id="subnet-1")
-        every_slot = tuple((f"key{n}", f"value{n}") for n in range(TAG_SLOTS))
-        parameters = dataclasses.replace(_parameters(keys, network), Tags=every_slot)
-        given = parameters.to_cloudformation(declared=declared)
+        given = _parameters(keys, network).to_cloudformation(declared=declared)
         names = [item["ParameterKey"] for item in given]
         assert set(names) == declared
         assert required <= set(names)

@@ -140,15 +140,24 @@ def assert_failed(prefix: Path, result: subprocess.CompletedProcess[str], text: 
 # --- static checks -----------------------------------------------------------
 
 
-def test_bash_syntax() -> None:
-    subprocess.run([BASH, "-n", str(SCRIPT)], check=True)
+SHELL_FILES = sorted(SCRIPT.parent.glob("*.sh"))
 
 
-def test_shellcheck_clean() -> None:
+def test_the_instance_scripts_are_all_checked() -> None:
+    assert {p.name for p in SHELL_FILES} == {"bootstrap.sh", "run-task.sh"}
+
+
+@pytest.mark.parametrize("script", SHELL_FILES, ids=lambda p: p.name)
+def test_bash_syntax(script: Path) -> None:
+    subprocess.run([BASH, "-n", str(script)], check=True)
+
+
+@pytest.mark.parametrize("script", SHELL_FILES, ids=lambda p: p.name)
+def test_shellcheck_clean(script: Path) -> None:
     shellcheck = shutil.which("shellcheck")
     if shellcheck is None:
         pytest.skip("shellcheck is not installed")
-    result = subprocess.run([shellcheck, str(SCRIPT)], capture_output=True, text=True)
+    result = subprocess.run([shellcheck, str(script)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
