@@ -365,7 +365,7 @@ def _network(aws: AWS, options: opts.Options) -> str:
 def _permissions(aws: AWS, options: opts.Options) -> str:
     template = stack_template(StackShape(network=NetworkMode.EXISTING))
     report = check_permissions(aws, options, template=template)
-    unchecked = f"; not checkable without trying: {', '.join(report.unchecked)}"
+    unchecked = f"; not checked (no dry run, or no answer): {', '.join(report.unchecked)}"
     if report.missing:
         raise PermissionsMissing(
             f"{len(report.missing)} of {len(report.missing) + len(report.granted)} missing: "

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from cdk_stacks.parameters import AL2023_SSM_PARAMETER
 from ec2_executor.aws import AWS, error_code
@@ -62,21 +62,25 @@ def check_permissions(aws: AWS, options: Options, *, template: str) -> Permissio
     probes = _probes(aws, options, template)
     for action in actions():
         probe = probes.get(action)
-        if probe is None:
+        allowed = None if probe is None else _allowed(probe)
+        if allowed is None:
             report.unchecked.append(action)
-        elif _allowed(probe):
+        elif allowed:
             report.granted.append(action)
         else:
             report.missing.append(action)
     return report
 
 
-def _allowed(probe: Callable[[], Any]) -> bool:
+def _allowed(probe: Callable[[], Any]) -> bool | None:
+    """Whether AWS let the call past the permission check; None when no answer came."""
     try:
         probe()
     except ClientError as exc:
         # DryRunOperation, "does not exist", a template error: AWS looked past the permission.
         return error_code(exc) not in ACCESS_DENIED
+    except BotoCoreError:
+        return None
     return True
 
 
