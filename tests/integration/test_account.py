@@ -52,7 +52,7 @@ def double(x: int) -> int:
 def slow_double(x: int) -> int:
     import time
 
-    time.sleep(6)
+    time.sleep(15)  # long enough for the watch to meet every fault and then moto
     return 2 * x
 
 

@@ -142,8 +142,8 @@ def test_a_username_with_a_quote_would_break_the_cloud_config() -> None:
     """Why `username` is checked: it lands in a double-quoted YAML string of the user data."""
     import yaml
 
-    from cdk_stacks.user_data import cloud_config_template
+    from cdk_stacks.user_data import cloud_config_template, instance_files
 
-    text = cloud_config_template("#!/bin/sh\n", "print()").replace("${SshUser}", 'a"b')
+    text = cloud_config_template(instance_files()).replace("${SshUser}", 'a"b')
     with pytest.raises(yaml.YAMLError):
         yaml.safe_load(text.replace("${", "$_{"))
