@@ -325,19 +325,21 @@ class Harness:
 
 
 class _MotoProcess:
-    """`python -m moto.server` in its own process: stands in for ThreadedMotoServer behind
-    `harness.MotoServer`, whose other methods (url, client, environment, reset) only need the
-    host and port."""
+    """`python -m harness.moto` (moto's server) in its own process: stands in for
+    ThreadedMotoServer behind `harness.MotoServer`, whose other methods (url, client,
+    environment, reset) only need the host and port."""
 
     def __init__(self, log: Path) -> None:
         self.port = free_port()
         self._log = open(log, "ab")  # noqa: SIM115  (closed in stop)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            # moto's server with the harness's fidelity fix (AWS::NoValue list items).
+            [sys.executable, "-m", "harness.moto", "-H", "127.0.0.1", "-p", str(self.port)],
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            cwd=REPO / "tests",  # where `harness` is importable
         )
         deadline = time.monotonic() + 60
         while True:

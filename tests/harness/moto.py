@@ -110,6 +110,14 @@ def drop_no_value_list_items() -> None:
     parsing.clean_json = clean_json
 
 
+def serve_in_this_process(argv: list[str]) -> None:
+    """`python -m harness.moto -H HOST -p PORT`: moto's own server, with the fidelity fix."""
+    from moto.server import main
+
+    drop_no_value_list_items()
+    main(argv)
+
+
 @dataclass
 class MotoServer:
     """A moto server running in a thread of this process, bound to 127.0.0.1."""
@@ -181,3 +189,9 @@ def create_loopback_network(ec2: Any) -> LoopbackNetwork:
     )["Subnet"]["SubnetId"]
     ec2.modify_subnet_attribute(SubnetId=subnet_id, MapPublicIpOnLaunch={"Value": True})
     return LoopbackNetwork(vpc_id=vpc_id, subnet_id=subnet_id)
+
+
+if __name__ == "__main__":
+    import sys
+
+    serve_in_this_process(sys.argv[1:])
