@@ -140,6 +140,7 @@ def test_doctor_passes_on_the_harness(
         "SSH ingress",
         "network",
         "stacks",
+        "permissions",
         "template cache",
     ]
     assert loopback_network.subnet_id in done.stdout
