@@ -137,6 +137,7 @@ def test_doctor_passes_on_the_harness(
         "options",
         "AWS credentials",
         "instance type",
+        "image",
         "SSH ingress",
         "network",
         "stacks",
