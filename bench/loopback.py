@@ -32,6 +32,7 @@ from harness import (
     patched_environ,
 )
 
+from bench import REPO
 from bench.common import BENCH_TMP, scratch
 
 TRIVIAL = lambda: 1  # noqa: E731  (a lambda: cloudpickle ships it by value)
@@ -40,14 +41,16 @@ TRIVIAL = lambda: 1  # noqa: E731  (a lambda: cloudpickle ships it by value)
 
 
 class MotoProcess:
-    """`python -m moto.server` in its own process, behind `harness.MotoServer`: its CPU time
-    then does not compete with the executor for this process's GIL, as AWS's would not."""
+    """`python -m harness.moto` (moto's server with the harness's fidelity fixes) in its own
+    process, behind `harness.MotoServer`: its CPU time then does not compete with the executor
+    for this process's GIL, as AWS's would not."""
 
     def __init__(self, log: Path) -> None:
         self.port = free_port()
         with open(log, "ab") as output:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+                [sys.executable, "-m", "harness.moto", "-H", "127.0.0.1", "-p", str(self.port)],
+                cwd=REPO / "tests",  # where `harness` is importable
                 stdin=subprocess.DEVNULL,
                 stdout=output,
                 stderr=subprocess.STDOUT,

@@ -6,14 +6,12 @@ cdk deploy ec2-executor-created --parameters SshIngressCidr=203.0.113.7/32 ...
 
 from __future__ import annotations
 
-import aws_cdk as cdk
-
 from cdk_stacks.shape import ALL_SHAPES
-from cdk_stacks.synth import APP_CONTEXT, add_stack
+from cdk_stacks.synth import add_stack, new_app
 
 
 def main() -> None:
-    app = cdk.App(context=APP_CONTEXT, analytics_reporting=False)
+    app = new_app()
     for shape in ALL_SHAPES:
         add_stack(app, shape)
     app.synth()

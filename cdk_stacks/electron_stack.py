@@ -8,12 +8,20 @@ import aws_cdk as cdk
 from aws_cdk import aws_ec2 as ec2
 from constructs import Construct
 
-from cdk_stacks.parameters import PARAMETERS, Parameter, render
+from cdk_stacks.parameters import (
+    PARAMETERS,
+    TAG_SLOTS,
+    Parameter,
+    render,
+    tag_key_parameter,
+    tag_value_parameter,
+)
 from cdk_stacks.shape import NetworkMode, StackShape
 from cdk_stacks.user_data import cloud_config_template, instance_files
 
 CREATED_VPC_CIDR = "10.64.0.0/16"
 CREATED_SUBNET_CIDR = "10.64.0.0/24"
+_NO_VALUE = {"Ref": "AWS::NoValue"}
 
 
 class ElectronStack(cdk.Stack):
@@ -77,7 +85,11 @@ class ElectronStack(cdk.Stack):
             vpc_id=vpc.ref,
             cidr_block=CREATED_SUBNET_CIDR,
             map_public_ip_on_launch=True,
-            availability_zone=cdk.Fn.select(0, cdk.Fn.get_azs()),
+            availability_zone=cdk.Fn.condition_if(
+                self._is_set("AvailabilityZone", p["AvailabilityZone"]).logical_id,
+                p["AvailabilityZone"].value_as_string,
+                cdk.Fn.select(0, cdk.Fn.get_azs()),
+            ).to_string(),
         )
         gateway = ec2.CfnInternetGateway(self, "InternetGateway")
         attachment = ec2.CfnVPCGatewayAttachment(
@@ -133,7 +145,7 @@ class ElectronStack(cdk.Stack):
             ).to_string()
 
         spot = self._is_true("SpotRequested", p["UseSpot"])
-        spot_template = self._spot_launch_template(spot)
+        launch_template = self._launch_template(p, spot)
         user_data = cloud_config_template(instance_files())
         return ec2.CfnInstance(
             self,
@@ -163,33 +175,56 @@ class ElectronStack(cdk.Stack):
                     ),
                 )
             ],
-            launch_template=cdk.Fn.condition_if(
-                spot.logical_id,
-                {
-                    "LaunchTemplateId": spot_template.ref,
-                    "Version": spot_template.attr_latest_version_number,
-                },
-                cdk.Aws.NO_VALUE,
+            # Stack tags reach the instance; this copies them to its root volume.
+            propagate_tags_to_volume_on_creation=True,
+            launch_template=ec2.CfnInstance.LaunchTemplateSpecificationProperty(
+                launch_template_id=launch_template.ref,
+                version=launch_template.attr_latest_version_number,
             ),
             user_data=cdk.Fn.base64(cdk.Fn.sub(user_data)),
         )
 
-    def _spot_launch_template(self, spot: cdk.CfnCondition) -> ec2.CfnLaunchTemplate:
-        """`AWS::EC2::Instance` has no market option; a launch template, made only for spot."""
+    def _launch_template(
+        self, p: dict[str, cdk.CfnParameter], spot: cdk.CfnCondition
+    ) -> ec2.CfnLaunchTemplate:
+        """What `AWS::EC2::Instance` cannot say itself: the spot market, and tags for the
+        network interface and spot request that the launch creates (stack tags do not reach
+        them). The tags come from the `TagNKey`/`TagNValue` parameter slots."""
+        # Plain JSON rather than tokens: jsii resolves a few hundred nested tokens slowly.
+        tags = []
+        for slot in range(1, TAG_SLOTS + 1):
+            key, value = tag_key_parameter(slot), tag_value_parameter(slot)
+            has = self._is_set(key, p[key]).node.id
+            tags.append(
+                {"Fn::If": [has, {"Key": {"Ref": key}, "Value": {"Ref": value}}, _NO_VALUE]}
+            )
+
+        def tagged(resource_type: str) -> dict[str, Any]:
+            return {"ResourceType": resource_type, "Tags": tags}
+
+        market = {
+            "MarketType": "spot",
+            "SpotOptions": {
+                "SpotInstanceType": "one-time",
+                "InstanceInterruptionBehavior": "terminate",
+            },
+        }
         template = ec2.CfnLaunchTemplate(
             self,
-            "SpotMarket",
-            launch_template_data=ec2.CfnLaunchTemplate.LaunchTemplateDataProperty(
-                instance_market_options=ec2.CfnLaunchTemplate.InstanceMarketOptionsProperty(
-                    market_type="spot",
-                    spot_options=ec2.CfnLaunchTemplate.SpotOptionsProperty(
-                        spot_instance_type="one-time",
-                        instance_interruption_behavior="terminate",
-                    ),
-                ),
-            ),
+            "LaunchTemplate",
+            launch_template_data=ec2.CfnLaunchTemplate.LaunchTemplateDataProperty(),
         )
-        template.cfn_options.condition = spot
+        # Raw CloudFormation: the conditional parts are not expressible as typed properties.
+        template.add_property_override(
+            "LaunchTemplateData",
+            {
+                "InstanceMarketOptions": {"Fn::If": [spot.node.id, market, _NO_VALUE]},
+                "TagSpecifications": [
+                    tagged("network-interface"),
+                    {"Fn::If": [spot.node.id, tagged("spot-instances-request"), _NO_VALUE]},
+                ],
+            },
+        )
         return template
 
     def _outputs(

@@ -7,7 +7,7 @@ imports, so the executor never loads CDK on its hot path.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from cdk_stacks.shape import NetworkMode
@@ -15,6 +15,9 @@ from cdk_stacks.shape import NetworkMode
 AL2023_SSM_PARAMETER = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-{arch}"
 DEFAULT_ROOT_DEVICE = "/dev/xvda"
 IPV4_CIDR_PATTERN = r"^(\d{1,3}\.){3}\d{1,3}/(\d|[12]\d|3[0-2])$"
+TAG_SLOTS = 15
+"""Stack tags the launch template copies to the network interface and spot request (stack tags
+do not reach them): the executor's own five and up to ten of the user's."""
 
 Value = str | int | bool
 
@@ -35,9 +38,15 @@ class Parameter:
     no_echo: bool = False
     existing_network_only: bool = False
     """Declared only by the shape that uses an existing VPC and subnet."""
+    created_network_only: bool = False
+    """Declared only by the shape that creates its VPC."""
 
     def declared_in(self, network: NetworkMode) -> bool:
-        return network is NetworkMode.EXISTING or not self.existing_network_only
+        if self.existing_network_only:
+            return network is NetworkMode.EXISTING
+        if self.created_network_only:
+            return network is NetworkMode.CREATED
+        return True
 
     @property
     def is_flag(self) -> bool:
@@ -134,6 +143,18 @@ PARAMETERS: tuple[Parameter, ...] = (
         type="AWS::EC2::Subnet::Id",
         existing_network_only=True,
     ),
+    Parameter(
+        name="AvailabilityZone",
+        description="Zone of the created subnet (one that offers the instance type); empty: "
+        "the region's first.",
+        default="",
+        created_network_only=True,
+    ),
+    *(
+        Parameter(name=name, description="A stack tag for the launch template to copy.", default="")
+        for slot in range(1, TAG_SLOTS + 1)
+        for name in (f"Tag{slot}Key", f"Tag{slot}Value")
+    ),
 )
 BY_NAME: Mapping[str, Parameter] = {p.name: p for p in PARAMETERS}
 
@@ -174,6 +195,25 @@ class StackParameters(Mapping[str, Value]):
             for name, value in self._values.items()
             if name in declared
         ]
+
+
+def tag_key_parameter(slot: int) -> str:
+    return f"Tag{slot}Key"
+
+
+def tag_value_parameter(slot: int) -> str:
+    return f"Tag{slot}Value"
+
+
+def tag_parameters(tags: Sequence[tuple[str, str]]) -> dict[str, str]:
+    """The `TagNKey`/`TagNValue` slot values for `tags`, in order; unused slots stay empty."""
+    if len(tags) > TAG_SLOTS:
+        raise ValueError(f"{len(tags)} tags do not fit in {TAG_SLOTS} slots")
+    values: dict[str, str] = {}
+    for slot, (key, value) in enumerate(tags, start=1):
+        values[tag_key_parameter(slot)] = key
+        values[tag_value_parameter(slot)] = value
+    return values
 
 
 def render(value: Value) -> str:

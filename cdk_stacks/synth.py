@@ -20,6 +20,18 @@ APP_CONTEXT = {
 }
 
 
+def new_app(**kw: Any) -> cdk.App:
+    """An app with our context. CDK's built-in template validation is off: it expands every
+    combination of the template's conditions (the tag slots alone make 2^15) and does not
+    finish; the tests lint every template with cfn-lint instead."""
+    return cdk.App(
+        context=APP_CONTEXT,
+        analytics_reporting=False,
+        builtin_cloud_formation_validation=False,
+        **kw,
+    )
+
+
 def stack_id(shape: StackShape) -> str:
     """The construct id, and the stack name `cdk deploy` uses for this shape."""
     return f"ec2-executor-{shape.network.value}"
@@ -36,7 +48,7 @@ def add_stack(app: cdk.App, shape: StackShape) -> ElectronStack:
 
 def synthesize(shape: StackShape) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="ec2-executor-synth-") as outdir:
-        app = cdk.App(outdir=outdir, context=APP_CONTEXT, analytics_reporting=False)
+        app = new_app(outdir=outdir)
         stack = add_stack(app, shape)
         template: dict[str, Any] = app.synth().get_stack_by_name(stack.stack_name).template
         return template

@@ -5,11 +5,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ec2_executor.errors import (
+    AWSError,
     BootstrapError,
+    CapacityError,
     ConfigurationError,
     ConnectionLostError,
     CredentialsError,
     EC2ExecutorError,
+    PermissionDeniedError,
     RemoteError,
     StackCreationError,
     StackDeletionError,
@@ -20,12 +23,15 @@ if TYPE_CHECKING:
     from ec2_executor.ec2 import EC2Executor
 
 __all__ = [
+    "AWSError",
     "BootstrapError",
+    "CapacityError",
     "ConfigurationError",
     "ConnectionLostError",
     "CredentialsError",
     "EC2Executor",
     "EC2ExecutorError",
+    "PermissionDeniedError",
     "RemoteError",
     "StackCreationError",
     "StackDeletionError",

@@ -21,8 +21,14 @@ from botocore.exceptions import (
     ProfileNotFound,
 )
 
-from ec2_executor.errors import AWSError, ConfigurationError, CredentialsError
+from ec2_executor.errors import (
+    AWSError,
+    ConfigurationError,
+    CredentialsError,
+    PermissionDeniedError,
+)
 from ec2_executor.options import Options
+from ec2_executor.permissions import ACCESS_DENIED, denied_action, denied_message
 
 if TYPE_CHECKING:
     from mypy_boto3_cloudformation import CloudFormationClient
@@ -61,12 +67,16 @@ class AWS:
                 _SESSIONS[self._key] = session
             self.session = session
 
-    def client(self, service: str) -> Any:
-        key = (*self._key, service)
+    def client(self, service: str, *, max_attempts: int = 8) -> Any:
+        """A shared client; `max_attempts` below botocore's 8 for callers that retry themselves."""
+        key = (*self._key, service, str(max_attempts))
+        config = CLIENT_CONFIG.merge(
+            Config(retries={"mode": "standard", "max_attempts": max_attempts})
+        )
         with _LOCK:  # building a client is not thread-safe; using one is
             if key not in _CLIENTS:
                 _CLIENTS[key] = self.session.client(  # type: ignore[call-overload]
-                    service, region_name=self.options.region, config=CLIENT_CONFIG
+                    service, region_name=self.options.region, config=config
                 )
             return _CLIENTS[key]
 
@@ -104,6 +114,16 @@ class AWS:
 _LOCK = threading.Lock()
 _SESSIONS: dict[tuple[str, ...], boto3.Session] = {}
 _CLIENTS: dict[tuple[str, ...], Any] = {}
+
+
+def forget_session(options: Options) -> None:
+    """Drop the cached session and clients for `options`: the next `AWS(options)` reads the
+    credentials again (after an ExpiredToken, say)."""
+    key = _cache_key(options)
+    with _LOCK:
+        _SESSIONS.pop(key, None)
+        for cached in [k for k in _CLIENTS if k[: len(key)] == key]:
+            del _CLIENTS[cached]
 
 
 def _cache_key(options: Options) -> tuple[str, ...]:
@@ -178,6 +198,12 @@ def aws_errors(action: str) -> Iterator[None]:
     try:
         yield
     except ClientError as exc:
+        if _code(exc) in ACCESS_DENIED:
+            iam_action = denied_action(_message(exc), exc.operation_name)
+            raise PermissionDeniedError(
+                denied_message(iam_action, action, f"{_code(exc)}: {_message(exc)}"),
+                action=iam_action,
+            ) from exc
         raise AWSError(f"AWS refused {action}: {_code(exc)}: {_message(exc)}") from exc
     except NoRegionError as exc:
         raise ConfigurationError("No AWS region is set; set the 'region' option.") from exc

@@ -23,12 +23,14 @@ from cdk_stacks.templates import cache_path
 from ec2_executor import bake as baking
 from ec2_executor import images, lookups
 from ec2_executor import options as opts
-from ec2_executor.aws import AWS
+from ec2_executor.aws import AWS, aws_errors
 from ec2_executor.blocking import Deadline
 from ec2_executor.config import config_section
 from ec2_executor.errors import EC2ExecutorError
 from ec2_executor.lookups import architecture, key_pair_name
 from ec2_executor.network import ingress_cidr, plan_network
+from ec2_executor.permission_checks import check_permissions
+from ec2_executor.permissions import policy_text
 from ec2_executor.stack import (
     DELETE_TIMEOUT,
     EventLog,
@@ -173,6 +175,12 @@ def parse_age(value: str) -> timedelta:
 @click.option("--older-than", help="Only stacks at least this old, e.g. 30m, 2h, 1d.")
 @click.option("--dispatch", "dispatch_id", help="Only the stacks of this dispatch id.")
 @click.option("--stack", "names", multiple=True, help="Only this stack (repeatable).")
+@click.option(
+    "--all",
+    "everything",
+    is_flag=True,
+    help="Without a filter, also delete stacks whose electron is still running.",
+)
 @click.option("--yes", "-y", is_flag=True, help="Delete without asking.")
 def cleanup(
     region: str | None,
@@ -181,11 +189,17 @@ def cleanup(
     older_than: str | None,
     dispatch_id: str | None,
     names: tuple[str, ...],
+    everything: bool,
     yes: bool,
 ) -> None:
-    """Delete left-over executor stacks (all of them unless filtered), waiting for each."""
+    """Delete left-over executor stacks, waiting for each.
+
+    Without a filter, a stack whose instance is still running (an electron that some Covalent
+    server may be running right now) is left alone unless --all is given.
+    """
     age = parse_age(older_than) if older_than else None
-    stacks = _stacks(load_options(region, profile, pairs))
+    options = load_options(region, profile, pairs)
+    stacks = _stacks(options)
     rows = [
         r
         for r in _summaries(stacks)
@@ -193,6 +207,16 @@ def cleanup(
         and (dispatch_id is None or r["dispatch_id"] == dispatch_id)
         and (not names or r["name"] in names)
     ]
+    if not (everything or age or dispatch_id or names):
+        running = _running_instances(options, [r["instance_id"] for r in rows])
+        left = [r for r in rows if r["instance_id"] in running]
+        rows = [r for r in rows if r["instance_id"] not in running]
+        if left:
+            click.echo(
+                f"Leaving {len(left)} stack(s) whose instance is still running, so an electron "
+                f"may be using it: {', '.join(r['name'] for r in left)}. Add --all to delete "
+                f"them too, or name them with --stack."
+            )
     if not rows:
         click.echo("Nothing to delete.")
         return
@@ -204,6 +228,24 @@ def cleanup(
         for message in failures:
             click.echo(f"FAILED  {message}", err=True)
         raise SystemExit(1)
+
+
+def _running_instances(options: opts.Options, instance_ids: list[str]) -> set[str]:
+    """Which of `instance_ids` are pending or running (a filter: unknown ids are no error)."""
+    ids = [i for i in instance_ids if i]
+    if not ids:
+        return set()
+    try:
+        with aws_errors("reading the stacks' instances"):
+            found = AWS(options).ec2.describe_instances(
+                Filters=[
+                    {"Name": "instance-id", "Values": ids},
+                    {"Name": "instance-state-name", "Values": ["pending", "running"]},
+                ]
+            )
+    except EC2ExecutorError as exc:
+        raise click.ClickException(str(exc)) from exc
+    return {i["InstanceId"] for r in found["Reservations"] for i in r["Instances"]}
 
 
 async def _delete_all(stacks: Stacks, names: list[str]) -> list[str]:
@@ -222,6 +264,15 @@ async def _delete_all(stacks: Stacks, names: list[str]) -> list[str]:
 
     results = await asyncio.gather(*(one(name) for name in names))
     return [r for r in results if r]
+
+
+# --- policy -----------------------------------------------------------------------------
+
+
+@main.command()
+def policy() -> None:
+    """Print the IAM policy the executor needs (README, "Permissions")."""
+    click.echo(policy_text().rstrip())
 
 
 # --- bake -------------------------------------------------------------------------------
@@ -327,6 +378,7 @@ def _check_aws(checks: Checks, options: opts.Options) -> None:
         "stacks",
         lambda: f"{len(Stacks(aws.cloudformation).list_ours())} ec2-executor stack(s) exist now",
     )
+    checks.run("permissions", lambda: _permissions(aws, options))
 
 
 T = TypeVar("T")
@@ -380,6 +432,23 @@ def _network(aws: AWS, options: opts.Options) -> str:
         else "a VPC created per electron"
     )
     return f"{where}; SSH open to {plan.ingress_cidr} only"
+
+
+def _permissions(aws: AWS, options: opts.Options) -> str:
+    template = stack_template(StackShape(network=NetworkMode.EXISTING))
+    report = check_permissions(aws, options, template=template)
+    unchecked = f"; not checked (no dry run, or no answer): {', '.join(report.unchecked)}"
+    if report.missing:
+        raise PermissionsMissing(
+            f"{len(report.missing)} of {len(report.missing) + len(report.granted)} missing: "
+            f"{', '.join(report.missing)}; grant the policy that 'ec2-executor policy' prints"
+            f"{unchecked}"
+        )
+    return f"all {len(report.granted)} checked actions allowed (dry runs){unchecked}"
+
+
+class PermissionsMissing(EC2ExecutorError):
+    """Some actions of the policy were refused to these credentials."""
 
 
 def _template_cache() -> str:

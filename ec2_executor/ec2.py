@@ -64,7 +64,7 @@ class EC2Executor(AsyncBaseExecutor):
         ssh_ingress_cidr: str | None = None,
         use_private_ip: bool | None = None,
         create_vpc: bool | None = None,
-        spot: bool | None = None,
+        spot: bool | str | None = None,
         instance_profile: str | None = None,
         wait_for_deletion: bool | None = None,
         max_lifetime_minutes: int | None = None,

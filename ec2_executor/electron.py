@@ -25,10 +25,10 @@ from typing import Any, TypeVar
 
 import cloudpickle
 
-from cdk_stacks.parameters import StackParameters
-from ec2_executor import lookups, redact
+from cdk_stacks.parameters import StackParameters, tag_parameters
+from ec2_executor import capacity, lookups, redact, watch
 from ec2_executor.access import ClientIdentity, KeyPair
-from ec2_executor.aws import AWS
+from ec2_executor.aws import AWS, error_code
 from ec2_executor.blocking import Deadline, poll, run_blocking, submit_blocking
 from ec2_executor.errors import (
     ConnectionLostError,
@@ -40,6 +40,7 @@ from ec2_executor.errors import (
 from ec2_executor.logs import log
 from ec2_executor.lookups import Plan
 from ec2_executor.options import Options
+from ec2_executor.permissions import ACCESS_DENIED
 from ec2_executor.phases import Phases
 from ec2_executor.remote import DEFAULT_KEEPALIVE, Endpoint, Keepalive, RemoteHost
 from ec2_executor.stack import (
@@ -58,6 +59,9 @@ from ec2_executor.stack import (
 
 T = TypeVar("T")
 
+LOOK_DEADLINE = 20.0
+"""How long one look at the instance may retry (throttling, expired credentials) before the
+task goes on unjudged; the watcher looks again a few seconds later."""
 INSTANCE_LOGICAL_ID = "Instance"
 """The instance's logical id in `ElectronStack`'s template."""
 
@@ -132,18 +136,23 @@ class Electron:
     async def create_stack(self, template: str, parameters: StackParameters) -> str:
         """Send `CreateStack`; the call runs on even if this coroutine is cancelled, and
         teardown waits for it, so no stack can appear after its deletion."""
+        tags = stack_tags(
+            dispatch_id=self.dispatch_id,
+            node_id=self.node_id,
+            version=importlib.metadata.version("ec2-executor"),
+            instance_type=self.options.instance_type,
+            extra=self.options.tags,
+        )
+        # The launch template copies the stack's tags to what the launch creates.
+        parameters = StackParameters(
+            **{**parameters, **tag_parameters([(t["Key"], t["Value"]) for t in tags])}
+        )
         self._create_call = submit_blocking(
             self.stacks.create,
             self.name,
             template=template,
             parameters=parameters.to_cloudformation(declared=_declared(template)),
-            tags=stack_tags(
-                dispatch_id=self.dispatch_id,
-                node_id=self.node_id,
-                version=importlib.metadata.version("ec2-executor"),
-                instance_type=self.options.instance_type,
-                extra=self.options.tags,
-            ),
+            tags=tags,
             timeout_minutes=max(5, math.ceil(self.options.provision_timeout / 60)),
         )
         # Shielded: cancelling a wrapped future cancels the call itself if it has not started.
@@ -181,6 +190,9 @@ class Electron:
             # delete. Delete by name even when the call failed: a timed-out request may still
             # have created the stack, and deleting a missing stack is a no-op.
             await asyncio.wrap_future(self._create_call)
+        if _refused_outright(self._create_call):
+            redact.unhide(self.host_key.private_base64())
+            return  # CloudFormation answered "no": there is no stack to delete or report
         stacks = self.stacks
 
         async def deletion(requested: bool = False) -> None:
@@ -230,7 +242,7 @@ def stack_parameters(options: Options, plan: Plan, host_key: KeyPair) -> StackPa
         SshPort=options.ssh_port,
         SshUser=options.username,
         MaxLifetimeMinutes=options.max_lifetime_minutes,
-        UseSpot=options.spot,
+        UseSpot=options.spot_first,  # each capacity attempt sets its own market
         InstanceProfile=options.instance_profile,
         ExpectPublicIp=network.public_ip,
         **existing,
@@ -242,21 +254,45 @@ async def launch(electron: Electron) -> Launched:
     options, phases = electron.options, electron.phases
     deadline = Deadline(options.provision_timeout)
     with phases.phase("plan"):
-        plan = await run_blocking(lookups.plan, AWS(options), options)
+        plan = await run_blocking(lookups.plan, AWS(options), options, spread_key=electron.name)
     log.info("%s: image: %s", electron.name, plan.image.why)
     parameters = stack_parameters(options, plan, electron.host_key)
     with phases.phase("template"):
         template = await run_blocking(stack_template, plan.network.shape)
-    with phases.phase("create stack"):
-        stack_id = await electron.create_stack(template, parameters)
-    with phases.phase("wait for stack"):
-        if electron.pace.connect_before_complete:
-            outputs = await wait_for_instance(electron, stack_id, deadline)
-        else:
-            outputs = await wait_for_creation(
-                electron.stacks, stack_id, electron.name, deadline=deadline, events=electron.events
+
+    async def attempt(where: capacity.Attempt) -> StackOutputs:
+        return await _create_and_wait(
+            electron, template, capacity.placed(parameters, where), deadline
+        )
+
+    async def clear() -> None:  # a refused stack goes, so its name is free for the next try
+        with phases.phase("delete stack"):
+            await delete_and_wait(
+                electron.stacks, electron.name, deadline=deadline, events=electron.events
             )
+
+    outputs = await capacity.first_that_fits(
+        capacity.attempts(plan.network.placements, options.spot),
+        attempt,
+        clear=clear,
+        name=electron.name,
+        instance_type=options.instance_type,
+    )
     return Launched(outputs=outputs, identity=plan.identity, deadline=deadline)
+
+
+async def _create_and_wait(
+    electron: Electron, template: str, parameters: StackParameters, deadline: Deadline
+) -> StackOutputs:
+    electron.events = EventLog(electron.name)  # a failure is this attempt's, not an earlier one's
+    with electron.phases.phase("create stack"):
+        stack_id = await electron.create_stack(template, parameters)
+    with electron.phases.phase("wait for stack"):
+        if electron.pace.connect_before_complete:
+            return await wait_for_instance(electron, stack_id, deadline)
+        return await wait_for_creation(
+            electron.stacks, stack_id, electron.name, deadline=deadline, events=electron.events
+        )
 
 
 async def wait_for_instance(electron: Electron, stack_id: str, deadline: Deadline) -> StackOutputs:
@@ -378,9 +414,12 @@ async def _unless_the_stack_fails(electron: Electron, running: asyncio.Future[T]
 
 async def instance_gone(electron: Electron, outputs: StackOutputs) -> ConnectionLostError | None:
     """The error to fail with once the instance no longer runs, else None (for `watch`)."""
-    state = await run_blocking(
-        lookups.instance_state, AWS(electron.options).ec2, outputs.instance_id
+    state = await watch.instance_state(
+        electron.options, outputs.instance_id, deadline=LOOK_DEADLINE, label=electron.name
     )
+    if state is None:  # no definite answer: only a definite one fails a task
+        log.warning("%s: the instance's state is unknown; the task goes on", electron.name)
+        return None
     if state in ("pending", "running"):
         return None
     return ConnectionLostError(
@@ -406,6 +445,19 @@ async def _report_failure(deletion: Coroutine[Any, Any, None]) -> None:
         await deletion
     except StackDeletionError as exc:
         log.error("%s", exc)
+
+
+# CreateStack errors after which no stack exists (unlike a timeout, or AlreadyExists).
+_NOT_CREATED = ACCESS_DENIED | {
+    "ValidationError",
+    "LimitExceededException",
+    "InsufficientCapabilitiesException",
+}
+
+
+def _refused_outright(create_call: concurrent.futures.Future[str]) -> bool:
+    failure = create_call.exception()
+    return failure is not None and error_code(failure) in _NOT_CREATED
 
 
 def _declared(template: str) -> frozenset[str]:

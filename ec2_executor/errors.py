@@ -25,6 +25,14 @@ class AWSError(EC2ExecutorError):
     """An AWS call failed for a reason that retrying will not fix."""
 
 
+class PermissionDeniedError(AWSError):
+    """AWS refused an action to these credentials; the message names the IAM action."""
+
+    def __init__(self, message: str, *, action: str) -> None:
+        super().__init__(message)
+        self.action = action
+
+
 class StackError(EC2ExecutorError):
     """A CloudFormation stack could not be created, read or deleted."""
 
@@ -35,6 +43,10 @@ class StackError(EC2ExecutorError):
 
 class StackCreationError(StackError):
     """CloudFormation rolled the stack back; the message names the first failing resource."""
+
+
+class CapacityError(StackCreationError):
+    """No zone (and no market the options allow) had capacity for the instance type."""
 
 
 class StackDeletionError(StackError):

@@ -58,8 +58,11 @@ class Plan:
     versions: Versions
 
 
-def plan(aws: AWS, options: Options) -> Plan:
-    """Every check that can refuse the options, in the order a user would fix them."""
+def plan(aws: AWS, options: Options, *, spread_key: str = "") -> Plan:
+    """Every check that can refuse the options, in the order a user would fix them.
+
+    `spread_key` (the stack name) picks where in the region's zones this electron starts.
+    """
     identity = client_identity(options.key_file)
     aws.check_credentials()
     ec2 = aws.ec2
@@ -71,15 +74,9 @@ def plan(aws: AWS, options: Options) -> Plan:
         identity=identity,
         image=chosen_image,
         key_name=key_name,
-        network=plan_network(ec2, options),
+        network=plan_network(ec2, options, spread_key=spread_key),
         versions=versions,
     )
-
-
-def instance_state(ec2: EC2Client, instance_id: str) -> str:
-    """'pending', 'running', ... or 'gone' when EC2 no longer knows the instance."""
-    found = _instance(ec2, instance_id)
-    return str(found["State"]["Name"]) if found else "gone"
 
 
 def instance_outputs(ec2: EC2Client, instance_id: str, *, need_public: bool) -> StackOutputs | None:

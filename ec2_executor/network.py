@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from cdk_stacks.shape import NetworkMode, StackShape
 from ec2_executor.aws import aws_errors
+from ec2_executor.capacity import Placement, spread
 from ec2_executor.errors import ConfigurationError
 from ec2_executor.options import Options
 
@@ -33,17 +34,35 @@ class NetworkPlan:
     public_ip: bool = True
     """Whether the subnet gives instances a public address."""
     ingress_cidr: str
+    placements: tuple[Placement, ...] = ()
+    """Where to launch, in the order to try: the chosen subnet first, then the VPC's other
+    zones that offer the instance type (or the zones for a created subnet)."""
 
 
-def plan_network(ec2: EC2Client, options: Options) -> NetworkPlan:
-    """Resolve the network for `options`, refusing ids that do not exist or do not fit."""
+def plan_network(ec2: EC2Client, options: Options, *, spread_key: str = "") -> NetworkPlan:
+    """Resolve the network for `options`, refusing ids that do not exist or do not fit.
+
+    `spread_key` (the stack name) picks where in the region's zones this electron starts.
+    """
     needs_public = not options.use_private_ip
-    subnet = _choose_subnet(ec2, options, needs_public)
-    if subnet is None:
+    subnets = _choose_subnets(ec2, options, needs_public, spread_key)
+    if not subnets:
+        if options.use_private_ip:
+            raise ConfigurationError(
+                "Option 'use_private_ip' is True, but the network is a VPC created for the "
+                "electron, which this machine cannot reach privately; give the 'vpc' or "
+                "'subnet' this machine reaches (over a VPN or from inside it), or set "
+                "use_private_ip=False."
+            )
+        zones = _zones_offering(ec2, options)
         return NetworkPlan(
             shape=StackShape(network=NetworkMode.CREATED),
             ingress_cidr=ingress_cidr(options),
+            # No offering listed: one try in the region's first zone, as before.
+            placements=tuple(Placement(zone) for zone in spread(zones, spread_key, str))
+            or (Placement(""),),
         )
+    subnet = subnets[0]
     public = bool(subnet.get("MapPublicIpOnLaunch"))
     if needs_public and not public:
         raise ConfigurationError(
@@ -57,10 +76,14 @@ def plan_network(ec2: EC2Client, options: Options) -> NetworkPlan:
         subnet_id=subnet["SubnetId"],
         public_ip=public,
         ingress_cidr=ingress_cidr(options, vpc_cidr=lambda: _vpc_cidr(ec2, subnet["VpcId"])),
+        placements=tuple(Placement(s["AvailabilityZone"], s["SubnetId"]) for s in subnets),
     )
 
 
-def _choose_subnet(ec2: EC2Client, options: Options, needs_public: bool) -> Any | None:
+def _choose_subnets(
+    ec2: EC2Client, options: Options, needs_public: bool, spread_key: str
+) -> list[Any]:
+    """The subnets to try in order (one per zone); empty means "create a VPC"."""
     if options.subnet:
         subnet = _subnet(ec2, options.subnet)
         if options.vpc and subnet["VpcId"] != options.vpc:
@@ -68,14 +91,25 @@ def _choose_subnet(ec2: EC2Client, options: Options, needs_public: bool) -> Any 
                 f"Option 'subnet' is {options.subnet!r}, which is in {subnet['VpcId']!r}, not in "
                 f"the 'vpc' {options.vpc!r}; give a subnet of that VPC or drop one of the two."
             )
-        return subnet
+        _check_zone_offers(ec2, options, subnet)
+        return [subnet]  # the user chose the zone: no other is tried
     if options.vpc:
         _vpc(ec2, options.vpc)
-        return _pick_subnet(ec2, options, options.vpc, needs_public)
+        return _pick_subnets(ec2, options, options.vpc, needs_public, spread_key)
     if options.create_vpc:
-        return None
+        return []
     default_vpc = _default_vpc(ec2)
-    return _pick_subnet(ec2, options, default_vpc, needs_public) if default_vpc else None
+    return _pick_subnets(ec2, options, default_vpc, needs_public, spread_key) if default_vpc else []
+
+
+def _check_zone_offers(ec2: EC2Client, options: Options, subnet: Any) -> None:
+    zones = _zones_offering(ec2, options)
+    if zones and subnet["AvailabilityZone"] not in zones:
+        raise ConfigurationError(
+            f"Option 'subnet' is {subnet['SubnetId']!r}, in zone {subnet['AvailabilityZone']!r}, "
+            f"which does not offer 'instance_type' {options.instance_type!r}; give a subnet in "
+            f"one of {', '.join(zones)}, or leave 'subnet' empty."
+        )
 
 
 def _subnet(ec2: EC2Client, subnet_id: str) -> Any:
@@ -110,8 +144,11 @@ def _default_vpc(ec2: EC2Client) -> str:
     return found["Vpcs"][0]["VpcId"] if found["Vpcs"] else ""
 
 
-def _pick_subnet(ec2: EC2Client, options: Options, vpc_id: str, needs_public: bool) -> Any:
-    """A subnet of the VPC, public when needed, in a zone that offers the instance type."""
+def _pick_subnets(
+    ec2: EC2Client, options: Options, vpc_id: str, needs_public: bool, spread_key: str
+) -> list[Any]:
+    """One subnet per zone that offers the instance type, public when needed, in spread order
+    (a zone's default subnet first)."""
     with aws_errors(f"listing the subnets of {vpc_id!r}"):
         subnets = ec2.describe_subnets(Filters=[{"Name": "vpc-id", "Values": [vpc_id]}])["Subnets"]
     candidates = [s for s in subnets if s.get("MapPublicIpOnLaunch") or not needs_public]
@@ -120,18 +157,29 @@ def _pick_subnet(ec2: EC2Client, options: Options, vpc_id: str, needs_public: bo
             f"Option 'vpc' is {vpc_id!r}, which has no subnet that gives instances a public "
             f"address; give a public 'subnet', or set use_private_ip=True."
         )
-    zones = _zones_offering(ec2, options.instance_type)
-    offered = [s for s in candidates if s["AvailabilityZone"] in zones] or candidates
-    return sorted(offered, key=lambda s: (not s.get("DefaultForAz"), s["AvailabilityZone"]))[0]
+    zones = _zones_offering(ec2, options)
+    offered = [s for s in candidates if s["AvailabilityZone"] in zones]
+    if zones and not offered:
+        raise ConfigurationError(
+            f"Option 'instance_type' is {options.instance_type!r}, which no zone of "
+            f"{vpc_id!r}'s usable subnets offers (it is offered in {', '.join(zones)}); add a "
+            f"subnet in one of those zones, give another 'vpc', or pick another type."
+        )
+    per_zone: dict[str, Any] = {}
+    for subnet in sorted(offered or candidates, key=lambda s: not s.get("DefaultForAz")):
+        per_zone.setdefault(subnet["AvailabilityZone"], subnet)
+    return spread(list(per_zone.values()), spread_key, lambda s: str(s["AvailabilityZone"]))
 
 
-def _zones_offering(ec2: EC2Client, instance_type: str) -> set[str]:
+def _zones_offering(ec2: EC2Client, options: Options) -> list[str]:
+    """The region's zones that offer the instance type, sorted (empty if EC2 lists none)."""
+    instance_type = options.instance_type
     with aws_errors(f"listing the zones that offer {instance_type!r}"):
         offers = ec2.describe_instance_type_offerings(
             LocationType="availability-zone",
             Filters=[{"Name": "instance-type", "Values": [instance_type]}],
         )["InstanceTypeOfferings"]
-    return {offer["Location"] for offer in offers}
+    return sorted({offer["Location"] for offer in offers})
 
 
 def ingress_cidr(options: Options, *, vpc_cidr: Callable[[], str] = str) -> str:

@@ -19,6 +19,15 @@ _INSTANCE_TYPE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9-]+$")
 _REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
 _PYTHON_VERSION = re.compile(r"^3\.\d+$")
 _STACK_TAG_KEY = re.compile(r"^[\w .:/=+@-]{1,127}$")
+_STACK_TAG_VALUE = re.compile(r"^[\w .:/=+@-]{1,255}$")
+# A Linux login name that is also safe inside the cloud-config's quoted YAML strings.
+_USERNAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+RESERVED_TAG_PREFIX = "ec2-executor:"
+MAX_EXTRA_TAGS = 10
+"""Extra tags the launch template carries to the volume, network interface and spot request
+(each is a pair of stack parameters); the stack itself takes up to 50 tags in all."""
+SPOT_FALLBACK = "fallback"
+_BOOL_WORDS = ("true", "false", "1", "0", "yes", "no")
 
 
 def dispatcher_python() -> str:
@@ -62,8 +71,9 @@ class Options:
     """Connect to the private address (from inside the VPC or over a VPN)."""
     create_vpc: bool = False
     """Create a VPC for each electron even when the account has a default VPC."""
-    spot: bool = False
-    """Run on the spot market."""
+    spot: bool | str = False
+    """Run on the spot market: True, False, or "fallback" (spot, then on-demand when no zone
+    has spot capacity)."""
     instance_profile: str = ""
     """Existing IAM instance profile name for the task's own AWS access."""
     wait_for_deletion: bool = False
@@ -82,6 +92,11 @@ class Options:
     def __post_init__(self) -> None:
         for check in _CHECKS:
             check(self)
+
+    @property
+    def spot_first(self) -> bool:
+        """Whether the first attempt asks for spot capacity."""
+        return self.spot is True or self.spot == SPOT_FALLBACK
 
     @property
     def key_file(self) -> Path | None:
@@ -160,13 +175,19 @@ def build(values: Mapping[str, Any]) -> Options:
 def _coerce(name: str, value: Any) -> Any:
     """Config files give strings; turn them into the field's type or say what is wrong."""
     kind = {f.name: f.type for f in fields(Options)}[name]
+    if kind == "bool | str":  # spot: a boolean or the word "fallback"
+        if isinstance(value, str) and value.lower() == SPOT_FALLBACK:
+            return SPOT_FALLBACK
+        if isinstance(value, str) and value.lower() not in _BOOL_WORDS:
+            return value  # refused by its check, which names the choices
+        kind = "bool"
     try:
         if kind == "int" and not isinstance(value, bool):
             return int(value)
         if kind == "float":
             return float(value)
         if kind == "bool" and isinstance(value, str):
-            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+            if value.lower() not in _BOOL_WORDS:
                 raise ValueError(value)
             return value.lower() in ("true", "1", "yes")
     except (TypeError, ValueError) as exc:
@@ -277,17 +298,49 @@ def _check_ids(o: Options) -> None:
             )
 
 
+def _check_spot(o: Options) -> None:
+    if not isinstance(o.spot, bool) and o.spot != SPOT_FALLBACK:
+        raise ConfigurationError(
+            f"Option 'spot' is {o.spot!r}; use True (spot only), False (on-demand) or "
+            f"'fallback' (spot first, on-demand when no zone has spot capacity)."
+        )
+
+
+def _check_username(o: Options) -> None:
+    if not isinstance(o.username, str) or not _USERNAME.match(o.username):
+        raise ConfigurationError(
+            f"Option 'username' is {o.username!r}, which is not a Linux login name; use up to "
+            f"32 lowercase letters, digits, '_' or '-', starting with a letter or '_', like "
+            f"'ec2-user' or 'ubuntu'."
+        )
+
+
 def _check_tags(o: Options) -> None:
+    if not isinstance(o.tags, Mapping):
+        raise ConfigurationError(
+            f"Option 'tags' is {o.tags!r}; use a mapping of tag keys to values, like "
+            f"{{'project': 'climate'}}."
+        )
+    if len(o.tags) > MAX_EXTRA_TAGS:
+        raise ConfigurationError(
+            f"Option 'tags' has {len(o.tags)} tags; use at most {MAX_EXTRA_TAGS} (the stack, "
+            f"its instance, volume and network interface carry them all)."
+        )
     for key, value in o.tags.items():
         if not isinstance(key, str) or not _STACK_TAG_KEY.match(key) or key.startswith("aws:"):
             raise ConfigurationError(
-                f"Option 'tags' has the key {key!r}; use up to 127 letters, digits, spaces or "
+                f"Option 'tags' has the key {key!r}; use 1 to 127 letters, digits, spaces or "
                 f"'_.:/=+-@', not starting with 'aws:'."
             )
-        if not isinstance(value, str) or len(value) > 255:
+        if key.startswith(RESERVED_TAG_PREFIX):
             raise ConfigurationError(
-                f"Option 'tags' has {key!r}={value!r}; tag values are strings of up to 255 "
-                f"characters."
+                f"Option 'tags' has the key {key!r}; keys starting with "
+                f"{RESERVED_TAG_PREFIX!r} are the executor's own, pick another key."
+            )
+        if not isinstance(value, str) or not _STACK_TAG_VALUE.match(value):
+            raise ConfigurationError(
+                f"Option 'tags' has {key!r}={value!r}; a tag value is a string of 1 to 255 "
+                f"letters, digits, spaces or '_.:/=+-@' (CloudFormation refuses an empty one)."
             )
 
 
@@ -299,5 +352,7 @@ _CHECKS = (
     _check_keys,
     _check_python,
     _check_ids,
+    _check_spot,
+    _check_username,
     _check_tags,
 )

@@ -290,4 +290,5 @@ def stack_summary(stack: Mapping[str, Any]) -> dict[str, Any]:
         "status": stack["StackStatus"],
         "created": created.isoformat() if isinstance(created, datetime) else str(created or ""),
         "instance_type": _tag(stack, TAG_INSTANCE_TYPE) or "",
+        "instance_id": StackOutputs.from_stack(stack).instance_id,
     }

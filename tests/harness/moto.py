@@ -90,6 +90,34 @@ def reset_moto(url: str) -> None:
         response.read()
 
 
+def drop_no_value_list_items() -> None:
+    """Make moto's CloudFormation drop a list item that resolves to `AWS::NoValue`, as AWS
+    does (moto keeps a None there, and its launch templates then fail on `Fn::If` tag slots).
+    Patched in this process, where the threaded moto server runs; idempotent."""
+    from moto.cloudformation import parsing
+
+    if getattr(parsing.clean_json, "drops_no_value", False):
+        return
+    original = parsing.clean_json
+
+    def clean_json(resource_json: Any, resources_map: Any) -> Any:
+        if isinstance(resource_json, list):
+            cleaned = [clean_json(item, resources_map) for item in resource_json]
+            return [item for item in cleaned if item is not None]
+        return original(resource_json, resources_map)
+
+    clean_json.drops_no_value = True  # type: ignore[attr-defined]
+    parsing.clean_json = clean_json
+
+
+def serve_in_this_process(argv: list[str]) -> None:
+    """`python -m harness.moto -H HOST -p PORT`: moto's own server, with the fidelity fix."""
+    from moto.server import main
+
+    drop_no_value_list_items()
+    main(argv)
+
+
 @dataclass
 class MotoServer:
     """A moto server running in a thread of this process, bound to 127.0.0.1."""
@@ -103,6 +131,7 @@ class MotoServer:
     @classmethod
     def start(cls, port: int = 0) -> MotoServer:
         """Start a server on `port` (0: a free port) and wait until it accepts requests."""
+        drop_no_value_list_items()
         # One line per request otherwise; keep warnings and errors.
         logging.getLogger("werkzeug").setLevel(logging.WARNING)
         server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
@@ -160,3 +189,9 @@ def create_loopback_network(ec2: Any) -> LoopbackNetwork:
     )["Subnet"]["SubnetId"]
     ec2.modify_subnet_attribute(SubnetId=subnet_id, MapPublicIpOnLaunch={"Value": True})
     return LoopbackNetwork(vpc_id=vpc_id, subnet_id=subnet_id)
+
+
+if __name__ == "__main__":
+    import sys
+
+    serve_in_this_process(sys.argv[1:])

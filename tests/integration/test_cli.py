@@ -63,7 +63,7 @@ def status(moto: MotoServer, name: str) -> str:
     return "absent"
 
 
-@pytest.mark.parametrize("command", [[], ["list"], ["cleanup"], ["doctor"], ["synth"]])
+@pytest.mark.parametrize("command", [[], ["list"], ["cleanup"], ["doctor"], ["synth"], ["policy"]])
 def test_every_command_has_help(cli_env: dict[str, str], command: list[str]) -> None:
     done = cli(cli_env, *command, "--help")
     assert done.returncode == 0
@@ -119,7 +119,7 @@ def test_cleanup_by_age_spares_young_stacks(
     assert "Nothing to delete." in done.stdout
     assert status(moto_reset, young) == "CREATE_COMPLETE"
     assert cli(cli_env, "cleanup", "--older-than", "soon").returncode == 2
-    assert cli(cli_env, "cleanup", "--yes").returncode == 0
+    assert cli(cli_env, "cleanup", "--all", "--yes").returncode == 0
     assert status(moto_reset, young) == "DELETE_COMPLETE"
 
 
@@ -141,6 +141,7 @@ def test_doctor_passes_on_the_harness(
         "SSH ingress",
         "network",
         "stacks",
+        "permissions",
         "template cache",
     ]
     assert loopback_network.subnet_id in done.stdout
@@ -185,3 +186,30 @@ def test_synth_writes_the_cached_template(cli_env: dict[str, str], tmp_path: Pat
     assert done.returncode == 0, done.stderr
     template: dict[str, Any] = json.loads(out.read_text())
     assert "Vpc" in template["Resources"] and "Instance" in template["Resources"]
+
+
+def test_cleanup_without_a_filter_spares_running_electrons_unless_all(
+    cli_env: dict[str, str],
+    loopback_network: LoopbackNetwork,
+    moto_reset: MotoServer,
+    tmp_path: Path,
+) -> None:
+    running = leave_a_stack(loopback_network, tmp_path, "dispatch-running")
+    dead = leave_a_stack(loopback_network, tmp_path, "dispatch-dead")
+    cloudformation, ec2 = moto_reset.client("cloudformation"), moto_reset.client("ec2")
+    outputs = cloudformation.describe_stacks(StackName=dead)["Stacks"][0]["Outputs"]
+    instance = next(o["OutputValue"] for o in outputs if o["OutputKey"] == "InstanceId")
+    ec2.terminate_instances(InstanceIds=[instance])  # its electron is over: a real left-over
+
+    done = cli(cli_env, "cleanup", "--yes")
+    assert done.returncode == 0, done.stderr
+    assert "Leaving 1 stack(s) whose instance is still running" in done.stdout
+    assert running in done.stdout and "--all" in done.stdout
+    assert f"deleted {dead}" in done.stdout
+    assert status(moto_reset, dead) == "DELETE_COMPLETE"
+    assert status(moto_reset, running) == "CREATE_COMPLETE"
+
+    everything = cli(cli_env, "cleanup", "--all", "--yes")
+    assert everything.returncode == 0, everything.stderr
+    assert "Leaving" not in everything.stdout
+    assert status(moto_reset, running) == "DELETE_COMPLETE"

@@ -180,7 +180,7 @@ def test_stack_creates_and_renders_on_moto(
     _check_user_data(aws.user_data(created.instance["InstanceId"]), keys)
     _check_volume_and_security_group(aws, created)
     _check_default_image(aws, created)
-    assert "SpotMarket" not in created.resources  # UseSpot defaults to false
+    assert "InstanceMarketOptions" not in _launch_data(aws, created)  # UseSpot defaults false
     if shape == CREATED:
         _check_created_network(aws, created, loopback_network)
 
@@ -269,9 +269,9 @@ def test_explicit_image_and_spot(aws: Aws, loopback_network: LoopbackNetwork, ke
     parameters = _parameters(keys, loopback_network, ImageId=other, UseSpot=True)
     created = aws.create("moto-explicit-image-spot", EXISTING, parameters)
     assert created.instance["ImageId"] == other
-    # The conditional launch template exists; moto ignores the instance's LaunchTemplate, so
-    # the spot market itself is not observable here.
-    assert "SpotMarket" in created.resources
+    # The launch template asks for the spot market; moto ignores the instance's
+    # LaunchTemplate, so the spot market itself is not observable here.
+    assert _launch_data(aws, created)["InstanceMarketOptions"]["MarketType"] == "spot"
 
 
 def test_existing_network_stack_deletes_cleanly(
@@ -309,6 +309,14 @@ def test_created_network_stack_deletes(
     assert gone is None or gone["StackStatus"] == "DELETE_COMPLETE"
     with pytest.raises(ClientError):
         aws.ec2.describe_vpcs(VpcIds=[created.resources["Vpc"]])
+
+
+def _launch_data(aws: Aws, created: Created) -> dict[str, Any]:
+    versions = aws.ec2.describe_launch_template_versions(
+        LaunchTemplateId=created.resources["LaunchTemplate"]
+    )["LaunchTemplateVersions"]
+    data: dict[str, Any] = versions[0]["LaunchTemplateData"]
+    return data
 
 
 def test_parameters_cover_every_declared_parameter(template_cache: Path) -> None:

@@ -18,7 +18,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import aws_cdk
 import pytest
 import yaml
 from aws_cdk.assertions import Match, Template
@@ -29,7 +28,7 @@ from hypothesis import strategies as st
 
 from cdk_stacks.parameters import BY_NAME, PARAMETERS, StackParameters, render
 from cdk_stacks.shape import ALL_SHAPES, NetworkMode, StackShape
-from cdk_stacks.synth import APP_CONTEXT, add_stack
+from cdk_stacks.synth import add_stack, new_app
 from cdk_stacks.templates import MAX_INLINE_TEMPLATE_BYTES
 from cdk_stacks.user_data import BOOTSTRAP_PATH, HOST_KEY_PATH, SSHD_DROP_IN_PATH
 from ec2_executor.options import BOUNDS, PARAMETER_OF_OPTION
@@ -70,7 +69,7 @@ def _shape_id(shape: StackShape) -> str:
 @pytest.fixture(scope="module")
 def templates() -> dict[StackShape, Template]:
     """Every shape in one app, so the app synthesises once for the whole module."""
-    app = aws_cdk.App(context=APP_CONTEXT, analytics_reporting=False)
+    app = new_app()
     stacks = {shape: add_stack(app, shape) for shape in ALL_SHAPES}
     return {shape: Template.from_stack(stack) for shape, stack in stacks.items()}
 
@@ -110,27 +109,105 @@ def test_resource_types_are_exactly_the_expected_set(
     assert sum(r["Type"] == "AWS::EC2::Instance" for r in as_json["Resources"].values()) == 1
 
 
-def test_spot_launch_template_exists_only_on_request(template: Template) -> None:
+def test_spot_market_only_on_request(template: Template, as_json: dict[str, Any]) -> None:
     template.has_condition("SpotRequested", {"Fn::Equals": [{"Ref": "UseSpot"}, "true"]})
-    template.has_resource(
-        "AWS::EC2::LaunchTemplate",
-        {
-            "Condition": "SpotRequested",
-            "Properties": {
-                "LaunchTemplateData": {
-                    "InstanceMarketOptions": Match.object_like({"MarketType": "spot"})
-                }
-            },
-        },
-    )
+    data = as_json["Resources"]["LaunchTemplate"]["Properties"]["LaunchTemplateData"]
+    market = data["InstanceMarketOptions"]["Fn::If"]
+    assert market[0] == "SpotRequested" and market[2] == {"Ref": "AWS::NoValue"}
+    assert market[1]["MarketType"] == "spot"
+    assert market[1]["SpotOptions"]["InstanceInterruptionBehavior"] == "terminate"
     template.has_resource_properties(
         "AWS::EC2::Instance",
         {
             "LaunchTemplate": {
-                "Fn::If": ["SpotRequested", Match.any_value(), {"Ref": "AWS::NoValue"}]
+                "LaunchTemplateId": {"Ref": "LaunchTemplate"},
+                "Version": {"Fn::GetAtt": ["LaunchTemplate", "LatestVersionNumber"]},
             }
         },
     )
+
+
+# Resources a launch creates without a resource of their own in the template; stack tags do not
+# reach them, so the template must carry the tags to each.
+IMPLICIT_TAGGABLES = {"volume", "network-interface", "spot-instances-request"}
+
+
+def test_every_taggable_resource_gets_the_stack_tags(as_json: dict[str, Any]) -> None:
+    """Stack tags propagate to every template resource that takes `Tags`; the root volume,
+    network interface and spot request get them from the instance and the launch template."""
+    from cdk_stacks.parameters import TAG_SLOTS
+
+    resources = as_json["Resources"]
+    spec = _cloudformation_spec()
+    for name, resource in resources.items():
+        properties = spec.get(resource["Type"], {})
+        if "Tags" in properties:
+            # CloudFormation copies stack tags to it, unless the template sets a key itself.
+            assert "Tags" not in resource.get("Properties", {}), name
+    instance = resources["Instance"]["Properties"]
+    assert instance["PropagateTagsToVolumeOnCreation"] is True  # the root volume
+    data = resources["LaunchTemplate"]["Properties"]["LaunchTemplateData"]
+    covered: dict[str, list[Any]] = {}
+    for entry in data["TagSpecifications"]:
+        if "Fn::If" in entry:
+            assert entry["Fn::If"][0] == "SpotRequested"
+            entry = entry["Fn::If"][1]
+        covered[entry["ResourceType"]] = entry["Tags"]
+    assert set(covered) | {"volume"} == IMPLICIT_TAGGABLES
+    slots = [
+        {
+            "Fn::If": [
+                f"HasTag{n}Key",
+                {"Key": {"Ref": f"Tag{n}Key"}, "Value": {"Ref": f"Tag{n}Value"}},
+                {"Ref": "AWS::NoValue"},
+            ]
+        }
+        for n in range(1, TAG_SLOTS + 1)
+    ]
+    for kind, tags in covered.items():
+        assert tags == slots, kind
+    for n in range(1, TAG_SLOTS + 1):
+        assert as_json["Conditions"][f"HasTag{n}Key"] == {
+            "Fn::Not": [{"Fn::Equals": [{"Ref": f"Tag{n}Key"}, ""]}]
+        }
+
+
+def _cloudformation_spec() -> dict[str, set[str]]:
+    """Resource type -> property names, from cfn-lint's copy of the CloudFormation schemas."""
+    from cfnlint.schema import PROVIDER_SCHEMA_MANAGER
+
+    types = {
+        "AWS::EC2::VPC",
+        "AWS::EC2::Subnet",
+        "AWS::EC2::InternetGateway",
+        "AWS::EC2::VPCGatewayAttachment",
+        "AWS::EC2::RouteTable",
+        "AWS::EC2::SubnetRouteTableAssociation",
+        "AWS::EC2::Route",
+        "AWS::EC2::SecurityGroup",
+        "AWS::EC2::Instance",
+        "AWS::EC2::LaunchTemplate",
+    }
+    spec = {}
+    for kind in types:
+        schema = PROVIDER_SCHEMA_MANAGER.get_resource_schema("us-east-1", kind)
+        spec[kind] = set(schema.schema.get("properties", {}))
+    return spec
+
+
+def test_tags_fill_the_slots_in_order() -> None:
+    from cdk_stacks.parameters import TAG_SLOTS, tag_parameters
+
+    assert tag_parameters([("project", "climate"), ("ec2-executor:node-id", "3")]) == {
+        "Tag1Key": "project",
+        "Tag1Value": "climate",
+        "Tag2Key": "ec2-executor:node-id",
+        "Tag2Value": "3",
+    }
+    every = StackParameters(**tag_parameters([(f"k{n}", "v") for n in range(TAG_SLOTS)]))
+    assert every[f"Tag{TAG_SLOTS}Key"] == f"k{TAG_SLOTS - 1}"
+    with pytest.raises(ValueError, match="slots"):
+        tag_parameters([(f"k{n}", "v") for n in range(TAG_SLOTS + 1)])
 
 
 def test_no_cdk_bootstrap_or_metadata(as_json: dict[str, Any], template: Template) -> None:

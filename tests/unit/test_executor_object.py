@@ -19,12 +19,15 @@ from ec2_executor.options import OPTION_NAMES, UnknownOptionWarning
 
 def test_public_surface_is_pinned() -> None:
     assert sorted(ec2_executor.__all__) == [
+        "AWSError",
         "BootstrapError",
+        "CapacityError",
         "ConfigurationError",
         "ConnectionLostError",
         "CredentialsError",
         "EC2Executor",
         "EC2ExecutorError",
+        "PermissionDeniedError",
         "RemoteError",
         "StackCreationError",
         "StackDeletionError",

@@ -87,6 +87,16 @@ def test_key_name_defaults_to_the_key_file_stem(tmp_path: Path) -> None:
         ({"python_version": "3"}, "'python_version'", "3."),
         ({"tags": {"aws:x": "y"}}, "'tags'", "aws:"),
         ({"provision_timeout": 0}, "'provision_timeout'", "900"),
+        ({"username": 'ec2-user"'}, "'username'", "Linux login name"),
+        ({"username": "ec2 user"}, "'username'", "Linux login name"),
+        ({"username": ""}, "'username'", "'ec2-user'"),
+        ({"tags": {"project": ""}}, "'tags'", "refuses an empty one"),
+        ({"tags": {"project": "a\nb"}}, "'tags'", "1 to 255"),
+        ({"tags": {"": "x"}}, "'tags'", "1 to 127"),
+        ({"tags": {"ec2-executor:node-id": "1"}}, "'tags'", "executor's own"),
+        ({"tags": {f"k{n}": "v" for n in range(11)}}, "'tags'", "at most 10"),
+        ({"tags": "project=x"}, "'tags'", "mapping"),
+        ({"spot": "maybe"}, "'spot'", "'fallback'"),
     ],
 )
 def test_bad_values_are_refused_naming_the_key_and_the_fix(
@@ -110,3 +120,30 @@ def test_unreadable_key_file_is_refused(tmp_path: Path) -> None:
         pytest.skip("running as root: every file is readable")
     with pytest.raises(ConfigurationError, match="not readable"):
         build({"ssh_key_file": str(key)})
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("fallback", "fallback"),
+        ("FALLBACK", "fallback"),
+        ("true", True),
+        ("no", False),
+        (True, True),
+    ],
+)
+def test_spot_takes_true_false_or_fallback(given: object, expected: object) -> None:
+    options = build({"spot": given})
+    assert options.spot == expected
+    assert options.spot_first is (expected is True or expected == "fallback")
+
+
+def test_a_username_with_a_quote_would_break_the_cloud_config() -> None:
+    """Why `username` is checked: it lands in a double-quoted YAML string of the user data."""
+    import yaml
+
+    from cdk_stacks.user_data import cloud_config_template, instance_files
+
+    text = cloud_config_template(instance_files()).replace("${SshUser}", 'a"b')
+    with pytest.raises(yaml.YAMLError):
+        yaml.safe_load(text.replace("${", "$_{"))

@@ -69,6 +69,7 @@ def test_summary_reads_the_tags() -> None:
                 {"Key": "ec2-executor:node-id", "Value": "3"},
                 {"Key": "ec2-executor:instance-type", "Value": "t3.micro"},
             ],
+            "Outputs": [{"OutputKey": "InstanceId", "OutputValue": "i-0abc"}],
         }
     )
     assert row == {
@@ -78,4 +79,5 @@ def test_summary_reads_the_tags() -> None:
         "status": "CREATE_COMPLETE",
         "created": created.isoformat(),
         "instance_type": "t3.micro",
+        "instance_id": "i-0abc",
     }

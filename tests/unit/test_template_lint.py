@@ -18,7 +18,7 @@ from cfnlint.api import ManualArgs, lint
 
 from cdk_stacks.nag import AWS_SOLUTIONS_SUPPRESSIONS
 from cdk_stacks.shape import ALL_SHAPES, StackShape
-from cdk_stacks.synth import APP_CONTEXT, add_stack, stack_id
+from cdk_stacks.synth import add_stack, new_app, stack_id
 from cdk_stacks.templates import template_for
 
 LINT_REGIONS = ["us-east-1", "us-west-2", "eu-west-1", "eu-central-1", "ap-southeast-2"]
@@ -64,7 +64,7 @@ def test_cfn_lint_catches_a_broken_template(template_cache: Path) -> None:
 def nag_reports(tmp_path_factory: pytest.TempPathFactory) -> dict[StackShape, list[dict[str, str]]]:
     """Every shape in one app, AwsSolutions as an aspect, suppressions from cdk_stacks.nag."""
     outdir = tmp_path_factory.mktemp("nag")
-    app = aws_cdk.App(outdir=str(outdir), context=APP_CONTEXT, analytics_reporting=False)
+    app = new_app(outdir=str(outdir))
     suppressions = [
         {"id": rule, "reason": reason} for rule, reason in AWS_SOLUTIONS_SUPPRESSIONS.items()
     ]

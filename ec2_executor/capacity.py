@@ -1,0 +1,135 @@
+"""Where to launch when a zone has no capacity: the other zones, then (if asked) on-demand.
+
+EC2 refuses a launch for lack of capacity per zone (`InsufficientInstanceCapacity`, no spot
+capacity, a type "not supported in your requested Availability Zone"). CloudFormation reports
+that as the instance's CREATE_FAILED reason. This module decides which zones to try, in which
+order, and whether a failure is worth another zone; the electron supplies the launch itself.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import re
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+from cdk_stacks.parameters import StackParameters
+from ec2_executor.errors import CapacityError, StackCreationError
+from ec2_executor.logs import log
+
+T = TypeVar("T")
+
+# CloudFormation quotes EC2's message, and sometimes its code; match either.
+_ZONE_REFUSALS = re.compile(
+    r"InsufficientInstanceCapacity|InsufficientCapacity|InsufficientHostCapacity"
+    r"|do not have sufficient .{0,40}capacity"
+    r"|no Spot capacity available|capacity-not-available|capacity-oversubscribed"
+    r"|not supported in your requested Availability Zone"
+    r"|Error Code: Unsupported",
+    re.IGNORECASE,
+)
+# Spot refused in every zone alike: only on-demand can help.
+_SPOT_REFUSALS = re.compile(
+    r"MaxSpotInstanceCountExceeded|SpotMaxPriceTooLow|price-too-low", re.IGNORECASE
+)
+
+
+class Refusal(enum.Enum):
+    ZONE = "no capacity in this zone"
+    SPOT = "spot refused everywhere"
+
+
+def refusal(reason: str) -> Refusal | None:
+    """Why a launch was refused, when another zone or market could succeed; else None."""
+    if _SPOT_REFUSALS.search(reason):
+        return Refusal.SPOT
+    if _ZONE_REFUSALS.search(reason):
+        return Refusal.ZONE
+    return None
+
+
+@dataclass(frozen=True)
+class Placement:
+    """A zone to launch in, and the subnet there (none when the stack creates its own)."""
+
+    zone: str
+    subnet_id: str = ""
+
+    def __str__(self) -> str:
+        zone = self.zone or "the region's first zone"
+        return f"{zone} ({self.subnet_id})" if self.subnet_id else zone
+
+
+@dataclass(frozen=True)
+class Attempt:
+    placement: Placement
+    spot: bool
+
+    def __str__(self) -> str:
+        return f"{self.placement} {'spot' if self.spot else 'on-demand'}"
+
+
+def spread(zones: Sequence[T], key: str, zone_of: Callable[[T], str]) -> list[T]:
+    """`zones` sorted by zone name, then rotated by a digest of `key` (the stack name): each
+    electron starts in a different zone, so concurrent electrons spread over the region
+    instead of all asking the first zone."""
+    ordered = sorted(zones, key=zone_of)
+    if not ordered:
+        return ordered
+    start = int(hashlib.sha256(key.encode()).hexdigest(), 16) % len(ordered)
+    return ordered[start:] + ordered[:start]
+
+
+def attempts(placements: Sequence[Placement], spot: bool | str) -> list[Attempt]:
+    """Every zone in order; with spot="fallback", every zone on spot, then every zone on-demand."""
+    if spot == "fallback":
+        return [Attempt(p, True) for p in placements] + [Attempt(p, False) for p in placements]
+    return [Attempt(p, bool(spot)) for p in placements]
+
+
+def placed(parameters: StackParameters, attempt: Attempt) -> StackParameters:
+    """The stack parameters for one attempt: its subnet or zone, and its market."""
+    where = attempt.placement
+    placed: dict[str, str | int | bool] = {**parameters, "UseSpot": attempt.spot}
+    if where.subnet_id:
+        placed["SubnetId"] = where.subnet_id
+    else:
+        placed["AvailabilityZone"] = where.zone
+    return StackParameters(**placed)
+
+
+async def first_that_fits(
+    tried_in_order: Sequence[Attempt],
+    launch: Callable[[Attempt], Awaitable[T]],
+    *,
+    clear: Callable[[], Awaitable[None]],
+    name: str,
+    instance_type: str,
+) -> T:
+    """`launch` each attempt until one succeeds. A capacity refusal moves on to the next
+    attempt once `clear` has removed the failed stack; any other failure is raised as is."""
+    tried: list[str] = []
+    spot_refused = False
+    for attempt in tried_in_order:
+        if attempt.spot and spot_refused:
+            continue
+        try:
+            return await launch(attempt)
+        except StackCreationError as exc:
+            why = refusal(str(exc))
+            if why is None:
+                raise
+            spot_refused = spot_refused or (why is Refusal.SPOT and attempt.spot)
+            tried.append(f"{attempt}: {why.value}")
+            log.warning(
+                "%s: %s refused %s (%s); trying elsewhere", name, attempt, instance_type, exc
+            )
+            await clear()
+    raise CapacityError(
+        f"Stack {name!r}: no zone had capacity for {instance_type!r}; tried "
+        f"{'; '.join(tried) or 'nothing'}. Try again later, another 'instance_type' or "
+        f"'region', or spot='fallback' to fall back to on-demand.",
+        stack_name=name,
+    )
