@@ -72,6 +72,7 @@ def executor(network: LoopbackNetwork, remote_cache: str, **overrides: Any) -> E
 
 def unconfigured(**options: Any) -> EC2Executor:
     """No network given (explicitly empty: the session's [executors.ec2] may hold one)."""
+    options.setdefault("use_private_ip", False)  # the session's [executors.ec2] may say True
     return EC2Executor(vpc="", subnet="", ssh_ingress_cidr="127.0.0.1/32", **options)
 
 
