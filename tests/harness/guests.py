@@ -190,8 +190,8 @@ class GuestBoot(EmulatedBoot):
             for record in self.guests:
                 process = record.nspawn
                 if record.booted and not record.stopped and process and process.poll() is not None:
+                    self._end_in_moto(record.instance_id)  # first: waits end at the record
                     self._stop_instance(record, "the guest powered itself off")
-                    self._end_in_moto(record.instance_id)
             super().poll_once()
 
     def wait_ready(self, instance_id: str, timeout: float = 180.0) -> GuestInstance:
