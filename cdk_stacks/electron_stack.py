@@ -8,11 +8,10 @@ import aws_cdk as cdk
 from aws_cdk import aws_ec2 as ec2
 from constructs import Construct
 
-from cdk_stacks.parameters import AL2023_SSM_PARAMETER, DEFAULT_ROOT_DEVICE
+from cdk_stacks.parameters import PARAMETERS, Parameter, render
 from cdk_stacks.shape import NetworkMode, StackShape
-from cdk_stacks.user_data import bootstrap_script_path, cloud_config_template, runner_path
+from cdk_stacks.user_data import cloud_config_template, instance_files
 
-IPV4_CIDR_PATTERN = r"^(\d{1,3}\.){3}\d{1,3}/(\d|[12]\d|3[0-2])$"
 CREATED_VPC_CIDR = "10.64.0.0/16"
 CREATED_SUBNET_CIDR = "10.64.0.0/24"
 
@@ -42,84 +41,11 @@ class ElectronStack(cdk.Stack):
     # --- parameters -------------------------------------------------------------------------
 
     def _declare_parameters(self) -> dict[str, cdk.CfnParameter]:
-        def param(name: str, description: str, **kw: Any) -> cdk.CfnParameter:
-            kw.setdefault("type", "String")
-            return cdk.CfnParameter(self, name, description=description, **kw)
-
-        p = {
-            "InstanceType": param("InstanceType", "EC2 instance type.", default="t2.micro"),
-            "LatestAmi": param(
-                "LatestAmi",
-                "SSM parameter naming the default image (Amazon Linux 2023).",
-                type="AWS::SSM::Parameter::Value<AWS::EC2::Image::Id>",
-                default=AL2023_SSM_PARAMETER.format(arch="x86_64"),
-            ),
-            "ImageId": param("ImageId", "Explicit AMI id; empty uses LatestAmi.", default=""),
-            "RootDeviceName": param(
-                "RootDeviceName", "Root device of the image.", default=DEFAULT_ROOT_DEVICE
-            ),
-            "KeyName": param("KeyName", "Optional EC2 key pair name.", default=""),
-            "VolumeSize": param(
-                "VolumeSize",
-                "Root volume size in GiB.",
-                type="Number",
-                default=8,
-                min_value=1,
-                max_value=16384,
-            ),
-            "SshIngressCidr": param(
-                "SshIngressCidr",
-                "The only IPv4 range allowed to reach SSH.",
-                allowed_pattern=IPV4_CIDR_PATTERN,
-                constraint_description="must be an IPv4 CIDR such as 203.0.113.7/32",
-            ),
-            "SshPort": param(
-                "SshPort",
-                "Port sshd listens on.",
-                type="Number",
-                default=22,
-                min_value=1,
-                max_value=65535,
-            ),
-            "SshUser": param(
-                "SshUser", "Login user that owns the task environment.", default="ec2-user"
-            ),
-            "AuthorizedKey": param("AuthorizedKey", "OpenSSH public key allowed to log in."),
-            "HostKey": param(
-                "HostKey", "Base64 of the pinned OpenSSH host private key.", no_echo=True
-            ),
-            "PythonVersion": param("PythonVersion", "Python minor version, e.g. 3.11."),
-            "CovalentVersion": param("CovalentVersion", "covalent version to install."),
-            "CloudpickleVersion": param("CloudpickleVersion", "cloudpickle version to install."),
-            "MaxLifetimeMinutes": param(
-                "MaxLifetimeMinutes",
-                "The instance powers off (and terminates) after this.",
-                type="Number",
-                default=120,
-                min_value=1,
-            ),
-            "UseSpot": param(
-                "UseSpot",
-                "Run on the spot market.",
-                default="false",
-                allowed_values=["true", "false"],
-            ),
-            "InstanceProfile": param(
-                "InstanceProfile", "Optional existing instance profile name.", default=""
-            ),
+        return {
+            p.name: cdk.CfnParameter(self, p.name, **_cfn_parameter_props(p))
+            for p in PARAMETERS
+            if p.declared_in(self.shape.network)
         }
-        if self.shape.network is NetworkMode.EXISTING:
-            p["ExpectPublicIp"] = param(
-                "ExpectPublicIp",
-                "Whether the subnet gives the instance a public address.",
-                default="true",
-                allowed_values=["true", "false"],
-            )
-            p["VpcId"] = param("VpcId", "Existing VPC.", type="AWS::EC2::VPC::Id")
-            p["SubnetId"] = param(
-                "SubnetId", "Existing subnet in VpcId.", type="AWS::EC2::Subnet::Id"
-            )
-        return p
 
     def _is_set(self, name: str, parameter: cdk.CfnParameter) -> cdk.CfnCondition:
         return cdk.CfnCondition(
@@ -208,9 +134,7 @@ class ElectronStack(cdk.Stack):
 
         spot = self._is_true("SpotRequested", p["UseSpot"])
         spot_template = self._spot_launch_template(spot)
-        user_data = cloud_config_template(
-            bootstrap_script_path().read_text(), runner_path().read_text()
-        )
+        user_data = cloud_config_template(instance_files())
         return ec2.CfnInstance(
             self,
             "Instance",
@@ -276,3 +200,21 @@ class ElectronStack(cdk.Stack):
         public = cdk.CfnOutput(self, "PublicIp", value=instance.attr_public_ip)
         if expect_public_ip is not None:  # an existing subnet may give no public address
             public.condition = self._is_true("PublicIpExpected", expect_public_ip)
+
+
+def _cfn_parameter_props(p: Parameter) -> dict[str, Any]:
+    props: dict[str, Any] = {"type": p.type, "description": p.description}
+    if p.default is not None:
+        props["default"] = p.default if p.type == "Number" else render(p.default)
+    if p.is_flag:
+        props["allowed_values"] = ["true", "false"]
+    if p.min_value is not None:
+        props["min_value"] = p.min_value
+    if p.max_value is not None:
+        props["max_value"] = p.max_value
+    if p.pattern is not None:
+        props["allowed_pattern"] = p.pattern
+        props["constraint_description"] = p.constraint
+    if p.no_echo:
+        props["no_echo"] = True
+    return props

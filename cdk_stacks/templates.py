@@ -17,7 +17,7 @@ from functools import cache
 from pathlib import Path
 
 from cdk_stacks.shape import StackShape
-from cdk_stacks.user_data import bootstrap_script_path, runner_path
+from cdk_stacks.user_data import INSTANCE_FILES, package_file
 
 MAX_INLINE_TEMPLATE_BYTES = 51_200
 _SOURCES = ("electron_stack.py", "parameters.py", "shape.py", "synth.py", "user_data.py")
@@ -41,7 +41,9 @@ def _fingerprint() -> str:
     for dist in ("ec2-executor", "aws-cdk-lib"):
         digest.update(f"{dist}={_version(dist)};".encode())
     here = Path(__file__).parent
-    for path in [here / name for name in _SOURCES] + [bootstrap_script_path(), runner_path()]:
+    for path in [here / name for name in _SOURCES] + [
+        package_file(name) for name in INSTANCE_FILES
+    ]:
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 

@@ -12,8 +12,11 @@ from pathlib import Path
 
 HOST_KEY_PATH = "/etc/ssh/ec2_executor_host_ed25519_key"
 SSHD_DROP_IN_PATH = "/etc/ssh/sshd_config.d/00-ec2-executor.conf"
-BOOTSTRAP_PATH = "/opt/ec2-executor/bootstrap.sh"
-RUNNER_PATH = "/opt/ec2-executor/runner.py"  # beside the bootstrap, which starts it warm
+INSTANCE_DIR = "/opt/ec2-executor"
+BOOTSTRAP_PATH = f"{INSTANCE_DIR}/bootstrap.sh"
+INSTANCE_FILES = {"bootstrap.sh": "0755", "runner.py": "0644", "run-task.sh": "0755"}
+"""The package's files that go to `INSTANCE_DIR`: the bootstrap, the task runner it starts
+warm, and the task's one command (`remote.py` calls it). Values are their modes."""
 
 
 def package_file(name: str) -> Path:
@@ -24,16 +27,9 @@ def package_file(name: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / name
 
 
-def bootstrap_script_path() -> Path:
-    return package_file("bootstrap.sh")
-
-
-def runner_path() -> Path:
-    return package_file("runner.py")
-
-
-def _base64(text: str) -> str:
-    return base64.b64encode(text.encode()).decode()
+def instance_files() -> dict[str, str]:
+    """The instance's files by name, read from the package."""
+    return {name: package_file(name).read_text() for name in INSTANCE_FILES}
 
 
 def _gzip_base64(text: str) -> str:
@@ -42,7 +38,18 @@ def _gzip_base64(text: str) -> str:
     return base64.b64encode(gzip.compress(text.encode(), mtime=0)).decode()
 
 
-def cloud_config_template(bootstrap_script: str, runner: str) -> str:
+def _write_file_entries(files: dict[str, str]) -> str:
+    return "".join(
+        f"""  - path: {INSTANCE_DIR}/{name}
+    permissions: "{INSTANCE_FILES[name]}"
+    encoding: gz+b64
+    content: {_gzip_base64(text)}
+"""
+        for name, text in files.items()
+    )
+
+
+def cloud_config_template(files: dict[str, str]) -> str:
     """The cloud-config for `Fn::Sub`; `${Name}` refers to a stack parameter.
 
     Host key and port go into an sshd drop-in written before sshd starts (cloud-init's first
@@ -56,9 +63,8 @@ def cloud_config_template(bootstrap_script: str, runner: str) -> str:
     The authorised key is a literal block: a key comment such as `work: laptop` or `#2` would
     otherwise turn the list item into a mapping or a truncated key.
     """
-    # The scripts go in gzipped and base64-encoded: verbatim, whatever `${...}`, quotes or
+    # The files go in gzipped and base64-encoded: verbatim, whatever `${...}`, quotes or
     # indentation they hold, with nothing for `Fn::Sub` or YAML to reinterpret.
-    script = _gzip_base64(bootstrap_script)
     return f"""#cloud-config
 ssh_deletekeys: false
 ssh_genkeytypes: [ed25519]
@@ -76,15 +82,7 @@ write_files:
       HostKey {HOST_KEY_PATH}
       PasswordAuthentication no
       KbdInteractiveAuthentication no
-  - path: {BOOTSTRAP_PATH}
-    permissions: "0755"
-    encoding: gz+b64
-    content: {script}
-  - path: {RUNNER_PATH}
-    permissions: "0644"
-    encoding: gz+b64
-    content: {_gzip_base64(runner)}
-bootcmd:
+{_write_file_entries(files)}bootcmd:
   - systemd-run --on-active=${{MaxLifetimeMinutes}}min --timer-property=DefaultDependencies=no --timer-property=AccuracySec=1s --unit=ec2-executor-lifetime systemctl poweroff || shutdown -P +${{MaxLifetimeMinutes}}
 runcmd:
   - [{BOOTSTRAP_PATH}, --python, "${{PythonVersion}}", --covalent, "${{CovalentVersion}}", --cloudpickle, "${{CloudpickleVersion}}", --user, "${{SshUser}}"]

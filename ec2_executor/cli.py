@@ -19,17 +19,23 @@ from typing import Any, TypeVar
 import click
 
 from cdk_stacks.shape import NetworkMode, StackShape
-from cdk_stacks.templates import cache_path, template_for
+from cdk_stacks.templates import cache_path
 from ec2_executor import options as opts
 from ec2_executor.aws import AWS
 from ec2_executor.blocking import Deadline
 from ec2_executor.config import config_section
 from ec2_executor.errors import EC2ExecutorError
+from ec2_executor.lookups import architecture, key_pair_name
 from ec2_executor.network import ingress_cidr, plan_network
-from ec2_executor.provision import architecture, key_pair_name
-from ec2_executor.stack import EventLog, Stacks, delete_and_wait, stack_summary
+from ec2_executor.stack import (
+    DELETE_TIMEOUT,
+    EventLog,
+    Stacks,
+    delete_and_wait,
+    stack_summary,
+    stack_template,
+)
 
-DELETE_TIMEOUT = 20 * 60.0
 _AGE = re.compile(r"^(\d+)([smhd])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
@@ -87,7 +93,7 @@ def main() -> None:
 )
 def synth(shape: str, output: Any) -> None:
     """Print the CloudFormation template of a stack shape (cached after the first time)."""
-    output.write(template_for(StackShape(network=NetworkMode(shape))))
+    output.write(stack_template(StackShape(network=NetworkMode(shape))))
     output.write("\n")
 
 

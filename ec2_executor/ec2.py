@@ -13,9 +13,10 @@ from typing import Any
 from covalent._shared_files.exceptions import TaskCancelledError, TaskRuntimeError
 from covalent.executor.base import AsyncBaseExecutor
 
+from ec2_executor import electron as pipeline
 from ec2_executor import options as opts
 from ec2_executor.config import config_section
-from ec2_executor.electron import Electron, TaskOutcome, cleanup_from_handle
+from ec2_executor.electron import Electron, Launched, TaskOutcome, cleanup_from_handle
 from ec2_executor.errors import EC2ExecutorError
 
 EXECUTOR_PLUGIN_NAME = "EC2Executor"
@@ -70,7 +71,7 @@ class EC2Executor(AsyncBaseExecutor):
         self._electron = Electron(self._options(), task_metadata)
         await self._set_job_handle(self._electron.job_handle())
         try:
-            await self._electron.provision()
+            self._launched = await pipeline.launch(self._electron)
         except EC2ExecutorError as exc:
             # A cancel deletes the stack under a creation in progress; that is no failure.
             if await self._cancel_requested():
@@ -82,8 +83,12 @@ class EC2Executor(AsyncBaseExecutor):
     ) -> Any:
         if await self._cancel_requested():
             raise TaskCancelledError("The task was cancelled before it started.")
-        outcome = await self._electron.run_task(
-            (function, args, kwargs), cancel_requested=self._cancel_requested
+        launched: Launched = self._launched
+        outcome = await pipeline.run_task(
+            self._electron,
+            launched,
+            (function, args, kwargs),
+            cancel_requested=self._cancel_requested,
         )
         return self._report(outcome)
 
@@ -105,6 +110,7 @@ class EC2Executor(AsyncBaseExecutor):
             await electron.destroy()
         finally:
             del self._electron
+            self.__dict__.pop("_launched", None)
 
     async def cancel(self, task_metadata: dict[str, Any], job_handle: Any) -> bool:
         """Delete the electron's stack (which terminates the instance and its process)."""

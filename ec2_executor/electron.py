@@ -1,4 +1,13 @@
-"""One electron's life: plan, template, stack, host, task, teardown. Holds no Covalent code."""
+"""One electron as a pipeline of typed steps. Holds no Covalent code.
+
+    Options ──plan──> Plan ──stack_parameters──> StackParameters ──launch──> Launched
+            ──connect──> RemoteHost ──run_task──> TaskOutcome
+    teardown: Electron.destroy (the stack's name and the in-flight create are all it needs)
+
+`plan` checks everything it can before anything is created; `stack_parameters` is pure;
+`launch` creates the stack and waits for its outputs (Covalent's setup); `connect` and
+`run_task` are Covalent's run.
+"""
 
 from __future__ import annotations
 
@@ -16,9 +25,8 @@ from typing import Any
 import cloudpickle
 
 from cdk_stacks.parameters import StackParameters
-from cdk_stacks.templates import template_for
-from ec2_executor import provision, redact
-from ec2_executor.access import ClientIdentity, KeyPair, client_identity
+from ec2_executor import lookups, redact
+from ec2_executor.access import ClientIdentity, KeyPair
 from ec2_executor.aws import AWS
 from ec2_executor.blocking import Deadline, poll, run_blocking, submit_blocking
 from ec2_executor.errors import (
@@ -28,11 +36,12 @@ from ec2_executor.errors import (
     StackDeletionError,
 )
 from ec2_executor.logs import log
-from ec2_executor.network import NetworkPlan, plan_network
+from ec2_executor.lookups import Plan
 from ec2_executor.options import Options
 from ec2_executor.phases import Phases
 from ec2_executor.remote import Endpoint, RemoteHost, TaskRun
 from ec2_executor.stack import (
+    DELETE_TIMEOUT,
     EventLog,
     StackOutputs,
     Stacks,
@@ -40,15 +49,12 @@ from ec2_executor.stack import (
     request_deletion,
     stack_name,
     stack_tags,
+    stack_template,
     wait_for_creation,
 )
 
-DELETE_TIMEOUT = 20 * 60.0
 WATCH_INTERVAL = 10.0
-
-
-def version(dist: str) -> str:
-    return importlib.metadata.version(dist)
+"""How often a running task's instance is checked (and a cancel looked for)."""
 
 
 @dataclass(frozen=True)
@@ -60,8 +66,17 @@ class TaskOutcome:
     cancelled: bool = False
 
 
+@dataclass(frozen=True)
+class Launched:
+    """What setup hands to run: the stack's outputs and how to log in, under one deadline."""
+
+    outputs: StackOutputs
+    identity: ClientIdentity
+    deadline: Deadline
+
+
 class Electron:
-    """The cloud resources and connection of one electron, created and removed in order."""
+    """What lives across setup, run and teardown: what teardown and cancel need."""
 
     def __init__(self, options: Options, task_metadata: dict[str, Any]) -> None:
         self.options = options
@@ -70,196 +85,38 @@ class Electron:
         self.name = stack_name(self.dispatch_id, self.node_id)
         self.phases = Phases(self.name)
         self.events = EventLog(self.name)
-        self.deadline = Deadline(options.provision_timeout)
         self.host_key = KeyPair.generate(comment="ec2-executor-host")
         redact.hide(self.host_key.private_base64())  # until the stack is gone
-        self.outputs: StackOutputs | None = None
         self.remote: RemoteHost | None = None
-        self._aws: AWS | None = None
-        self._identity: ClientIdentity | None = None
+        """The connection, once open: closing it ends a command that is waiting on it."""
         self._create_call: concurrent.futures.Future[str] | None = None
-        self._stack_id = ""
 
     def job_handle(self) -> dict[str, Any]:
         """All a fresh executor needs to cancel this electron (Covalent rebuilds it to cancel)."""
         return {"stack_name": self.name, "region": self.options.region}
 
     @property
-    def aws(self) -> AWS:
-        if self._aws is None:
-            self._aws = AWS(self.options)
-        return self._aws
-
-    @property
     def stacks(self) -> Stacks:
-        return Stacks(self.aws.cloudformation)
+        return Stacks(AWS(self.options).cloudformation)
 
-    # --- setup ----------------------------------------------------------------------------
-
-    async def provision(self) -> None:
-        with self.phases.phase("plan"):
-            plan, parameters = await run_blocking(self._plan)
-        with self.phases.phase("template"):
-            template = await run_blocking(template_for, plan.shape)
-        with self.phases.phase("create stack"):
-            self._create_call = submit_blocking(
-                self.stacks.create,
-                self.name,
-                template=template,
-                parameters=parameters.to_cloudformation(declared=_declared(template)),
-                tags=stack_tags(
-                    dispatch_id=self.dispatch_id,
-                    node_id=self.node_id,
-                    version=version("ec2-executor"),
-                    instance_type=self.options.instance_type,
-                    extra=self.options.tags,
-                ),
-                timeout_minutes=max(5, math.ceil(self.options.provision_timeout / 60)),
-            )
-            self._stack_id = await asyncio.wrap_future(self._create_call)
-        with self.phases.phase("wait for stack"):
-            self.outputs = await wait_for_creation(
-                self.stacks,
-                self._stack_id,
-                self.name,
-                deadline=self.deadline,
-                events=self.events,
-            )
-
-    def _plan(self) -> tuple[NetworkPlan, StackParameters]:
-        """Every check that can refuse the options, before anything is created."""
-        options, ec2 = self.options, self.aws.ec2
-        self._identity = client_identity(options.key_file)
-        self.aws.check_credentials()
-        arch = provision.architecture(ec2, options)
-        image = provision.image(ec2, options, arch)
-        key_name = provision.key_pair_name(ec2, options)
-        plan = plan_network(ec2, options)
-        return plan, StackParameters(
-            InstanceType=options.instance_type,
-            AuthorizedKey=self._identity.authorized_key,
-            HostKey=self.host_key.private_base64(),
-            SshIngressCidr=plan.ingress_cidr,
-            PythonVersion=options.python_version,
-            CovalentVersion=version("covalent"),
-            CloudpickleVersion=version("cloudpickle"),
-            LatestAmi=image.latest_ami_parameter,
-            ImageId=image.image_id,
-            RootDeviceName=image.root_device,
-            KeyName=key_name,
-            VolumeSize=options.volume_size,
-            SshPort=options.ssh_port,
-            SshUser=options.username,
-            MaxLifetimeMinutes=options.max_lifetime_minutes,
-            UseSpot=options.spot,
-            InstanceProfile=options.instance_profile,
-            ExpectPublicIp=plan.public_ip,
-            VpcId=plan.vpc_id,
-            SubnetId=plan.subnet_id,
+    async def create_stack(self, template: str, parameters: StackParameters) -> str:
+        """Send `CreateStack`; the call runs on even if this coroutine is cancelled, and
+        teardown waits for it, so no stack can appear after its deletion."""
+        self._create_call = submit_blocking(
+            self.stacks.create,
+            self.name,
+            template=template,
+            parameters=parameters.to_cloudformation(declared=_declared(template)),
+            tags=stack_tags(
+                dispatch_id=self.dispatch_id,
+                node_id=self.node_id,
+                version=importlib.metadata.version("ec2-executor"),
+                instance_type=self.options.instance_type,
+                extra=self.options.tags,
+            ),
+            timeout_minutes=max(5, math.ceil(self.options.provision_timeout / 60)),
         )
-
-    # --- run ------------------------------------------------------------------------------
-
-    async def run_task(
-        self,
-        task: tuple[Any, list[Any], dict[str, Any]],
-        *,
-        cancel_requested: Callable[[], Awaitable[bool]],
-    ) -> TaskOutcome:
-        remote = await self._connect()
-        # One command waits for the bootstrap, then runs the task; it reports how long the
-        # wait took, and the phases split that off as "bootstrap".
-        with self.phases.phase("upload, run, fetch"):
-            payload = cloudpickle.dumps(task)
-            running = asyncio.ensure_future(
-                run_blocking(
-                    remote.run_task,
-                    payload,
-                    remote_dir=f"{self.options.remote_cache.rstrip('/')}/{self.name}",
-                    bootstrap_timeout=self.deadline.remaining,
-                )
-            )
-            stopped = await self._watch(running, cancel_requested)
-            if stopped is not None:
-                return stopped
-            done = running.result()
-            envelope = cloudpickle.loads(done.envelope)
-        self.phases.split("upload, run, fetch", "bootstrap", done.bootstrap_wait)
-        return TaskOutcome(
-            result=envelope["result"],
-            stdout=envelope["stdout"],
-            stderr=envelope["stderr"],
-            traceback=envelope["traceback"],
-        )
-
-    async def _connect(self) -> RemoteHost:
-        assert self.outputs is not None and self._identity is not None
-        private = self.options.use_private_ip
-        host, kind = (
-            (self.outputs.private_ip, "private") if private else (self.outputs.public_ip, "public")
-        )
-        if not host:
-            raise RemoteError(
-                f"Stack {self.name!r} reports no {kind} address for {self.outputs.instance_id}; "
-                f"set use_private_ip=True or use a public subnet."
-            )
-        endpoint = Endpoint(host=host, port=self.options.ssh_port, user=self.options.username)
-        self.remote = RemoteHost(endpoint, self._identity, self.host_key.public_key())
-        remote = self.remote
-
-        async def attempt() -> bool | None:
-            try:
-                await run_blocking(remote.connect)
-                return True
-            except (OSError, EOFError) as exc:  # not up yet; RemoteError means "never"
-                log.debug("%s: SSH not up yet: %s", self.name, exc)
-                return None
-
-        with self.phases.phase("wait for SSH"):
-            if await poll(attempt, deadline=self.deadline, first=0.2, ceiling=3.0) is None:
-                raise ConnectionLostError(
-                    f"SSH on {host}:{self.options.ssh_port} did not answer within "
-                    f"'provision_timeout'; check that 'ssh_ingress_cidr' covers this machine."
-                )
-        return remote
-
-    async def _watch(
-        self, running: asyncio.Future[TaskRun], cancel_requested: Callable[[], Awaitable[bool]]
-    ) -> TaskOutcome | None:
-        """Wait for the task; stop early if it is cancelled or its instance goes away.
-
-        Returns None when the task finished (its result is in `running`), an outcome when it
-        was cancelled; raises `ConnectionLostError` naming the instance when it went away.
-        """
-        while True:
-            done, _ = await asyncio.wait({running}, timeout=WATCH_INTERVAL)
-            lost = done and isinstance(running.exception(), ConnectionLostError)
-            if done and not lost:
-                return None
-            if await cancel_requested():
-                self.close_connection()
-                return TaskOutcome(cancelled=True)
-            state = await run_blocking(self._instance_state)
-            if state not in ("pending", "running"):
-                self.close_connection()
-                raise self._instance_gone(state) from running.exception() if done else None
-            if lost:
-                return None  # the instance lives: the connection error itself is the story
-
-    def _instance_gone(self, state: str) -> ConnectionLostError:
-        instance = self.outputs.instance_id if self.outputs else "?"
-        return ConnectionLostError(
-            f"Instance {instance} of stack {self.name!r} is {state}: it went away while the task "
-            f"ran (a spot interruption, 'max_lifetime_minutes' reached, or stopped by hand?)."
-        )
-
-    def _instance_state(self) -> str:
-        assert self.outputs is not None
-        found = self.aws.ec2.describe_instances(InstanceIds=[self.outputs.instance_id])
-        instances = [i for r in found["Reservations"] for i in r["Instances"]]
-        return str(instances[0]["State"]["Name"]) if instances else "gone"
-
-    # --- teardown -------------------------------------------------------------------------
+        return await asyncio.wrap_future(self._create_call)
 
     def close_connection(self) -> None:
         if self.remote is not None:
@@ -301,6 +158,150 @@ class Electron:
                 _in_background(_report_failure(deletion(requested=True)))
         log.info("%s: done (%s)", self.name, self.phases.summary())
 
+
+# --- setup: plan, parameters, stack --------------------------------------------------------
+
+
+def stack_parameters(options: Options, plan: Plan, host_key: KeyPair) -> StackParameters:
+    """The stack's parameter values for this electron (pure)."""
+    network = plan.network
+    existing = {"VpcId": network.vpc_id, "SubnetId": network.subnet_id} if network.vpc_id else {}
+    return StackParameters(
+        InstanceType=options.instance_type,
+        AuthorizedKey=plan.identity.authorized_key,
+        HostKey=host_key.private_base64(),
+        SshIngressCidr=network.ingress_cidr,
+        PythonVersion=plan.versions.python,
+        CovalentVersion=plan.versions.covalent,
+        CloudpickleVersion=plan.versions.cloudpickle,
+        LatestAmi=plan.image.latest_ami_parameter,
+        ImageId=plan.image.image_id,
+        RootDeviceName=plan.image.root_device,
+        KeyName=plan.key_name,
+        VolumeSize=options.volume_size,
+        SshPort=options.ssh_port,
+        SshUser=options.username,
+        MaxLifetimeMinutes=options.max_lifetime_minutes,
+        UseSpot=options.spot,
+        InstanceProfile=options.instance_profile,
+        ExpectPublicIp=network.public_ip,
+        **existing,
+    )
+
+
+async def launch(electron: Electron) -> Launched:
+    """Plan, then create the electron's stack and wait for its outputs."""
+    options, phases = electron.options, electron.phases
+    deadline = Deadline(options.provision_timeout)
+    with phases.phase("plan"):
+        plan = await run_blocking(lookups.plan, AWS(options), options)
+    parameters = stack_parameters(options, plan, electron.host_key)
+    with phases.phase("template"):
+        template = await run_blocking(stack_template, plan.network.shape)
+    with phases.phase("create stack"):
+        stack_id = await electron.create_stack(template, parameters)
+    with phases.phase("wait for stack"):
+        outputs = await wait_for_creation(
+            electron.stacks, stack_id, electron.name, deadline=deadline, events=electron.events
+        )
+    return Launched(outputs=outputs, identity=plan.identity, deadline=deadline)
+
+
+# --- run: connect, task, watch ---------------------------------------------------------------
+
+
+def endpoint(options: Options, outputs: StackOutputs, stack: str) -> Endpoint:
+    """Where to reach sshd: the private or the public address, as the options say."""
+    private = options.use_private_ip
+    host, kind = (outputs.private_ip, "private") if private else (outputs.public_ip, "public")
+    if not host:
+        raise RemoteError(
+            f"Stack {stack!r} reports no {kind} address for {outputs.instance_id}; "
+            f"set use_private_ip=True or use a public subnet."
+        )
+    return Endpoint(host=host, port=options.ssh_port, user=options.username)
+
+
+async def connect(electron: Electron, launched: Launched) -> RemoteHost:
+    """The electron's one SSH connection, once the instance answers with its pinned key."""
+    where = endpoint(electron.options, launched.outputs, electron.name)
+    remote = RemoteHost(where, launched.identity, electron.host_key.public_key())
+    electron.remote = remote
+
+    async def attempt() -> bool | None:
+        return await run_blocking(remote.try_connect) or None
+
+    with electron.phases.phase("wait for SSH"):
+        if await poll(attempt, deadline=launched.deadline, first=0.2, ceiling=3.0) is None:
+            raise ConnectionLostError(
+                f"SSH on {where.host}:{where.port} did not answer within "
+                f"'provision_timeout'; check that 'ssh_ingress_cidr' covers this machine."
+            )
+    return remote
+
+
+async def run_task(
+    electron: Electron,
+    launched: Launched,
+    task: tuple[Any, list[Any], dict[str, Any]],
+    *,
+    cancel_requested: Callable[[], Awaitable[bool]],
+) -> TaskOutcome:
+    """Run the task on the instance; one command waits for the bootstrap, then runs it."""
+    remote = await connect(electron, launched)
+    with electron.phases.phase("upload, run, fetch"):
+        running = asyncio.ensure_future(
+            run_blocking(
+                remote.run_task,
+                cloudpickle.dumps(task),
+                remote_dir=f"{electron.options.remote_cache.rstrip('/')}/{electron.name}",
+                bootstrap_timeout=launched.deadline.remaining,
+            )
+        )
+        if await _watch(electron, launched.outputs, running, cancel_requested):
+            return TaskOutcome(cancelled=True)
+        done = running.result()
+        envelope = cloudpickle.loads(done.envelope)
+    # The command reports how long it waited for the bootstrap: its own phase.
+    electron.phases.split("upload, run, fetch", "bootstrap", done.bootstrap_wait)
+    return TaskOutcome(
+        result=envelope["result"],
+        stdout=envelope["stdout"],
+        stderr=envelope["stderr"],
+        traceback=envelope["traceback"],
+    )
+
+
+async def _watch(
+    electron: Electron,
+    outputs: StackOutputs,
+    running: asyncio.Future[TaskRun],
+    cancel_requested: Callable[[], Awaitable[bool]],
+) -> bool:
+    """Wait for the task; True when it was cancelled. Raises `ConnectionLostError` naming the
+    instance when the instance went away under it."""
+    ec2 = AWS(electron.options).ec2
+    while True:
+        done, _ = await asyncio.wait({running}, timeout=WATCH_INTERVAL)
+        lost = done and isinstance(running.exception(), ConnectionLostError)
+        if done and not lost:
+            return False
+        if await cancel_requested():
+            electron.close_connection()
+            return True
+        state = await run_blocking(lookups.instance_state, ec2, outputs.instance_id)
+        if state not in ("pending", "running"):
+            electron.close_connection()
+            raise ConnectionLostError(
+                f"Instance {outputs.instance_id} of stack {electron.name!r} is {state}: it went "
+                f"away while the task ran (a spot interruption, 'max_lifetime_minutes' reached, "
+                f"or stopped by hand?)."
+            ) from (running.exception() if done else None)
+        if lost:
+            return False  # the instance lives: the connection error itself is the story
+
+
+# --- teardown helpers ------------------------------------------------------------------------
 
 _BACKGROUND: set[asyncio.Task[None]] = set()
 

@@ -1,5 +1,6 @@
-"""The one exception tree of ec2-executor. botocore and paramiko errors are mapped into it at
-the boundary (`aws.py`, `remote.py`), chained with `raise ... from`, never swallowed."""
+"""The one exception tree of ec2-executor. botocore, paramiko and synthesis errors are mapped
+into it at one boundary each (`aws.py`, `remote.py`, `stack.stack_template`), chained with
+`raise ... from`, never swallowed."""
 
 from __future__ import annotations
 
@@ -14,6 +15,10 @@ class ConfigurationError(EC2ExecutorError, ValueError):
 
 class CredentialsError(ConfigurationError):
     """No usable AWS credentials: none found, profile unknown, or rejected by STS."""
+
+
+class TemplateError(EC2ExecutorError):
+    """The stack's template could not be synthesised (Node.js or the CDK missing, or too big)."""
 
 
 class AWSError(EC2ExecutorError):

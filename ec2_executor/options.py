@@ -163,13 +163,21 @@ def _check_region(o: Options) -> None:
         )
 
 
+BOUNDS: dict[str, tuple[int, int, str]] = {
+    "volume_size": (1, 16384, "GiB"),
+    "ssh_port": (1, 65535, ""),
+    "max_lifetime_minutes": (5, 7 * 24 * 60, "minutes"),
+}
+"""Whole-number options: (low, high, unit). Within their stack parameters' bounds (tested)."""
+PARAMETER_OF_OPTION = {
+    "volume_size": "VolumeSize",
+    "ssh_port": "SshPort",
+    "max_lifetime_minutes": "MaxLifetimeMinutes",
+}
+
+
 def _check_numbers(o: Options) -> None:
-    bounds = {
-        "volume_size": (1, 16384, "GiB"),
-        "ssh_port": (1, 65535, ""),
-        "max_lifetime_minutes": (5, 7 * 24 * 60, "minutes"),
-    }
-    for name, (low, high, unit) in bounds.items():
+    for name, (low, high, unit) in BOUNDS.items():
         value = getattr(o, name)
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
             raise ConfigurationError(

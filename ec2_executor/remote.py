@@ -1,9 +1,10 @@
-"""One Fabric connection per electron: pinned host key, and the task's one command.
+"""The SSH side of one electron: a Fabric connection pinned to one host key, and the task's
+one command.
 
-Round trips per task: the connection (TCP, key exchange, auth) and one command. That command
-takes the payload on stdin, waits for the bootstrap's ready marker, hands the task to the
-warm worker the bootstrap started (runner.py `--serve`) or, without one, to a fresh
-interpreter, and returns the result envelope on stdout.
+Round trips per task: the connection (TCP, key exchange, auth) and one command, the instance's
+`run-task.sh` (shipped beside the bootstrap): it takes the payload on stdin, waits for the
+bootstrap, hands the task to the warm worker or a fresh interpreter, and writes the result
+envelope to stdout. paramiko's errors become the package's here, and only here.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import shlex
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import paramiko
 from fabric import Config, Connection
@@ -21,40 +21,17 @@ from fabric import Config, Connection
 from ec2_executor.access import ClientIdentity
 from ec2_executor.errors import BootstrapError, ConnectionLostError, RemoteError
 
-RUNNER_SOURCE = (Path(__file__).parent / "runner.py").read_text()
+RUN_TASK = "${EC2_EXECUTOR_PREFIX:-/opt/ec2-executor}/run-task.sh"
+"""Where the instance's task command is (`EC2_EXECUTOR_PREFIX` is for emulated instances)."""
 _CHUNK = 1 << 20
 _MARK = "ec2-executor:"
-"""Starts the lines the command itself writes: the envelope on stdout is a pickle, never text."""
+"""Starts the lines run-task.sh itself writes: the envelope on stdout is a pickle, never text."""
 _FAILED, _TIMED_OUT = 3, 4
-_UPLOAD = """d={directory}
-mkdir -p "$d" && cat > "$d/payload.pkl" || exit 5
-p="${{EC2_EXECUTOR_PREFIX:-/opt/ec2-executor}}"; w="$p/worker"; t0=$EPOCHREALTIME
-"""
-# Checks every 0.1 s: a fast electron reaches the instance just before its bootstrap ends.
-_WAIT_FOR_BOOTSTRAP = """i=0; py=''
-while [ "$i" -lt {ticks} ]; do
-  if [ -f "$p/ready" ]; then py=$(tail -n 1 "$p/ready"); break; fi
-  if [ -f "$p/failed" ]; then echo "{mark} failed"; cat "$p/failed"; tail -n 40 "$p/bootstrap.log"; exit 3; fi
-  sleep 0.1; i=$((i+1))
-done
-if [ -z "$py" ]; then echo "{mark} timed out"; tail -n 40 "$p/bootstrap.log" 2>/dev/null; exit 4; fi
-echo "{mark} bootstrap waited $t0 $EPOCHREALTIME" >&2
-"""  # noqa: E501
-# The worker's FIFOs are opened read-write, so no open blocks; a dead worker is noticed
-# within a second, and the task is then not run a second time.
-_RUN = """if pid=$(cat "$w/pid" 2>/dev/null) && kill -0 "$pid" 2>/dev/null &&
-  exec 4<>"$w/go" 5<>"$w/done"; then
-  echo "$d" >&4; echo "{mark} warm worker $pid" >&2
-  until read -r -t 1 _ <&5; do
-    kill -0 "$pid" 2>/dev/null || {{ echo "{mark} the worker died; see $w/worker.log" >&2; exit 6; }}
-  done
-  [ -f "$d/result.pkl" ] || {{ echo "{mark} no result; $w/worker.log ends:"; tail -n 20 "$w/worker.log"; }} >&2
-  exec cat "$d/result.pkl"
-fi
-PATH="${{py%/*}}:$PATH" exec "$py" -c {runner} "$d/payload.pkl" "$d/result.pkl"
-"""  # noqa: E501
 # $EPOCHREALTIME (bash 5) uses the locale's decimal point.
 _WAITED = re.compile(rf"^{_MARK} bootstrap waited (\d+[.,]\d+) (\d+[.,]\d+)$", re.M)
+_NOT_UP_YET = (OSError, EOFError, paramiko.SSHException)
+"""What a connection attempt meets while the instance boots: refused, reset, a banner or
+handshake cut short. Worth another try, unlike a wrong host key or a refused login."""
 
 
 @dataclass(frozen=True)
@@ -74,7 +51,7 @@ class Endpoint:
 
 
 class RemoteHost:
-    """A lazy, closable SSH connection that trusts exactly one host key."""
+    """One SSH connection (Fabric) that trusts exactly one host key and no known_hosts."""
 
     def __init__(
         self,
@@ -101,15 +78,18 @@ class RemoteHost:
                 "auth_timeout": connect_timeout,
             },
         )
-        self._connection.client = _pinned_client(endpoint, host_key)
+        _pin(self._connection.client, endpoint, host_key)
 
-    def connect(self) -> None:
-        """Open the connection; `OSError` while the instance boots, `RemoteError` for good."""
-        sock = _low_latency_socket(
-            socket.create_connection(
-                (self.endpoint.host, self.endpoint.port), timeout=self.connect_timeout
+    def try_connect(self) -> bool:
+        """Open the connection: False while the instance boots, `RemoteError` for good."""
+        try:
+            sock = _low_latency_socket(
+                socket.create_connection(
+                    (self.endpoint.host, self.endpoint.port), timeout=self.connect_timeout
+                )
             )
-        )
+        except OSError:
+            return False
         self._connection.connect_kwargs["sock"] = sock
         try:
             self._connection.open()
@@ -124,25 +104,20 @@ class RemoteHost:
                 f"{self.endpoint.user}@{self.endpoint.host} refused the SSH key; check 'username' "
                 f"(the image's login user) and 'ssh_key_file'."
             ) from exc
-        except paramiko.SSHException as exc:  # a banner or handshake cut short while booting
-            raise OSError(str(exc)) from exc
+        except _NOT_UP_YET:
+            return False
         finally:
             if not self._connection.is_connected:
                 sock.close()
-        transport = self._connection.client.get_transport()
-        assert transport is not None
-        transport.set_keepalive(15)
+        self._connection.transport.set_keepalive(15)
         self.round_trips += 1
+        return True
 
     def run_task(self, payload: bytes, *, remote_dir: str, bootstrap_timeout: float) -> TaskRun:
         """Upload the payload, wait for the bootstrap, run the task, fetch its envelope."""
         ticks = max(1, int(bootstrap_timeout * 10))
-        script = (
-            _UPLOAD.format(directory=_shell_path(remote_dir))
-            + _WAIT_FOR_BOOTSTRAP.format(ticks=ticks, mark=_MARK)
-            + _RUN.format(mark=_MARK, runner=shlex.quote(RUNNER_SOURCE))
-        )
-        status, out, err = self.execute(f"exec bash -c {shlex.quote(script)}", stdin=payload)
+        command = f'exec bash "{RUN_TASK}" {_shell_path(remote_dir)} {ticks}'
+        status, out, err = self.execute(command, stdin=payload)
         if out.startswith(_MARK.encode()) and status in (_FAILED, _TIMED_OUT):
             what = "failed" if status == _FAILED else "did not finish in 'provision_timeout'"
             text = out.decode(errors="replace").split("\n", 1)[-1].strip()
@@ -164,12 +139,11 @@ class RemoteHost:
 
     def execute(self, command: str, *, stdin: bytes = b"") -> tuple[int, bytes, bytes]:
         """Run one command; a dropped connection becomes `ConnectionLostError`."""
-        transport = self._connection.client.get_transport()
-        if transport is None or not transport.is_active():
+        if not self._connection.is_connected:
             raise ConnectionLostError(f"The SSH connection to {self.endpoint.host} is closed.")
         self.round_trips += 1
         try:
-            with transport.open_session() as channel:
+            with self._connection.create_session() as channel:
                 channel.exec_command(command)
                 for start in range(0, len(stdin), _CHUNK):
                     channel.sendall(stdin[start : start + _CHUNK])
@@ -193,14 +167,12 @@ class RemoteHost:
         self.close()
 
 
-def _pinned_client(endpoint: Endpoint, host_key: paramiko.PKey) -> paramiko.SSHClient:
-    """A client that knows no host but this one and refuses any other key (no known_hosts)."""
-    client = paramiko.SSHClient()
+def _pin(client: paramiko.SSHClient, endpoint: Endpoint, host_key: paramiko.PKey) -> None:
+    """Make `client` know no host but this one and refuse any other key (no known_hosts)."""
     keys = client.get_host_keys()
     for spec in (endpoint.host, f"[{endpoint.host}]:{endpoint.port}"):
         keys.add(spec, host_key.get_name(), host_key)
     client.set_missing_host_key_policy(paramiko.RejectPolicy())
-    return client
 
 
 class _AckAtOnceSocket(socket.socket):

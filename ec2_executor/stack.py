@@ -10,15 +10,25 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from cdk_stacks.shape import StackShape
+from cdk_stacks.templates import SynthesisError, template_for
 from ec2_executor.aws import aws_errors, error_code
 from ec2_executor.blocking import Deadline, poll, run_blocking
-from ec2_executor.errors import AWSError, StackCreationError, StackDeletionError, StackError
+from ec2_executor.errors import (
+    AWSError,
+    StackCreationError,
+    StackDeletionError,
+    StackError,
+    TemplateError,
+)
 from ec2_executor.logs import log
 
 if TYPE_CHECKING:
     from mypy_boto3_cloudformation import CloudFormationClient
 
 
+DELETE_TIMEOUT = 20 * 60.0
+"""Seconds a stack may take to delete before it is reported as left behind."""
 STACK_PREFIX = "ec2-executor-"
 TAG_DISPATCH = "ec2-executor:dispatch-id"
 TAG_NODE = "ec2-executor:node-id"
@@ -62,6 +72,14 @@ def stack_tags(
         TAG_INSTANCE_TYPE: instance_type,
     }
     return [{"Key": k, "Value": v} for k, v in {**extra, **ours}.items()]
+
+
+def stack_template(shape: StackShape) -> str:
+    """The template body for `shape` (synthesised once, then cached on disk)."""
+    try:
+        return template_for(shape)
+    except SynthesisError as exc:
+        raise TemplateError(str(exc)) from exc
 
 
 @dataclass(frozen=True, kw_only=True)

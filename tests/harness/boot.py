@@ -499,6 +499,7 @@ class EmulatedBoot:
         record.workdir.mkdir(parents=True)
         record.prefix.mkdir()
         (record.workdir / "home").mkdir()
+        self._write_files(record)
         host_key = record.workdir / "ssh_host_ed25519_key"
         host_key.write_text(record.spec.host_key_pem)
         host_key.chmod(0o600)
@@ -566,13 +567,21 @@ class EmulatedBoot:
                 )
             time.sleep(0.01)
 
+    def _write_files(self, record: BootedInstance) -> None:
+        """The bootstrap and its companions (runner.py, run-task.sh) into the prefix, before
+        sshd starts, as cloud-init writes them to /opt/ec2-executor."""
+        assert record.spec is not None
+        files = dict(record.spec.companions)
+        if record.spec.bootstrap_script is not None:
+            files["bootstrap.sh"] = record.spec.bootstrap_script
+        for name, content in files.items():
+            path = record.prefix / name
+            path.write_text(content)
+            path.chmod(0o755 if name.endswith(".sh") else 0o644)
+
     def _run_bootstrap(self, record: BootedInstance) -> None:
         assert record.spec is not None and record.spec.bootstrap_script is not None
-        script = record.workdir / "bootstrap.sh"
-        script.write_text(record.spec.bootstrap_script)
-        script.chmod(0o755)
-        for name, content in record.spec.companions.items():  # runner.py, beside the script
-            (record.workdir / name).write_text(content)
+        script = record.prefix / "bootstrap.sh"
         env = {
             "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
             "HOME": os.environ.get("HOME", "/root"),
@@ -697,12 +706,12 @@ def build_image_venv(prefix: Path) -> Path:
     """
     from importlib.metadata import version
 
-    from cdk_stacks.user_data import bootstrap_script_path
+    from cdk_stacks.user_data import package_file
 
     python = f"{sys.version_info.major}.{sys.version_info.minor}"
     # A copy without runner.py beside it: building the image starts no worker.
     script = prefix.parent / f"{prefix.name}-bootstrap.sh"
-    shutil.copyfile(bootstrap_script_path(), script)
+    shutil.copyfile(package_file("bootstrap.sh"), script)
     subprocess.run(
         [
             "bash",

@@ -379,9 +379,9 @@ def _setup_only(ex: EC2Executor, dispatch_id: str) -> dict[str, str]:
     metadata = {"dispatch_id": dispatch_id, "node_id": 0, "results_dir": ""}
     try:
         run(ex.setup(metadata))
-        stack = ex._electron.aws.cloudformation.describe_stacks(
-            StackName=stack_name(dispatch_id, 0)
-        )["Stacks"][0]
+        stack = ex._electron.stacks.cf.describe_stacks(StackName=stack_name(dispatch_id, 0))[
+            "Stacks"
+        ][0]
         return {p["ParameterKey"]: p["ParameterValue"] for p in stack["Parameters"]}
     finally:
         run(ex.teardown(metadata))

@@ -17,7 +17,7 @@ from typing import Any
 import cloudpickle
 import pytest
 from covalent._shared_files.exceptions import TaskRuntimeError
-from executor_support import execute, harness_options, run
+from executor_support import execute, free_port, harness_options, run
 from harness import LoopbackNetwork, MotoServer
 
 from ec2_executor import BootstrapError, ConnectionLostError, RemoteError
@@ -135,9 +135,9 @@ def test_the_connection_refuses_any_host_key_but_the_pinned_one(
 
     impostor = RemoteHost(endpoint, identity, KeyPair.generate().public_key())
     with impostor, pytest.raises(RemoteError, match="host key other than the one pinned"):
-        impostor.connect()
+        impostor.try_connect()
     with RemoteHost(endpoint, identity, host.public_key()) as pinned:
-        pinned.connect()
+        assert pinned.try_connect()
         assert pinned.execute("echo pinned")[1] == b"pinned\n"
         assert pinned.round_trips == 2
         if hasattr(socket, "TCP_QUICKACK"):  # paramiko reads through the quick-ACK socket
@@ -257,3 +257,14 @@ def _user() -> str:
     import getpass
 
     return getpass.getuser()
+
+
+def test_a_port_nobody_answers_is_not_up_yet_rather_than_an_error() -> None:
+    """While the instance boots, a refused connection means "try again", not a failure."""
+    client = KeyPair.generate()
+    identity = ClientIdentity(key=client.paramiko_key(), authorized_key=client.public_openssh)
+    endpoint = Endpoint(host="127.0.0.1", port=free_port(), user=_user())
+    with RemoteHost(endpoint, identity, KeyPair.generate().public_key()) as remote:
+        assert remote.try_connect() is False
+        with pytest.raises(ConnectionLostError, match="is closed"):
+            remote.execute("true")

@@ -140,18 +140,26 @@ def assert_failed(prefix: Path, result: subprocess.CompletedProcess[str], text: 
 # --- static checks -----------------------------------------------------------
 
 
-def test_bash_syntax() -> None:
-    subprocess.run([BASH, "-n", str(SCRIPT)], check=True)
+SHELL_FILES = sorted(SCRIPT.parent.glob("*.sh"))
+HARNESS_SHELL_FILES = sorted((SCRIPT.parents[1] / "tests" / "harness").glob("*.sh"))
+"""The real-guest boot's image, network and run scripts."""
 
 
-def test_shellcheck_clean() -> None:
+def test_the_instance_scripts_are_all_checked() -> None:
+    assert {p.name for p in SHELL_FILES} == {"bootstrap.sh", "run-task.sh"}
+
+
+@pytest.mark.parametrize("script", SHELL_FILES + HARNESS_SHELL_FILES, ids=lambda p: p.name)
+def test_bash_syntax(script: Path) -> None:
+    subprocess.run([BASH, "-n", str(script)], check=True)
+
+
+@pytest.mark.parametrize("script", SHELL_FILES + HARNESS_SHELL_FILES, ids=lambda p: p.name)
+def test_shellcheck_clean(script: Path) -> None:
     shellcheck = shutil.which("shellcheck")
     if shellcheck is None:
         pytest.skip("shellcheck is not installed")
-    # The bootstrap, and the harness's scripts (the real-guest boot's network, image and run).
-    scripts = [SCRIPT, *sorted((SCRIPT.parents[1] / "tests" / "harness").glob("*.sh"))]
-    assert len(scripts) > 1, scripts
-    result = subprocess.run([shellcheck, *map(str, scripts)], capture_output=True, text=True)
+    result = subprocess.run([shellcheck, str(script)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
 

@@ -16,7 +16,6 @@ import shlex
 import shutil
 import subprocess
 from collections.abc import Mapping
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +28,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cdk_stacks.parameters import StackParameters
+from cdk_stacks.parameters import BY_NAME, PARAMETERS, StackParameters, render
 from cdk_stacks.shape import ALL_SHAPES, NetworkMode, StackShape
 from cdk_stacks.synth import APP_CONTEXT, add_stack
 from cdk_stacks.templates import MAX_INLINE_TEMPLATE_BYTES
-from cdk_stacks.user_data import BOOTSTRAP_PATH, HOST_KEY_PATH, RUNNER_PATH, SSHD_DROP_IN_PATH
+from cdk_stacks.user_data import BOOTSTRAP_PATH, HOST_KEY_PATH, SSHD_DROP_IN_PATH
+from ec2_executor.options import BOUNDS, PARAMETER_OF_OPTION
 
 REPO = Path(__file__).resolve().parents[2]
 BOOTSTRAP_FILE = REPO / "ec2_executor" / "bootstrap.sh"
@@ -149,17 +149,53 @@ def test_template_fits_inline(as_json: dict[str, Any]) -> None:
     assert len(indented) < MAX_INLINE_TEMPLATE_BYTES
 
 
-def test_template_parameters_are_stack_parameters_fields(
-    as_json: dict[str, Any], shape: StackShape
-) -> None:
-    declared = set(as_json["Parameters"])
-    known = {field.name for field in fields(StackParameters)}
-    assert declared <= known, declared - known
+def test_template_declares_the_parameter_table(as_json: dict[str, Any], shape: StackShape) -> None:
+    """Every parameter of the table, with its type, default and bounds, and nothing else."""
+    declared = as_json["Parameters"]
+    expected = [p for p in PARAMETERS if p.declared_in(shape.network)]
+    assert list(declared) == [p.name for p in expected]
     shape_only = {"ExpectPublicIp", "VpcId", "SubnetId"}
-    if shape.network is NetworkMode.EXISTING:
-        assert declared == known
-    else:
-        assert declared == known - shape_only
+    assert (shape.network is NetworkMode.EXISTING) == (shape_only <= set(declared))
+    for p in expected:
+        cfn = declared[p.name]
+        assert cfn["Type"] == p.type, p.name
+        assert cfn.get("MinValue") == p.min_value, p.name
+        assert cfn.get("MaxValue") == p.max_value, p.name
+        assert cfn.get("NoEcho", False) == p.no_echo, p.name
+        if p.default is None:
+            assert "Default" not in cfn, p.name
+        else:
+            assert str(cfn["Default"]) == render(p.default), p.name
+        if p.is_flag:
+            assert cfn["AllowedValues"] == ["true", "false"], p.name
+
+
+@pytest.mark.parametrize(("option", "parameter"), list(PARAMETER_OF_OPTION.items()))
+def test_option_bounds_lie_within_the_parameter_bounds(option: str, parameter: str) -> None:
+    """An option the executor accepts must never be refused by CloudFormation."""
+    low, high, _ = BOUNDS[option]
+    bounds = BY_NAME[parameter]
+    assert bounds.min_value is not None and bounds.max_value is not None
+    assert bounds.min_value <= low <= high <= bounds.max_value
+
+
+def test_option_bounds_cover_every_number_parameter() -> None:
+    numbers = {p.name for p in PARAMETERS if p.type == "Number"}
+    assert set(PARAMETER_OF_OPTION.values()) == numbers
+    assert set(PARAMETER_OF_OPTION) == set(BOUNDS)
+
+
+def test_stack_parameters_refuse_unknown_names_and_values_out_of_bounds() -> None:
+    with pytest.raises(ValueError, match="Not stack parameters: VolumeSzie"):
+        StackParameters(VolumeSzie=8)
+    with pytest.raises(ValueError, match="VolumeSize is 0, outside 1 to 16384"):
+        StackParameters(VolumeSize=0)
+    with pytest.raises(ValueError, match="UseSpot must be True or False"):
+        StackParameters(UseSpot="yes")
+    with pytest.raises(ValueError, match="without a value: AuthorizedKey"):
+        StackParameters(InstanceType="t3.micro").to_cloudformation(
+            declared=frozenset({"InstanceType", "AuthorizedKey"})
+        )
 
 
 # --- network access -----------------------------------------------------------------------------
@@ -446,7 +482,7 @@ def test_user_data_references_only_declared_parameters(
 def test_user_data_authorizes_the_key(
     cloud_config: dict[str, Any], sample_parameters: StackParameters
 ) -> None:
-    assert cloud_config["ssh_authorized_keys"] == [sample_parameters.AuthorizedKey]
+    assert cloud_config["ssh_authorized_keys"] == [sample_parameters["AuthorizedKey"]]
     # One cheap type (the schema wants one); sshd offers only the pinned key (its drop-in).
     assert cloud_config.get("ssh_genkeytypes") == ["ed25519"]
     assert "ssh_pwauth" not in cloud_config or cloud_config["ssh_pwauth"] is False
@@ -495,12 +531,16 @@ def test_user_data_embeds_the_bootstrap_verbatim(
     _bash_n(script, tmp_path, "bootstrap.sh")
 
 
-def test_user_data_puts_the_runner_beside_the_bootstrap(cloud_config: dict[str, Any]) -> None:
-    entry = _write_files(cloud_config)[RUNNER_PATH]
-    assert posixpath.dirname(RUNNER_PATH) == posixpath.dirname(BOOTSTRAP_PATH)
+@pytest.mark.parametrize("name", ["runner.py", "run-task.sh"])
+def test_user_data_puts_the_task_files_beside_the_bootstrap(
+    cloud_config: dict[str, Any], name: str
+) -> None:
+    path = posixpath.join(posixpath.dirname(BOOTSTRAP_PATH), name)
+    entry = _write_files(cloud_config)[path]
     assert entry["encoding"] == "gz+b64"
-    runner = gzip.decompress(base64.b64decode(entry["content"])).decode()
-    assert runner == (REPO / "ec2_executor" / "runner.py").read_text()
+    assert entry["permissions"] == ("0755" if name.endswith(".sh") else "0644")
+    content = gzip.decompress(base64.b64decode(entry["content"])).decode()
+    assert content == (REPO / "ec2_executor" / name).read_text()
 
 
 def test_runcmd_runs_the_bootstrap_with_the_versions(cloud_config: dict[str, Any]) -> None:

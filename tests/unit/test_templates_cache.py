@@ -249,7 +249,12 @@ def test_cache_key_changes_with_the_bootstrap_and_cdk_version(
     """The template embeds the bootstrap, and its output depends on aws-cdk-lib."""
     bootstrap = tmp_path / "bootstrap.sh"
     bootstrap.write_text("#!/bin/sh\necho one\n")
-    monkeypatch.setattr(templates, "bootstrap_script_path", lambda: bootstrap)
+    packaged = templates.package_file
+    monkeypatch.setattr(
+        templates,
+        "package_file",
+        lambda name: bootstrap if name == "bootstrap.sh" else packaged(name),
+    )
 
     def key() -> Path:
         templates._fingerprint.cache_clear()

@@ -1,13 +1,20 @@
-"""Checks and choices that need AWS but create nothing: instance type, image, key pair."""
+"""The plan of one electron: every check and choice that needs AWS but creates nothing.
+
+Credentials, instance type, image, key pair, network and SSH ingress are settled here, so a bad
+option is refused before any resource exists.
+"""
 
 from __future__ import annotations
 
+import importlib.metadata
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from cdk_stacks.parameters import AL2023_SSM_PARAMETER, DEFAULT_ROOT_DEVICE
-from ec2_executor.aws import aws_errors, error_code
+from ec2_executor.access import ClientIdentity, client_identity
+from ec2_executor.aws import AWS, aws_errors, error_code
 from ec2_executor.errors import AWSError, ConfigurationError
+from ec2_executor.network import NetworkPlan, plan_network
 from ec2_executor.options import Options
 
 if TYPE_CHECKING:
@@ -19,6 +26,62 @@ class Image:
     latest_ami_parameter: str
     image_id: str = ""
     root_device: str = DEFAULT_ROOT_DEVICE
+
+
+@dataclass(frozen=True, kw_only=True)
+class Versions:
+    """What the instance's environment must match: the dispatcher's Python minor version and
+    its covalent and cloudpickle (cloudpickle needs all three the same on both sides)."""
+
+    python: str
+    covalent: str
+    cloudpickle: str
+
+    @classmethod
+    def installed(cls, python: str) -> Versions:
+        version = importlib.metadata.version
+        return cls(python=python, covalent=version("covalent"), cloudpickle=version("cloudpickle"))
+
+
+@dataclass(frozen=True, kw_only=True)
+class Plan:
+    """Everything the stack needs that had to be looked up or made."""
+
+    identity: ClientIdentity
+    image: Image
+    key_name: str
+    network: NetworkPlan
+    versions: Versions
+
+
+def plan(aws: AWS, options: Options) -> Plan:
+    """Every check that can refuse the options, in the order a user would fix them."""
+    identity = client_identity(options.key_file)
+    aws.check_credentials()
+    ec2 = aws.ec2
+    arch = architecture(ec2, options)
+    chosen_image = image(ec2, options, arch)
+    key_name = key_pair_name(ec2, options)
+    return Plan(
+        identity=identity,
+        image=chosen_image,
+        key_name=key_name,
+        network=plan_network(ec2, options),
+        versions=Versions.installed(options.python_version),
+    )
+
+
+def instance_state(ec2: EC2Client, instance_id: str) -> str:
+    """'pending', 'running', ... or 'gone' when EC2 no longer knows the instance."""
+    try:
+        with aws_errors(f"looking up instance {instance_id}"):
+            found = ec2.describe_instances(InstanceIds=[instance_id])
+    except AWSError as exc:
+        if error_code(exc) == "InvalidInstanceID.NotFound":
+            return "gone"
+        raise
+    instances = [i for r in found["Reservations"] for i in r["Instances"]]
+    return str(instances[0]["State"]["Name"]) if instances else "gone"
 
 
 def architecture(ec2: EC2Client, options: Options) -> str:

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The task's one command on the instance. Lives beside bootstrap.sh and runner.py, in the
+# bootstrap's prefix. Usage: run-task.sh TASK_DIR WAIT_TICKS (tenths of a second)
+# stdin: the pickled task; stdout: the result envelope (a pickle), or lines starting with
+# "ec2-executor:" when it exits 3 (bootstrap failed) or 4 (bootstrap not ready in time).
+# Exit 5: the payload could not be written; 6: the warm worker died with the task.
+set -uo pipefail
+d=${1:?task directory} ticks=${2:?wait ticks} mark='ec2-executor:'
+p=${0%/*} t0=$EPOCHREALTIME
+w=$p/worker
+mkdir -p "$d" && cat >"$d/payload.pkl" || exit 5
+
+# Checks every 0.1 s: a fast electron reaches the instance just before its bootstrap ends.
+i=0 py=''
+while [ "$i" -lt "$ticks" ]; do
+  if [ -f "$p/ready" ]; then py=$(tail -n 1 "$p/ready"); break; fi
+  if [ -f "$p/failed" ]; then
+    echo "$mark failed"; cat "$p/failed"; tail -n 40 "$p/bootstrap.log"; exit 3
+  fi
+  sleep 0.1; i=$((i + 1))
+done
+if [ -z "$py" ]; then echo "$mark timed out"; tail -n 40 "$p/bootstrap.log" 2>/dev/null; exit 4; fi
+# The executor splits this wait off as the "bootstrap" phase ($EPOCHREALTIME: bash 5).
+echo "$mark bootstrap waited $t0 $EPOCHREALTIME" >&2
+
+# The warm worker's FIFOs are opened read-write, so no open blocks; a dead worker is noticed
+# within a second, and the task is then not run a second time.
+if pid=$(cat "$w/pid" 2>/dev/null) && kill -0 "$pid" 2>/dev/null &&
+  exec 4<>"$w/go" 5<>"$w/done"; then
+  echo "$d" >&4; echo "$mark warm worker $pid" >&2
+  until read -r -t 1 _ <&5; do
+    kill -0 "$pid" 2>/dev/null || { echo "$mark the worker died; see $w/worker.log" >&2; exit 6; }
+  done
+  [ -f "$d/result.pkl" ] ||
+    { echo "$mark no result; $w/worker.log ends:"; tail -n 20 "$w/worker.log"; } >&2
+  exec cat "$d/result.pkl"
+fi
+# No worker waiting: a fresh interpreter, which also writes the envelope to stdout.
+PATH="${py%/*}:$PATH" exec "$py" "$p/runner.py" "$d/payload.pkl" "$d/result.pkl"
