@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 export JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(CURDIR)/node_modules/.bin:$(PATH)
 
-.PHONY: install lint test test-fast bench demo clean
+.PHONY: install lint test test-deps test-fast bench demo clean
 
 install: $(INSTALLED) $(CDK)
 
@@ -28,7 +28,11 @@ lint: install
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-test: lint
+# The Debian packages the tests use (sshd, shellcheck, systemd-container, mmdebstrap, ...).
+test-deps:
+	.ci/test-deps.sh
+
+test: lint test-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The suite without the tests that install packages from the registry.

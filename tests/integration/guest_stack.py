@@ -11,7 +11,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 import paramiko
-from harness import GuestInstance, GuestNetwork, LoopbackNetwork, MotoServer
+from harness import GuestInstance, LoopbackNetwork, MotoServer
 
 from cdk_stacks.parameters import StackParameters
 from cdk_stacks.shape import ALL_SHAPES, NetworkMode
@@ -39,9 +39,10 @@ class Deployed:
 
 
 def deploy(
-    server: MotoServer, subnet: LoopbackNetwork, network: GuestNetwork, name: str, minutes: int
+    server: MotoServer, subnet: LoopbackNetwork, name: str, *, minutes: int, ingress: str
 ) -> Deployed:
-    """The existing-network stack with the executor's parameters (lifetime `minutes`)."""
+    """The existing-network stack with the executor's parameters (lifetime `minutes`, SSH
+    from `ingress`), created in moto; returns once CREATE_COMPLETE."""
     shape = next(s for s in ALL_SHAPES if s.network is NetworkMode.EXISTING)
     body = template_for(shape)
     client, host = KeyPair.generate(), KeyPair.generate()
@@ -49,7 +50,7 @@ def deploy(
         InstanceType="t3.small",
         AuthorizedKey=client.public_openssh,
         HostKey=host.private_base64(),
-        SshIngressCidr=f"{network.gateway}/32",
+        SshIngressCidr=ingress,
         PythonVersion=f"{sys.version_info.major}.{sys.version_info.minor}",
         CovalentVersion=version("covalent"),
         CloudpickleVersion=version("cloudpickle"),

@@ -35,7 +35,13 @@ def one_guest(
     """One stack, its guest booted and its bootstrap ready, for the read-only checks."""
     base = tmp_path_factory.mktemp("one-guest")
     with GuestBoot(moto_server.url, image=guest_image, network=guest_net, base_dir=base) as boot:
-        deployed = deploy(moto_server, guest_subnet, guest_net, "guest-checks", 120)
+        deployed = deploy(
+            moto_server,
+            guest_subnet,
+            "guest-checks",
+            minutes=120,
+            ingress=f"{guest_net.gateway}/32",
+        )
         guest = boot.wait_ready(deployed.instance_id)
         yield deployed, guest
         moto_server.client("cloudformation").delete_stack(StackName=deployed.stack)

@@ -120,7 +120,9 @@ def test_the_lifetime_watchdog_powers_the_guest_off_and_nothing_is_left(
         subnet = create_guest_subnet(ec2, network)
         boot = GuestBoot(moto_server.url, image=guest_image, network=network, base_dir=tmp_path)
         with boot:
-            deployed = deploy(moto_server, subnet, network, "guest-lifetime", 1)
+            deployed = deploy(
+                moto_server, subnet, "guest-lifetime", minutes=1, ingress=f"{network.gateway}/32"
+            )
             guest = boot.wait_ready(deployed.instance_id)
             stopped = boot.wait_stopped(deployed.instance_id, timeout=180)
             assert stopped.stop_reason == "the guest powered itself off"

@@ -141,8 +141,10 @@ def assert_failed(prefix: Path, result: subprocess.CompletedProcess[str], text: 
 
 
 SHELL_FILES = sorted(SCRIPT.parent.glob("*.sh"))
-HARNESS_SHELL_FILES = sorted((SCRIPT.parents[1] / "tests" / "harness").glob("*.sh"))
-"""The real-guest boot's image, network and run scripts."""
+HARNESS_SHELL_FILES = sorted(
+    [*(SCRIPT.parents[1] / "tests" / "harness").glob("*.sh"), *SCRIPT.parents[1].glob(".ci/*.sh")]
+)
+"""The real-guest boot's image, network and run scripts; CI's package installer."""
 
 
 def test_the_instance_scripts_are_all_checked() -> None:
