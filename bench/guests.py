@@ -12,6 +12,7 @@ Needs root, systemd-container and mmdebstrap (as the guest tests do); prints a m
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import statistics
 import subprocess
@@ -44,7 +45,9 @@ from harness import (
     guest_support,
     patched_environ,
 )
+from harness.boot import MARKER_ENV
 from harness.guest_image import guest_image
+from harness.processes import pids_with_env
 
 
 @dataclass
@@ -65,12 +68,13 @@ def _cgroup_file(name: str, hierarchy: str, leaf: str) -> Path | None:
 
 
 def _guest_usage(guest: GuestInstance) -> tuple[float, float]:
-    """CPU seconds and peak MiB of the guest's cgroups so far."""
+    """CPU seconds and resident MiB (anonymous memory, as for processes) of the guest's
+    cgroups; page cache and the overlay's tmpfs are left out."""
     cpu = _cgroup_file(guest.name, "cpuacct", "cpuacct.usage")
-    memory = _cgroup_file(guest.name, "memory", "memory.max_usage_in_bytes")
+    memory = _cgroup_file(guest.name, "memory", "memory.stat")
     cpu_s = int(cpu.read_text()) / 1e9 if cpu and cpu.exists() else float("nan")
-    mib = int(memory.read_text()) / 2**20 if memory and memory.exists() else float("nan")
-    return cpu_s, mib
+    stat = dict(line.split() for line in memory.read_text().splitlines()) if memory else {}
+    return cpu_s, int(stat.get("total_rss", "0")) / 2**20
 
 
 def _launch_and_time(
@@ -122,12 +126,11 @@ def run_guests(server: MotoServer, count: int) -> list[Row]:
 
 def run_emulated(server: MotoServer, count: int) -> list[Row]:
     """The same stacks on the bare-sshd emulation (its bootstrap offline, over an image venv
-    built beforehand, as the tests run it). CPU and memory: of sshd and the bootstrap, this
-    process's children (RSS: the largest one)."""
+    built beforehand, as the tests run it). CPU: the bootstrap's (a reaped child) and what its
+    sshd and warm worker used; memory: their RSS once ready."""
     with tempfile.TemporaryDirectory() as base:
         venv = build_image_venv(Path(base) / "image")
         network = create_loopback_network(server.client("ec2"))
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         boot = EmulatedBoot(
             server.url,
             python_path=current_site_packages(),
@@ -135,13 +138,35 @@ def run_emulated(server: MotoServer, count: int) -> list[Row]:
             image_venv=venv,
             base_dir=Path(base) / "instances",
         )
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         with boot:
             timed = _launch_and_time(server, boot, network, "127.0.0.0/8", count, "emulated")
+            living = [_proc_usage(_emulated_pids(record)) for record, _ in timed]
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        cpu = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / count
+        reaped = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
         return [
-            Row(r.boot_seconds or 0.0, ready, cpu, after.ru_maxrss / 1024) for r, ready in timed
+            Row(record.boot_seconds or 0.0, ready, reaped / count + cpu, mib)
+            for (record, ready), (cpu, mib) in zip(timed, living, strict=True)
         ]
+
+
+def _emulated_pids(record: BootedInstance) -> list[int]:
+    pids = pids_with_env(f"{MARKER_ENV}={record.marker}")
+    return pids + ([record.sshd.pid] if record.sshd is not None else [])
+
+
+def _proc_usage(pids: list[int]) -> tuple[float, float]:
+    """CPU seconds (user + system) and resident MiB of living processes."""
+    ticks, pages = 0, 0
+    for pid in set(pids):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            pages += int(Path(f"/proc/{pid}/statm").read_text().split()[1])
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2 :].split()
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK"), pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def time_guest_tests() -> float:
@@ -177,12 +202,14 @@ def main() -> None:
     if reason is not None:
         sys.exit(f"bench.guests: {reason}")
     with moto() as server:
+        emulated = run_emulated(server, args.count)
+        server.reset()  # its instances must not be booted as guests
         results = {
-            "bare sshd (tests/harness/boot.py)": run_emulated(server, args.count),
+            "bare sshd (tests/harness/boot.py)": emulated,
             "real guest (tests/harness/guests.py)": run_guests(server, args.count),
         }
     print(f"{args.count} instances launched together; medians per instance.\n")
-    print("| Stand-in | start to SSH (s) | to bootstrap ready (s) | CPU (s) | memory (MiB) |")
+    print("| Stand-in | start to SSH (s) | to bootstrap ready (s) | CPU (s) | RSS at ready (MiB) |")
     print("|---|---|---|---|---|")
     for name, rows in results.items():
         cells = [_median(rows, f) for f in (lambda r: r.ssh, lambda r: r.ready, lambda r: r.cpu)]
