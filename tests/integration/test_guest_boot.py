@@ -79,9 +79,9 @@ def test_a_wrong_host_key_is_refused(one_guest: tuple[Deployed, GuestInstance]) 
     deployed, guest = one_guest
     impostor = deployed.remote(guest, KeyPair.generate().public_key())
     with impostor, pytest.raises(RemoteError, match="host key other than the one pinned"):
-        impostor.connect()
+        impostor.try_connect()
     with deployed.remote(guest) as pinned:
-        pinned.connect()
+        assert pinned.try_connect()
 
 
 def test_bootstrap_marker_and_warm_worker_outlive_cloud_init(
@@ -96,7 +96,7 @@ def test_bootstrap_marker_and_warm_worker_outlive_cloud_init(
         "systemctl show -P NextElapseUSecMonotonic ec2-executor-lifetime.timer"
     )
     with deployed.remote(guest) as remote:
-        remote.connect()
+        assert remote.try_connect()
         status, out, err = remote.execute(script)
     lines = out.decode().splitlines()
     assert status == 0, (out, err)
