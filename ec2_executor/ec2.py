@@ -55,6 +55,7 @@ class EC2Executor(AsyncBaseExecutor):
         provision_timeout: float | None = None,
         tags: dict[str, str] | None = None,
         python_version: str | None = None,
+        use_baked_image: bool | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)

@@ -48,7 +48,8 @@ class Options:
     remote_cache: str = "~/.cache/covalent"
     """Directory on the instance for the task's payload and result."""
     ami: str = ""
-    """Image id; empty uses the latest Amazon Linux 2023 for the instance's architecture."""
+    """Image id; empty uses the newest matching baked image, else the latest Amazon Linux 2023
+    for the instance's architecture."""
     username: str = "ec2-user"
     """Login user on the image."""
     ssh_port: int = 22
@@ -73,6 +74,8 @@ class Options:
     """Extra tags for the stack and everything in it."""
     python_version: str = field(default_factory=dispatcher_python)
     """Python minor version on the instance; must match the dispatcher's for cloudpickle."""
+    use_baked_image: bool = True
+    """Without `ami`, use the newest image `ec2-executor bake` made that matches."""
 
     def __post_init__(self) -> None:
         for check in _CHECKS:

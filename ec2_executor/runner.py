@@ -78,6 +78,13 @@ def main(payload_path: str, result_path: str, *, to_stdout: bool = True) -> None
         out.flush()
 
 
+def _preload(module: str) -> None:
+    try:
+        __import__(module)
+    except ImportError as exc:  # a plain-Python task still runs; the task says what is missing
+        print(f"warm worker: {module} not importable: {exc}", file=sys.stderr)
+
+
 def serve(directory: str) -> None:
     """Wait, warm, for one task, then run it like `main` and exit.
 
@@ -86,6 +93,7 @@ def serve(directory: str) -> None:
     `go`, then waits for a line on `done`. `pid` says a worker is waiting; it goes away once
     the task is taken, so a second command starts a fresh interpreter instead.
     """
+    _preload("covalent")  # a Covalent task unpickles covalent's wrapper: import it now, warm
     try:
         os.chdir(pwd.getpwuid(os.getuid()).pw_dir)  # where sshd starts a command
     except OSError:

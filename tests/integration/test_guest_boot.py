@@ -34,7 +34,8 @@ def one_guest(
 ) -> Iterator[tuple[Deployed, GuestInstance]]:
     """One stack, its guest booted and its bootstrap ready, for the read-only checks."""
     base = tmp_path_factory.mktemp("one-guest")
-    with GuestBoot(moto_server.url, image=guest_image, network=guest_net, base_dir=base) as boot:
+    boot = GuestBoot(moto_server.url, image=guest_image, network=guest_net, base_dir=base)
+    with boot:
         deployed = deploy(
             moto_server,
             guest_subnet,
