@@ -10,7 +10,7 @@ MYPY_TESTS := $(VENV)/bin/mypy --config-file tests/mypy.ini
 export JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(CURDIR)/node_modules/.bin:$(PATH)
 
-.PHONY: install tools lint test test-fast bench demo clean
+.PHONY: install tools lint test test-deps test-fast bench demo clean
 
 install: $(INSTALLED) $(CDK)
 
@@ -36,7 +36,11 @@ lint: install
 	$(MYPY_TESTS) tests/integration
 	$(MYPY_TESTS) tests/e2e
 
-test: tools lint
+# The Debian packages of the real-guest tests (systemd-container, mmdebstrap, ...), when root.
+test-deps:
+	.ci/test-deps.sh
+
+test: tools lint test-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The suite without the tests that install packages from the registry.

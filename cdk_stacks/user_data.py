@@ -55,6 +55,11 @@ def cloud_config_template(files: dict[str, str]) -> str:
     Host key and port go into an sshd drop-in written before sshd starts (cloud-init's first
     stage runs before sshd), so the only key sshd ever offers is the pinned one. The lifetime
     watchdog is armed in `bootcmd`, the earliest hook, so it holds even if the bootstrap hangs.
+    On Debian and Ubuntu that hook runs before `sysinit.target`: a timer with its default
+    dependencies would wait for that target while cloud-init waits for the timer (a boot that
+    never ends), hence `DefaultDependencies=no`; `AccuracySec` makes it fire within a second
+    of its time rather than systemd's default minute. `ssh_genkeytypes` needs one type for
+    cloud-init's schema: ed25519 costs milliseconds, and sshd offers only the pinned key.
     The authorised key is a literal block: a key comment such as `work: laptop` or `#2` would
     otherwise turn the list item into a mapping or a truncated key.
     """
@@ -62,7 +67,7 @@ def cloud_config_template(files: dict[str, str]) -> str:
     # indentation they hold, with nothing for `Fn::Sub` or YAML to reinterpret.
     return f"""#cloud-config
 ssh_deletekeys: false
-ssh_genkeytypes: []
+ssh_genkeytypes: [ed25519]
 ssh_authorized_keys:
   - |-
     ${{AuthorizedKey}}
@@ -78,7 +83,7 @@ write_files:
       PasswordAuthentication no
       KbdInteractiveAuthentication no
 {_write_file_entries(files)}bootcmd:
-  - systemd-run --on-active=${{MaxLifetimeMinutes}}min --unit=ec2-executor-lifetime systemctl poweroff || shutdown -P +${{MaxLifetimeMinutes}}
+  - systemd-run --on-active=${{MaxLifetimeMinutes}}min --timer-property=DefaultDependencies=no --timer-property=AccuracySec=1s --unit=ec2-executor-lifetime systemctl poweroff || shutdown -P +${{MaxLifetimeMinutes}}
 runcmd:
   - [{BOOTSTRAP_PATH}, --python, "${{PythonVersion}}", --covalent, "${{CovalentVersion}}", --cloudpickle, "${{CloudpickleVersion}}", --user, "${{SshUser}}"]
 """  # noqa: E501

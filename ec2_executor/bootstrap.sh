@@ -35,9 +35,11 @@ ok() { rm -f "$PREFIX/failed"; start_worker; put ready "$VPY"; log "ready: $VPY"
 # The task's interpreter, started before `ready` as the SSH user in a login shell (the
 # environment of a login on the instance: /etc/profile.d, ~/.bash_profile), so that no task
 # waits for one; without it the executor starts one per task. Descriptors 3 and 9
-# (cloud-init's output, the lock) are closed: the worker outlives this script.
+# (cloud-init's output, the lock) are closed: the worker outlives this script. Under systemd it
+# is a unit of its own (ec2-executor-worker): cloud-final's end leaves it alone and power-off
+# stops it like any service; elsewhere it gets a session of its own (setsid).
 start_worker() {
-  local w=$PREFIX/worker i=0 run as=()
+  local w=$PREFIX/worker i=0 run as=() up=()
   STEP=worker
   [ -f "$HERE/runner.py" ] || { log "no runner.py beside the bootstrap; no warm worker"; return 0; }
   if [ -n "$RUN_USER" ] && [ "$RUN_USER" != "$(id -un)" ]; then
@@ -51,8 +53,17 @@ start_worker() {
   [ ${#as[@]} = 0 ] || chown -R "$RUN_USER": "$w"
   # shellcheck disable=SC2016  # $PATH: the login shell's, expanded there
   printf -v run 'PATH=%q:"$PATH" exec %q %q --serve %q' "$VENV/bin" "$VPY" "$HERE/runner.py" "$w"
-  setsid "${as[@]:-bash}" -c "$run" </dev/null >>"$w/worker.log" 2>&1 3>&- 9>&- &
-  while [ ! -f "$w/pid" ] && [ "$i" -lt 200 ] && kill -0 $! 2>/dev/null; do sleep 0.05; i=$((i+1)); done
+  if [ -d /run/systemd/system ] && [ "$(id -u)" = 0 ] && command -v systemd-run >/dev/null; then
+    systemctl stop ec2-executor-worker.service 2>/dev/null || true
+    systemd-run --quiet --collect --unit=ec2-executor-worker --property=StandardInput=null \
+      --property="StandardOutput=append:$w/worker.log" --property="StandardError=append:$w/worker.log" \
+      -- "${as[@]:-bash}" -c "$run" 3>&- 9>&- || { log "systemd-run failed; no warm worker"; return 0; }
+    up=(systemctl is-active --quiet ec2-executor-worker.service)
+  else
+    setsid "${as[@]:-bash}" -c "$run" </dev/null >>"$w/worker.log" 2>&1 3>&- 9>&- &
+    up=(kill -0 $!)
+  fi
+  while [ ! -f "$w/pid" ] && [ "$i" -lt 200 ] && "${up[@]}" 2>/dev/null; do sleep 0.05; i=$((i+1)); done
   if [ -f "$w/pid" ]; then log "worker waiting (pid $(cat "$w/pid"))"; else log "no worker; see $w/worker.log"; fi
 }
 

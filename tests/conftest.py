@@ -17,15 +17,22 @@ if _TESTS_DIR not in sys.path:  # already there with pytest's default import mod
 
 from harness import (  # noqa: E402
     EmulatedBoot,
+    GuestBoot,
+    GuestNetwork,
     LoopbackNetwork,
     MotoServer,
     NetworkGuard,
     booting,
     build_image_venv,
+    create_guest_subnet,
     create_loopback_network,
     current_site_packages,
+    guest_booting,
+    guest_network,
+    guest_support,
     patched_environ,
 )
+from harness.guest_image import guest_image as build_guest_image  # noqa: E402
 
 _NETWORK_GUARD = NetworkGuard()
 
@@ -148,3 +155,39 @@ def template_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("EC2_EXECUTOR_CACHE_DIR", str(cache))
         yield cache
+
+
+# --- real guests (tests marked `guest`) ----------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def guest_image() -> Path:
+    """The guests' root filesystem, cached on disk; skips (saying why) where none can boot."""
+    reason = guest_support()
+    if reason is not None:
+        pytest.skip(reason)
+    return build_guest_image()
+
+
+@pytest.fixture(scope="session")
+def guest_net(guest_image: Path) -> Iterator[GuestNetwork]:
+    """The guests' bridge and subnet for the session; the network guard admits the subnet."""
+    with guest_network(_NETWORK_GUARD) as network:
+        yield network
+
+
+@pytest.fixture(scope="module")
+def guest_subnet(moto_server: MotoServer, guest_net: GuestNetwork) -> LoopbackNetwork:
+    """A VPC and subnet in moto whose instances get addresses on the guests' bridge."""
+    return create_guest_subnet(moto_server.client("ec2"), guest_net)
+
+
+@pytest.fixture
+def guest_boot(
+    moto_server: MotoServer, guest_image: Path, guest_net: GuestNetwork, tmp_path: Path
+) -> Iterator[GuestBoot]:
+    """Boots every instance moto runs during the test as a real guest; all ended after it."""
+    with guest_booting(
+        moto_server.url, image=guest_image, network=guest_net, base_dir=tmp_path / "guests"
+    ) as boot:
+        yield boot

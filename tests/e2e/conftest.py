@@ -85,7 +85,7 @@ def pytest_runtest_makereport(
         report.sections.append(
             (f"covalent server log ({server.paths.server_log}, tail)", server.log_tail(120))
         )
-    boot = funcargs.get("emulated_boot")
+    boot = funcargs.get("emulated_boot") or funcargs.get("guest_boot")
     if isinstance(boot, EmulatedBoot):
         for record in boot.instances:
             report.sections.append((f"instance {record.instance_id}", _describe(record)))

@@ -16,6 +16,15 @@ from .boot import (
     build_image_venv,
     current_site_packages,
 )
+from .guests import (
+    GuestBoot,
+    GuestInstance,
+    GuestNetwork,
+    create_guest_subnet,
+    guest_booting,
+    guest_network,
+    guest_support,
+)
 from .keys import KeyPair, generate_ed25519_keypair
 from .moto import (
     AWS_ENV_UNSET,
@@ -43,6 +52,9 @@ __all__ = [
     "BootSpec",
     "BootedInstance",
     "EmulatedBoot",
+    "GuestBoot",
+    "GuestInstance",
+    "GuestNetwork",
     "KeyPair",
     "LoopbackNetwork",
     "MotoServer",
@@ -52,10 +64,14 @@ __all__ = [
     "aws_environment",
     "booting",
     "build_image_venv",
+    "create_guest_subnet",
     "create_loopback_network",
     "current_site_packages",
     "free_port",
     "generate_ed25519_keypair",
+    "guest_booting",
+    "guest_network",
+    "guest_support",
     "parse_user_data",
     "patched_environ",
     "render_user_data",

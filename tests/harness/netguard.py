@@ -3,7 +3,8 @@
 `socket.socket.connect`/`connect_ex` and `socket.create_connection` are replaced; the check runs
 before the real call, so a blocked connection never sends a packet (and a host name other than
 `localhost` is refused before it is resolved, so it does not cause a DNS query either).
-AF_UNIX and other non-IP families pass through.
+AF_UNIX and other non-IP families pass through. `allow(network)` admits one more range while
+it exists on this machine: the real-guest boot's bridge (tests/harness/guests.py).
 """
 
 from __future__ import annotations
@@ -51,7 +52,25 @@ class NetworkGuard:
         self._lock = threading.Lock()
         self._violations: list[str] = []
         self._saved: dict[str, Any] = {}
+        self._allowed: set[ipaddress.IPv4Network] = set()
         self.installed = False
+
+    def allow(self, network: str) -> None:
+        """Admit `network` too (the test guests' subnet, while its bridge exists)."""
+        with self._lock:
+            self._allowed.add(ipaddress.IPv4Network(network))
+
+    def revoke(self, network: str) -> None:
+        with self._lock:
+            self._allowed.discard(ipaddress.IPv4Network(network))
+
+    def _host_is_allowed(self, host: Any) -> bool:
+        try:
+            address = ipaddress.ip_address(str(host))
+        except ValueError:
+            return False
+        with self._lock:
+            return any(address in network for network in self._allowed)
 
     @property
     def violations(self) -> list[str]:
@@ -68,11 +87,11 @@ class NetworkGuard:
         if family not in (socket.AF_INET, socket.AF_INET6, None):
             return  # AF_UNIX, AF_NETLINK, ...: not a network connection
         host = address[0] if isinstance(address, tuple) and address else address
-        if _host_is_loopback(host):
+        if _host_is_loopback(host) or self._host_is_allowed(host):
             return
         message = (
             f"network guard: {via} to {address!r} refused; tests may only connect to "
-            "127.0.0.0/8, ::1 or localhost"
+            "127.0.0.0/8, ::1, localhost or the test guests' subnet while it exists"
         )
         with self._lock:
             self._violations.append(message)

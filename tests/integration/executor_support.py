@@ -27,6 +27,19 @@ def harness_options(subnet_id: str, remote_cache: str, **overrides: Any) -> dict
     }
 
 
+def guest_options(subnet_id: str, gateway: str, **overrides: Any) -> dict[str, Any]:
+    """The settings for real guests: their subnet and image user, ingress from the bridge."""
+    return {
+        "subnet": subnet_id,
+        "use_private_ip": True,
+        "ssh_port": 2222,
+        "username": "ec2-user",
+        "ssh_ingress_cidr": f"{gateway}/32",
+        "provision_timeout": 300,
+        **overrides,
+    }
+
+
 async def execute(
     executor: EC2Executor,
     function: Any,

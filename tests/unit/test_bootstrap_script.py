@@ -142,18 +142,22 @@ def assert_failed(prefix: Path, result: subprocess.CompletedProcess[str], text: 
 
 
 SHELL_FILES = sorted(SCRIPT.parent.glob("*.sh"))
+HARNESS_SHELL_FILES = sorted(
+    [*(SCRIPT.parents[1] / "tests" / "harness").glob("*.sh"), *SCRIPT.parents[1].glob(".ci/*.sh")]
+)
+"""The real-guest boot's image, network and run scripts; CI's package installer."""
 
 
 def test_the_instance_scripts_are_all_checked() -> None:
     assert {p.name for p in SHELL_FILES} == {"bootstrap.sh", "run-task.sh", "bake.sh"}
 
 
-@pytest.mark.parametrize("script", SHELL_FILES, ids=lambda p: p.name)
+@pytest.mark.parametrize("script", SHELL_FILES + HARNESS_SHELL_FILES, ids=lambda p: p.name)
 def test_bash_syntax(script: Path) -> None:
     subprocess.run([BASH, "-n", str(script)], check=True)
 
 
-@pytest.mark.parametrize("script", SHELL_FILES, ids=lambda p: p.name)
+@pytest.mark.parametrize("script", SHELL_FILES + HARNESS_SHELL_FILES, ids=lambda p: p.name)
 def test_shellcheck_clean(script: Path) -> None:
     shellcheck = shutil.which("shellcheck")
     if shellcheck is None:

@@ -13,6 +13,7 @@ import json
 import posixpath
 import re
 import shlex
+import shutil
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
@@ -559,7 +560,8 @@ def test_user_data_authorizes_the_key(
     cloud_config: dict[str, Any], sample_parameters: StackParameters
 ) -> None:
     assert cloud_config["ssh_authorized_keys"] == [sample_parameters["AuthorizedKey"]]
-    assert cloud_config.get("ssh_genkeytypes") == []  # no host key but the pinned one
+    # One cheap type (the schema wants one); sshd offers only the pinned key (its drop-in).
+    assert cloud_config.get("ssh_genkeytypes") == ["ed25519"]
     assert "ssh_pwauth" not in cloud_config or cloud_config["ssh_pwauth"] is False
 
 
@@ -639,6 +641,31 @@ def test_bootcmd_arms_the_lifetime_poweroff(cloud_config: dict[str, Any]) -> Non
     ]
     assert armed, commands
     assert all(("poweroff" in c or "shutdown" in c) for c in armed)
+
+
+def test_lifetime_timer_does_not_wait_for_sysinit(cloud_config: dict[str, Any]) -> None:
+    """On Debian/Ubuntu `bootcmd` runs before sysinit.target: a timer with default
+    dependencies would deadlock the boot (tests/guest proves it on a real boot)."""
+    timers = [c for c in cloud_config["bootcmd"] if isinstance(c, str) and "systemd-run" in c]
+    assert len(timers) == 1, cloud_config["bootcmd"]
+    assert "--timer-property=DefaultDependencies=no" in timers[0]
+    assert "--timer-property=AccuracySec=1s" in timers[0]
+
+
+def test_user_data_passes_cloud_init_schema(user_data: str, tmp_path: Path) -> None:
+    cloud_init = shutil.which("cloud-init")
+    if cloud_init is None:
+        pytest.skip("cloud-init is not installed (Debian package cloud-init; .ci/run installs it)")
+    path = tmp_path / "user-data"
+    path.write_text(user_data)
+    checked = subprocess.run(
+        [cloud_init, "schema", "--config-file", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "Valid cloud-config" in checked.stdout
 
 
 def test_shell_fragments_parse(cloud_config: dict[str, Any], tmp_path: Path) -> None:
