@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+TESTS = REPO / "tests"
 # `harness` and `integration.executor_support` are imported the way the tests import them.
-for _path in (str(REPO), str(REPO / "tests")):
+for _path in (str(REPO), str(TESTS)):
     if _path not in sys.path:
         sys.path.insert(0, _path)

@@ -141,7 +141,7 @@ def test_every_taggable_resource_gets_the_stack_tags(as_json: dict[str, Any]) ->
     resources = as_json["Resources"]
     spec = _cloudformation_spec()
     for name, resource in resources.items():
-        properties = spec.get(resource["Type"], {})
+        properties = spec.get(resource["Type"], set())
         if "Tags" in properties:
             # CloudFormation copies stack tags to it, unless the template sets a key itself.
             assert "Tags" not in resource.get("Properties", {}), name
