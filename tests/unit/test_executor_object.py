@@ -84,6 +84,7 @@ def test_an_unknown_option_is_reported_once_with_the_closest_known_one(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(options, "_REPORTED", set())
+    monkeypatch.setattr(ec2_module, "config_section", dict)  # the arguments alone
     with pytest.warns(UnknownOptionWarning) as caught:
         first = EC2Executor(instance_tpye="t3.large", conda_env="py311")  # type: ignore[call-arg]
         EC2Executor(instance_tpye="t3.large")  # type: ignore[call-arg]
