@@ -12,7 +12,6 @@ from pathlib import Path
 
 import cloudpickle
 import pytest
-from covalent._shared_files.exceptions import TaskRuntimeError
 from executor_support import execute, guest_options, run
 from guest_stack import PORT, assert_guest_gone, deploy
 from harness import (
@@ -27,7 +26,7 @@ from harness import (
 )
 from harness.guests import moto_state
 
-from ec2_executor import ConnectionLostError
+from ec2_executor import ConnectionLostError, TaskError
 from ec2_executor.ec2 import EC2Executor
 
 pytestmark = pytest.mark.guest
@@ -68,8 +67,9 @@ def test_a_task_that_raises(
     guest_boot: GuestBoot, guest_subnet: LoopbackNetwork, guest_net: GuestNetwork
 ) -> None:
     ex = EC2Executor(**guest_options(guest_subnet.subnet_id, guest_net.gateway))
-    with pytest.raises(TaskRuntimeError):
+    with pytest.raises(TaskError, match=r"^The task raised ValueError: boom \(on ") as failed:
         run(execute(ex, boom, [], {}))
+    assert ", in boom" in str(failed.value)  # the remote traceback, in the electron's error
     stderr = ex.task_stderr.getvalue()
     assert ", in boom" in stderr
     assert "ValueError: boom" in stderr
@@ -82,7 +82,7 @@ def test_a_guest_terminated_mid_task_fails_the_electron_naming_it(
     moto_server: MotoServer,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("ec2_executor.electron.WATCH_INTERVAL", 0.5)
+    monkeypatch.setattr("ec2_executor.watch.INSTANCE_POLL", 0.5)
     ex = EC2Executor(**guest_options(guest_subnet.subnet_id, guest_net.gateway))
 
     async def terminate_while_running() -> None:
