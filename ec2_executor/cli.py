@@ -35,6 +35,7 @@ from ec2_executor.stack import (
     stack_summary,
     stack_template,
 )
+from ec2_executor.states import GONE, IDLE, instance_states
 
 _AGE = re.compile(r"^(\d+)([smhd])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
@@ -107,14 +108,15 @@ def list_stacks(
     region: str | None, profile: str | None, pairs: tuple[str, ...], as_json: bool
 ) -> None:
     """Every stack the executor created in the region, found by its tags."""
-    rows = _summaries(_stacks(load_options(region, profile, pairs)))
+    options = load_options(region, profile, pairs)
+    rows = _summaries(_stacks(options), AWS(options))
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
     if not rows:
         click.echo("No ec2-executor stacks.")
         return
-    _table(rows, ("name", "dispatch_id", "node_id", "status", "age", "instance_type"))
+    _table(rows, ("name", "dispatch_id", "node_id", "status", "age", "instance_type", "state"))
 
 
 def _stacks(options: opts.Options) -> Stacks:
@@ -124,9 +126,10 @@ def _stacks(options: opts.Options) -> Stacks:
         raise click.ClickException(str(exc)) from exc
 
 
-def _summaries(stacks: Stacks) -> list[dict[str, Any]]:
+def _summaries(stacks: Stacks, aws: AWS) -> list[dict[str, Any]]:
     try:
         found = stacks.list_ours()
+        states = instance_states(aws.ec2, found)
     except EC2ExecutorError as exc:
         raise click.ClickException(str(exc)) from exc
     now = datetime.now(UTC)
@@ -136,6 +139,7 @@ def _summaries(stacks: Stacks) -> list[dict[str, Any]]:
         created = stack.get("CreationTime")
         row["age_seconds"] = int((now - created).total_seconds()) if created else None
         row["age"] = _human(row["age_seconds"])
+        row["state"] = states[row["name"]]
         rows.append(row)
     return rows
 
@@ -171,6 +175,9 @@ def parse_age(value: str) -> timedelta:
 @click.option("--older-than", help="Only stacks at least this old, e.g. 30m, 2h, 1d.")
 @click.option("--dispatch", "dispatch_id", help="Only the stacks of this dispatch id.")
 @click.option("--stack", "names", multiple=True, help="Only this stack (repeatable).")
+@click.option(
+    "--idle", is_flag=True, help="Only warm stacks that are idle or whose instance is gone."
+)
 @click.option("--yes", "-y", is_flag=True, help="Delete without asking.")
 def cleanup(
     region: str | None,
@@ -179,22 +186,25 @@ def cleanup(
     older_than: str | None,
     dispatch_id: str | None,
     names: tuple[str, ...],
+    idle: bool,
     yes: bool,
 ) -> None:
     """Delete left-over executor stacks (all of them unless filtered), waiting for each."""
     age = parse_age(older_than) if older_than else None
-    stacks = _stacks(load_options(region, profile, pairs))
+    options = load_options(region, profile, pairs)
+    stacks = _stacks(options)
     rows = [
         r
-        for r in _summaries(stacks)
+        for r in _summaries(stacks, AWS(options))
         if (age is None or (r["age_seconds"] or 0) >= age.total_seconds())
         and (dispatch_id is None or r["dispatch_id"] == dispatch_id)
         and (not names or r["name"] in names)
+        and (not idle or r["state"].startswith(IDLE) or r["state"] == GONE)
     ]
     if not rows:
         click.echo("Nothing to delete.")
         return
-    _table(rows, ("name", "dispatch_id", "node_id", "status", "age"))
+    _table(rows, ("name", "dispatch_id", "node_id", "status", "age", "state"))
     if not yes and not click.confirm(f"Delete these {len(rows)} stack(s)?", default=False):
         raise SystemExit(1)
     failures = asyncio.run(_delete_all(stacks, [r["name"] for r in rows]))

@@ -15,6 +15,7 @@ from covalent.executor.base import AsyncBaseExecutor
 
 from ec2_executor import electron as pipeline
 from ec2_executor import options as opts
+from ec2_executor import warm
 from ec2_executor.config import config_section
 from ec2_executor.electron import Electron, Launched, TaskOutcome, cleanup_from_handle
 from ec2_executor.errors import EC2ExecutorError
@@ -55,6 +56,7 @@ class EC2Executor(AsyncBaseExecutor):
         provision_timeout: float | None = None,
         tags: dict[str, str] | None = None,
         python_version: str | None = None,
+        keep_warm_minutes: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -69,7 +71,11 @@ class EC2Executor(AsyncBaseExecutor):
 
     async def setup(self, task_metadata: dict[str, Any]) -> None:
         self._electron = Electron(self._options(), task_metadata)
+        launched = await warm.take(self._electron)  # None unless keep_warm_minutes
         await self._set_job_handle(self._electron.job_handle())
+        if launched is not None:
+            self._launched = launched
+            return
         try:
             self._launched = await pipeline.launch(self._electron)
         except EC2ExecutorError as exc:
@@ -84,12 +90,13 @@ class EC2Executor(AsyncBaseExecutor):
         if await self._cancel_requested():
             raise TaskCancelledError("The task was cancelled before it started.")
         launched: Launched = self._launched
-        outcome = await pipeline.run_task(
-            self._electron,
-            launched,
-            (function, args, kwargs),
-            cancel_requested=self._cancel_requested,
-        )
+        with warm.running(self._electron):
+            outcome = await pipeline.run_task(
+                self._electron,
+                launched,
+                (function, args, kwargs),
+                cancel_requested=self._cancel_requested,
+            )
         return self._report(outcome)
 
     def _report(self, outcome: TaskOutcome) -> Any:
@@ -107,15 +114,19 @@ class EC2Executor(AsyncBaseExecutor):
         if electron is None:
             return  # setup failed before it could name a stack: nothing was created
         try:
-            await electron.destroy()
+            if not warm.keep(electron, self.__dict__.get("_launched")):
+                await electron.destroy()
         finally:
             del self._electron
             self.__dict__.pop("_launched", None)
 
     async def cancel(self, task_metadata: dict[str, Any], job_handle: Any) -> bool:
-        """Delete the electron's stack (which terminates the instance and its process)."""
+        """Delete the electron's stack (which terminates the instance and its process); on a
+        warm-capable instance, kill the task's process instead and keep the instance."""
         if not job_handle:
             return False
+        if await warm.cancel(str(job_handle.get("stack_name", ""))):
+            return True
         await cleanup_from_handle(self._options(), job_handle)
         return True
 

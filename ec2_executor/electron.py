@@ -18,6 +18,7 @@ import dataclasses
 import importlib.metadata
 import json
 import math
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -39,7 +40,8 @@ from ec2_executor.logs import log
 from ec2_executor.lookups import Plan
 from ec2_executor.options import Options
 from ec2_executor.phases import Phases
-from ec2_executor.remote import Endpoint, RemoteHost, TaskRun
+from ec2_executor.pool import WarmInstance, run_probe
+from ec2_executor.remote import RUN_TASK, Endpoint, RemoteHost, TaskRun, shell_path
 from ec2_executor.stack import (
     DELETE_TIMEOUT,
     EventLog,
@@ -90,6 +92,26 @@ class Electron:
         self.remote: RemoteHost | None = None
         """The connection, once open: closing it ends a command that is waiting on it."""
         self._create_call: concurrent.futures.Future[str] | None = None
+        self.task_name = self.name
+        """This electron's own name (its task directory), even on another electron's stack."""
+        self.ends_at = time.monotonic() + options.max_lifetime_minutes * 60.0
+        """When the instance's lifetime watchdog ends it, at the latest."""
+        self.warm: WarmInstance | None = None
+        """The warm instance the electron runs on, when it found one."""
+        self.reusable = False
+        """The task's process ended and the connection is sound: the instance may serve again."""
+        self.cancel_event = asyncio.Event()
+        """Set (on `loop`) by a cancel of a task on a warm-capable instance."""
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def adopt(self, warm: WarmInstance) -> None:
+        """Run on a warm instance: its stack, its pinned host key and its connection."""
+        redact.unhide(self.host_key.private_base64())  # this electron's own key goes unused
+        self.warm, self.name, self.host_key = warm, warm.stack_name, warm.host_key
+        self.remote, self.ends_at = warm.remote, warm.ends_at
+        self.phases, self.events = Phases(self.task_name), EventLog(self.name)
+        self._create_call = concurrent.futures.Future()
+        self._create_call.set_result(warm.stack_name)  # teardown deletes it by name if need be
 
     def job_handle(self) -> dict[str, Any]:
         """All a fresh executor needs to cancel this electron (Covalent rebuilds it to cancel)."""
@@ -182,6 +204,7 @@ def stack_parameters(options: Options, plan: Plan, host_key: KeyPair) -> StackPa
         SshPort=options.ssh_port,
         SshUser=options.username,
         MaxLifetimeMinutes=options.max_lifetime_minutes,
+        IdleMinutes=options.keep_warm_minutes,
         UseSpot=options.spot,
         InstanceProfile=options.instance_profile,
         ExpectPublicIp=network.public_ip,
@@ -248,13 +271,14 @@ async def run_task(
     cancel_requested: Callable[[], Awaitable[bool]],
 ) -> TaskOutcome:
     """Run the task on the instance; one command waits for the bootstrap, then runs it."""
-    remote = await connect(electron, launched)
+    remote = electron.remote if electron.warm else await connect(electron, launched)
+    assert remote is not None
     with electron.phases.phase("upload, run, fetch"):
         running = asyncio.ensure_future(
             run_blocking(
                 remote.run_task,
                 cloudpickle.dumps(task),
-                remote_dir=f"{electron.options.remote_cache.rstrip('/')}/{electron.name}",
+                remote_dir=task_dir(electron),
                 bootstrap_timeout=launched.deadline.remaining,
             )
         )
@@ -262,6 +286,7 @@ async def run_task(
             return TaskOutcome(cancelled=True)
         done = running.result()
         envelope = cloudpickle.loads(done.envelope)
+        electron.reusable = True  # the task's process ended and its result came back whole
     # The command reports how long it waited for the bootstrap: its own phase.
     electron.phases.split("upload, run, fetch", "bootstrap", done.bootstrap_wait)
     return TaskOutcome(
@@ -281,24 +306,69 @@ async def _watch(
     """Wait for the task; True when it was cancelled. Raises `ConnectionLostError` naming the
     instance when the instance went away under it."""
     ec2 = AWS(electron.options).ec2
-    while True:
-        done, _ = await asyncio.wait({running}, timeout=WATCH_INTERVAL)
-        lost = done and isinstance(running.exception(), ConnectionLostError)
-        if done and not lost:
-            return False
-        if await cancel_requested():
-            electron.close_connection()
-            return True
-        state = await run_blocking(lookups.instance_state, ec2, outputs.instance_id)
-        if state not in ("pending", "running"):
-            electron.close_connection()
-            raise ConnectionLostError(
-                f"Instance {outputs.instance_id} of stack {electron.name!r} is {state}: it went "
-                f"away while the task ran (a spot interruption, 'max_lifetime_minutes' reached, "
-                f"or stopped by hand?)."
-            ) from (running.exception() if done else None)
-        if lost:
-            return False  # the instance lives: the connection error itself is the story
+    cancelled: asyncio.Future[Any] = asyncio.ensure_future(electron.cancel_event.wait())
+    watched: set[asyncio.Future[Any]] = {running, cancelled}
+    try:
+        while True:
+            await asyncio.wait(watched, timeout=WATCH_INTERVAL, return_when="FIRST_COMPLETED")
+            done = running.done()
+            lost = done and isinstance(running.exception(), ConnectionLostError)
+            if done and not lost:
+                return False
+            if electron.cancel_event.is_set() or await cancel_requested():
+                await _stop_task(electron, running)
+                return True
+            await _check_instance(electron, outputs, running, ec2)
+            if lost:
+                return False  # the instance lives: the connection error itself is the story
+    finally:
+        cancelled.cancel()
+
+
+async def _check_instance(
+    electron: Electron, outputs: StackOutputs, running: asyncio.Future[TaskRun], ec2: Any
+) -> None:
+    """Raise `ConnectionLostError` when the instance went away under the task."""
+    done = running.done()
+    state = await run_blocking(lookups.instance_state, ec2, outputs.instance_id)
+    if state not in ("pending", "running"):
+        electron.close_connection()
+        raise ConnectionLostError(
+            f"Instance {outputs.instance_id} of stack {electron.name!r} is {state}: it went "
+            f"away while the task ran (a spot interruption, 'max_lifetime_minutes' reached, "
+            f"or stopped by hand?)."
+        ) from (running.exception() if done else None)
+
+
+KILL_TIMEOUT = 30.0
+"""Seconds the instance has to confirm that a cancelled task's processes are gone."""
+
+
+async def _stop_task(electron: Electron, running: asyncio.Future[TaskRun]) -> None:
+    """End the task: on a warm-capable instance kill its process and keep the instance when
+    the kill is confirmed; otherwise close the connection (the stack's deletion ends it)."""
+    remote = electron.remote
+    if electron.options.keep_warm_minutes and remote is not None and remote.is_connected:
+        command = f'exec bash "{RUN_TASK}" --kill {shell_path(task_dir(electron))}'
+        with contextlib.suppress(TimeoutError, EC2ExecutorError):
+            status, out = await run_probe(remote, command, KILL_TIMEOUT)
+            if status == 0 and b"killed" in out:
+                await asyncio.wait({running}, timeout=KILL_TIMEOUT)
+                electron.reusable = running.done()
+        log.info(
+            "%s: cancelled; the task's process %s",
+            electron.task_name,
+            "was killed" if electron.reusable else "could not be confirmed dead",
+        )
+    if running.done() and not running.cancelled():
+        running.exception()  # retrieved: the cancel is the story
+    if not electron.reusable:
+        electron.close_connection()
+
+
+def task_dir(electron: Electron) -> str:
+    """The task's own directory on the instance (removed once its result is fetched)."""
+    return f"{electron.options.remote_cache.rstrip('/')}/{electron.task_name}"
 
 
 # --- teardown helpers ------------------------------------------------------------------------

@@ -87,6 +87,9 @@ def test_key_name_defaults_to_the_key_file_stem(tmp_path: Path) -> None:
         ({"python_version": "3"}, "'python_version'", "3."),
         ({"tags": {"aws:x": "y"}}, "'tags'", "aws:"),
         ({"provision_timeout": 0}, "'provision_timeout'", "900"),
+        ({"keep_warm_minutes": -1}, "'keep_warm_minutes'", "0 to 1440 minutes"),
+        ({"keep_warm_minutes": 1441}, "'keep_warm_minutes'", "0 to 1440 minutes"),
+        ({"keep_warm_minutes": "soon"}, "'keep_warm_minutes'", "[executors.ec2]"),
     ],
 )
 def test_bad_values_are_refused_naming_the_key_and_the_fix(
@@ -110,3 +113,9 @@ def test_unreadable_key_file_is_refused(tmp_path: Path) -> None:
         pytest.skip("running as root: every file is readable")
     with pytest.raises(ConfigurationError, match="not readable"):
         build({"ssh_key_file": str(key)})
+
+
+def test_keep_warm_defaults_to_zero_and_takes_config_strings() -> None:
+    assert Options().keep_warm_minutes == 0
+    assert defaults()["keep_warm_minutes"] == 0
+    assert build({"keep_warm_minutes": "5"}).keep_warm_minutes == 5
