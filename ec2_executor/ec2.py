@@ -114,7 +114,7 @@ class EC2Executor(AsyncBaseExecutor):
         if electron is None:
             return  # setup failed before it could name a stack: nothing was created
         try:
-            if not warm.keep(electron, self.__dict__.get("_launched")):
+            if not await warm.keep(electron, self.__dict__.get("_launched")):
                 await electron.destroy()
         finally:
             del self._electron

@@ -5,8 +5,9 @@
     teardown: Electron.destroy (the stack's name and the in-flight create are all it needs)
 
 `plan` checks everything it can before anything is created; `stack_parameters` is pure;
-`launch` creates the stack and waits for its outputs (Covalent's setup); `connect` and
-`run_task` are Covalent's run.
+`launch` creates the stack and returns as soon as its instance has an address (Covalent's
+setup), while the stack goes on completing; `connect` and `run_task` are Covalent's run. A
+stack that fails at any point before the task's result is in fails the electron.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from ec2_executor.errors import (
     ConnectionLostError,
     EC2ExecutorError,
     RemoteError,
+    StackCreationError,
     StackDeletionError,
 )
 from ec2_executor.logs import log
@@ -47,6 +49,7 @@ from ec2_executor.stack import (
     EventLog,
     StackOutputs,
     Stacks,
+    creation_progress,
     delete_and_wait,
     request_deletion,
     stack_name,
@@ -57,6 +60,12 @@ from ec2_executor.stack import (
 
 WATCH_INTERVAL = 10.0
 """How often a running task's instance is checked (and a cancel looked for)."""
+INSTANCE_LOGICAL_ID = "Instance"
+"""The instance's logical id in `ElectronStack`'s template."""
+PROBE_TIMEOUT = 2.0
+"""TCP connect timeout of an SSH probe: a booting instance drops SYNs rather than refusing."""
+PROBE_CEILING = 1.0
+"""The longest pause between SSH probes: a probe costs little, a late one costs a second."""
 
 
 @dataclass(frozen=True)
@@ -91,6 +100,8 @@ class Electron:
         redact.hide(self.host_key.private_base64())  # until the stack is gone
         self.remote: RemoteHost | None = None
         """The connection, once open: closing it ends a command that is waiting on it."""
+        self.completion: asyncio.Future[StackOutputs] | None = None
+        """The stack's wait for CREATE_COMPLETE, which goes on while the task starts."""
         self._create_call: concurrent.futures.Future[str] | None = None
         self.task_name = self.name
         """This electron's own name (its task directory), even on another electron's stack."""
@@ -144,9 +155,26 @@ class Electron:
         if self.remote is not None:
             self.remote.close()
 
+    def raise_if_stack_failed(self) -> None:
+        """Once the stack has failed, close the connection (ending a command that waits on it)
+        and raise the stack's `StackCreationError`; a no-op before."""
+        failure = self._stack_failure()
+        if failure is not None:
+            self.close_connection()
+            raise failure
+
+    def _stack_failure(self) -> BaseException | None:
+        waiting = self.completion
+        if waiting is None or not waiting.done() or waiting.cancelled():
+            return None
+        return waiting.exception()
+
     async def destroy(self) -> None:
         """Delete whatever setup created, however far it got; say so loudly if it stays."""
         self.close_connection()
+        if self.completion is not None:
+            self.completion.cancel()
+            self._stack_failure()  # retrieved: reported already, or moot once the task is done
         if self._create_call is None:
             redact.unhide(self.host_key.private_base64())
             return  # create_stack was never sent
@@ -213,7 +241,7 @@ def stack_parameters(options: Options, plan: Plan, host_key: KeyPair) -> StackPa
 
 
 async def launch(electron: Electron) -> Launched:
-    """Plan, then create the electron's stack and wait for its outputs."""
+    """Plan, create the electron's stack, and return once its instance has an address."""
     options, phases = electron.options, electron.phases
     deadline = Deadline(options.provision_timeout)
     with phases.phase("plan"):
@@ -224,10 +252,39 @@ async def launch(electron: Electron) -> Launched:
     with phases.phase("create stack"):
         stack_id = await electron.create_stack(template, parameters)
     with phases.phase("wait for stack"):
-        outputs = await wait_for_creation(
-            electron.stacks, stack_id, electron.name, deadline=deadline, events=electron.events
-        )
+        outputs = await wait_for_instance(electron, stack_id, deadline)
     return Launched(outputs=outputs, identity=plan.identity, deadline=deadline)
+
+
+async def wait_for_instance(electron: Electron, stack_id: str, deadline: Deadline) -> StackOutputs:
+    """The instance's id and addresses as soon as CloudFormation has launched it; the wait
+    for CREATE_COMPLETE goes on in `electron.completion`."""
+    stacks, name, events = electron.stacks, electron.name, electron.events
+    ec2 = AWS(electron.options).ec2
+    need_public = not electron.options.use_private_ip
+
+    async def check() -> StackOutputs | None:
+        stack = await creation_progress(stacks, stack_id, name, events)
+        if stack is not None:
+            return StackOutputs.from_stack(stack)
+        instance_id = await run_blocking(stacks.physical_id, stack_id, INSTANCE_LOGICAL_ID)
+        if not instance_id:
+            return None
+        return await run_blocking(
+            lookups.instance_outputs, ec2, instance_id, need_public=need_public
+        )
+
+    outputs = await poll(check, deadline=deadline, ceiling=2.0)
+    if outputs is None:
+        raise StackCreationError(
+            f"Stack {name!r} launched no instance within 'provision_timeout'; raise the option "
+            f"or check the stack's events in the CloudFormation console.",
+            stack_name=name,
+        )
+    electron.completion = asyncio.ensure_future(
+        wait_for_creation(stacks, stack_id, name, deadline=deadline, events=events)
+    )
+    return outputs
 
 
 # --- run: connect, task, watch ---------------------------------------------------------------
@@ -248,14 +305,20 @@ def endpoint(options: Options, outputs: StackOutputs, stack: str) -> Endpoint:
 async def connect(electron: Electron, launched: Launched) -> RemoteHost:
     """The electron's one SSH connection, once the instance answers with its pinned key."""
     where = endpoint(electron.options, launched.outputs, electron.name)
-    remote = RemoteHost(where, launched.identity, electron.host_key.public_key())
+    remote = RemoteHost(
+        where, launched.identity, electron.host_key.public_key(), connect_timeout=PROBE_TIMEOUT
+    )
     electron.remote = remote
 
     async def attempt() -> bool | None:
+        electron.raise_if_stack_failed()
         return await run_blocking(remote.try_connect) or None
 
     with electron.phases.phase("wait for SSH"):
-        if await poll(attempt, deadline=launched.deadline, first=0.2, ceiling=3.0) is None:
+        if (
+            await poll(attempt, deadline=launched.deadline, first=0.2, ceiling=PROBE_CEILING)
+            is None
+        ):
             raise ConnectionLostError(
                 f"SSH on {where.host}:{where.port} did not answer within "
                 f"'provision_timeout'; check that 'ssh_ingress_cidr' covers this machine."
@@ -307,11 +370,15 @@ async def _watch(
     instance when the instance went away under it."""
     ec2 = AWS(electron.options).ec2
     cancelled: asyncio.Future[Any] = asyncio.ensure_future(electron.cancel_event.wait())
-    watched: set[asyncio.Future[Any]] = {running, cancelled}
     try:
         while True:
-            await asyncio.wait(watched, timeout=WATCH_INTERVAL, return_when="FIRST_COMPLETED")
+            waits: set[asyncio.Future[Any]] = {running, cancelled}
+            if electron.completion is not None and not electron.completion.done():
+                waits.add(electron.completion)  # a stack that fails now still fails the electron
+            await asyncio.wait(waits, timeout=WATCH_INTERVAL, return_when=asyncio.FIRST_COMPLETED)
             done = running.done()
+            if not done:
+                electron.raise_if_stack_failed()
             lost = done and isinstance(running.exception(), ConnectionLostError)
             if done and not lost:
                 return False

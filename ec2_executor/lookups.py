@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib.metadata
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cdk_stacks.parameters import AL2023_SSM_PARAMETER, DEFAULT_ROOT_DEVICE
 from ec2_executor.access import ClientIdentity, client_identity
@@ -16,6 +16,7 @@ from ec2_executor.aws import AWS, aws_errors, error_code
 from ec2_executor.errors import AWSError, ConfigurationError
 from ec2_executor.network import NetworkPlan, plan_network
 from ec2_executor.options import Options
+from ec2_executor.stack import StackOutputs
 
 if TYPE_CHECKING:
     from mypy_boto3_ec2 import EC2Client
@@ -73,15 +74,30 @@ def plan(aws: AWS, options: Options) -> Plan:
 
 def instance_state(ec2: EC2Client, instance_id: str) -> str:
     """'pending', 'running', ... or 'gone' when EC2 no longer knows the instance."""
+    found = _instance(ec2, instance_id)
+    return str(found["State"]["Name"]) if found else "gone"
+
+
+def instance_outputs(ec2: EC2Client, instance_id: str, *, need_public: bool) -> StackOutputs | None:
+    """The instance's addresses, as the stack's outputs will give them; None until it has the
+    address the executor connects to."""
+    found = _instance(ec2, instance_id) or {}
+    private, public = found.get("PrivateIpAddress", ""), found.get("PublicIpAddress", "")
+    if not private or (need_public and not public):
+        return None
+    return StackOutputs(instance_id=instance_id, private_ip=private, public_ip=public)
+
+
+def _instance(ec2: EC2Client, instance_id: str) -> Any:
     try:
         with aws_errors(f"looking up instance {instance_id}"):
             found = ec2.describe_instances(InstanceIds=[instance_id])
     except AWSError as exc:
         if error_code(exc) == "InvalidInstanceID.NotFound":
-            return "gone"
+            return None
         raise
     instances = [i for r in found["Reservations"] for i in r["Instances"]]
-    return str(instances[0]["State"]["Name"]) if instances else "gone"
+    return instances[0] if instances else None
 
 
 def architecture(ec2: EC2Client, options: Options) -> str:

@@ -136,6 +136,19 @@ class Stacks:
             raise
         return found[0] if found else None
 
+    def physical_id(self, stack: str, logical_id: str) -> str:
+        """The id of a resource of the stack, '' until CloudFormation has started creating it."""
+        try:
+            with aws_errors(f"reading resource {logical_id} of {stack!r}"):
+                found = self.cf.describe_stack_resource(
+                    StackName=stack, LogicalResourceId=logical_id
+                )
+        except AWSError as exc:
+            if error_code(exc) == "ValidationError" and "does not exist" in str(exc):
+                return ""
+            raise
+        return str(found["StackResourceDetail"].get("PhysicalResourceId") or "")
+
     def events(self, stack: str) -> list[Mapping[str, Any]]:
         """The most recent events, oldest first."""
         with aws_errors(f"reading the events of {stack!r}"):
@@ -187,25 +200,33 @@ class EventLog:
         return "no resource reported a reason"
 
 
+async def creation_progress(
+    stacks: Stacks, stack_id: str, name: str, events: EventLog
+) -> Mapping[str, Any] | None:
+    """The stack once CREATE_COMPLETE, else None; raises `StackCreationError` naming the first
+    failing resource once it failed. Logs new events on the way."""
+    events.record(await run_blocking(stacks.events, stack_id))
+    stack = await run_blocking(stacks.describe, stack_id)
+    status = stack["StackStatus"] if stack else "DELETE_COMPLETE"
+    if status in _FAILED_CREATE:
+        raise StackCreationError(
+            f"Stack {name!r} failed to create ({status}): {events.first_failure()}",
+            stack_name=name,
+        )
+    return stack if status == "CREATE_COMPLETE" else None
+
+
 async def wait_for_creation(
     stacks: Stacks, stack_id: str, name: str, *, deadline: Deadline, events: EventLog
 ) -> StackOutputs:
     async def check() -> Mapping[str, Any] | None:
-        events.record(await run_blocking(stacks.events, stack_id))
-        stack = await run_blocking(stacks.describe, stack_id)
-        status = stack["StackStatus"] if stack else "DELETE_COMPLETE"
-        return stack if status == "CREATE_COMPLETE" or status in _FAILED_CREATE else None
+        return await creation_progress(stacks, stack_id, name, events)
 
     stack = await poll(check, deadline=deadline)
     if stack is None:
         raise StackCreationError(
             f"Stack {name!r} was not ready within 'provision_timeout'; raise the option or check "
             f"the stack's events in the CloudFormation console.",
-            stack_name=name,
-        )
-    if stack["StackStatus"] != "CREATE_COMPLETE":
-        raise StackCreationError(
-            f"Stack {name!r} failed to create ({stack['StackStatus']}): {events.first_failure()}",
             stack_name=name,
         )
     return StackOutputs.from_stack(stack)

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 
 from ec2_executor.blocking import Deadline, run_blocking
 from ec2_executor.electron import Electron, Launched
-from ec2_executor.errors import ConnectionLostError, RemoteError
+from ec2_executor.errors import ConnectionLostError, EC2ExecutorError, RemoteError
 from ec2_executor.logs import log
 from ec2_executor.pool import POOL, Pool, WarmInstance, retire_soon, run_probe
 from ec2_executor.remote import RUN_TASK, RemoteHost
@@ -94,10 +94,12 @@ async def _reconnect(instance: WarmInstance) -> str | None:
     return None
 
 
-def keep(electron: Electron, launched: Launched | None, pool: Pool = POOL) -> bool:
+async def keep(electron: Electron, launched: Launched | None, pool: Pool = POOL) -> bool:
     """Give the electron's instance to the pool instead of deleting it; False: delete it."""
     remote = electron.remote
     if not (electron.options.keep_warm_minutes and electron.reusable and launched and remote):
+        return False
+    if not await _stack_complete(electron, launched):
         return False
     instance = electron.warm or WarmInstance(
         key=reuse_key(electron.options),
@@ -112,6 +114,19 @@ def keep(electron: Electron, launched: Launched | None, pool: Pool = POOL) -> bo
     instance.remote = remote
     pool.give_back(instance)
     log.info("%s: done (%s)", electron.task_name, electron.phases.summary())
+    return True
+
+
+async def _stack_complete(electron: Electron, launched: Launched) -> bool:
+    """Only a stack that reached CREATE_COMPLETE is kept (a task can end before it does)."""
+    completion = electron.completion
+    if completion is None:
+        return True
+    try:
+        await asyncio.wait_for(asyncio.shield(completion), launched.deadline.remaining + 5.0)
+    except (TimeoutError, EC2ExecutorError) as exc:
+        log.info("%s: not kept warm: the stack did not complete (%s)", electron.name, exc)
+        return False
     return True
 
 

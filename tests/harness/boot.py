@@ -191,6 +191,7 @@ class EmulatedBoot:
         image_venv: Path | None = None,
         sshd_start_timeout: float = 15.0,
         stop_timeout: float = 5.0,
+        boot_delay: float = 0.0,
     ) -> None:
         """
         python_path: exported as PYTHONPATH to the bootstrap and to SSH sessions (emulates an
@@ -200,6 +201,8 @@ class EmulatedBoot:
         bootstrap_env: extra variables for the bootstrap's environment.
         image_venv: a ready venv the image already holds at `<prefix>/venv` (linked in before
             the real bootstrap runs, which then takes its idempotent fast path).
+        boot_delay: seconds from an instance's first sighting as running to its sshd starting
+            (an instance's boot; 0 boots at once).
         """
         self.endpoint_url = endpoint_url
         self.python_path = python_path
@@ -210,6 +213,8 @@ class EmulatedBoot:
         self.image_venv = image_venv
         self.sshd_start_timeout = sshd_start_timeout
         self.stop_timeout = stop_timeout
+        self.boot_delay = boot_delay
+        self._first_seen: dict[str, float] = {}
         self._owns_base_dir = base_dir is None
         self.base_dir = Path(base_dir) if base_dir is not None else None
         self._records: dict[str, BootedInstance] = {}
@@ -351,10 +356,15 @@ class EmulatedBoot:
                     self._stop_instance(record, f"instance is {known[0]}")
                 elif record.booted and (record.prefix / "poweroff").exists():
                     self._power_off(record)
+            now = time.monotonic()
+            running = {i: ip for i, (state, ip) in states.items() if state == "running"}
+            for instance_id in running:
+                self._first_seen.setdefault(instance_id, now)
             new = [
                 (instance_id, private_ip)
-                for instance_id, (state, private_ip) in states.items()
-                if state == "running" and instance_id not in self._records
+                for instance_id, private_ip in running.items()
+                if instance_id not in self._records
+                and now - self._first_seen[instance_id] >= self.boot_delay
             ]
             if new:  # instances launched together boot together, as on EC2
                 with concurrent.futures.ThreadPoolExecutor(len(new)) as pool:
@@ -699,6 +709,7 @@ def booting(
     bootstrap_env: dict[str, str],
     image_venv: Path | None,
     base_dir: Path,
+    boot_delay: float = 0.0,
 ) -> Iterator[EmulatedBoot]:
     """An `EmulatedBoot` for one test: stopped after it; boot errors that the test did not
     `clear_errors()` are raised then."""
@@ -708,6 +719,7 @@ def booting(
         bootstrap_env=bootstrap_env,
         image_venv=image_venv,
         base_dir=base_dir,
+        boot_delay=boot_delay,
     )
     with boot:
         yield boot

@@ -1,0 +1,98 @@
+"""On a cloud that takes its time (tests/harness/timed_cloud.py): the executor connects as soon
+as the stack has launched the instance, without waiting for CREATE_COMPLETE, and a stack that
+fails after that still fails the electron and leaves nothing."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from executor_support import execute, harness_options, run
+from harness import LoopbackNetwork, MotoServer
+from harness.boot import EmulatedBoot, booting
+from harness.timed_cloud import FAIL_REASON, TimedCloud, Timeline
+
+from ec2_executor import StackCreationError
+from ec2_executor.ec2 import EC2Executor
+from ec2_executor.stack import stack_name
+
+BOOT_SECONDS = 1.0
+"""Instance launched to sshd answering; scaled down from AWS's ~20 s like the timeline."""
+
+
+@pytest.fixture
+def slow_boot(
+    moto_reset: MotoServer,
+    boot_python_path: str | None,
+    boot_bootstrap_env: dict[str, str],
+    boot_image_venv: Path | None,
+    tmp_path: Path,
+) -> Iterator[EmulatedBoot]:
+    with booting(
+        moto_reset.url,
+        python_path=boot_python_path,
+        bootstrap_env=boot_bootstrap_env,
+        image_venv=boot_image_venv,
+        base_dir=tmp_path / "instances",
+        boot_delay=BOOT_SECONDS,
+    ) as boot:
+        yield boot
+
+
+@contextlib.contextmanager
+def _timed_cloud(
+    moto: MotoServer, monkeypatch: pytest.MonkeyPatch, timeline: Timeline
+) -> Iterator[TimedCloud]:
+    with TimedCloud(moto.url, timeline) as cloud:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", cloud.url)  # the executor's AWS is the proxy
+        yield cloud
+
+
+def _live_stacks(moto: MotoServer) -> list[str]:
+    stacks = moto.client("cloudformation").describe_stacks()["Stacks"]
+    return [s["StackName"] for s in stacks if s["StackStatus"] != "DELETE_COMPLETE"]
+
+
+def test_the_task_runs_before_the_stack_completes(
+    loopback_network: LoopbackNetwork,
+    slow_boot: EmulatedBoot,
+    moto_reset: MotoServer,
+    monkeypatch: pytest.MonkeyPatch,
+    remote_cache: str,
+) -> None:
+    timeline = Timeline(instance_after=1.0, complete_after=60.0)
+    with _timed_cloud(moto_reset, monkeypatch, timeline) as cloud:
+        ex = EC2Executor(**harness_options(loopback_network.subnet_id, remote_cache))
+        started = time.monotonic()
+        assert run(execute(ex, pow, [2, 10], {}, dispatch_id="early")) == 1024
+        took = time.monotonic() - started
+        # The whole electron, task included, happened while the stack was still creating.
+        assert cloud.completed_at(stack_name("early", 0)) is None
+        assert took < timeline.complete_after
+    assert slow_boot.booted_count == 1
+    assert _live_stacks(moto_reset) == []
+
+
+def test_a_stack_that_fails_after_ssh_answered_fails_the_electron(
+    loopback_network: LoopbackNetwork,
+    slow_boot: EmulatedBoot,
+    moto_reset: MotoServer,
+    monkeypatch: pytest.MonkeyPatch,
+    remote_cache: str,
+) -> None:
+    timeline = Timeline(instance_after=1.0, complete_after=120.0, fail_after=12.0)
+    with _timed_cloud(moto_reset, monkeypatch, timeline):
+        ex = EC2Executor(**harness_options(loopback_network.subnet_id, remote_cache))
+        started = time.monotonic()
+        with pytest.raises(StackCreationError) as failed:
+            run(execute(ex, time.sleep, [90], {}, dispatch_id="late-failure"))
+        took = time.monotonic() - started
+    assert "Instance" in str(failed.value) and FAIL_REASON in str(failed.value)
+    assert slow_boot.booted_count == 1
+    task_dir = Path(remote_cache) / stack_name("late-failure", 0)
+    assert (task_dir / "payload.pkl").exists()  # SSH had answered: the task was running
+    assert took < 60  # noticed within the stack wait's poll, not at the task's end
+    assert _live_stacks(moto_reset) == []
