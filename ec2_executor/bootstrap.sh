@@ -33,7 +33,10 @@ on_exit() {
 log() { printf '%s [%s] %s\n' "$(date -u +%FT%TZ)" "$STEP" "$*"; }
 put() { printf '%s\n' "$2" >"$PREFIX/.$1.$$" && mv -f "$PREFIX/.$1.$$" "$PREFIX/$1"; }
 fail() { REASON=$1; exit 1; }
-ok() { rm -f "$PREFIX/failed"; start_worker; start_idle_watchdog; put ready "$VPY"; log "ready: $VPY"; }
+ok() {
+  rm -f "$PREFIX/failed"; start_worker; start_idle_watchdog
+  STEP=ready; put ready "$VPY"; log "ready: $VPY"
+}
 # The task's interpreter, started before `ready` as the SSH user in a login shell (the
 # environment of a login on the instance: /etc/profile.d, ~/.bash_profile), so that no task
 # waits for one; without it the executor starts one per task. Descriptors 3 and 9

@@ -12,7 +12,11 @@ set -uo pipefail
 mark='ec2-executor:' p=${0%/*}
 w=$p/worker
 
-alive() { pid=$(cat "$w/pid" 2>/dev/null) && kill -0 "$pid" 2>/dev/null; }
+# A worker that died but was not reaped yet (a zombie) answers kill -0: read its state.
+alive() {
+  pid=$(cat "$w/pid" 2>/dev/null) && kill -0 "$pid" 2>/dev/null &&
+    [ "$(sed 's/.*) \(.\).*/\1/' "/proc/$pid/stat" 2>/dev/null)" != Z ]
+}
 
 if [ "${1-}" = --check ]; then
   [ -f "$p/ready" ] || { echo "$mark the bootstrap is not done"; exit 7; }
@@ -51,15 +55,16 @@ echo "$mark bootstrap waited $t0 $EPOCHREALTIME" >&2
 # The warm worker's FIFOs are opened read-write, so no open blocks; a dead worker is noticed
 # within a second, and the task is then not run a second time. Lines on `done` name their
 # task: one left by a cancelled task is skipped.
+# `busy` (this command's pid until the worker puts the task's) holds off the idle power-off.
 if alive && exec 4<>"$w/go" 5<>"$w/done"; then
-  echo "$d" >&4; echo "$mark warm worker $pid" >&2
+  echo $$ >"$w/busy"; echo "$d" >&4; echo "$mark warm worker $pid" >&2
   until read -r -t 1 _ finished _ <&5 && [ "$finished" = "$d" ]; do
-    kill -0 "$pid" 2>/dev/null || { echo "$mark the worker died; see $w/worker.log" >&2; exit 6; }
+    alive || { echo "$mark the worker died; see $w/worker.log" >&2; exit 6; }
   done
   [ -f "$d/result.pkl" ] ||
     { echo "$mark no result; $w/worker.log ends:"; tail -n 20 "$w/worker.log"; } >&2
-  cat "$d/result.pkl" && rm -rf "$d"
-  exit
+  cat "$d/result.pkl"; status=$?
+  rm -rf "$d"; exit "$status"
 fi
 # No worker waiting: a fresh interpreter, which also writes the envelope to stdout.
 echo $$ >"$d/pid"

@@ -121,7 +121,9 @@ def assert_nothing_left(moto: MotoServer) -> None:
 def warm_executor(
     network: LoopbackNetwork, remote_cache: str, port: int | None = None, **overrides: Any
 ) -> EC2Executor:
-    options = harness_options(network.subnet_id, remote_cache, keep_warm_minutes=5, **overrides)
+    options = harness_options(
+        network.subnet_id, remote_cache, **{"keep_warm_minutes": 5, **overrides}
+    )
     if port is not None:  # one port for all: the same reuse key
         options["ssh_port"] = port
     return EC2Executor(**options)
@@ -364,7 +366,7 @@ def _alive(pid: int) -> bool:
 
 @pytest.mark.parametrize(
     "boot_bootstrap_env",
-    [{"EC2_EXECUTOR_BOOTSTRAP_OFFLINE": "1", "EC2_EXECUTOR_IDLE_SECONDS": "4"}],
+    [{"EC2_EXECUTOR_BOOTSTRAP_OFFLINE": "1", "EC2_EXECUTOR_IDLE_SECONDS": "8"}],
 )
 def test_an_instance_whose_executor_died_powers_itself_off(
     loopback_network: LoopbackNetwork,
