@@ -20,6 +20,8 @@ import click
 
 from cdk_stacks.shape import NetworkMode, StackShape
 from cdk_stacks.templates import cache_path
+from ec2_executor import bake as baking
+from ec2_executor import images, lookups
 from ec2_executor import options as opts
 from ec2_executor.aws import AWS
 from ec2_executor.blocking import Deadline
@@ -232,6 +234,69 @@ async def _delete_all(stacks: Stacks, names: list[str]) -> list[str]:
     return [r for r in results if r]
 
 
+# --- bake -------------------------------------------------------------------------------
+
+ARCH_INSTANCE_TYPES = {"x86_64": "t3.micro", "arm64": "t4g.micro"}
+"""The instance a bake runs on when only `--arch` is given."""
+
+
+@main.command()
+@aws_options
+@click.option("--arch", type=click.Choice(sorted(ARCH_INSTANCE_TYPES)), help="Image architecture.")
+@click.option("--instance-type", help="Bake on this type (its architecture is the image's).")
+@click.option("--pip", "pip", multiple=True, metavar="PKG", help="Extra package (repeatable).")
+@click.option("--force", is_flag=True, help="Bake even if a matching image exists.")
+@click.option("--list", "list_images", is_flag=True, help="List the baked images and exit.")
+@click.option("--delete", "delete", metavar="IMAGE", help="Deregister IMAGE, delete its snapshots.")
+def bake(
+    region: str | None,
+    profile: str | None,
+    pairs: tuple[str, ...],
+    arch: str | None,
+    instance_type: str | None,
+    pip: tuple[str, ...],
+    force: bool,
+    list_images: bool,
+    delete: str | None,
+) -> None:
+    """Make an image with the bootstrap done, for this machine's Python and covalent."""
+    options = load_options(region, profile, pairs)
+    ec2 = AWS(options).ec2
+    if list_images:
+        _table(
+            [_image_row(i) for i in images.baked_images(ec2)],
+            ("image", "name", "created", "state", "contents"),
+        )
+        return
+    if delete:
+        found = [i for i in images.baked_images(ec2) if i.image_id == delete]
+        if not found:
+            raise click.UsageError(f"{delete!r} is not a baked image here; see 'bake --list'.")
+        images.delete_image(ec2, delete, found[0].snapshots)
+        click.echo(f"deleted {delete} and its snapshots {', '.join(found[0].snapshots) or '-'}")
+        return
+    chosen = instance_type or (ARCH_INSTANCE_TYPES[arch] if arch else options.instance_type)
+    options = dataclasses.replace(options, instance_type=chosen)
+    try:
+        if arch and architecture(ec2, options) != arch:
+            raise click.UsageError(f"--instance-type {chosen} is not {arch}; give one of the two.")
+        result = asyncio.run(baking.bake(options, pip=pip, force=force))
+    except EC2ExecutorError as exc:
+        raise click.ClickException(str(exc)) from exc
+    state = "made" if result.made else "exists already (--force bakes anew)"
+    click.echo(f"{result.image.image_id} {state}: {result.image.recipe_text()}")
+
+
+def _image_row(image: images.BakedImage) -> dict[str, Any]:
+    return {
+        "image": image.image_id,
+        "name": image.name,
+        "created": image.created,
+        "state": image.state,
+        "contents": image.recipe_text(),
+    }
+
+
 # --- doctor -----------------------------------------------------------------------------
 
 
@@ -255,11 +320,13 @@ def _check_aws(checks: Checks, options: opts.Options) -> None:
     )
     if aws is None:
         return
-    checks.run(
+    arch = checks.run(
         "instance type",
         lambda: architecture(aws.ec2, options),
         str_of=lambda arch: f"{options.instance_type} ({arch})",
     )
+    if arch is not None:
+        checks.run("image", lambda: _image(aws, options, arch))
     if options.ssh_key_file:
         checks.run("key pair", lambda: _key_pair(aws, options))
     cidr = checks.run("SSH ingress", lambda: _ingress(options))
@@ -296,6 +363,11 @@ class Checks:
 
 def _valid(_: object) -> str:
     return "valid"
+
+
+def _image(aws: AWS, options: opts.Options, arch: str) -> str:
+    versions = lookups.Versions.installed(options.python_version)
+    return lookups.image(aws.ec2, options, arch, versions).why
 
 
 def _ingress(options: opts.Options) -> str:

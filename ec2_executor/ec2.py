@@ -57,6 +57,7 @@ class EC2Executor(AsyncBaseExecutor):
         tags: dict[str, str] | None = None,
         python_version: str | None = None,
         keep_warm_minutes: int | None = None,
+        use_baked_image: bool | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)

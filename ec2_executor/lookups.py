@@ -14,6 +14,7 @@ from cdk_stacks.parameters import AL2023_SSM_PARAMETER, DEFAULT_ROOT_DEVICE
 from ec2_executor.access import ClientIdentity, client_identity
 from ec2_executor.aws import AWS, aws_errors, error_code
 from ec2_executor.errors import AWSError, ConfigurationError
+from ec2_executor.images import Recipe, instance_files_version, newest_match
 from ec2_executor.network import NetworkPlan, plan_network
 from ec2_executor.options import Options
 from ec2_executor.stack import StackOutputs
@@ -27,6 +28,8 @@ class Image:
     latest_ami_parameter: str
     image_id: str = ""
     root_device: str = DEFAULT_ROOT_DEVICE
+    why: str = ""
+    """Which image, and why: the plan logs it."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -61,14 +64,15 @@ def plan(aws: AWS, options: Options) -> Plan:
     aws.check_credentials()
     ec2 = aws.ec2
     arch = architecture(ec2, options)
-    chosen_image = image(ec2, options, arch)
+    versions = Versions.installed(options.python_version)
+    chosen_image = image(ec2, options, arch, versions)
     key_name = key_pair_name(ec2, options)
     return Plan(
         identity=identity,
         image=chosen_image,
         key_name=key_name,
         network=plan_network(ec2, options),
-        versions=Versions.installed(options.python_version),
+        versions=versions,
     )
 
 
@@ -116,10 +120,11 @@ def architecture(ec2: EC2Client, options: Options) -> str:
     return "arm64" if "arm64" in kinds and "x86_64" not in kinds else "x86_64"
 
 
-def image(ec2: EC2Client, options: Options, arch: str) -> Image:
+def image(ec2: EC2Client, options: Options, arch: str, versions: Versions) -> Image:
+    """`ami` when given; else the newest baked image that fits, else the stock image."""
     latest = AL2023_SSM_PARAMETER.format(arch=arch)
     if not options.ami:
-        return Image(latest_ami_parameter=latest)
+        return _baked_or_stock(ec2, options, recipe(versions, arch), latest)
     try:
         with aws_errors(f"looking up image {options.ami!r}"):
             images = ec2.describe_images(ImageIds=[options.ami])["Images"]
@@ -142,6 +147,36 @@ def image(ec2: EC2Client, options: Options, arch: str) -> Image:
         latest_ami_parameter=latest,
         image_id=options.ami,
         root_device=found.get("RootDeviceName") or DEFAULT_ROOT_DEVICE,
+        why="given as 'ami'",
+    )
+
+
+def recipe(versions: Versions, arch: str, pip: tuple[str, ...] = ()) -> Recipe:
+    """What a baked image must hold for an electron (and what `bake` puts in)."""
+    return Recipe(
+        python=versions.python,
+        covalent=versions.covalent,
+        cloudpickle=versions.cloudpickle,
+        arch=arch,
+        pip=pip,
+        files=instance_files_version(),
+    )
+
+
+def _baked_or_stock(ec2: EC2Client, options: Options, needs: Recipe, latest: str) -> Image:
+    stock = "Amazon Linux 2023 (stock; the bootstrap installs Python, covalent and cloudpickle)"
+    if not options.use_baked_image:
+        return Image(latest_ami_parameter=latest, why=f"{stock}: use_baked_image=False")
+    baked = newest_match(ec2, needs)
+    if baked is None:
+        return Image(
+            latest_ami_parameter=latest,
+            why=f"{stock}: no baked image matches ('ec2-executor bake' makes one)",
+        )
+    return Image(
+        latest_ami_parameter=latest,
+        image_id=baked.image_id,
+        why=f"baked {baked.name} ({baked.recipe_text()}), the newest that matches",
     )
 
 

@@ -48,7 +48,8 @@ class Options:
     remote_cache: str = "~/.cache/covalent"
     """Directory on the instance for the task's payload and result."""
     ami: str = ""
-    """Image id; empty uses the latest Amazon Linux 2023 for the instance's architecture."""
+    """Image id; empty uses the newest matching baked image, else the latest Amazon Linux 2023
+    for the instance's architecture."""
     username: str = "ec2-user"
     """Login user on the image."""
     ssh_port: int = 22
@@ -76,6 +77,8 @@ class Options:
     keep_warm_minutes: int = 0
     """Minutes an instance stays, idle, for the next electron with the same options; 0 deletes
     each electron's stack after it."""
+    use_baked_image: bool = True
+    """Without `ami`, use the newest image `ec2-executor bake` made that matches."""
 
     def __post_init__(self) -> None:
         for check in _CHECKS:

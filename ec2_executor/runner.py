@@ -80,6 +80,13 @@ def main(payload_path: str, result_path: str, *, to_stdout: bool = True) -> None
         out.flush()
 
 
+def _preload(module: str) -> None:
+    try:
+        __import__(module)
+    except ImportError as exc:  # a plain-Python task still runs; the task says what is missing
+        print(f"warm worker: {module} not importable: {exc}", file=sys.stderr)
+
+
 def serve(directory: str) -> None:
     """A fork server: import covalent and cloudpickle once, then fork a fresh child per task.
 
@@ -90,13 +97,13 @@ def serve(directory: str) -> None:
     nothing a task sets survives it. `pid` says a server is waiting; `busy` holds the running
     child's pid; `idle` is touched when a task ends (the idle power-off reads both).
     """
+    _preload("covalent")  # a Covalent task unpickles covalent's wrapper: import it now, warm
     home = _home()
     os.chdir(home)
     go = os.open(os.path.join(directory, "go"), os.O_RDWR)
     done = os.open(os.path.join(directory, "done"), os.O_RDWR)
     _write(os.path.join(directory, "pid"), f"{os.getpid()}\n")
     _touch(os.path.join(directory, "idle"))
-    _warm_imports()
     pending = b""
     while True:
         while b"\n" not in pending:
@@ -135,12 +142,6 @@ def _fork_task(task_dir: str, home: str, directory: str, fds: tuple[int, int]) -
 def _home() -> str:
     home = pwd.getpwuid(os.getuid()).pw_dir  # where sshd starts a command
     return home if os.path.isdir(home) else "/"  # as sshd does when the home is missing
-
-
-def _warm_imports() -> None:
-    """What every task would import first (a Covalent task unpickles covalent's wrapper)."""
-    with contextlib.suppress(ImportError):
-        import covalent  # noqa: F401
 
 
 def _reseed() -> None:

@@ -112,11 +112,18 @@ def boot_image_venv(_image_venv: Path) -> Path | None:
 
 
 @pytest.fixture
+def boot_delay() -> float:
+    """Seconds from an instance running to its sshd answering (a test may override it)."""
+    return 0.0
+
+
+@pytest.fixture
 def emulated_boot(
     moto_reset: MotoServer,
     boot_python_path: str | None,
     boot_bootstrap_env: dict[str, str],
     boot_image_venv: Path | None,
+    boot_delay: float,
     tmp_path: Path,
 ) -> Iterator[EmulatedBoot]:
     """Boots (sshd + bootstrap) every instance moto runs during the test; stops them after.
@@ -129,6 +136,7 @@ def emulated_boot(
         bootstrap_env=boot_bootstrap_env,
         image_venv=boot_image_venv,
         base_dir=tmp_path / "instances",
+        boot_delay=boot_delay,
     ) as boot:
         yield boot
 

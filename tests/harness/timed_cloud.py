@@ -8,7 +8,8 @@ the moment each CreateStack came through:
 - before `instance_after`, DescribeStackResource on the instance says it does not exist yet;
 - before `complete_after`, DescribeStacks reports CREATE_IN_PROGRESS, without outputs;
 - from `fail_after` (when set), the stack reports ROLLBACK_IN_PROGRESS and its events a
-  CREATE_FAILED instance with `FAIL_REASON`.
+  CREATE_FAILED instance with `FAIL_REASON`;
+- an action named in `refuse` is answered with that AWS error code, and never reaches moto.
 
 Everything else passes through untouched, so the executor, pointed at the proxy through
 `AWS_ENDPOINT_URL`, cannot tell. Pair it with `EmulatedBoot(boot_delay=...)` for the instance's
@@ -52,6 +53,7 @@ class _Stack:
 class TimedCloud:
     moto_url: str
     timeline: Timeline = field(default_factory=Timeline)
+    refuse: dict[str, str] = field(default_factory=dict)
     _stacks: dict[str, _Stack] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _server: ThreadingHTTPServer | None = None
@@ -86,6 +88,12 @@ class TimedCloud:
         assert self._server is not None
         return f"http://127.0.0.1:{self._server.server_address[1]}"
 
+    def created_at(self, stack_name: str) -> float | None:
+        """When CreateStack for the stack came through (monotonic), or None."""
+        with self._lock:
+            stack = self._stacks.get(stack_name)
+            return stack.created if stack else None
+
     def completed_at(self, stack_name: str) -> float | None:
         """When the proxy first reported the stack CREATE_COMPLETE (monotonic), or None."""
         with self._lock:
@@ -98,6 +106,8 @@ class TimedCloud:
         body = request.rfile.read(int(request.headers.get("Content-Length") or 0))
         params = dict(urllib.parse.parse_qsl(body.decode(errors="replace")))
         action = params.get("Action", "")
+        if action in self.refuse:
+            return _send(request, 400, _error(self.refuse[action], f"{action} refused (test)"))
         stack = self._known(params.get("StackName", ""))
         asks_instance = action == "DescribeStackResource" and params.get("LogicalResourceId")
         if stack and asks_instance == INSTANCE and self._age(stack) < self.timeline.instance_after:
@@ -167,10 +177,14 @@ class TimedCloud:
 
 
 def _not_there_yet(stack_name: str) -> bytes:
+    return _error("ValidationError", f"Resource {INSTANCE} does not exist for stack {stack_name}")
+
+
+def _error(code: str, message: str) -> bytes:
     return (
-        "<ErrorResponse><Error><Type>Sender</Type><Code>ValidationError</Code>"
-        f"<Message>Resource {INSTANCE} does not exist for stack {stack_name}</Message>"
-        f"</Error><RequestId>{uuid.uuid4()}</RequestId></ErrorResponse>"
+        f"<ErrorResponse><Error><Type>Sender</Type><Code>{code}</Code>"
+        f"<Message>{message}</Message></Error><RequestId>{uuid.uuid4()}</RequestId>"
+        "</ErrorResponse>"
     ).encode()
 
 

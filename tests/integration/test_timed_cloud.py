@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from executor_support import execute, harness_options, run
 from harness import LoopbackNetwork, MotoServer
-from harness.boot import EmulatedBoot, booting
+from harness.boot import EmulatedBoot
 from harness.timed_cloud import FAIL_REASON, TimedCloud, Timeline
 
 from ec2_executor import StackCreationError
@@ -24,22 +24,8 @@ BOOT_SECONDS = 1.0
 
 
 @pytest.fixture
-def slow_boot(
-    moto_reset: MotoServer,
-    boot_python_path: str | None,
-    boot_bootstrap_env: dict[str, str],
-    boot_image_venv: Path | None,
-    tmp_path: Path,
-) -> Iterator[EmulatedBoot]:
-    with booting(
-        moto_reset.url,
-        python_path=boot_python_path,
-        bootstrap_env=boot_bootstrap_env,
-        image_venv=boot_image_venv,
-        base_dir=tmp_path / "instances",
-        boot_delay=BOOT_SECONDS,
-    ) as boot:
-        yield boot
+def boot_delay() -> float:
+    return BOOT_SECONDS
 
 
 @contextlib.contextmanager
@@ -58,7 +44,7 @@ def _live_stacks(moto: MotoServer) -> list[str]:
 
 def test_the_task_runs_before_the_stack_completes(
     loopback_network: LoopbackNetwork,
-    slow_boot: EmulatedBoot,
+    emulated_boot: EmulatedBoot,
     moto_reset: MotoServer,
     monkeypatch: pytest.MonkeyPatch,
     remote_cache: str,
@@ -72,13 +58,13 @@ def test_the_task_runs_before_the_stack_completes(
         # The whole electron, task included, happened while the stack was still creating.
         assert cloud.completed_at(stack_name("early", 0)) is None
         assert took < timeline.complete_after
-    assert slow_boot.booted_count == 1
+    assert emulated_boot.booted_count == 1
     assert _live_stacks(moto_reset) == []
 
 
 def test_a_stack_that_fails_after_ssh_answered_fails_the_electron(
     loopback_network: LoopbackNetwork,
-    slow_boot: EmulatedBoot,
+    emulated_boot: EmulatedBoot,
     moto_reset: MotoServer,
     monkeypatch: pytest.MonkeyPatch,
     remote_cache: str,
@@ -91,7 +77,7 @@ def test_a_stack_that_fails_after_ssh_answered_fails_the_electron(
             run(execute(ex, time.sleep, [90], {}, dispatch_id="late-failure"))
         took = time.monotonic() - started
     assert "Instance" in str(failed.value) and FAIL_REASON in str(failed.value)
-    assert slow_boot.booted_count == 1
+    assert emulated_boot.booted_count == 1
     task_dir = Path(remote_cache) / stack_name("late-failure", 0)
     assert (task_dir / "payload.pkl").exists()  # SSH had answered: the task was running
     assert took < 60  # noticed within the stack wait's poll, not at the task's end

@@ -144,7 +144,12 @@ SHELL_FILES = sorted(SCRIPT.parent.glob("*.sh"))
 
 
 def test_the_instance_scripts_are_all_checked() -> None:
-    assert {p.name for p in SHELL_FILES} == {"bootstrap.sh", "run-task.sh", "idle-watch.sh"}
+    assert {p.name for p in SHELL_FILES} == {
+        "bootstrap.sh",
+        "run-task.sh",
+        "idle-watch.sh",
+        "bake.sh",
+    }
 
 
 @pytest.mark.parametrize("script", SHELL_FILES, ids=lambda p: p.name)

@@ -72,3 +72,11 @@ def test_covalent_resolves_the_plugin_by_short_name() -> None:
     assert _executor_manager.executor_plugins_map["ec2"] is EC2Executor
     executor = _executor_manager.get_executor("ec2")
     assert isinstance(executor, EC2Executor)
+
+
+def test_every_option_is_a_constructor_argument() -> None:
+    """An option missing from the signature would vanish into `**kwargs` unread."""
+    import inspect
+
+    parameters = inspect.signature(EC2Executor.__init__).parameters
+    assert set(OPTION_NAMES) <= set(parameters), set(OPTION_NAMES) - set(parameters)

@@ -1,0 +1,121 @@
+"""`ec2-executor bake` on the moto server and the emulated boot: an image with the bootstrap
+done, found again by the executor, and no stack left whatever fails."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from executor_support import execute, harness_options, run
+from harness import LoopbackNetwork, MotoServer
+from harness.timed_cloud import TimedCloud, Timeline
+
+from ec2_executor import EC2ExecutorError
+from ec2_executor.bake import bake
+from ec2_executor.ec2 import EC2Executor
+from ec2_executor.images import TAG
+from ec2_executor.options import build
+
+
+def _options(network: LoopbackNetwork, remote_cache: str) -> dict[str, object]:
+    return harness_options(network.subnet_id, remote_cache)
+
+
+def _live_stacks(moto: MotoServer) -> list[str]:
+    stacks = moto.client("cloudformation").describe_stacks()["Stacks"]
+    return [s["StackName"] for s in stacks if s["StackStatus"] != "DELETE_COMPLETE"]
+
+
+def _baked(moto: MotoServer) -> list[dict[str, object]]:
+    found = moto.client("ec2").describe_images(
+        Owners=["self"], Filters=[{"Name": f"tag:{TAG}key", "Values": ["*"]}]
+    )["Images"]
+    return list(found)
+
+
+def _instance_images(moto: MotoServer) -> dict[str, str]:
+    reservations = moto.client("ec2").describe_instances()["Reservations"]
+    return {i["InstanceId"]: i["ImageId"] for r in reservations for i in r["Instances"]}
+
+
+def _image_of_new_instance(moto: MotoServer, before: dict[str, str]) -> str:
+    (image,) = [image for i, image in _instance_images(moto).items() if i not in before]
+    return image
+
+
+def test_bake_makes_an_image_once_and_electrons_use_it(
+    loopback_network: LoopbackNetwork,
+    emulated_boot: object,
+    moto_reset: MotoServer,
+    remote_cache: str,
+) -> None:
+    options = build(_options(loopback_network, remote_cache))
+    made = asyncio.run(bake(options))
+    assert made.made and made.image.state == "available"
+    assert _live_stacks(moto_reset) == []  # the bake's stack is gone
+    tags = made.image.tags
+    assert tags[f"{TAG}python"] == options.python_version and tags[f"{TAG}arch"] == "x86_64"
+    assert "covalent" in made.image.recipe_text()
+
+    again = asyncio.run(bake(options))  # idempotent: the same recipe finds the same image
+    assert not again.made and again.image.image_id == made.image.image_id
+    assert len(_baked(moto_reset)) == 1
+
+    ex = EC2Executor(**_options(loopback_network, remote_cache))
+    before = _instance_images(moto_reset)
+    assert run(execute(ex, pow, [3, 4], {}, dispatch_id="on-baked")) == 81
+    assert _image_of_new_instance(moto_reset, before) == made.image.image_id
+
+    stock = EC2Executor(**_options(loopback_network, remote_cache), use_baked_image=False)
+    before = _instance_images(moto_reset)
+    assert run(execute(stock, pow, [2, 5], {}, dispatch_id="on-stock")) == 32
+    assert _image_of_new_instance(moto_reset, before) != made.image.image_id
+    assert _live_stacks(moto_reset) == []
+
+
+@pytest.mark.parametrize("refused", ["CreateImage", "DescribeImages"])
+def test_a_bake_that_fails_leaves_no_stack_and_no_image(
+    loopback_network: LoopbackNetwork,
+    emulated_boot: object,
+    moto_reset: MotoServer,
+    monkeypatch: pytest.MonkeyPatch,
+    remote_cache: str,
+    refused: str,
+) -> None:
+    options = build(_options(loopback_network, remote_cache))
+    timeline = Timeline(instance_after=0.0, complete_after=0.0)
+    with TimedCloud(moto_reset.url, timeline, refuse={refused: "InternalError"}) as cloud:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", cloud.url)
+        with pytest.raises(EC2ExecutorError, match=f"{refused} refused"):
+            asyncio.run(bake(options, force=True))
+    assert _live_stacks(moto_reset) == []
+    assert _baked(moto_reset) == []
+
+
+def test_bake_list_and_delete_from_the_command_line(
+    loopback_network: LoopbackNetwork,
+    emulated_boot: object,
+    moto_reset: MotoServer,
+    remote_cache: str,
+    tmp_path: Path,
+) -> None:
+    made = asyncio.run(bake(build(_options(loopback_network, remote_cache))))
+    env = {**os.environ, "COVALENT_CONFIG_DIR": str(tmp_path / "covalent-config")}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        command = ["ec2-executor", "bake", *args]
+        return subprocess.run(command, env=env, text=True, capture_output=True, timeout=120)
+
+    listed = cli("--list")
+    assert listed.returncode == 0, listed.stderr
+    assert made.image.image_id in listed.stdout and "covalent" in listed.stdout
+    snapshots = made.image.snapshots
+    deleted = cli("--delete", made.image.image_id)
+    assert deleted.returncode == 0, deleted.stderr
+    assert _baked(moto_reset) == []
+    remaining = moto_reset.client("ec2").describe_snapshots(OwnerIds=["self"])["Snapshots"]
+    assert not {s["SnapshotId"] for s in remaining} & set(snapshots)
+    assert cli("--delete", made.image.image_id).returncode == 2  # no such baked image
