@@ -25,6 +25,7 @@ IN_KEY: frozenset[str] = frozenset(
         "vpc",
         "subnet",
         "ami",
+        "use_baked_image",  # picks the image
         "username",
         "ssh_port",
         "ssh_ingress_cidr",

@@ -29,6 +29,7 @@ _CHANGED: dict[str, Any] = {
     "vpc": "vpc-1",
     "subnet": "subnet-1",
     "ami": "ami-1",
+    "use_baked_image": False,
     "username": "ubuntu",
     "ssh_port": 2222,
     "ssh_ingress_cidr": "10.0.0.0/8",
