@@ -37,21 +37,22 @@ def test_five_electrons_in_a_row_share_one_warm_instance(
     moto_server: MotoServer,
     local_settings: dict[str, Any],
 ) -> None:
-    warm = ct.executor.EC2Executor(**local_settings, keep_warm_minutes=5)
+    settings = {**local_settings, "provision_timeout": 600}  # a loaded machine boots slowly
+    warm = ct.executor.EC2Executor(**settings, keep_warm_minutes=5)
 
     @ct.electron(executor=warm)
-    def step(seen: list[int]) -> list[int]:
+    def step(seen: str) -> str:
         import json
 
         # A mark left by an earlier task would show here: every task is a fresh process.
         assert not hasattr(json, "warm_mark"), "state leaked from an earlier electron"
         json.warm_mark = True  # type: ignore[attr-defined]
-        return [*seen, os.getpid(), os.getppid()]
+        return f"{seen} {os.getpid()}:{os.getppid()}"
 
     @ct.lattice
-    def workflow() -> list[int]:
-        seen: list[int] = []
-        for _ in range(5):
+    def workflow() -> str:
+        seen = ""
+        for _ in range(5):  # each step waits for the one before: electrons in a row
             seen = step(seen)
         return seen
 
@@ -59,7 +60,8 @@ def test_five_electrons_in_a_row_share_one_warm_instance(
     result = covalent_server.wait_for_result(dispatch_id, RESULT_TIMEOUT)
 
     assert str(result.status) == "COMPLETED", result.error
-    pids, parents = result.result[::2], result.result[1::2]
+    pairs = [pair.split(":") for pair in result.result.split()]
+    pids, parents = [p for p, _ in pairs], [q for _, q in pairs]
     assert len(set(pids)) == 5 and len(set(parents)) == 1
     assert len(_dispatch_stacks(moto_server, dispatch_id)) == 1
     assert [record.booted for record in emulated_boot.instances] == [True]
