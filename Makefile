@@ -5,6 +5,7 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 CDK := node_modules/.bin/cdk
 PYTEST_ARGS ?=
+MYPY_TESTS := $(VENV)/bin/mypy --config-file tests/mypy.ini
 
 export JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(CURDIR)/node_modules/.bin:$(PATH)
@@ -27,6 +28,9 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(MYPY_TESTS) tests/unit tests/harness tests/conftest.py tests/demo.py tests/seed_example.py
+	$(MYPY_TESTS) tests/integration
+	$(MYPY_TESTS) tests/e2e
 
 test: lint
 	$(PY) -m pytest $(PYTEST_ARGS)

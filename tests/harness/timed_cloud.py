@@ -125,7 +125,7 @@ class TimedCloud:
         self, request: BaseHTTPRequestHandler, body: bytes
     ) -> tuple[int, list[tuple[str, str]], bytes]:
         target = urllib.parse.urlsplit(self.moto_url)
-        connection = http.client.HTTPConnection(target.hostname, target.port, timeout=60)
+        connection = http.client.HTTPConnection(target.hostname or "", target.port, timeout=60)
         try:
             headers = {k: v for k, v in request.headers.items() if k.lower() != "host"}
             connection.request("POST", request.path, body=body, headers=headers)

@@ -128,6 +128,11 @@ def test_private_access_defaults_to_the_vpc_range() -> None:
     options = Options(use_private_ip=True)
     assert network.ingress_cidr(options, vpc_cidr=lambda: "10.1.0.0/16") == "10.1.0.0/16"
     asked: list[bool] = []
+
+    def vpc_cidr() -> str:
+        asked.append(True)
+        return "x"
+
     given = Options(use_private_ip=True, ssh_ingress_cidr="10.1.2.3/32")
-    assert network.ingress_cidr(given, vpc_cidr=lambda: asked.append(True) or "x") == "10.1.2.3/32"
+    assert network.ingress_cidr(given, vpc_cidr=vpc_cidr) == "10.1.2.3/32"
     assert asked == []  # the VPC is not looked up when the option answers

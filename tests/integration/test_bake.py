@@ -7,6 +7,7 @@ import asyncio
 import os
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 from executor_support import execute, harness_options, run
@@ -20,7 +21,7 @@ from ec2_executor.images import TAG
 from ec2_executor.options import build
 
 
-def _options(network: LoopbackNetwork, remote_cache: str) -> dict[str, object]:
+def _options(network: LoopbackNetwork, remote_cache: str) -> dict[str, Any]:
     return harness_options(network.subnet_id, remote_cache)
 
 

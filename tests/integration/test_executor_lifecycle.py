@@ -95,7 +95,7 @@ def test_happy_path_runs_the_task_and_deletes_everything(
         seen["stack"] = stack
         await real_teardown(metadata)
 
-    ex.teardown = spy_teardown  # type: ignore[method-assign]
+    ex.teardown = spy_teardown  # type: ignore[method-assign, assignment]
     assert run(execute(ex, double, [21], {})) == 42
     assert "doubling 21" in ex.task_stdout.getvalue()
     outputs = {o["OutputKey"]: o["OutputValue"] for o in seen["stack"]["Outputs"]}

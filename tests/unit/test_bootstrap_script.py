@@ -21,6 +21,7 @@ import sys
 import sysconfig
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -413,7 +414,7 @@ def test_prefix_from_env_and_flag_wins(tmp_path: Path) -> None:
     ids=["unknown-arg", "bad-python", "missing-covalent"],
 )
 def test_usage_errors_write_failed(
-    tmp_path: Path, kwargs: dict[str, str], extra_args: tuple[str, ...], message: str
+    tmp_path: Path, kwargs: dict[str, Any], extra_args: tuple[str, ...], message: str
 ) -> None:
     prefix = tmp_path / "prefix"
     result = run_bootstrap(prefix, [], OFFLINE, extra_args=extra_args, **kwargs)
