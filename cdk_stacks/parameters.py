@@ -121,6 +121,14 @@ PARAMETERS: tuple[Parameter, ...] = (
         min_value=1,
         max_value=7 * 24 * 60,
     ),
+    Parameter(
+        name="IdleMinutes",
+        description="The instance powers off after this many minutes without a task; 0: never.",
+        type="Number",
+        default=0,
+        min_value=0,
+        max_value=24 * 60,
+    ),
     Parameter(name="UseSpot", description="Run on the spot market.", default=False),
     Parameter(
         name="InstanceProfile", description="Optional existing instance profile name.", default=""

@@ -14,9 +14,15 @@ HOST_KEY_PATH = "/etc/ssh/ec2_executor_host_ed25519_key"
 SSHD_DROP_IN_PATH = "/etc/ssh/sshd_config.d/00-ec2-executor.conf"
 INSTANCE_DIR = "/opt/ec2-executor"
 BOOTSTRAP_PATH = f"{INSTANCE_DIR}/bootstrap.sh"
-INSTANCE_FILES = {"bootstrap.sh": "0755", "runner.py": "0644", "run-task.sh": "0755"}
+INSTANCE_FILES = {
+    "bootstrap.sh": "0755",
+    "runner.py": "0644",
+    "run-task.sh": "0755",
+    "idle-watch.sh": "0755",
+}
 """The package's files that go to `INSTANCE_DIR`: the bootstrap, the task runner it starts
-warm, and the task's one command (`remote.py` calls it). Values are their modes."""
+warm, the task's one command (`remote.py` calls it) and the idle power-off. Values are
+their modes."""
 
 
 def package_file(name: str) -> Path:
@@ -85,5 +91,5 @@ write_files:
 {_write_file_entries(files)}bootcmd:
   - systemd-run --on-active=${{MaxLifetimeMinutes}}min --timer-property=DefaultDependencies=no --timer-property=AccuracySec=1s --unit=ec2-executor-lifetime systemctl poweroff || shutdown -P +${{MaxLifetimeMinutes}}
 runcmd:
-  - [{BOOTSTRAP_PATH}, --python, "${{PythonVersion}}", --covalent, "${{CovalentVersion}}", --cloudpickle, "${{CloudpickleVersion}}", --user, "${{SshUser}}"]
+  - [{BOOTSTRAP_PATH}, --python, "${{PythonVersion}}", --covalent, "${{CovalentVersion}}", --cloudpickle, "${{CloudpickleVersion}}", --user, "${{SshUser}}", --idle-minutes, "${{IdleMinutes}}"]
 """  # noqa: E501

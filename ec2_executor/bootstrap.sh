@@ -3,13 +3,15 @@
 # (venv python path) or $PREFIX/failed (reason), then starts runner.py (found beside this
 # script) as a warm worker in $PREFIX/worker. EC2_EXECUTOR_PREFIX: default prefix.
 # EC2_EXECUTOR_BOOTSTRAP_OFFLINE=1 skips package-manager/uv installs (for tests).
+# --idle-minutes N > 0 starts idle-watch.sh: the instance powers off after N minutes plus a
+# 2-minute grace without a task (EC2_EXECUTOR_IDLE_SECONDS replaces both, for tests).
 set -euo pipefail
 umask 022
-PY='' COV='' CP='' RUN_USER='' BAD='' PREFIX=${EC2_EXECUTOR_PREFIX:-/opt/ec2-executor}
+PY='' COV='' CP='' RUN_USER='' IDLE=0 BAD='' PREFIX=${EC2_EXECUTOR_PREFIX:-/opt/ec2-executor}
 while [ $# -gt 0 ]; do
   case $1 in
     --python) PY=${2-} ;; --covalent) COV=${2-} ;; --cloudpickle) CP=${2-} ;;
-    --user) RUN_USER=${2-} ;; --prefix) PREFIX=${2-} ;;
+    --user) RUN_USER=${2-} ;; --prefix) PREFIX=${2-} ;; --idle-minutes) IDLE=${2-} ;;
     *) BAD=${BAD:-"unknown argument '$1'"}; shift; continue ;;
   esac
   shift $(($# > 1 ? 2 : 1))
@@ -31,7 +33,10 @@ on_exit() {
 log() { printf '%s [%s] %s\n' "$(date -u +%FT%TZ)" "$STEP" "$*"; }
 put() { printf '%s\n' "$2" >"$PREFIX/.$1.$$" && mv -f "$PREFIX/.$1.$$" "$PREFIX/$1"; }
 fail() { REASON=$1; exit 1; }
-ok() { rm -f "$PREFIX/failed"; start_worker; put ready "$VPY"; log "ready: $VPY"; }
+ok() {
+  rm -f "$PREFIX/failed"; start_worker; start_idle_watchdog
+  STEP=ready; put ready "$VPY"; log "ready: $VPY"
+}
 # The task's interpreter, started before `ready` as the SSH user in a login shell (the
 # environment of a login on the instance: /etc/profile.d, ~/.bash_profile), so that no task
 # waits for one; without it the executor starts one per task. Descriptors 3 and 9
@@ -67,7 +72,21 @@ start_worker() {
   if [ -f "$w/pid" ]; then log "worker waiting (pid $(cat "$w/pid"))"; else log "no worker; see $w/worker.log"; fi
 }
 
+# The idle power-off (idle-watch.sh, beside this script), when --idle-minutes is above 0.
+start_idle_watchdog() {
+  local limit
+  STEP=idle
+  [ "$IDLE" -gt 0 ] && [ -f "$HERE/idle-watch.sh" ] || return 0
+  limit=${EC2_EXECUTOR_IDLE_SECONDS:-$((IDLE * 60 + 120))}
+  [ ! -f "$PREFIX/idle.pid" ] || kill "$(cat "$PREFIX/idle.pid")" 2>/dev/null || true
+  rm -f "$PREFIX/poweroff"
+  setsid bash "$HERE/idle-watch.sh" "$PREFIX" "$limit" </dev/null >>"$PREFIX/idle.log" 2>&1 3>&- 9>&- &
+  echo $! >"$PREFIX/idle.pid"
+  log "idle power-off after $limit s without a task (pid $!)"
+}
+
 [ -z "$BAD" ] || fail "usage: $BAD"
+[[ $IDLE =~ ^[0-9]+$ ]] || fail "usage: --idle-minutes must be a whole number, got '$IDLE'"
 [[ $PY =~ ^(3\.[0-9]+)(\.[0-9]+)?$ ]] || fail "usage: --python must be like 3.11, got '$PY'"
 PY=${BASH_REMATCH[1]} WANT="${BASH_REMATCH[1]} $COV $CP"
 if [ -z "$COV" ] || [ -z "$CP" ]; then fail "usage: --covalent and --cloudpickle are required"; fi

@@ -23,7 +23,7 @@ from cdk_stacks.templates import cache_path
 from ec2_executor import bake as baking
 from ec2_executor import images, lookups
 from ec2_executor import options as opts
-from ec2_executor.aws import AWS, aws_errors
+from ec2_executor.aws import AWS
 from ec2_executor.blocking import Deadline
 from ec2_executor.config import config_section
 from ec2_executor.errors import EC2ExecutorError
@@ -39,6 +39,7 @@ from ec2_executor.stack import (
     stack_summary,
     stack_template,
 )
+from ec2_executor.states import BUSY, GONE, IDLE, instance_states
 
 _AGE = re.compile(r"^(\d+)([smhd])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
@@ -111,14 +112,15 @@ def list_stacks(
     region: str | None, profile: str | None, pairs: tuple[str, ...], as_json: bool
 ) -> None:
     """Every stack the executor created in the region, found by its tags."""
-    rows = _summaries(_stacks(load_options(region, profile, pairs)))
+    options = load_options(region, profile, pairs)
+    rows = _summaries(_stacks(options), AWS(options))
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
     if not rows:
         click.echo("No ec2-executor stacks.")
         return
-    _table(rows, ("name", "dispatch_id", "node_id", "status", "age", "instance_type"))
+    _table(rows, ("name", "dispatch_id", "node_id", "status", "age", "instance_type", "state"))
 
 
 def _stacks(options: opts.Options) -> Stacks:
@@ -128,9 +130,10 @@ def _stacks(options: opts.Options) -> Stacks:
         raise click.ClickException(str(exc)) from exc
 
 
-def _summaries(stacks: Stacks) -> list[dict[str, Any]]:
+def _summaries(stacks: Stacks, aws: AWS) -> list[dict[str, Any]]:
     try:
         found = stacks.list_ours()
+        states = instance_states(aws.ec2, found)
     except EC2ExecutorError as exc:
         raise click.ClickException(str(exc)) from exc
     now = datetime.now(UTC)
@@ -140,6 +143,7 @@ def _summaries(stacks: Stacks) -> list[dict[str, Any]]:
         created = stack.get("CreationTime")
         row["age_seconds"] = int((now - created).total_seconds()) if created else None
         row["age"] = _human(row["age_seconds"])
+        row["state"] = states[row["name"]]
         rows.append(row)
     return rows
 
@@ -181,6 +185,9 @@ def parse_age(value: str) -> timedelta:
     is_flag=True,
     help="Without a filter, also delete stacks whose electron is still running.",
 )
+@click.option(
+    "--idle", is_flag=True, help="Only warm stacks that are idle or whose instance is gone."
+)
 @click.option("--yes", "-y", is_flag=True, help="Delete without asking.")
 def cleanup(
     region: str | None,
@@ -190,27 +197,28 @@ def cleanup(
     dispatch_id: str | None,
     names: tuple[str, ...],
     everything: bool,
+    idle: bool,
     yes: bool,
 ) -> None:
     """Delete left-over executor stacks, waiting for each.
 
-    Without a filter, a stack whose instance is still running (an electron that some Covalent
-    server may be running right now) is left alone unless --all is given.
+    Without a filter, a stack whose instance is running and not idle (an electron that some
+    Covalent server may be running right now) is left alone unless --all is given.
     """
     age = parse_age(older_than) if older_than else None
     options = load_options(region, profile, pairs)
     stacks = _stacks(options)
     rows = [
         r
-        for r in _summaries(stacks)
+        for r in _summaries(stacks, AWS(options))
         if (age is None or (r["age_seconds"] or 0) >= age.total_seconds())
         and (dispatch_id is None or r["dispatch_id"] == dispatch_id)
         and (not names or r["name"] in names)
+        and (not idle or r["state"].startswith(IDLE) or r["state"] == GONE)
     ]
     if not (everything or age or dispatch_id or names):
-        running = _running_instances(options, [r["instance_id"] for r in rows])
-        left = [r for r in rows if r["instance_id"] in running]
-        rows = [r for r in rows if r["instance_id"] not in running]
+        left = [r for r in rows if r["state"] == BUSY]
+        rows = [r for r in rows if r["state"] != BUSY]
         if left:
             click.echo(
                 f"Leaving {len(left)} stack(s) whose instance is still running, so an electron "
@@ -220,7 +228,7 @@ def cleanup(
     if not rows:
         click.echo("Nothing to delete.")
         return
-    _table(rows, ("name", "dispatch_id", "node_id", "status", "age"))
+    _table(rows, ("name", "dispatch_id", "node_id", "status", "age", "state"))
     if not yes and not click.confirm(f"Delete these {len(rows)} stack(s)?", default=False):
         raise SystemExit(1)
     failures = asyncio.run(_delete_all(stacks, [r["name"] for r in rows]))
@@ -228,24 +236,6 @@ def cleanup(
         for message in failures:
             click.echo(f"FAILED  {message}", err=True)
         raise SystemExit(1)
-
-
-def _running_instances(options: opts.Options, instance_ids: list[str]) -> set[str]:
-    """Which of `instance_ids` are pending or running (a filter: unknown ids are no error)."""
-    ids = [i for i in instance_ids if i]
-    if not ids:
-        return set()
-    try:
-        with aws_errors("reading the stacks' instances"):
-            found = AWS(options).ec2.describe_instances(
-                Filters=[
-                    {"Name": "instance-id", "Values": ids},
-                    {"Name": "instance-state-name", "Values": ["pending", "running"]},
-                ]
-            )
-    except EC2ExecutorError as exc:
-        raise click.ClickException(str(exc)) from exc
-    return {i["InstanceId"] for r in found["Reservations"] for i in r["Instances"]}
 
 
 async def _delete_all(stacks: Stacks, names: list[str]) -> list[str]:

@@ -19,11 +19,11 @@ from covalent.executor.base import AsyncBaseExecutor
 from covalent.executor.schemas import TaskUpdate
 
 from ec2_executor import electron as pipeline
-from ec2_executor import helper_nodes
+from ec2_executor import helper_nodes, warm
 from ec2_executor import options as opts
 from ec2_executor.blocking import run_blocking
 from ec2_executor.config import config_section
-from ec2_executor.electron import Electron, Launched, TaskOutcome, cleanup_from_handle
+from ec2_executor.electron import Electron, TaskOutcome, cleanup_from_handle
 from ec2_executor.errors import ConnectionLostError, TaskError
 from ec2_executor.logs import log
 from ec2_executor.remote import DEFAULT_KEEPALIVE, Keepalive
@@ -71,6 +71,7 @@ class EC2Executor(AsyncBaseExecutor):
         provision_timeout: float | None = None,
         tags: dict[str, str] | None = None,
         python_version: str | None = None,
+        keep_warm_minutes: int | None = None,
         use_baked_image: bool | None = None,
         **kwargs: Any,
     ) -> None:
@@ -107,8 +108,11 @@ class EC2Executor(AsyncBaseExecutor):
         if await self._cancel_requested():
             raise TaskCancelledError("The task was cancelled before it started.")
         self._electron = Electron(self._options(), task_metadata, keepalive=self.keepalive)
+        launched = await warm.take(self._electron)  # None unless keep_warm_minutes
         await self._set_job_handle(self._electron.job_handle())
-        self._launched = await self._watched(pipeline.launch(self._electron), _not_yet)
+        if launched is None:
+            launched = await self._watched(pipeline.launch(self._electron), _not_yet)
+        self._launched = launched
 
     async def run(
         self, function: Any, args: list[Any], kwargs: dict[str, Any], task_metadata: dict[str, Any]
@@ -118,11 +122,12 @@ class EC2Executor(AsyncBaseExecutor):
             return await self._run_helper(helper, args, kwargs)
         if await self._cancel_requested():
             raise TaskCancelledError("The task was cancelled before it started.")
-        launched: Launched = self._launched
-        outcome = await self._watched(
-            pipeline.run_task(self._electron, launched, (function, args, kwargs)),
-            functools.partial(pipeline.instance_gone, self._electron, launched.outputs),
-        )
+        launched = self._launched
+        with warm.running(self._electron):
+            outcome = await self._watched(
+                pipeline.run_task(self._electron, launched, (function, args, kwargs)),
+                functools.partial(pipeline.instance_gone, self._electron, launched.outputs),
+            )
         return self._report(outcome)
 
     async def _watched(
@@ -135,9 +140,9 @@ class EC2Executor(AsyncBaseExecutor):
         try:
             return await watched(
                 work,
-                cancel_requested=self._cancel_requested,
+                cancel_requested=self._cancelled,
                 instance_gone=instance_gone,
-                on_stop=electron.close_connection,
+                on_stop=functools.partial(pipeline.stop, electron),
             )
         except CancelRequested as exc:
             raise TaskCancelledError(f"{electron.name} was cancelled.") from exc
@@ -180,15 +185,19 @@ class EC2Executor(AsyncBaseExecutor):
         if electron is None:
             return  # setup failed before it could name a stack: nothing was created
         try:
-            await electron.destroy()
+            if not await warm.keep(electron, self.__dict__.get("_launched")):
+                await electron.destroy()
         finally:
             del self._electron
             self.__dict__.pop("_launched", None)
 
     async def cancel(self, task_metadata: dict[str, Any], job_handle: Any) -> bool:
-        """Delete the electron's stack (which terminates the instance and its process)."""
+        """Delete the electron's stack (which terminates the instance and its process); on a
+        warm-capable instance, kill the task's process instead and keep the instance."""
         if not job_handle:
             return False
+        if await warm.cancel(str(job_handle.get("stack_name", ""))):
+            return True
         await cleanup_from_handle(self._options(), job_handle)
         return True
 
@@ -215,6 +224,10 @@ class EC2Executor(AsyncBaseExecutor):
     async def _set_job_handle(self, handle: dict[str, Any]) -> None:
         if self.__dict__.get("_send_queue") is not None:
             await self.set_job_handle(handle)
+
+    async def _cancelled(self) -> bool:
+        """Cancelled through this process's `cancel` (a warm task) or Covalent's flag."""
+        return self._electron.cancel_event.is_set() or await self._cancel_requested()
 
     async def _cancel_requested(self) -> bool:
         if self.__dict__.get("_send_queue") is None:

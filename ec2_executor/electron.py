@@ -19,6 +19,7 @@ import dataclasses
 import importlib.metadata
 import json
 import math
+import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -42,7 +43,16 @@ from ec2_executor.lookups import Plan
 from ec2_executor.options import Options
 from ec2_executor.permissions import ACCESS_DENIED
 from ec2_executor.phases import Phases
-from ec2_executor.remote import DEFAULT_KEEPALIVE, Endpoint, Keepalive, RemoteHost
+from ec2_executor.pool import WarmInstance, run_probe
+from ec2_executor.remote import (
+    DEFAULT_KEEPALIVE,
+    RUN_TASK,
+    Endpoint,
+    Keepalive,
+    RemoteHost,
+    TaskRun,
+    shell_path,
+)
 from ec2_executor.stack import (
     DELETE_TIMEOUT,
     EventLog,
@@ -124,6 +134,28 @@ class Electron:
         self.completion: asyncio.Future[StackOutputs] | None = None
         """The stack's wait for CREATE_COMPLETE, which goes on while the task starts."""
         self._create_call: concurrent.futures.Future[str] | None = None
+        self.task_name = self.name
+        """This electron's own name (its task directory), even on another electron's stack."""
+        self.ends_at = time.monotonic() + options.max_lifetime_minutes * 60.0
+        """When the instance's lifetime watchdog ends it, at the latest."""
+        self.warm: WarmInstance | None = None
+        """The warm instance the electron runs on, when it found one."""
+        self.reusable = False
+        """The task's process ended and the connection is sound: the instance may serve again."""
+        self.cancel_event = asyncio.Event()
+        """Set (on `loop`) by a cancel of a task on a warm-capable instance."""
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.task_command: asyncio.Future[TaskRun] | None = None
+        """The task's command while it runs (a cancel on a warm-capable instance waits for it)."""
+
+    def adopt(self, warm: WarmInstance) -> None:
+        """Run on a warm instance: its stack, its pinned host key and its connection."""
+        redact.unhide(self.host_key.private_base64())  # this electron's own key goes unused
+        self.warm, self.name, self.host_key = warm, warm.stack_name, warm.host_key
+        self.remote, self.ends_at = warm.remote, warm.ends_at
+        self.phases, self.events = Phases(self.task_name), EventLog(self.name)
+        self._create_call = concurrent.futures.Future()
+        self._create_call.set_result(warm.stack_name)  # teardown deletes it by name if need be
 
     def job_handle(self) -> dict[str, Any]:
         """All a fresh executor needs to cancel this electron (Covalent rebuilds it to cancel)."""
@@ -243,6 +275,7 @@ def stack_parameters(options: Options, plan: Plan, host_key: KeyPair) -> StackPa
         SshUser=options.username,
         MaxLifetimeMinutes=options.max_lifetime_minutes,
         UseSpot=options.spot_first,  # each capacity attempt sets its own market
+        IdleMinutes=options.keep_warm_minutes,
         InstanceProfile=options.instance_profile,
         ExpectPublicIp=network.public_ip,
         **existing,
@@ -376,18 +409,20 @@ async def run_task(
     electron: Electron, launched: Launched, task: tuple[Any, list[Any], dict[str, Any]]
 ) -> TaskOutcome:
     """Run the task on the instance; one command waits for the bootstrap, then runs it."""
-    remote = await connect(electron, launched)
+    remote = electron.remote if electron.warm else await connect(electron, launched)
+    assert remote is not None
     with electron.phases.phase("upload, run, fetch"):
-        running = asyncio.ensure_future(
+        running = electron.task_command = asyncio.ensure_future(
             run_blocking(
                 remote.run_task,
                 cloudpickle.dumps(task),
-                remote_dir=f"{electron.options.remote_cache.rstrip('/')}/{electron.name}",
+                remote_dir=task_dir(electron),
                 bootstrap_timeout=launched.deadline.remaining,
             )
         )
         done = await _unless_the_stack_fails(electron, running)
         envelope = cloudpickle.loads(done.envelope)
+        electron.reusable = True  # the task's process ended and its result came back whole
     # The command reports how long it waited for the bootstrap: its own phase.
     electron.phases.split("upload, run, fetch", "bootstrap", done.bootstrap_wait)
     return TaskOutcome(
@@ -427,6 +462,40 @@ async def instance_gone(electron: Electron, outputs: StackOutputs) -> Connection
         f"before the task ended (a spot interruption, 'max_lifetime_minutes' reached, or "
         f"stopped by hand?)."
     )
+
+
+KILL_TIMEOUT = 30.0
+"""Seconds the instance has to confirm that a cancelled task's processes are gone."""
+
+
+async def stop(electron: Electron, reason: Exception) -> None:
+    """End the electron's work on its instance, before `watch` cancels its coroutine.
+
+    A cancelled task on a warm-capable instance is killed there, and the instance may serve
+    again once the kill is confirmed; otherwise the connection is closed (the stack's deletion
+    ends what runs on the instance).
+    """
+    running, remote = electron.task_command, electron.remote
+    warm_capable = electron.options.keep_warm_minutes > 0
+    if isinstance(reason, watch.CancelRequested) and warm_capable and running and remote:
+        command = f'exec bash "{RUN_TASK}" --kill {shell_path(task_dir(electron))}'
+        with contextlib.suppress(TimeoutError, EC2ExecutorError):
+            status, out = await run_probe(remote, command, KILL_TIMEOUT)
+            if status == 0 and b"killed" in out:
+                await asyncio.wait({running}, timeout=KILL_TIMEOUT)
+                electron.reusable = running.done() and remote.is_connected
+        log.info(
+            "%s: cancelled; the task's process %s",
+            electron.task_name,
+            "was killed" if electron.reusable else "could not be confirmed dead",
+        )
+    if not electron.reusable:
+        electron.close_connection()
+
+
+def task_dir(electron: Electron) -> str:
+    """The task's own directory on the instance (removed once its result is fetched)."""
+    return f"{electron.options.remote_cache.rstrip('/')}/{electron.task_name}"
 
 
 # --- teardown helpers ------------------------------------------------------------------------

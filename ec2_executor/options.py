@@ -86,6 +86,9 @@ class Options:
     """Extra tags for the stack and everything in it."""
     python_version: str = field(default_factory=dispatcher_python)
     """Python minor version on the instance; must match the dispatcher's for cloudpickle."""
+    keep_warm_minutes: int = 0
+    """Minutes an instance stays, idle, for the next electron with the same options; 0 deletes
+    each electron's stack after it."""
     use_baked_image: bool = True
     """Without `ami`, use the newest image `ec2-executor bake` made that matches."""
 
@@ -221,12 +224,14 @@ BOUNDS: dict[str, tuple[int, int, str]] = {
     "volume_size": (1, 16384, "GiB"),
     "ssh_port": (1, 65535, ""),
     "max_lifetime_minutes": (5, 7 * 24 * 60, "minutes"),
+    "keep_warm_minutes": (0, 24 * 60, "minutes"),
 }
 """Whole-number options: (low, high, unit). Within their stack parameters' bounds (tested)."""
 PARAMETER_OF_OPTION = {
     "volume_size": "VolumeSize",
     "ssh_port": "SshPort",
     "max_lifetime_minutes": "MaxLifetimeMinutes",
+    "keep_warm_minutes": "IdleMinutes",
 }
 
 

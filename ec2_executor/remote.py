@@ -186,7 +186,7 @@ class RemoteHost:
     def run_task(self, payload: bytes, *, remote_dir: str, bootstrap_timeout: float) -> TaskRun:
         """Upload the payload, wait for the bootstrap, run the task, fetch its envelope."""
         ticks = max(1, int(bootstrap_timeout * 10))
-        command = f'exec bash "{RUN_TASK}" {_shell_path(remote_dir)} {ticks}'
+        command = f'exec bash "{RUN_TASK}" {shell_path(remote_dir)} {ticks}'
         status, out, err = self.execute(command, stdin=payload)
         if out.startswith(_MARK.encode()) and status in (_FAILED, _TIMED_OUT):
             what = "failed" if status == _FAILED else "did not finish in 'provision_timeout'"
@@ -241,6 +241,10 @@ class RemoteHost:
             f"{self.keepalive.timeout:g} s (a dropped route, a NAT or firewall timeout, or a hung "
             f"instance?)."
         )
+
+    @property
+    def is_connected(self) -> bool:
+        return bool(self._connection.is_connected)
 
     def close(self) -> None:
         """Idempotent; also interrupts a command that another thread is waiting on."""
@@ -303,7 +307,7 @@ def _read_all(recv: Callable[[int], bytes]) -> bytes:
     return b"".join(chunks)
 
 
-def _shell_path(path: str) -> str:
+def shell_path(path: str) -> str:
     """Quote a remote path but keep a leading '~/' meaning the login user's home."""
     if path == "~" or path.startswith("~/"):
         return '"$HOME"' + shlex.quote(path[1:])

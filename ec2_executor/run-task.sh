@@ -1,13 +1,42 @@
 #!/usr/bin/env bash
 # The task's one command on the instance. Lives beside bootstrap.sh and runner.py, in the
-# bootstrap's prefix. Usage: run-task.sh TASK_DIR WAIT_TICKS (tenths of a second)
-# stdin: the pickled task; stdout: the result envelope (a pickle), or lines starting with
-# "ec2-executor:" when it exits 3 (bootstrap failed) or 4 (bootstrap not ready in time).
-# Exit 5: the payload could not be written; 6: the warm worker died with the task.
+# bootstrap's prefix.
+#   run-task.sh TASK_DIR WAIT_TICKS (tenths of a second)
+#     stdin: the pickled task; stdout: the result envelope (a pickle), or lines starting with
+#     "ec2-executor:" when it exits 3 (bootstrap failed) or 4 (bootstrap not ready in time).
+#     Exit 5: the payload could not be written; 6: the warm worker died with the task.
+#     The task's directory is removed once its result is on stdout.
+#   run-task.sh --check       exit 0 when the bootstrap is done and the warm worker lives
+#   run-task.sh --kill TASK_DIR   kill the task's processes; prints "killed" once they are gone
 set -uo pipefail
-d=${1:?task directory} ticks=${2:?wait ticks} mark='ec2-executor:'
-p=${0%/*} t0=$EPOCHREALTIME
+mark='ec2-executor:' p=${0%/*}
 w=$p/worker
+
+# A worker that died but was not reaped yet (a zombie) answers kill -0: read its state.
+alive() {
+  pid=$(cat "$w/pid" 2>/dev/null) && kill -0 "$pid" 2>/dev/null &&
+    [ "$(sed 's/.*) \(.\).*/\1/' "/proc/$pid/stat" 2>/dev/null)" != Z ]
+}
+
+if [ "${1-}" = --check ]; then
+  [ -f "$p/ready" ] || { echo "$mark the bootstrap is not done"; exit 7; }
+  alive || { echo "$mark the warm worker is not running"; exit 7; }
+  exit 0
+fi
+if [ "${1-}" = --kill ]; then
+  d=${2:?task directory} i=0
+  if task=$(cat "$d/pid" 2>/dev/null); then
+    kill -KILL -- "-$task" 2>/dev/null || kill -KILL "$task" 2>/dev/null
+    # Gone once the worker has reaped it (a zombie still answers kill -0).
+    while kill -0 "$task" 2>/dev/null; do
+      [ "$i" -lt 100 ] || { echo "$mark process $task still alive"; exit 8; }
+      sleep 0.1; i=$((i + 1))
+    done
+  fi
+  echo killed; exit 0
+fi
+
+d=${1:?task directory} ticks=${2:?wait ticks} t0=$EPOCHREALTIME
 mkdir -p "$d" && cat >"$d/payload.pkl" || exit 5
 
 # Checks every 0.1 s: a fast electron reaches the instance just before its bootstrap ends.
@@ -24,16 +53,19 @@ if [ -z "$py" ]; then echo "$mark timed out"; tail -n 40 "$p/bootstrap.log" 2>/d
 echo "$mark bootstrap waited $t0 $EPOCHREALTIME" >&2
 
 # The warm worker's FIFOs are opened read-write, so no open blocks; a dead worker is noticed
-# within a second, and the task is then not run a second time.
-if pid=$(cat "$w/pid" 2>/dev/null) && kill -0 "$pid" 2>/dev/null &&
-  exec 4<>"$w/go" 5<>"$w/done"; then
-  echo "$d" >&4; echo "$mark warm worker $pid" >&2
-  until read -r -t 1 _ <&5; do
-    kill -0 "$pid" 2>/dev/null || { echo "$mark the worker died; see $w/worker.log" >&2; exit 6; }
+# within a second, and the task is then not run a second time. Lines on `done` name their
+# task: one left by a cancelled task is skipped.
+# `busy` (this command's pid until the worker puts the task's) holds off the idle power-off.
+if alive && exec 4<>"$w/go" 5<>"$w/done"; then
+  echo $$ >"$w/busy"; echo "$d" >&4; echo "$mark warm worker $pid" >&2
+  until read -r -t 1 _ finished _ <&5 && [ "$finished" = "$d" ]; do
+    alive || { echo "$mark the worker died; see $w/worker.log" >&2; exit 6; }
   done
   [ -f "$d/result.pkl" ] ||
     { echo "$mark no result; $w/worker.log ends:"; tail -n 20 "$w/worker.log"; } >&2
-  exec cat "$d/result.pkl"
+  cat "$d/result.pkl"; status=$?
+  rm -rf "$d"; exit "$status"
 fi
 # No worker waiting: a fresh interpreter, which also writes the envelope to stdout.
-PATH="${py%/*}:$PATH" exec "$py" "$p/runner.py" "$d/payload.pkl" "$d/result.pkl"
+echo $$ >"$d/pid"
+PATH="${py%/*}:$PATH" "$py" "$p/runner.py" "$d/payload.pkl" "$d/result.pkl" && rm -rf "$d"

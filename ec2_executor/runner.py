@@ -5,14 +5,16 @@ descriptors 1 and 2 captured (so output of child processes is caught too), and w
 cloudpickled envelope to RESULT.
 
 Two ways in:
-- `runner.py --serve DIR`: started by the bootstrap, a warm interpreter waits for the
-  instance's one task (`serve`); the executor's command never waits for Python to start.
+- `runner.py --serve DIR`: started by the bootstrap, a fork server that has imported covalent
+  and cloudpickle forks a fresh child per task (`serve`); no task waits for Python to start or
+  pays `import covalent`, and no state passes from one task to the next.
 - `python -c <this source> PAYLOAD RESULT`: a fresh interpreter, when no worker is waiting;
   the envelope also goes to stdout, which the executor reads.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import sys
@@ -111,33 +113,79 @@ def _preload(module: str) -> None:
 
 
 def serve(directory: str) -> None:
-    """Wait, warm, for one task, then run it like `main` and exit.
+    """A fork server: import covalent and cloudpickle once, then fork a fresh child per task.
 
     `directory` (mode 0700, the task user's) holds two FIFOs, opened read-write so that no
-    open ever blocks: the executor's command writes the task's directory as one line to
-    `go`, then waits for a line on `done`. `pid` says a worker is waiting; it goes away once
-    the task is taken, so a second command starts a fresh interpreter instead.
+    open ever blocks: the executor's command writes the task's directory as one line to `go`
+    and waits for `done TASK_DIR STATUS` on `done`. The child runs the task like `main` in its
+    own process group (so a cancel can kill all of it), from the home directory, and exits:
+    nothing a task sets survives it. `pid` says a server is waiting; `busy` holds the running
+    child's pid; `idle` is touched when a task ends (the idle power-off reads both).
     """
     _preload("covalent")  # a Covalent task unpickles covalent's wrapper: import it now, warm
-    try:
-        os.chdir(pwd.getpwuid(os.getuid()).pw_dir)  # where sshd starts a command
-    except OSError:
-        os.chdir("/")  # as sshd does when the home directory is missing
+    home = _home()
+    os.chdir(home)
     go = os.open(os.path.join(directory, "go"), os.O_RDWR)
     done = os.open(os.path.join(directory, "done"), os.O_RDWR)
-    pid_path = os.path.join(directory, "pid")
-    with open(f"{pid_path}.tmp", "w") as pid:
-        pid.write(f"{os.getpid()}\n")
-    os.replace(f"{pid_path}.tmp", pid_path)
-    line = b""
-    while not line.endswith(b"\n"):
-        line += os.read(go, 4096)
-    os.unlink(pid_path)
-    task_dir = line.decode().rstrip("\n")
-    try:
-        main(f"{task_dir}/payload.pkl", f"{task_dir}/result.pkl", to_stdout=False)
-    finally:
-        os.write(done, b"done\n")
+    _write(os.path.join(directory, "pid"), f"{os.getpid()}\n")
+    _touch(os.path.join(directory, "idle"))
+    pending = b""
+    while True:
+        while b"\n" not in pending:
+            pending += os.read(go, 4096)
+        line, pending = pending.split(b"\n", 1)
+        task_dir = line.decode()
+        status = _fork_task(task_dir, home, directory, (go, done))
+        _touch(os.path.join(directory, "idle"))
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(directory, "busy"))
+        os.write(done, f"done {task_dir} {status}\n".encode())
+
+
+def _fork_task(task_dir: str, home: str, directory: str, fds: tuple[int, int]) -> int:
+    child = os.fork()
+    if child == 0:  # the task's own process
+        code = 1
+        try:
+            os.setsid()
+            for fd in fds:
+                os.close(fd)
+            os.chdir(home)
+            _reseed()
+            main(f"{task_dir}/payload.pkl", f"{task_dir}/result.pkl", to_stdout=False)
+            code = 0
+        except BaseException:  # noqa: BLE001  (to the worker's log; the command reports it)
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    _write(os.path.join(task_dir, "pid"), f"{child}\n")
+    _write(os.path.join(directory, "busy"), f"{child}\n")
+    _, status = os.waitpid(child, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+def _home() -> str:
+    home = pwd.getpwuid(os.getuid()).pw_dir  # where sshd starts a command
+    return home if os.path.isdir(home) else "/"  # as sshd does when the home is missing
+
+
+def _reseed() -> None:
+    """Forked children share the parent's random state: give each its own (`random` does
+    so itself at fork; numpy does not)."""
+    numpy = sys.modules.get("numpy")
+    if numpy is not None:
+        numpy.random.seed()
+
+
+def _write(path: str, text: str) -> None:
+    with open(f"{path}.tmp", "w") as out:
+        out.write(text)
+    os.replace(f"{path}.tmp", path)
+
+
+def _touch(path: str) -> None:
+    with open(path, "a"):
+        os.utime(path)
 
 
 if __name__ == "__main__":

@@ -44,9 +44,10 @@ async def watched(
     *,
     cancel_requested: Callable[[], Awaitable[bool]],
     instance_gone: Callable[[], Awaitable[ConnectionLostError | None]],
-    on_stop: Callable[[], None],
+    on_stop: Callable[[Exception], Awaitable[None]],
 ) -> T:
-    """Await `work`; stop it (`on_stop`, then cancel it) once a cancel or a gone instance is seen.
+    """Await `work`; stop it (`on_stop` with the reason, then cancel it) once a cancel or a gone
+    instance is seen.
 
     Raises `CancelRequested` on a cancel, even when the work failed first (a cancel deletes the
     stack under it); the gone instance's `ConnectionLostError` when it went away, even when the
@@ -66,7 +67,7 @@ async def watched(
                 next_look = time.monotonic() + INSTANCE_POLL
                 stop = await instance_gone()
             if stop is not None:
-                on_stop()
+                await on_stop(stop)
                 await _cancel(task)
                 raise stop
     finally:
@@ -91,6 +92,8 @@ async def _outcome(
 
 async def _cancel(task: asyncio.Future[Any]) -> None:
     if task.done():
+        if not task.cancelled():
+            task.exception()  # retrieved: the reason to stop is the story
         return
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError, Exception):

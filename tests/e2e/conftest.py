@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from e2e_support import E2E_IDLE_SECONDS
 from harness import (
     BootedInstance,
     EmulatedBoot,
@@ -152,6 +153,8 @@ def covalent_server(
     env = {
         **moto_server.env,
         "EC2_EXECUTOR_CACHE_DIR": str(tmp_path_factory.mktemp("ec2-executor-cache")),
+        # Warm instances (keep_warm_minutes > 0) expire after seconds, not minutes.
+        "EC2_EXECUTOR_IDLE_SECONDS": str(E2E_IDLE_SECONDS),
     }
     server = CovalentServer.start(paths, env=env, executors={"ec2": ec2_settings})
     try:

@@ -8,6 +8,8 @@ from typing import Any
 
 from harness import MotoServer, generate_ed25519_keypair
 
+E2E_IDLE_SECONDS = 20
+"""The Covalent server's expiry of an idle warm instance (`EC2_EXECUTOR_IDLE_SECONDS`)."""
 LIVE_INSTANCE_STATES = frozenset({"pending", "running", "stopping", "stopped", "shutting-down"})
 
 

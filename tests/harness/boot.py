@@ -13,7 +13,10 @@ user data, inside a temporary directory per instance and without touching the sy
   `write_files` file) with the same arguments plus `--prefix <instance dir>/opt`, in the
   background, its output going to `<instance dir>/cloud-init-output.log`.
 
-`bootcmd` (which arms `shutdown`) is never run. When an instance stops being `running`
+`bootcmd` (which arms `shutdown`) is never run, and the bootstrap's idle power-off runs a command
+that does nothing (`EC2_EXECUTOR_POWEROFF`); the harness honours the file it writes
+(`<prefix>/poweroff`) as EC2 would a power-off with `InstanceInitiatedShutdownBehavior:
+terminate`: it terminates the instance in moto. When an instance stops being `running`
 (terminated, stopped, or gone after a moto reset) its sshd, its SSH sessions and whatever they or
 the bootstrap left running are terminated, like a real instance going away.
 """
@@ -380,6 +383,8 @@ class EmulatedBoot:
                     self._stop_instance(record, "no longer known to moto (reset?)")
                 elif known[0] != "running":
                     self._stop_instance(record, f"instance is {known[0]}")
+                elif record.booted and (record.prefix / "poweroff").exists():
+                    self._power_off(record)
             now = time.monotonic()
             running = {i: ip for i, (state, ip) in states.items() if state == "running"}
             for instance_id in running:
@@ -627,6 +632,7 @@ class EmulatedBoot:
             "LANG": "C.UTF-8",
             **self._session_env(record),
             **self.bootstrap_env,
+            "EC2_EXECUTOR_POWEROFF": "true",  # never this machine; the harness honours the file
         }
         command = [str(script), *record.spec.bootstrap_args, "--prefix", str(record.prefix)]
         if self.image_venv is not None:
@@ -656,6 +662,15 @@ class EmulatedBoot:
         finally:
             record.bootstrap_done.set()
             self._notify()
+
+    def _power_off(self, record: BootedInstance) -> None:
+        """The instance powered itself off: EC2 terminates it (the template's shutdown
+        behaviour); the next poll then ends its processes."""
+        log.info("emulated boot: %s powered itself off", record.instance_id)
+        try:
+            self._client.terminate_instances(InstanceIds=[record.instance_id])
+        except (BotoCoreError, ClientError) as error:
+            log.warning("emulated boot: terminating %s failed: %s", record.instance_id, error)
 
     def _stop_instance(self, record: BootedInstance, reason: str) -> None:
         with self._cond:

@@ -279,10 +279,13 @@ def test_a_quiet_task_over_a_healthy_connection_completes(
 def test_watch_stops_work_that_waits_forever() -> None:
     """The watcher itself: a wait with no end of its own ends on a cancel."""
     switch = CancelSwitch()
-    stopped: list[bool] = []
+    stopped: list[Exception] = []
 
     async def gone() -> None:
         return None
+
+    async def stop(reason: Exception) -> None:
+        stopped.append(reason)
 
     async def forever() -> None:
         await asyncio.Event().wait()
@@ -294,8 +297,8 @@ def test_watch_stops_work_that_waits_forever() -> None:
                 forever(),
                 cancel_requested=switch,
                 instance_gone=gone,
-                on_stop=lambda: stopped.append(True),
+                on_stop=stop,
             )
 
     run(main())
-    assert stopped == [True]
+    assert [type(r) for r in stopped] == [watch.CancelRequested]

@@ -97,6 +97,9 @@ def test_key_name_defaults_to_the_key_file_stem(tmp_path: Path) -> None:
         ({"tags": {f"k{n}": "v" for n in range(11)}}, "'tags'", "at most 10"),
         ({"tags": "project=x"}, "'tags'", "mapping"),
         ({"spot": "maybe"}, "'spot'", "'fallback'"),
+        ({"keep_warm_minutes": -1}, "'keep_warm_minutes'", "0 to 1440 minutes"),
+        ({"keep_warm_minutes": 1441}, "'keep_warm_minutes'", "0 to 1440 minutes"),
+        ({"keep_warm_minutes": "soon"}, "'keep_warm_minutes'", "[executors.ec2]"),
     ],
 )
 def test_bad_values_are_refused_naming_the_key_and_the_fix(
@@ -147,3 +150,9 @@ def test_a_username_with_a_quote_would_break_the_cloud_config() -> None:
     text = cloud_config_template(instance_files()).replace("${SshUser}", 'a"b')
     with pytest.raises(yaml.YAMLError):
         yaml.safe_load(text.replace("${", "$_{"))
+
+
+def test_keep_warm_defaults_to_zero_and_takes_config_strings() -> None:
+    assert Options().keep_warm_minutes == 0
+    assert defaults()["keep_warm_minutes"] == 0
+    assert build({"keep_warm_minutes": "5"}).keep_warm_minutes == 5

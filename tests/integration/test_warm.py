@@ -1,0 +1,404 @@
+"""Warm instances (`keep_warm_minutes`) against the moto server and real sshd instances.
+
+Every test runs its electrons in one event loop, as the Covalent server does (the pool's idle
+timers live on it), with the pool's idle expiry cut to seconds, and ends with nothing left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import pwd
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+import pytest
+from covalent._shared_files.exceptions import TaskCancelledError
+from executor_support import execute, harness_options, run
+from harness import EmulatedBoot, LoopbackNetwork, MotoServer
+
+from ec2_executor.ec2 import EC2Executor
+from ec2_executor.logs import log
+from ec2_executor.pool import POOL, retire_all_idle
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+IDLE_SECONDS = 600.0
+"""The pool's expiry in tests that do not test expiry: long enough never to fire mid-test."""
+
+
+def where() -> tuple[int, int, str]:
+    """The task's own pid, its parent's (the fork server) and its working directory."""
+    return os.getpid(), os.getppid(), os.getcwd()
+
+
+def set_state() -> str:
+    import json
+
+    json.ec2_executor_mark = "left over"  # type: ignore[attr-defined]
+    globals()["LEFT_OVER"] = True
+    os.environ["EC2_EXECUTOR_LEFT_OVER"] = "1"
+    os.chdir("/tmp")
+    return "set"
+
+
+def read_state() -> tuple[bool, bool, bool, str]:
+    import json
+
+    return (
+        hasattr(json, "ec2_executor_mark"),
+        "LEFT_OVER" in globals(),
+        "EC2_EXECUTOR_LEFT_OVER" in os.environ,
+        os.getcwd(),
+    )
+
+
+def sleep_long() -> str:
+    time.sleep(120)
+    return "not cancelled"
+
+
+def created_stacks(moto: MotoServer) -> list[str]:
+    """Every stack ever created since the reset, deleted ones included."""
+    summaries = moto.client("cloudformation").list_stacks()["StackSummaries"]
+    return [s["StackName"] for s in summaries]
+
+
+def live_stacks(moto: MotoServer) -> list[str]:
+    summaries = moto.client("cloudformation").list_stacks()["StackSummaries"]
+    return [s["StackName"] for s in summaries if s["StackStatus"] != "DELETE_COMPLETE"]
+
+
+def running_instances(moto: MotoServer) -> list[str]:
+    reservations = moto.client("ec2").describe_instances()["Reservations"]
+    return [
+        i["InstanceId"]
+        for r in reservations
+        for i in r["Instances"]
+        if i["State"]["Name"] in ("pending", "running")
+    ]
+
+
+async def wait_until(condition: Any, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.2)
+
+
+def dead(pid: int) -> bool:
+    """Gone, or a zombie not reaped yet."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+@pytest.fixture
+def pool() -> Iterator[Any]:
+    POOL.idle_seconds = IDLE_SECONDS
+    try:
+        yield POOL
+    finally:
+        run(retire_all_idle())
+        POOL.idle_seconds = None
+
+
+@pytest.fixture
+def package_log(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    log.addHandler(caplog.handler)
+    log.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        log.removeHandler(caplog.handler)
+        log.setLevel(logging.NOTSET)
+
+
+def assert_nothing_left(moto: MotoServer) -> None:
+    assert live_stacks(moto) == []
+    assert running_instances(moto) == []
+
+
+def warm_executor(
+    network: LoopbackNetwork, remote_cache: str, port: int | None = None, **overrides: Any
+) -> EC2Executor:
+    options = harness_options(
+        network.subnet_id, remote_cache, **{"keep_warm_minutes": 5, **overrides}
+    )
+    if port is not None:  # one port for all: the same reuse key
+        options["ssh_port"] = port
+    return EC2Executor(**options)
+
+
+async def in_a_row(make: Any, function: Any, count: int, first_node: int = 0) -> list[Any]:
+    return [await execute(make(), function, [], {}, node_id=first_node + n) for n in range(count)]
+
+
+def test_five_in_a_row_share_one_stack_and_nothing_leaks(
+    loopback_network: LoopbackNetwork,
+    emulated_boot: EmulatedBoot,
+    moto_reset: MotoServer,
+    remote_cache: str,
+    pool: Any,
+) -> None:
+    port = harness_options(loopback_network.subnet_id, remote_cache)["ssh_port"]
+
+    async def scenario() -> list[Any]:
+        make = lambda: warm_executor(loopback_network, remote_cache, port)  # noqa: E731
+        results = await in_a_row(make, where, 3)
+        results += [await execute(make(), set_state, [], {}, node_id=3)]
+        results += [await execute(make(), read_state, [], {}, node_id=4)]
+        return results
+
+    results = run(scenario())
+    assert len(created_stacks(moto_reset)) == 1
+    pids = [pid for pid, _, _ in results[:3]]
+    parents = {parent for _, parent, _ in results[:3]}
+    assert len(set(pids)) == 3 and len(parents) == 1  # a fresh child of one fork server each
+    home = pwd.getpwuid(os.getuid()).pw_dir  # where sshd, and so the worker, starts a task
+    assert {cwd for _, _, cwd in results[:3]} == {home}
+    assert results[3] == "set"
+    # Module state, globals, the environment and the directory did not outlive the task.
+    assert results[4] == (False, False, False, home)
+    # Each task's directory went once its result was fetched.
+    assert not Path(remote_cache).exists() or list(Path(remote_cache).iterdir()) == []
+    assert len(pool.idle()) == 1
+    run(retire_all_idle())
+    assert_nothing_left(moto_reset)
+
+
+def test_zero_keeps_todays_stack_per_electron(
+    loopback_network: LoopbackNetwork,
+    emulated_boot: EmulatedBoot,
+    moto_reset: MotoServer,
+    remote_cache: str,
+    pool: Any,
+) -> None:
+    port = harness_options(loopback_network.subnet_id, remote_cache)["ssh_port"]
+
+    def make() -> EC2Executor:
+        return warm_executor(loopback_network, remote_cache, port, keep_warm_minutes=0)
+
+    assert run(in_a_row(make, where, 5))
+    assert len(created_stacks(moto_reset)) == 5
+    assert pool.idle() == []
+    asyncio.run(wait_until(lambda: not live_stacks(moto_reset)))
+    assert_nothing_left(moto_reset)
+
+
+def test_each_instance_type_reuses_its_own_stack(
+    loopback_network: LoopbackNetwork,
+    emulated_boot: EmulatedBoot,
+    moto_reset: MotoServer,
+    remote_cache: str,
+    pool: Any,
+) -> None:
+    port = harness_options(loopback_network.subnet_id, remote_cache)["ssh_port"]
+
+    async def scenario() -> None:
+        for node in range(4):
+            kind = ("t2.micro", "t3.micro")[node % 2]
+            ex = warm_executor(loopback_network, remote_cache, port, instance_type=kind)
+            await execute(ex, where, [], {}, node_id=node)
+
+    run(scenario())
+    cf = moto_reset.client("cloudformation")
+    kinds = sorted(
+        next(p["ParameterValue"] for p in s["Parameters"] if p["ParameterKey"] == "InstanceType")
+        for s in cf.describe_stacks()["Stacks"]
+    )
+    assert kinds == ["t2.micro", "t3.micro"]
+    assert len(created_stacks(moto_reset)) == 2
+    run(retire_all_idle())
+    assert_nothing_left(moto_reset)
+
+
+def test_three_at_once_then_three_more_make_three_stacks(
+    loopback_network: LoopbackNetwork,
+    emulated_boot: EmulatedBoot,
+    moto_reset: MotoServer,
+    remote_cache: str,
+    pool: Any,
+) -> None:
+    port = harness_options(loopback_network.subnet_id, remote_cache)["ssh_port"]
+
+    async def wave(first: int) -> list[Any]:
+        return await asyncio.gather(
+            *(
+                execute(
+                    warm_executor(loopback_network, remote_cache, port), where, [], {}, node_id=n
+                )
+                for n in range(first, first + 3)
+            )
+        )
+
+    async def scenario() -> None:
+        await wave(0)
+        await wave(3)
+
+    run(scenario())
+    assert len(created_stacks(moto_reset)) == 3
+    assert len(pool.idle()) == 3
+    run(retire_all_idle())
+    assert_nothing_left(moto_reset)
+
+
+def test_idle_expiry_deletes_the_stack(
+    loopback_network: LoopbackNetwork,
+    emulated_boot: EmulatedBoot,
+    moto_reset: MotoServer,
+    remote_cache: str,
+    pool: Any,
+) -> None:
+    pool.idle_seconds = 2.0
+
+    async def scenario() -> None:
+        await execute(warm_executor(loopback_network, remote_cache), where, [], {})
+        assert len(live_stacks(moto_reset)) == 1 and len(pool.idle()) == 1
+        await wait_until(lambda: not live_stacks(moto_reset))
+
+    run(scenario())
+    assert pool.idle() == []
+    assert_nothing_left(moto_reset)
+
+
+def test_an_instance_gone_behind_our_back_is_replaced(
+    loopback_network: LoopbackNetwork,
+    emulated_boot: EmulatedBoot,
+    moto_reset: MotoServer,
+    remote_cache: str,
+    pool: Any,
+    caplog: pytest.LogCaptureFixture,
+    package_log: None,
+) -> None:
+    port = harness_options(loopback_network.subnet_id, remote_cache)["ssh_port"]
+    make = lambda: warm_executor(loopback_network, remote_cache, port)  # noqa: E731
+
+    async def scenario() -> Any:
+        await execute(make(), where, [], {}, node_id=0)
+        (gone,) = running_instances(moto_reset)
+        moto_reset.client("ec2").terminate_instances(InstanceIds=[gone])
+        await asyncio.to_thread(emulated_boot.wait_stopped, gone)
+        return await execute(make(), where, [], {}, node_id=1)
+
+    assert run(scenario())
+    assert len(created_stacks(moto_reset)) == 2
+    assert "discarding the warm instance" in caplog.text
+    run(retire_all_idle())
+    asyncio.run(wait_until(lambda: not live_stacks(moto_reset)))
+    assert_nothing_left(moto_reset)
+
+
+def test_a_dead_worker_is_discarded_before_the_task(
+    loopback_network: LoopbackNetwork,
+    emulated_boot: EmulatedBoot,
+    moto_reset: MotoServer,
+    remote_cache: str,
+    pool: Any,
+    caplog: pytest.LogCaptureFixture,
+    package_log: None,
+) -> None:
+    port = harness_options(loopback_network.subnet_id, remote_cache)["ssh_port"]
+    make = lambda: warm_executor(loopback_network, remote_cache, port)  # noqa: E731
+
+    async def scenario() -> Any:
+        _, server, _ = await execute(make(), where, [], {}, node_id=0)
+        os.kill(server, signal.SIGKILL)
+        await wait_until(lambda: dead(server))  # SIGKILL takes effect when it is scheduled
+        return await execute(make(), where, [], {}, node_id=1)
+
+    assert run(scenario())
+    assert len(created_stacks(moto_reset)) == 2
+    assert "the warm worker is not running" in caplog.text
+    run(retire_all_idle())
+    asyncio.run(wait_until(lambda: not live_stacks(moto_reset)))
+    assert_nothing_left(moto_reset)
+
+
+def test_cancel_on_a_warm_instance_kills_the_task_and_keeps_the_instance(
+    loopback_network: LoopbackNetwork,
+    emulated_boot: EmulatedBoot,
+    moto_reset: MotoServer,
+    remote_cache: str,
+    pool: Any,
+) -> None:
+    port = harness_options(loopback_network.subnet_id, remote_cache)["ssh_port"]
+    make = lambda: warm_executor(loopback_network, remote_cache, port)  # noqa: E731
+
+    async def scenario() -> Any:
+        _, server, _ = await execute(make(), where, [], {}, node_id=0)
+        ex = make()
+        task = asyncio.ensure_future(execute(ex, sleep_long, [], {}, node_id=1))
+        await wait_until(lambda: _children(server) != [])
+        (child,) = _children(server)
+        # Covalent cancels through a freshly built executor and the job handle.
+        assert await make().cancel({}, ex._electron.job_handle()) is True
+        with pytest.raises(TaskCancelledError):
+            await task
+        assert not _alive(child)
+        return await execute(make(), where, [], {}, node_id=2)
+
+    _, _parent, _ = run(scenario())
+    assert len(created_stacks(moto_reset)) == 1
+    assert len(pool.idle()) == 1
+    run(retire_all_idle())
+    assert_nothing_left(moto_reset)
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat[stat.rfind(")") + 2 :].split()[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+
+
+@pytest.mark.parametrize(
+    "boot_bootstrap_env",
+    [{"EC2_EXECUTOR_BOOTSTRAP_OFFLINE": "1", "EC2_EXECUTOR_IDLE_SECONDS": "8"}],
+)
+def test_an_instance_whose_executor_died_powers_itself_off(
+    loopback_network: LoopbackNetwork,
+    emulated_boot: EmulatedBoot,
+    moto_reset: MotoServer,
+    remote_cache: str,
+    pool: Any,
+) -> None:
+    from click.testing import CliRunner
+
+    from ec2_executor.cli import main
+
+    async def scenario() -> None:
+        await execute(warm_executor(loopback_network, remote_cache), where, [], {})
+        for instance in pool.drain():  # the executor dies: nothing deletes the stack
+            instance.remote.close()
+        await wait_until(lambda: not running_instances(moto_reset), timeout=60)
+
+    run(scenario())
+    (stack,) = live_stacks(moto_reset)
+    listed = CliRunner().invoke(main, ["list", "--json"])
+    assert '"state": "instance gone"' in listed.output, listed.output
+    cleaned = CliRunner().invoke(main, ["cleanup", "--idle", "--yes"])
+    assert cleaned.exit_code == 0, cleaned.output
+    assert f"deleted {stack}" in cleaned.output
+    assert_nothing_left(moto_reset)
