@@ -11,6 +11,7 @@ import logging
 import os
 import pwd
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -421,4 +422,38 @@ def test_an_instance_whose_executor_died_powers_itself_off(
     cleaned = CliRunner().invoke(main, ["cleanup", "--idle", "--yes"])
     assert cleaned.exit_code == 0, cleaned.output
     assert f"deleted {stack}" in cleaned.output
+    assert_nothing_left(moto_reset)
+
+
+def test_a_normal_exit_asks_to_delete_every_idle_stack(
+    loopback_network: LoopbackNetwork,
+    emulated_boot: EmulatedBoot,
+    moto_reset: MotoServer,
+    remote_cache: str,
+    tmp_path: Path,
+) -> None:
+    """As at `covalent stop`: a process that kept an instance warm exits, and its stack goes."""
+    options = harness_options(loopback_network.subnet_id, remote_cache, keep_warm_minutes=5)
+    script = tmp_path / "one_warm_electron.py"
+    script.write_text(
+        "from executor_support import execute, run\n"
+        "from ec2_executor.ec2 import EC2Executor\n"
+        "from ec2_executor.pool import POOL\n"
+        f"print(run(execute(EC2Executor(**{options!r}), abs, [-1], {{}})), len(POOL.idle()))\n"
+    )
+    tests = Path(__file__).resolve().parents[1]
+    path = os.pathsep.join(
+        [str(tests), str(tests / "integration"), os.environ.get("PYTHONPATH", "")]
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        env={**os.environ, "PYTHONPATH": path},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["1", "1"]  # the result, and one idle instance at the exit
+    assert len(created_stacks(moto_reset)) == 1
+    asyncio.run(wait_until(lambda: not live_stacks(moto_reset)))
     assert_nothing_left(moto_reset)
