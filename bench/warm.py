@@ -13,6 +13,8 @@ import time
 from functools import partial
 from typing import Any
 
+from harness import free_port
+
 from bench.common import Section, Target, benchmark_main, fmt_s, median, progress, spread, table
 from bench.loopback import TRIVIAL, Harness, background_work, harness, timed_execute
 
@@ -37,9 +39,10 @@ async def in_a_row(h: Harness, keep: int, count: int) -> dict[str, Any]:
     from ec2_executor.pool import retire_all_idle
 
     before, totals, started = stacks_created(h), [], time.monotonic()
+    port = free_port()  # one port for the row: the same reuse key
     for node in range(count):
         progress(f"keep_warm_minutes={keep}: electron {node + 1}/{count}")
-        ex = EC2Executor(**h.options(keep_warm_minutes=keep))
+        ex = EC2Executor(**h.options(keep_warm_minutes=keep, ssh_port=port))
         totals.append((await timed_execute(ex, f"row-{keep}", node))["total"])
     wall = time.monotonic() - started
     await retire_all_idle()
@@ -55,9 +58,10 @@ async def round_trips(h: Harness, repeats: int) -> dict[str, list[float]]:
 
     tasks = {"wrapped": covalent_task(), "bare": TRIVIAL}
     seconds: dict[str, list[float]] = {"wrapped": [], "bare": []}
+    port = free_port()
     for node in range(repeats * 2 + 1):
         kind = "bare" if node % 2 else "wrapped"
-        ex = EC2Executor(**h.options(keep_warm_minutes=5))
+        ex = EC2Executor(**h.options(keep_warm_minutes=5, ssh_port=port))
         times = await timed_execute(ex, "round-trip", node, tasks[kind])
         if node:  # the first one is cold
             seconds[kind].append(times["run"])
