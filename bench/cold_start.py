@@ -188,7 +188,8 @@ def measure(repeats: int, aws: AwsSeconds) -> dict[str, list[Run]]:
 
 def ratio_text(runs: list[Run]) -> str:
     ratios = sorted(r.took / r.floor for r in runs)
-    return f"{median(ratios):.2f} ({ratios[0]:.2f}-{ratios[-1]:.2f})"
+    digits = 2 if ratios[0] >= 0.1 else 3  # a warm instance's ratio is a few thousandths
+    return f"{median(ratios):.{digits}f} ({ratios[0]:.{digits}f}-{ratios[-1]:.{digits}f})"
 
 
 def breakdown(runs: list[Run]) -> str:
