@@ -422,7 +422,9 @@ async def run_task(
         )
         done = await _unless_the_stack_fails(electron, running)
         envelope = cloudpickle.loads(done.envelope)
-        electron.reusable = True  # the task's process ended and its result came back whole
+        # The task's process ended and its result came back whole; one that raised is a failed
+        # electron, and a failed electron's instance is not lent again.
+        electron.reusable = not envelope["error"]
     # The command reports how long it waited for the bootstrap: its own phase.
     electron.phases.split("upload, run, fetch", "bootstrap", done.bootstrap_wait)
     return TaskOutcome(

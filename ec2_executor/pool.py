@@ -15,6 +15,7 @@ import contextlib
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ec2_executor import redact
@@ -149,9 +150,9 @@ def tag_state(instance: WarmInstance, state: str) -> None:
     submit_blocking(_quietly, tag)
 
 
-def _quietly(fn: object) -> None:
+def _quietly(fn: Callable[[], None]) -> None:
     try:
-        fn()  # type: ignore[operator]
+        fn()
     except Exception as exc:  # noqa: BLE001  (a tag is a hint for `list`; never fail for it)
         log.debug("could not tag an instance: %s", exc)
 

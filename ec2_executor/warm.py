@@ -23,6 +23,8 @@ from ec2_executor.reuse import reuse_key
 
 CHECK_TIMEOUT = 10.0
 """Seconds a warm instance has to answer the check before it is discarded."""
+RECONNECT_TIMEOUT = 5.0
+"""Seconds a warm instance has to accept a fresh login when its kept connection dropped."""
 CANCEL_WAIT = 120.0
 """Seconds `cancel` waits for a cancelled electron on a warm instance to finish."""
 _RUNNING: dict[str, Electron] = {}
@@ -83,8 +85,13 @@ async def _check(instance: WarmInstance) -> str | None:
 
 async def _reconnect(instance: WarmInstance) -> str | None:
     old = instance.remote
-    fresh = RemoteHost(old.endpoint, instance.identity, instance.host_key.public_key())
-    fresh.connect_timeout = 5.0
+    fresh = RemoteHost(
+        old.endpoint,
+        instance.identity,
+        instance.host_key.public_key(),
+        connect_timeout=RECONNECT_TIMEOUT,
+        keepalive=old.keepalive,
+    )
     try:
         if not await run_blocking(fresh.try_connect):
             return f"SSH on {old.endpoint.host}:{old.endpoint.port} refused or did not answer"

@@ -24,6 +24,7 @@ from executor_support import execute, harness_options, run
 from harness import EmulatedBoot, LoopbackNetwork, MotoServer
 
 from ec2_executor.ec2 import EC2Executor
+from ec2_executor.errors import TaskError
 from ec2_executor.logs import log
 from ec2_executor.pool import POOL, retire_all_idle
 
@@ -64,6 +65,10 @@ def sleep_long() -> str:
     return "not cancelled"
 
 
+def boom() -> None:
+    raise ValueError("boom")
+
+
 def created_stacks(moto: MotoServer) -> list[str]:
     """Every stack ever created since the reset, deleted ones included."""
     summaries = moto.client("cloudformation").list_stacks()["StackSummaries"]
@@ -90,14 +95,6 @@ async def wait_until(condition: Any, timeout: float = 60.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         await asyncio.sleep(0.2)
-
-
-def dead(pid: int) -> bool:
-    """Gone, or a zombie not reaped yet."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
 
 
 @pytest.fixture
@@ -311,12 +308,35 @@ def test_a_dead_worker_is_discarded_before_the_task(
     async def scenario() -> Any:
         _, server, _ = await execute(make(), where, [], {}, node_id=0)
         os.kill(server, signal.SIGKILL)
-        await wait_until(lambda: dead(server))  # SIGKILL takes effect when it is scheduled
+        await wait_until(lambda: not _alive(server))  # SIGKILL takes effect when it is scheduled
         return await execute(make(), where, [], {}, node_id=1)
 
     assert run(scenario())
     assert len(created_stacks(moto_reset)) == 2
     assert "the warm worker is not running" in caplog.text
+    run(retire_all_idle())
+    asyncio.run(wait_until(lambda: not live_stacks(moto_reset)))
+    assert_nothing_left(moto_reset)
+
+
+def test_a_failed_task_s_instance_is_not_reused(
+    loopback_network: LoopbackNetwork,
+    emulated_boot: EmulatedBoot,
+    moto_reset: MotoServer,
+    remote_cache: str,
+    pool: Any,
+) -> None:
+    port = harness_options(loopback_network.subnet_id, remote_cache)["ssh_port"]
+    make = lambda: warm_executor(loopback_network, remote_cache, port)  # noqa: E731
+
+    async def scenario() -> Any:
+        with pytest.raises(TaskError, match="The task raised ValueError: boom"):
+            await execute(make(), boom, [], {}, node_id=0)
+        return await execute(make(), where, [], {}, node_id=1)
+
+    assert run(scenario())
+    assert len(created_stacks(moto_reset)) == 2
+    assert len(pool.idle()) == 1  # the second electron's
     run(retire_all_idle())
     asyncio.run(wait_until(lambda: not live_stacks(moto_reset)))
     assert_nothing_left(moto_reset)
@@ -366,11 +386,11 @@ def _children(pid: int) -> list[int]:
 
 
 def _alive(pid: int) -> bool:
+    """Neither gone nor a zombie not reaped yet."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][0] != "Z"
+    except FileNotFoundError:
         return False
-    return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
 
 
 @pytest.mark.parametrize(
