@@ -20,14 +20,14 @@ import paramiko
 from fabric import Config, Connection
 
 from ec2_executor.access import ClientIdentity
-from ec2_executor.errors import BootstrapError, ConnectionLostError, RemoteError
+from ec2_executor.errors import BootstrapError, ConnectionLostError, RemoteError, TaskError
 
 RUN_TASK = "${EC2_EXECUTOR_PREFIX:-/opt/ec2-executor}/run-task.sh"
 """Where the instance's task command is (`EC2_EXECUTOR_PREFIX` is for emulated instances)."""
 _CHUNK = 1 << 20
 _MARK = "ec2-executor:"
 """Starts the lines run-task.sh itself writes: the envelope on stdout is a pickle, never text."""
-_FAILED, _TIMED_OUT = 3, 4
+_FAILED, _TIMED_OUT, _NO_RESULT = 3, 4, 9
 # $EPOCHREALTIME (bash 5) uses the locale's decimal point.
 _WAITED = re.compile(rf"^{_MARK} bootstrap waited (\d+[.,]\d+) (\d+[.,]\d+)$", re.M)
 _NOT_UP_YET = (OSError, EOFError, paramiko.SSHException)
@@ -195,6 +195,8 @@ class RemoteHost:
                 f"The instance's bootstrap {what} on {self.where}; its log ends:\n{text}"
             )
         messages = err.decode(errors="replace")
+        if status == _NO_RESULT:  # the instance and its worker live; the task's process did not
+            raise TaskError(f"On {self.where}, {messages.split(_MARK, 1)[-1].strip()}")
         if status != 0 or not out:
             raise ConnectionLostError(
                 f"The task runner on {self.where} ended without a result (exit status "

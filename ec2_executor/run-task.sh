@@ -4,7 +4,8 @@
 #   run-task.sh TASK_DIR WAIT_TICKS (tenths of a second)
 #     stdin: the pickled task; stdout: the result envelope (a pickle), or lines starting with
 #     "ec2-executor:" when it exits 3 (bootstrap failed) or 4 (bootstrap not ready in time).
-#     Exit 5: the payload could not be written; 6: the warm worker died with the task.
+#     Exit 5: the payload could not be written; 6: the warm worker died with the task; 9: the
+#     task's process ended without a result (its status on stderr).
 #     The task's directory is removed once its result is on stdout.
 #   run-task.sh --check       exit 0 when the bootstrap is done and the warm worker lives
 #   run-task.sh --kill TASK_DIR   kill the task's processes; prints "killed" once they are gone
@@ -58,11 +59,15 @@ echo "$mark bootstrap waited $t0 $EPOCHREALTIME" >&2
 # `busy` (this command's pid until the worker puts the task's) holds off the idle power-off.
 if alive && exec 4<>"$w/go" 5<>"$w/done"; then
   echo $$ >"$w/busy"; echo "$d" >&4; echo "$mark warm worker $pid" >&2
-  until read -r -t 1 _ finished _ <&5 && [ "$finished" = "$d" ]; do
+  until read -r -t 1 _ finished code <&5 && [ "$finished" = "$d" ]; do
     alive || { echo "$mark the worker died; see $w/worker.log" >&2; exit 6; }
   done
-  [ -f "$d/result.pkl" ] ||
-    { echo "$mark no result; $w/worker.log ends:"; tail -n 20 "$w/worker.log"; } >&2
+  if [ ! -f "$d/result.pkl" ]; then  # the task's process ended before it wrote its envelope
+    how="exit status $code"; [ "${code#-}" = "$code" ] || how="killed by signal ${code#-}"
+    echo "$mark the task's process ended without a result ($how: out of memory, or killed" \
+      "on the instance?); $w/worker.log ends:" >&2
+    tail -n 20 "$w/worker.log" >&2; rm -rf "$d"; exit 9
+  fi
   cat "$d/result.pkl"; status=$?
   rm -rf "$d"; exit "$status"
 fi

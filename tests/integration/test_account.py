@@ -7,7 +7,6 @@ executor: the executor's own boto3 calls meet AWS's error responses.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import subprocess
 import sys
@@ -17,7 +16,7 @@ from typing import Any
 
 import cloudpickle
 import pytest
-from executor_support import execute, harness_options, run
+from executor_support import execute, harness_options, live_stacks, run
 from harness import LoopbackNetwork, MotoServer
 from harness.faults import (
     CapacityPlan,
@@ -35,7 +34,6 @@ from ec2_executor import (
 )
 from ec2_executor.capacity import spread
 from ec2_executor.ec2 import EC2Executor
-from ec2_executor.logs import log
 from ec2_executor.stack import stack_name
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -61,22 +59,6 @@ def proxy(moto_reset: MotoServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[F
     with fault_proxy(moto_reset.url) as faults:
         monkeypatch.setenv("AWS_ENDPOINT_URL", faults.url)
         yield faults
-
-
-@pytest.fixture
-def package_log(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
-    log.addHandler(caplog.handler)
-    log.setLevel(logging.DEBUG)
-    try:
-        yield caplog
-    finally:
-        log.removeHandler(caplog.handler)
-        log.setLevel(logging.NOTSET)
-
-
-def live_stacks(moto: MotoServer) -> list[str]:
-    summaries = moto.client("cloudformation").list_stacks()["StackSummaries"]
-    return [s["StackName"] for s in summaries if s["StackStatus"] != "DELETE_COMPLETE"]
 
 
 def two_zone_vpc(moto: MotoServer, network: LoopbackNetwork) -> dict[str, str]:

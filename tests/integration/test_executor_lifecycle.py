@@ -10,13 +10,19 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import cloudpickle
 import pytest
-from executor_support import execute, free_port, harness_options, run
+from executor_support import (
+    assert_nothing_left,
+    execute,
+    free_port,
+    harness_options,
+    live_stacks,
+    run,
+)
 from harness import LoopbackNetwork, MotoServer
 
 from ec2_executor import (
@@ -26,7 +32,6 @@ from ec2_executor import (
     StackDeletionError,
 )
 from ec2_executor.ec2 import EC2Executor
-from ec2_executor.logs import log
 from ec2_executor.stack import TAG_DISPATCH, TAG_NODE, stack_name
 
 # The instance cannot import this test module: ship its functions by value.
@@ -36,34 +41,6 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])
 def double(x: int) -> int:
     print("doubling", x)
     return 2 * x
-
-
-def live_stacks(moto: MotoServer) -> list[dict[str, Any]]:
-    summaries = moto.client("cloudformation").list_stacks()["StackSummaries"]
-    return [s for s in summaries if s["StackStatus"] != "DELETE_COMPLETE"]
-
-
-def assert_nothing_left(moto: MotoServer) -> None:
-    ec2 = moto.client("ec2")
-    assert live_stacks(moto) == []
-    states = [
-        i["State"]["Name"] for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]
-    ]
-    assert all(state == "terminated" for state in states), states
-    groups = [g["GroupName"] for g in ec2.describe_security_groups()["SecurityGroups"]]
-    assert set(groups) <= {"default"}, groups
-
-
-@pytest.fixture
-def package_log(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
-    """Our records reach caplog: they go to Covalent's logger, which does not propagate."""
-    log.addHandler(caplog.handler)
-    log.setLevel(logging.DEBUG)
-    try:
-        yield
-    finally:
-        log.removeHandler(caplog.handler)
-        log.setLevel(logging.NOTSET)
 
 
 def executor(network: LoopbackNetwork, remote_cache: str, **overrides: Any) -> EC2Executor:
@@ -82,7 +59,7 @@ def test_happy_path_runs_the_task_and_deletes_everything(
     moto_reset: MotoServer,
     remote_cache: str,
     caplog: pytest.LogCaptureFixture,
-    package_log: None,
+    package_log: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)  # everything: ours (via package_log), paramiko, botocore
     ex = executor(loopback_network, remote_cache, tags={"project": "tests"})
@@ -368,7 +345,7 @@ def test_a_stack_that_cannot_be_deleted_is_named_with_the_fix(
     metadata = {"dispatch_id": "undeletable", "node_id": 1, "results_dir": ""}
     run(ex.setup(metadata))
     name = stack_name("undeletable", 1)
-    assert live_stacks(moto_reset)[0]["StackName"] == name
+    assert live_stacks(moto_reset)[0] == name
     with pytest.raises(StackDeletionError) as left:
         run(ex.teardown(metadata))
     assert name in str(left.value)
@@ -428,7 +405,7 @@ def test_each_phase_is_logged_with_its_time(
     emulated_boot: Any,
     remote_cache: str,
     caplog: pytest.LogCaptureFixture,
-    package_log: None,
+    package_log: pytest.LogCaptureFixture,
 ) -> None:
     run(execute(executor(loopback_network, remote_cache), double, [2], {}))
     for phase in (

@@ -212,7 +212,7 @@ def _check_user_data(user_data: bytes, keys: Keys) -> None:
     python, covalent, cloudpickle = VERSIONS
     assert spec.bootstrap_args == (
         "--python", python, "--covalent", covalent, "--cloudpickle", cloudpickle,
-        "--user", "ec2-user",
+        "--user", "ec2-user", "--idle-minutes", "0",
     )  # fmt: skip
 
 

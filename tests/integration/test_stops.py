@@ -14,7 +14,7 @@ from typing import Any
 import cloudpickle
 import pytest
 from covalent._shared_files.exceptions import TaskCancelledError
-from executor_support import execute, harness_options, run
+from executor_support import execute, harness_options, live_instances, live_stacks, run
 from harness import EmulatedBoot, LoopbackNetwork, MotoServer
 
 from ec2_executor import ConnectionLostError, watch
@@ -80,18 +80,6 @@ def on_phase() -> Iterator[Callable[[str, Callable[[], None]], None]]:
 def quick_watch(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(watch, "CANCEL_POLL", 0.2)
     monkeypatch.setattr(watch, "INSTANCE_POLL", 0.5)
-
-
-def live_stacks(moto: MotoServer) -> list[str]:
-    summaries = moto.client("cloudformation").list_stacks()["StackSummaries"]
-    return [s["StackName"] for s in summaries if s["StackStatus"] != "DELETE_COMPLETE"]
-
-
-def live_instances(moto: MotoServer) -> list[str]:
-    found = moto.client("ec2").describe_instances()["Reservations"]
-    return [
-        i["InstanceId"] for r in found for i in r["Instances"] if i["State"]["Name"] != "terminated"
-    ]
 
 
 def slowed(monkeypatch: pytest.MonkeyPatch, target: str, seconds: float) -> None:

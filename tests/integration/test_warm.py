@@ -7,10 +7,10 @@ timers live on it), with the pool's idle expiry cut to seconds, and ends with no
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import pwd
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -20,12 +20,18 @@ from typing import Any
 import cloudpickle
 import pytest
 from covalent._shared_files.exceptions import TaskCancelledError
-from executor_support import execute, harness_options, run
+from executor_support import (
+    assert_nothing_left,
+    execute,
+    harness_options,
+    instances_in,
+    live_stacks,
+    run,
+)
 from harness import EmulatedBoot, LoopbackNetwork, MotoServer
 
 from ec2_executor.ec2 import EC2Executor
 from ec2_executor.errors import TaskError
-from ec2_executor.logs import log
 from ec2_executor.pool import POOL, retire_all_idle
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -75,21 +81,6 @@ def created_stacks(moto: MotoServer) -> list[str]:
     return [s["StackName"] for s in summaries]
 
 
-def live_stacks(moto: MotoServer) -> list[str]:
-    summaries = moto.client("cloudformation").list_stacks()["StackSummaries"]
-    return [s["StackName"] for s in summaries if s["StackStatus"] != "DELETE_COMPLETE"]
-
-
-def running_instances(moto: MotoServer) -> list[str]:
-    reservations = moto.client("ec2").describe_instances()["Reservations"]
-    return [
-        i["InstanceId"]
-        for r in reservations
-        for i in r["Instances"]
-        if i["State"]["Name"] in ("pending", "running")
-    ]
-
-
 async def wait_until(condition: Any, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -105,22 +96,6 @@ def pool() -> Iterator[Any]:
     finally:
         run(retire_all_idle())
         POOL.idle_seconds = None
-
-
-@pytest.fixture
-def package_log(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
-    log.addHandler(caplog.handler)
-    log.setLevel(logging.INFO)
-    try:
-        yield
-    finally:
-        log.removeHandler(caplog.handler)
-        log.setLevel(logging.NOTSET)
-
-
-def assert_nothing_left(moto: MotoServer) -> None:
-    assert live_stacks(moto) == []
-    assert running_instances(moto) == []
 
 
 def warm_executor(
@@ -266,54 +241,50 @@ def test_idle_expiry_deletes_the_stack(
     assert_nothing_left(moto_reset)
 
 
-def test_an_instance_gone_behind_our_back_is_replaced(
+async def _terminate_the_instance(moto: MotoServer, boot: EmulatedBoot, _: Any) -> None:
+    (gone,) = instances_in(moto, "pending", "running")
+    moto.client("ec2").terminate_instances(InstanceIds=[gone])
+    await asyncio.to_thread(boot.wait_stopped, gone)
+
+
+async def _kill_the_worker(moto: MotoServer, boot: EmulatedBoot, first: Any) -> None:
+    _, server, _ = first
+    os.kill(server, signal.SIGKILL)
+    await wait_until(lambda: not _alive(server))  # SIGKILL takes effect when it is scheduled
+
+
+@pytest.mark.parametrize(
+    ("breaks", "why"),
+    [
+        (_terminate_the_instance, "refused or did not answer"),
+        (_kill_the_worker, "the warm worker is not running"),
+    ],
+    ids=["instance-gone", "worker-dead"],
+)
+def test_a_broken_warm_instance_is_discarded_before_the_task(
     loopback_network: LoopbackNetwork,
     emulated_boot: EmulatedBoot,
     moto_reset: MotoServer,
     remote_cache: str,
     pool: Any,
-    caplog: pytest.LogCaptureFixture,
-    package_log: None,
+    package_log: pytest.LogCaptureFixture,
+    breaks: Any,
+    why: str,
 ) -> None:
+    """Broken behind the executor's back while idle: the next electron gets a fresh stack, and
+    the log says why the warm one was discarded."""
     port = harness_options(loopback_network.subnet_id, remote_cache)["ssh_port"]
     make = lambda: warm_executor(loopback_network, remote_cache, port)  # noqa: E731
 
     async def scenario() -> Any:
-        await execute(make(), where, [], {}, node_id=0)
-        (gone,) = running_instances(moto_reset)
-        moto_reset.client("ec2").terminate_instances(InstanceIds=[gone])
-        await asyncio.to_thread(emulated_boot.wait_stopped, gone)
+        first = await execute(make(), where, [], {}, node_id=0)
+        await breaks(moto_reset, emulated_boot, first)
         return await execute(make(), where, [], {}, node_id=1)
 
     assert run(scenario())
     assert len(created_stacks(moto_reset)) == 2
-    assert "discarding the warm instance" in caplog.text
-    run(retire_all_idle())
-    asyncio.run(wait_until(lambda: not live_stacks(moto_reset)))
-    assert_nothing_left(moto_reset)
-
-
-def test_a_dead_worker_is_discarded_before_the_task(
-    loopback_network: LoopbackNetwork,
-    emulated_boot: EmulatedBoot,
-    moto_reset: MotoServer,
-    remote_cache: str,
-    pool: Any,
-    caplog: pytest.LogCaptureFixture,
-    package_log: None,
-) -> None:
-    port = harness_options(loopback_network.subnet_id, remote_cache)["ssh_port"]
-    make = lambda: warm_executor(loopback_network, remote_cache, port)  # noqa: E731
-
-    async def scenario() -> Any:
-        _, server, _ = await execute(make(), where, [], {}, node_id=0)
-        os.kill(server, signal.SIGKILL)
-        await wait_until(lambda: not _alive(server))  # SIGKILL takes effect when it is scheduled
-        return await execute(make(), where, [], {}, node_id=1)
-
-    assert run(scenario())
-    assert len(created_stacks(moto_reset)) == 2
-    assert "the warm worker is not running" in caplog.text
+    discarded = {r.getMessage() for r in package_log.records if "discarding" in r.getMessage()}
+    assert len(discarded) == 1 and why in discarded.pop()
     run(retire_all_idle())
     asyncio.run(wait_until(lambda: not live_stacks(moto_reset)))
     assert_nothing_left(moto_reset)
@@ -412,7 +383,7 @@ def test_an_instance_whose_executor_died_powers_itself_off(
         await execute(warm_executor(loopback_network, remote_cache), where, [], {})
         for instance in pool.drain():  # the executor dies: nothing deletes the stack
             instance.remote.close()
-        await wait_until(lambda: not running_instances(moto_reset), timeout=60)
+        await wait_until(lambda: not instances_in(moto_reset, "pending", "running"), timeout=60)
 
     run(scenario())
     (stack,) = live_stacks(moto_reset)
@@ -421,4 +392,38 @@ def test_an_instance_whose_executor_died_powers_itself_off(
     cleaned = CliRunner().invoke(main, ["cleanup", "--idle", "--yes"])
     assert cleaned.exit_code == 0, cleaned.output
     assert f"deleted {stack}" in cleaned.output
+    assert_nothing_left(moto_reset)
+
+
+def test_a_normal_exit_asks_to_delete_every_idle_stack(
+    loopback_network: LoopbackNetwork,
+    emulated_boot: EmulatedBoot,
+    moto_reset: MotoServer,
+    remote_cache: str,
+    tmp_path: Path,
+) -> None:
+    """As at `covalent stop`: a process that kept an instance warm exits, and its stack goes."""
+    options = harness_options(loopback_network.subnet_id, remote_cache, keep_warm_minutes=5)
+    script = tmp_path / "one_warm_electron.py"
+    script.write_text(
+        "from executor_support import execute, run\n"
+        "from ec2_executor.ec2 import EC2Executor\n"
+        "from ec2_executor.pool import POOL\n"
+        f"print(run(execute(EC2Executor(**{options!r}), abs, [-1], {{}})), len(POOL.idle()))\n"
+    )
+    tests = Path(__file__).resolve().parents[1]
+    path = os.pathsep.join(
+        [str(tests), str(tests / "integration"), os.environ.get("PYTHONPATH", "")]
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        env={**os.environ, "PYTHONPATH": path},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["1", "1"]  # the result, and one idle instance at the exit
+    assert len(created_stacks(moto_reset)) == 1
+    asyncio.run(wait_until(lambda: not live_stacks(moto_reset)))
     assert_nothing_left(moto_reset)
