@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from executor_support import execute, harness_options, run
+from executor_support import assert_nothing_left, execute, harness_options, run
 from harness import LoopbackNetwork, MotoServer
 from harness.boot import BootedInstance, EmulatedBoot
 from harness.timed_cloud import FAIL_REASON, AwsSeconds, TimedCloud, Timeline
@@ -129,4 +129,4 @@ def test_a_stock_image_pays_the_installs_and_a_baked_one_is_found_and_does_not(
     assert baked.booted_at is not None and baked.bootstrap_started_at is not None
     assert baked.bootstrap_started_at - baked.booted_at < AWS.install  # no installs waited on
     assert started > baked.bootstrap_started_at
-    assert _live_stacks(moto_reset) == []
+    assert_nothing_left(moto_reset)  # the bake's stack and both electrons' are gone
