@@ -91,11 +91,23 @@ class Section:
     seconds: float = 0.0
 
 
-def benchmark_main(key: str, run: Callable[[argparse.Namespace], Section], doc: str) -> None:
-    """The command line of every benchmark: run, print the section, optionally write JSON."""
+def benchmark_main(
+    key: str,
+    run: Callable[[argparse.Namespace], Section],
+    doc: str,
+    arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> None:
+    """The command line of every benchmark: run, print the section, optionally write JSON.
+    `arguments` adds the benchmark's own."""
     from bench.report import section_markdown
 
-    parser = argparse.ArgumentParser(prog=f"python -m bench.{key}", description=doc)
+    parser = argparse.ArgumentParser(
+        prog=f"python -m bench.{key}",
+        description=doc,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    if arguments is not None:
+        arguments(parser)
     parser.add_argument("--repeats", type=int, default=None, help="override the repeat count")
     parser.add_argument("--json", type=Path, default=None, help="also write the section here")
     parser.add_argument("--moto-in-process", action="store_true", help="moto as the tests run it")

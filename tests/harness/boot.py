@@ -120,6 +120,14 @@ class BootedInstance:
     sshd: subprocess.Popen[bytes] | None = None
     booted_at: float | None = None
     """`time.monotonic()` when its sshd was listening."""
+    image_id: str = ""
+    baked_image: bool | None = None
+    """Whether the instance's image carries `ec2-executor bake`'s tags (None: not looked up,
+    when the harness has no `install_delay`)."""
+    install_seconds: float = 0.0
+    """The emulated installs the bootstrap paid before it started (0 on a baked image)."""
+    bootstrap_started_at: float | None = None
+    """`time.monotonic()` when the bootstrap process started."""
     bootstrap: subprocess.Popen[bytes] | None = None
     bootstrap_returncode: int | None = None
     bootstrap_done: threading.Event = field(default_factory=threading.Event, repr=False)
@@ -199,6 +207,7 @@ class EmulatedBoot:
         stop_timeout: float = 5.0,
         boot_delay: float = 0.0,
         bootstrap_delay: float = 0.0,
+        install_delay: float = 0.0,
     ) -> None:
         """
         python_path: exported as PYTHONPATH to the bootstrap and to SSH sessions (emulates an
@@ -212,6 +221,11 @@ class EmulatedBoot:
             (an instance's boot; 0 boots at once).
         bootstrap_delay: seconds between sshd listening and the bootstrap starting (a slow
             install); read at each boot, so a test may set it on a running harness.
+        install_delay: seconds the bootstrap's installs take (Python, venv, covalent) on an
+            instance whose image is not a baked one: one that moto knows with the tags
+            `ec2-executor bake` puts on it (`ec2_executor.images.TAG`). Added to
+            `bootstrap_delay`; read at each boot. The emulated image holds the environment
+            either way (`image_venv`), so the bootstrap itself takes its fast path.
         """
         self.endpoint_url = endpoint_url
         self.python_path = python_path
@@ -224,6 +238,7 @@ class EmulatedBoot:
         self.stop_timeout = stop_timeout
         self.boot_delay = boot_delay
         self.bootstrap_delay = bootstrap_delay
+        self.install_delay = install_delay
         self._first_seen: dict[str, float] = {}
         self._owns_base_dir = base_dir is None
         self.base_dir = Path(base_dir) if base_dir is not None else None
@@ -480,6 +495,8 @@ class EmulatedBoot:
                     "in the loopback subnet (harness.create_loopback_network)"
                 )
             record.spec = self._read_spec(instance_id)
+            if self.install_delay:
+                self._look_at_image(record)
             record.port = record.spec.port
             for other in self.instances:
                 if (
@@ -523,6 +540,17 @@ class EmulatedBoot:
         if not encoded:
             raise BootError("the instance has no user data")
         return parse_user_data(base64.b64decode(encoded))
+
+    def _look_at_image(self, record: BootedInstance) -> None:
+        """Is the instance's image a baked one? Its installs take `install_delay` if not."""
+        from ec2_executor.images import TAG  # the tags `ec2-executor bake` writes
+
+        found = self._client.describe_instances(InstanceIds=[record.instance_id])
+        record.image_id = found["Reservations"][0]["Instances"][0].get("ImageId", "")
+        images = self._client.describe_images(ImageIds=[record.image_id])["Images"]
+        tags = {t["Key"] for image in images for t in image.get("Tags", [])}
+        record.baked_image = TAG + "key" in tags
+        record.install_seconds = 0.0 if record.baked_image else self.install_delay
 
     def _session_env(self, record: BootedInstance) -> dict[str, str]:
         # Each instance has its own home, so nothing run "on the instance" (covalent's config,
@@ -637,8 +665,10 @@ class EmulatedBoot:
         command = [str(script), *record.spec.bootstrap_args, "--prefix", str(record.prefix)]
         if self.image_venv is not None:
             (record.prefix / "venv").symlink_to(self.image_venv, target_is_directory=True)
-        if self.bootstrap_delay:
-            time.sleep(self.bootstrap_delay)
+        # A slow install is a wait the instance's going away cuts short.
+        until = time.monotonic() + self.bootstrap_delay + record.install_seconds
+        while record.stop_reason is None and time.monotonic() < until:
+            time.sleep(min(0.05, max(0.0, until - time.monotonic())))
         try:
             with self._cond:
                 if record.stop_reason is not None:
@@ -653,6 +683,7 @@ class EmulatedBoot:
                         env=env,
                         start_new_session=True,
                     )
+                record.bootstrap_started_at = time.monotonic()
             returncode = record.bootstrap.wait()
             record.bootstrap_returncode = returncode
             level = logging.INFO if returncode == 0 else logging.WARNING

@@ -12,12 +12,14 @@ the moment each CreateStack came through:
 - an action named in `refuse` is answered with that AWS error code, and never reaches moto.
 
 Everything else passes through untouched, so the executor, pointed at the proxy through
-`AWS_ENDPOINT_URL`, cannot tell. Pair it with `EmulatedBoot(boot_delay=...)` for the instance's
-boot to SSH.
+`AWS_ENDPOINT_URL`, cannot tell. Pair it with `EmulatedBoot(boot_delay=..., install_delay=...)`
+for the instance's boot to SSH and the bootstrap's installs on a stock image; `AwsSeconds`
+holds the published figures for all of them, to scale by one factor.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import http.client
 import re
 import threading
@@ -40,6 +42,28 @@ class Timeline:
     instance_after: float = 1.0
     complete_after: float = 15.0
     fail_after: float | None = None
+
+
+@dataclass(frozen=True)
+class AwsSeconds:
+    """What AWS takes for the default shape, in seconds from CreateStack, as BENCHMARKS.md's
+    paper estimate ("On real AWS, on paper") gives it; `scaled` shrinks them all alike."""
+
+    instance_after: float = 5.0
+    """CloudFormation names the launched instance (RunInstances, pending)."""
+    boot: float = 20.0
+    """sshd answers (pending to running, then the boot to SSH)."""
+    complete_after: float = 40.0
+    """CREATE_COMPLETE (CloudFormation's stabilisation adds ~13 s after the instance runs)."""
+    install: float = 50.0
+    """The bootstrap's installs on a stock image (dnf python3.11, venv, covalent with uv:
+    30-70 s); none on a baked image."""
+
+    def scaled(self, factor: float) -> AwsSeconds:
+        return AwsSeconds(**{k: v * factor for k, v in dataclasses.asdict(self).items()})
+
+    def timeline(self) -> Timeline:
+        return Timeline(instance_after=self.instance_after, complete_after=self.complete_after)
 
 
 @dataclass

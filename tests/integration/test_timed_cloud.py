@@ -1,26 +1,32 @@
 """On a cloud that takes its time (tests/harness/timed_cloud.py): the executor connects as soon
-as the stack has launched the instance, without waiting for CREATE_COMPLETE, and a stack that
-fails after that still fails the electron and leaves nothing."""
+as the stack has launched the instance, without waiting for CREATE_COMPLETE; a stack that fails
+after that still fails the electron and leaves nothing; a stock image pays the bootstrap's
+installs, and a baked image is found, used, and pays none."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from executor_support import execute, harness_options, run
+from executor_support import assert_nothing_left, execute, harness_options, run
 from harness import LoopbackNetwork, MotoServer
-from harness.boot import EmulatedBoot
-from harness.timed_cloud import FAIL_REASON, TimedCloud, Timeline
+from harness.boot import BootedInstance, EmulatedBoot
+from harness.timed_cloud import FAIL_REASON, AwsSeconds, TimedCloud, Timeline
 
 from ec2_executor import StackCreationError
+from ec2_executor.bake import bake
 from ec2_executor.ec2 import EC2Executor
+from ec2_executor.options import build
 from ec2_executor.stack import stack_name
 
-BOOT_SECONDS = 1.0
-"""Instance launched to sshd answering; scaled down from AWS's ~20 s like the timeline."""
+AWS = AwsSeconds().scaled(0.05)
+"""The published timeline, 20 times shorter: sshd answers 1 s after CreateStack, a stock
+image's installs take 2.5 s more."""
+BOOT_SECONDS = AWS.boot
 
 
 @pytest.fixture
@@ -82,3 +88,45 @@ def test_a_stack_that_fails_after_ssh_answered_fails_the_electron(
     assert (task_dir / "payload.pkl").exists()  # SSH had answered: the task was running
     assert took < 60  # noticed within the stack wait's poll, not at the task's end
     assert _live_stacks(moto_reset) == []
+
+
+def _task_start_on_a_new_instance(
+    boot: EmulatedBoot, executor: EC2Executor, dispatch_id: str
+) -> tuple[BootedInstance, float]:
+    """The instance the electron got, and when its task started there (one clock: the task
+    returns `time.monotonic()` on this machine)."""
+    before = {record.instance_id for record in boot.instances}
+    started = run(execute(executor, time.monotonic, [], {}, dispatch_id=dispatch_id))
+    (record,) = [r for r in boot.instances if r.instance_id not in before]
+    return record, started
+
+
+def test_a_stock_image_pays_the_installs_and_a_baked_one_is_found_and_does_not(
+    loopback_network: LoopbackNetwork,
+    emulated_boot: EmulatedBoot,
+    moto_reset: MotoServer,
+    monkeypatch: pytest.MonkeyPatch,
+    remote_cache: str,
+) -> None:
+    emulated_boot.install_delay = AWS.install
+    options = harness_options(loopback_network.subnet_id, remote_cache)
+    with _timed_cloud(moto_reset, monkeypatch, AWS.timeline()):
+        stock, started = _task_start_on_a_new_instance(
+            emulated_boot, EC2Executor(**options), "stock"
+        )
+        assert stock.baked_image is False and stock.install_seconds == AWS.install
+        assert stock.booted_at is not None
+        assert started >= stock.booted_at + AWS.install  # the task waited for the installs
+
+        made = asyncio.run(bake(build(options)))  # on a stock image too, on the timed cloud
+        assert made.made
+
+        baked, started = _task_start_on_a_new_instance(
+            emulated_boot, EC2Executor(**options), "baked"
+        )
+    assert baked.image_id == made.image.image_id != stock.image_id  # found, and used
+    assert baked.baked_image is True and baked.install_seconds == 0.0
+    assert baked.booted_at is not None and baked.bootstrap_started_at is not None
+    assert baked.bootstrap_started_at - baked.booted_at < AWS.install  # no installs waited on
+    assert started > baked.bootstrap_started_at
+    assert_nothing_left(moto_reset)  # the bake's stack and both electrons' are gone
