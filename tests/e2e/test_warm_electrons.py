@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import cloudpickle
@@ -65,10 +66,74 @@ def test_five_electrons_in_a_row_share_one_warm_instance(
     assert len(set(pids)) == 5 and len(set(parents)) == 1
     assert len(_dispatch_stacks(moto_server, dispatch_id)) == 1
     assert [record.booted for record in emulated_boot.instances] == [True]
-    # The server deletes the idle stack once it expires.
+    _wait_for_the_idle_expiry(moto_server, emulated_boot, dispatch_id)
+
+
+def test_cancel_on_a_warm_instance_kills_the_task_and_lends_the_instance_again(
+    covalent_server: CovalentServer,
+    emulated_boot: EmulatedBoot,
+    moto_server: MotoServer,
+    local_settings: dict[str, Any],
+    tmp_path: Path,
+) -> None:
+    warm = ct.executor.EC2Executor(
+        **{**local_settings, "provision_timeout": 600}, keep_warm_minutes=5
+    )
+    started = tmp_path / "sleeper.pid"  # the emulated instance is this machine
+
+    @ct.electron(executor=warm)
+    def sleeper(mark: str) -> str:
+        with open(mark, "w") as out:
+            out.write(str(os.getpid()))
+        time.sleep(600)
+        return "woke"
+
+    @ct.electron(executor=warm)
+    def where() -> int:
+        return os.getppid()
+
+    @ct.lattice
+    def sleeps(mark: str) -> str:
+        return sleeper(mark)
+
+    @ct.lattice
+    def quick() -> int:
+        return where()
+
+    first = ct.dispatch(sleeps)(str(started))
+    deadline = time.monotonic() + RESULT_TIMEOUT
+    while not started.exists() or not started.read_text():
+        assert time.monotonic() < deadline, "the task never started"
+        time.sleep(0.5)
+    task = int(started.read_text())
+
+    ct.cancel(first)
+    cancelled = covalent_server.wait_for_result(first, RESULT_TIMEOUT)
+    assert str(cancelled.status) == "CANCELLED"
+    assert not _alive(task)
+    # The kill was confirmed, so the instance went back to the pool: the next dispatch runs on
+    # it, without a stack of its own.
+    second = ct.dispatch(quick)()
+    result = covalent_server.wait_for_result(second, RESULT_TIMEOUT)
+    assert str(result.status) == "COMPLETED", result.error
+    assert _dispatch_stacks(moto_server, second) == []
+    assert [record.booted for record in emulated_boot.instances] == [True]
+    _wait_for_the_idle_expiry(moto_server, emulated_boot, first)
+
+
+def _alive(pid: int) -> bool:
+    """Neither gone nor a zombie not reaped yet."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _wait_for_the_idle_expiry(moto: MotoServer, boot: EmulatedBoot, dispatch_id: str) -> None:
+    """The server deletes the idle stack once it expires; then nothing is left."""
     deadline = time.monotonic() + E2E_IDLE_SECONDS + 120
-    while any(s != "DELETE_COMPLETE" for _, s in _dispatch_stacks(moto_server, dispatch_id)):
-        assert time.monotonic() < deadline, _dispatch_stacks(moto_server, dispatch_id)
+    while any(s != "DELETE_COMPLETE" for _, s in _dispatch_stacks(moto, dispatch_id)):
+        assert time.monotonic() < deadline, _dispatch_stacks(moto, dispatch_id)
         time.sleep(1)
-    emulated_boot.wait_stopped(emulated_boot.instances[0].instance_id, timeout=30)
-    assert_nothing_left(moto_server)
+    boot.wait_stopped(boot.instances[0].instance_id, timeout=30)
+    assert_nothing_left(moto)
