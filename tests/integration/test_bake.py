@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
-from executor_support import execute, harness_options, run
-from harness import LoopbackNetwork, MotoServer
-from harness.timed_cloud import TimedCloud, Timeline
+from executor_support import execute, harness_options, live_stacks, run
+from harness import EmulatedBoot, LoopbackNetwork, MotoServer
+from harness.timed_cloud import FAIL_REASON, TimedCloud, Timeline
 
 from ec2_executor import EC2ExecutorError
 from ec2_executor.bake import bake
@@ -23,11 +24,6 @@ from ec2_executor.options import build
 
 def _options(network: LoopbackNetwork, remote_cache: str) -> dict[str, Any]:
     return harness_options(network.subnet_id, remote_cache)
-
-
-def _live_stacks(moto: MotoServer) -> list[str]:
-    stacks = moto.client("cloudformation").describe_stacks()["Stacks"]
-    return [s["StackName"] for s in stacks if s["StackStatus"] != "DELETE_COMPLETE"]
 
 
 def _baked(moto: MotoServer) -> list[dict[str, object]]:
@@ -56,7 +52,7 @@ def test_bake_makes_an_image_once_and_electrons_use_it(
     options = build(_options(loopback_network, remote_cache))
     made = asyncio.run(bake(options))
     assert made.made and made.image.state == "available"
-    assert _live_stacks(moto_reset) == []  # the bake's stack is gone
+    assert live_stacks(moto_reset) == []  # the bake's stack is gone
     tags = made.image.tags
     assert tags[f"{TAG}python"] == options.python_version and tags[f"{TAG}arch"] == "x86_64"
     assert "covalent" in made.image.recipe_text()
@@ -74,25 +70,39 @@ def test_bake_makes_an_image_once_and_electrons_use_it(
     before = _instance_images(moto_reset)
     assert run(execute(stock, pow, [2, 5], {}, dispatch_id="on-stock")) == 32
     assert _image_of_new_instance(moto_reset, before) != made.image.image_id
-    assert _live_stacks(moto_reset) == []
+    assert live_stacks(moto_reset) == []
 
 
-@pytest.mark.parametrize("refused", ["CreateImage", "DescribeImages"])
+@pytest.mark.parametrize(
+    ("refused", "fail_after", "says"),
+    [
+        ({}, 0.5, re.escape(FAIL_REASON)),  # the stack fails while the bootstrap runs
+        ({"CreateImage": "InternalError"}, None, "CreateImage refused"),
+        ({"DescribeImages": "InternalError"}, None, "DescribeImages refused"),  # the wait
+        ({"CreateTags": "InternalError"}, None, "CreateTags refused"),  # the snapshots' tags
+    ],
+    ids=["stack-fails", "create-image", "wait-for-image", "tag-snapshots"],
+)
 def test_a_bake_that_fails_leaves_no_stack_and_no_image(
     loopback_network: LoopbackNetwork,
-    emulated_boot: object,
+    emulated_boot: EmulatedBoot,
     moto_reset: MotoServer,
     monkeypatch: pytest.MonkeyPatch,
     remote_cache: str,
-    refused: str,
+    refused: dict[str, str],
+    fail_after: float | None,
+    says: str,
 ) -> None:
     options = build(_options(loopback_network, remote_cache))
-    timeline = Timeline(instance_after=0.0, complete_after=0.0)
-    with TimedCloud(moto_reset.url, timeline, refuse={refused: "InternalError"}) as cloud:
+    timeline = Timeline(instance_after=0.0, complete_after=0.0, fail_after=fail_after)
+    if fail_after is not None:  # the stack completes late, and fails before it does
+        timeline = Timeline(instance_after=0.0, complete_after=60.0, fail_after=fail_after)
+        emulated_boot.bootstrap_delay = 5.0
+    with TimedCloud(moto_reset.url, timeline, refuse=refused) as cloud:
         monkeypatch.setenv("AWS_ENDPOINT_URL", cloud.url)
-        with pytest.raises(EC2ExecutorError, match=f"{refused} refused"):
+        with pytest.raises(EC2ExecutorError, match=says):
             asyncio.run(bake(options, force=True))
-    assert _live_stacks(moto_reset) == []
+    assert live_stacks(moto_reset) == []
     assert _baked(moto_reset) == []
 
 
