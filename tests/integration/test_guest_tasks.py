@@ -25,30 +25,13 @@ from harness import (
     guest_network,
 )
 from harness.guests import moto_state
+from remote_tasks import boom, noisy, sleepy
 
 from ec2_executor import ConnectionLostError, TaskError
 from ec2_executor.ec2 import EC2Executor
 
 pytestmark = pytest.mark.guest
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
-
-
-def noisy() -> str:
-    import subprocess
-
-    print("to stdout")
-    print("to stderr", file=sys.stderr)
-    subprocess.run(["echo", "from a child process"], check=True)
-    return "done"
-
-
-def boom() -> None:
-    raise ValueError("boom")
-
-
-def sleepy(seconds: float) -> str:
-    time.sleep(seconds)
-    return "woke"
 
 
 def test_a_task_that_prints(

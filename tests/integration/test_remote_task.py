@@ -18,6 +18,7 @@ import cloudpickle
 import pytest
 from executor_support import execute, harness_options, run
 from harness import LoopbackNetwork, MotoServer, free_port
+from remote_tasks import boom, noisy, sleepy
 
 from ec2_executor import BootstrapError, ConnectionLostError, RemoteError, TaskError
 from ec2_executor.access import ClientIdentity, KeyPair
@@ -25,24 +26,6 @@ from ec2_executor.ec2 import EC2Executor
 from ec2_executor.remote import Endpoint, RemoteHost, TaskRun, _AckAtOnceSocket
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
-
-
-def noisy() -> str:
-    import subprocess
-
-    print("to stdout")
-    print("to stderr", file=sys.stderr)
-    subprocess.run(["echo", "from a child process"], check=True)
-    return "done"
-
-
-def boom() -> None:
-    raise ValueError("boom")
-
-
-def sleepy(seconds: float) -> str:
-    time.sleep(seconds)
-    return "woke"
 
 
 def test_stdout_and_stderr_come_back_including_child_processes(

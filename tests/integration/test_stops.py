@@ -16,6 +16,7 @@ import pytest
 from covalent._shared_files.exceptions import TaskCancelledError
 from executor_support import execute, harness_options, live_instances, live_stacks, run
 from harness import EmulatedBoot, LoopbackNetwork, MotoServer
+from remote_tasks import sleepy
 
 from ec2_executor import ConnectionLostError, watch
 from ec2_executor.ec2 import EC2Executor
@@ -26,11 +27,6 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 HANG_BOUND = 30.0
 """Far below 'provision_timeout' (120 s here): an electron that ends within it did not hang."""
-
-
-def sleepy(seconds: float) -> str:
-    time.sleep(seconds)
-    return "woke"
 
 
 class CancelSwitch:

@@ -29,6 +29,7 @@ from executor_support import (
     run,
 )
 from harness import EmulatedBoot, LoopbackNetwork, MotoServer
+from remote_tasks import boom
 
 from ec2_executor.ec2 import EC2Executor
 from ec2_executor.errors import TaskError
@@ -69,10 +70,6 @@ def read_state() -> tuple[bool, bool, bool, str]:
 def sleep_long() -> str:
     time.sleep(120)
     return "not cancelled"
-
-
-def boom() -> None:
-    raise ValueError("boom")
 
 
 def created_stacks(moto: MotoServer) -> list[str]:
