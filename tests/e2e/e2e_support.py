@@ -7,36 +7,13 @@ from pathlib import Path
 from typing import Any
 
 from harness import MotoServer, generate_ed25519_keypair
+from harness.cloud_state import assert_nothing_left
+from harness.covalent_server import CovalentServer
+
+__all__ = ["assert_nothing_left"]  # the same check as the integration tests'
 
 E2E_IDLE_SECONDS = 20
 """The Covalent server's expiry of an idle warm instance (`EC2_EXECUTOR_IDLE_SECONDS`)."""
-LIVE_INSTANCE_STATES = frozenset({"pending", "running", "stopping", "stopped", "shutting-down"})
-
-
-def assert_nothing_left(moto_server: MotoServer) -> None:
-    """No stack but DELETE_COMPLETE ones, no live instance, no security group but the defaults."""
-    cloudformation = moto_server.client("cloudformation")
-    stacks = [
-        (summary["StackName"], summary["StackStatus"])
-        for page in cloudformation.get_paginator("list_stacks").paginate()
-        for summary in page["StackSummaries"]
-    ]
-    assert [s for s in stacks if s[1] != "DELETE_COMPLETE"] == [], stacks
-
-    ec2 = moto_server.client("ec2")
-    instances = [
-        (instance["InstanceId"], instance["State"]["Name"])
-        for page in ec2.get_paginator("describe_instances").paginate()
-        for reservation in page["Reservations"]
-        for instance in reservation["Instances"]
-    ]
-    assert [i for i in instances if i[1] in LIVE_INSTANCE_STATES] == [], instances
-
-    groups = [
-        (group["GroupId"], group["GroupName"], group["VpcId"])
-        for group in ec2.describe_security_groups()["SecurityGroups"]
-    ]
-    assert [g for g in groups if g[1] != "default"] == [], groups
 
 
 def installed_version(distribution: str) -> str:
@@ -64,3 +41,39 @@ def node_result(result: Any, name: str) -> dict[str, Any]:
 def overlap(first: tuple[float, float], second: tuple[float, float]) -> float:
     """Seconds during which both intervals (start, end) were open (<= 0: none)."""
     return min(first[1], second[1]) - max(first[0], second[0])
+
+
+def run_seed_example(
+    server: CovalentServer,
+    moto: MotoServer,
+    key_file: Path,
+    settings: dict[str, Any],
+    timeout: float,
+) -> float:
+    """The seed's usage example through `server`: the page's options and workflow, plus the
+    `settings` of where the instance is (a loopback subnet, a guest's bridge). Its score."""
+    import covalent as ct  # not at import: conftest points covalent at temporary dirs first
+    from seed_example import installed_pins, make_experiment
+
+    public_key = write_ssh_key(key_file)
+    ec2 = moto.client("ec2")
+    # The seed's prerequisite: an EC2 key pair named after the key file.
+    ec2.import_key_pair(KeyName=key_file.name, PublicKeyMaterial=public_key.encode())
+    try:
+        executor = ct.executor.EC2Executor(
+            instance_type="t2.micro",
+            volume_size=8,  # GiB
+            ssh_key_file=str(key_file),  # default key_name will be "ec2_key"
+            **settings,
+        )
+        run_experiment = make_experiment(executor, installed_pins("numpy", "scikit-learn"))
+        # Dispatch the workflow, then wait with a deadline (ct.get_result(wait=True) has none)
+        dispatch_id = ct.dispatch(run_experiment)(C=1.0, gamma=0.7)
+        result = server.wait_for_result(dispatch_id, timeout=timeout)
+    finally:
+        ec2.delete_key_pair(KeyName=key_file.name)
+    assert str(result.status) == "COMPLETED", (result.status, result.error)
+    score = result.result
+    assert isinstance(score, float)
+    assert 0.0 <= score <= 1.0
+    return score

@@ -13,12 +13,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import covalent as ct
 import pytest
-from e2e_support import assert_nothing_left, write_ssh_key
+from e2e_support import assert_nothing_left, run_seed_example
 from harness import EmulatedBoot, MotoServer
 from harness.covalent_server import CovalentServer
-from seed_example import installed_pins, make_experiment
 
 pytestmark = pytest.mark.e2e
 
@@ -33,32 +31,9 @@ def test_seed_usage_example(
     local_settings: dict[str, Any],
     tmp_path: Path,
 ) -> None:
-    key_file = tmp_path / "ec2_key"
-    public_key = write_ssh_key(key_file)
-    ec2 = moto_server.client("ec2")
-    # The seed's prerequisite: an EC2 key pair named after the key file ("ec2_key").
-    ec2.import_key_pair(KeyName="ec2_key", PublicKeyMaterial=public_key.encode())
-    try:
-        executor = ct.executor.EC2Executor(
-            instance_type="t2.micro",
-            volume_size=8,  # GiB
-            ssh_key_file=str(key_file),  # default key_name will be "ec2_key"
-            **local_settings,
-        )
-        run_experiment = make_experiment(executor, installed_pins("numpy", "scikit-learn"))
-
-        # Dispatch the workflow
-        dispatch_id = ct.dispatch(run_experiment)(C=1.0, gamma=0.7)
-        # Wait for our result (with a deadline: ct.get_result(wait=True) has none)
-        result = covalent_server.wait_for_result(dispatch_id, timeout=300)
-    finally:
-        ec2.delete_key_pair(KeyName="ec2_key")
-
-    assert str(result.status) == "COMPLETED", (result.status, result.error)
-    score = result.result
+    score = run_seed_example(
+        covalent_server, moto_server, tmp_path / "ec2_key", local_settings, timeout=300
+    )
     print(score)
-    assert isinstance(score, float)
-    assert 0.0 <= score <= 1.0
-
     assert [record.booted for record in emulated_boot.instances] == [True]
     assert_nothing_left(moto_server)

@@ -8,7 +8,7 @@ import getpass
 import io
 from typing import Any
 
-from harness import MotoServer, free_port
+from harness import free_port
 
 from ec2_executor import EC2Executor
 
@@ -61,38 +61,3 @@ async def execute(
 
 def run(coro: Any) -> Any:
     return asyncio.run(coro)
-
-
-# --- what is left in the emulated cloud --------------------------------------------------------
-
-
-def live_stacks(moto: MotoServer) -> list[str]:
-    """The stacks not yet deleted, by name."""
-    summaries = moto.client("cloudformation").list_stacks()["StackSummaries"]
-    return [s["StackName"] for s in summaries if s["StackStatus"] != "DELETE_COMPLETE"]
-
-
-def instances_in(moto: MotoServer, *states: str) -> list[str]:
-    """The instances in any of these states (all instances when none is given)."""
-    found = moto.client("ec2").describe_instances()["Reservations"]
-    return [
-        i["InstanceId"]
-        for r in found
-        for i in r["Instances"]
-        if not states or i["State"]["Name"] in states
-    ]
-
-
-def live_instances(moto: MotoServer) -> list[str]:
-    """The instances not terminated (stopped ones included: they still hold a volume)."""
-    return sorted(set(instances_in(moto)) - set(instances_in(moto, "terminated")))
-
-
-def assert_nothing_left(moto: MotoServer) -> None:
-    """No stack, no instance but terminated ones, no security group but the default."""
-    assert live_stacks(moto) == []
-    assert live_instances(moto) == []
-    groups = [
-        g["GroupName"] for g in moto.client("ec2").describe_security_groups()["SecurityGroups"]
-    ]
-    assert set(groups) <= {"default"}, groups

@@ -16,8 +16,9 @@ from typing import Any
 
 import cloudpickle
 import pytest
-from executor_support import execute, harness_options, live_stacks, run
+from executor_support import execute, harness_options, run
 from harness import LoopbackNetwork, MotoServer
+from harness.cloud_state import live_stacks
 from harness.faults import (
     CapacityPlan,
     Fault,

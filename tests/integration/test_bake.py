@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from executor_support import execute, harness_options, live_stacks, run
+from executor_support import execute, harness_options, run
 from harness import EmulatedBoot, LoopbackNetwork, MotoServer
+from harness.cloud_state import live_stacks
 from harness.timed_cloud import FAIL_REASON, TimedCloud, Timeline
 
 from ec2_executor import EC2ExecutorError

@@ -15,15 +15,9 @@ from typing import Any
 
 import cloudpickle
 import pytest
-from executor_support import (
-    assert_nothing_left,
-    execute,
-    free_port,
-    harness_options,
-    live_stacks,
-    run,
-)
+from executor_support import execute, free_port, harness_options, run
 from harness import LoopbackNetwork, MotoServer
+from harness.cloud_state import assert_nothing_left, live_stacks
 
 from ec2_executor import (
     ConfigurationError,

@@ -14,8 +14,9 @@ from typing import Any
 import cloudpickle
 import pytest
 from covalent._shared_files.exceptions import TaskCancelledError
-from executor_support import execute, harness_options, live_instances, live_stacks, run
+from executor_support import execute, harness_options, run
 from harness import EmulatedBoot, LoopbackNetwork, MotoServer
+from harness.cloud_state import live_instances, live_stacks
 from remote_tasks import sleepy
 
 from ec2_executor import ConnectionLostError, watch

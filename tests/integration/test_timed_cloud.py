@@ -12,9 +12,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from executor_support import assert_nothing_left, execute, harness_options, run
+from executor_support import execute, harness_options, run
 from harness import LoopbackNetwork, MotoServer
 from harness.boot import BootedInstance, EmulatedBoot
+from harness.cloud_state import assert_nothing_left
 from harness.timed_cloud import FAIL_REASON, AwsSeconds, TimedCloud, Timeline
 
 from ec2_executor import StackCreationError

@@ -20,15 +20,9 @@ from typing import Any
 import cloudpickle
 import pytest
 from covalent._shared_files.exceptions import TaskCancelledError
-from executor_support import (
-    assert_nothing_left,
-    execute,
-    harness_options,
-    instances_in,
-    live_stacks,
-    run,
-)
+from executor_support import execute, harness_options, run
 from harness import EmulatedBoot, LoopbackNetwork, MotoServer
+from harness.cloud_state import assert_nothing_left, instances_in, live_stacks
 from remote_tasks import boom
 
 from ec2_executor.ec2 import EC2Executor
