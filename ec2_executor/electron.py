@@ -16,11 +16,11 @@ import asyncio
 import concurrent.futures
 import contextlib
 import dataclasses
+import functools
 import importlib.metadata
 import json
 import math
 import time
-from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -36,7 +36,6 @@ from ec2_executor.errors import (
     EC2ExecutorError,
     RemoteError,
     StackCreationError,
-    StackDeletionError,
 )
 from ec2_executor.logs import log
 from ec2_executor.lookups import Plan
@@ -60,7 +59,7 @@ from ec2_executor.stack import (
     Stacks,
     creation_progress,
     delete_and_wait,
-    request_deletion,
+    delete_stack,
     stack_name,
     stack_tags,
     stack_template,
@@ -225,29 +224,14 @@ class Electron:
         if _refused_outright(self._create_call):
             redact.unhide(self.host_key.private_base64())
             return  # CloudFormation answered "no": there is no stack to delete or report
-        stacks = self.stacks
-
-        async def deletion(requested: bool = False) -> None:
-            try:
-                await delete_and_wait(
-                    stacks,
-                    self.name,
-                    deadline=Deadline(DELETE_TIMEOUT),
-                    events=self.events,
-                    requested=requested,
-                )
-            finally:
-                redact.unhide(self.host_key.private_base64())
-
         with self.phases.phase("delete stack"):
-            if self.options.wait_for_deletion:
-                await deletion()
-            else:
-                # Once CloudFormation has the request it deletes the stack whatever becomes of
-                # this process; the electron need not wait the minute that takes. The wait
-                # goes on in the background and reports a stack that stays.
-                await request_deletion(stacks, self.name)
-                _in_background(_report_failure(deletion(requested=True)))
+            await delete_stack(
+                self.stacks,
+                self.name,
+                events=self.events,
+                wait=self.options.wait_for_deletion,
+                done=functools.partial(redact.unhide, self.host_key.private_base64()),
+            )
         log.info("%s: done (%s)", self.name, self.phases.summary())
 
 
@@ -501,22 +485,6 @@ def task_dir(electron: Electron) -> str:
 
 
 # --- teardown helpers ------------------------------------------------------------------------
-
-_BACKGROUND: set[asyncio.Task[None]] = set()
-
-
-def _in_background(work: Coroutine[Any, Any, None]) -> None:
-    task = asyncio.ensure_future(work)
-    _BACKGROUND.add(task)  # the loop keeps only weak references to tasks
-    task.add_done_callback(_BACKGROUND.discard)
-
-
-async def _report_failure(deletion: Coroutine[Any, Any, None]) -> None:
-    try:
-        await deletion
-    except StackDeletionError as exc:
-        log.error("%s", exc)
-
 
 # CreateStack errors after which no stack exists (unlike a timeout, or AlreadyExists).
 _NOT_CREATED = ACCESS_DENIED | {

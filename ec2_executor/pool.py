@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import functools
 import os
 import threading
 import time
@@ -21,18 +22,17 @@ from dataclasses import dataclass, field
 from ec2_executor import redact
 from ec2_executor.access import ClientIdentity, KeyPair
 from ec2_executor.aws import AWS
-from ec2_executor.blocking import Deadline, run_blocking, submit_blocking
+from ec2_executor.blocking import run_blocking, submit_blocking
 from ec2_executor.errors import EC2ExecutorError, StackDeletionError
 from ec2_executor.logs import log
 from ec2_executor.options import Options
 from ec2_executor.remote import RemoteHost
 from ec2_executor.stack import (
-    DELETE_TIMEOUT,
     EventLog,
     StackOutputs,
     Stacks,
-    delete_and_wait,
-    request_deletion,
+    delete_stack,
+    in_background,
 )
 
 LIFETIME_MARGIN = 5 * 60.0
@@ -157,13 +157,8 @@ def _quietly(fn: Callable[[], None]) -> None:
         log.debug("could not tag an instance: %s", exc)
 
 
-_BACKGROUND: set[asyncio.Task[None]] = set()
-
-
 def retire_soon(instance: WarmInstance, reason: str) -> None:
-    task = asyncio.ensure_future(retire(instance, reason))
-    _BACKGROUND.add(task)
-    task.add_done_callback(_BACKGROUND.discard)
+    in_background(retire(instance, reason))
 
 
 async def retire(instance: WarmInstance, reason: str, *, wait: bool = False) -> None:
@@ -171,22 +166,17 @@ async def retire(instance: WarmInstance, reason: str, *, wait: bool = False) -> 
     unless `wait`."""
     log.info("%s: deleting the warm instance's stack (%s)", instance.stack_name, reason)
     instance.remote.close()
-    stacks = Stacks(AWS(instance.options).cloudformation)
     name = instance.stack_name
     try:
-        if wait or instance.options.wait_for_deletion:
-            await delete_and_wait(
-                stacks, name, deadline=Deadline(DELETE_TIMEOUT), events=EventLog(name)
-            )
-            return
-        await request_deletion(stacks, name)
-        await delete_and_wait(
-            stacks, name, deadline=Deadline(DELETE_TIMEOUT), events=EventLog(name), requested=True
+        await delete_stack(
+            Stacks(AWS(instance.options).cloudformation),
+            name,
+            events=EventLog(name),
+            wait=wait or instance.options.wait_for_deletion,
+            done=functools.partial(redact.unhide, instance.host_key.private_base64()),
         )
     except StackDeletionError as exc:
         log.error("%s", exc)
-    finally:
-        redact.unhide(instance.host_key.private_base64())
 
 
 async def retire_all_idle(pool: Pool = POOL) -> None:

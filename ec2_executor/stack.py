@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -270,6 +271,48 @@ async def request_deletion(stacks: Stacks, name: str) -> None:
         await run_blocking(stacks.delete, name)
     except AWSError as exc:
         raise _left_behind(name, str(exc)) from exc
+
+
+async def delete_stack(
+    stacks: Stacks, name: str, *, events: EventLog, wait: bool, done: Callable[[], None]
+) -> None:
+    """Delete the stack; `done` runs once the wait for its deletion ends, however it ends.
+
+    `wait`: return when the stack is gone (one that stays raises `StackDeletionError`).
+    Otherwise return once CloudFormation has the request, which it carries out whatever becomes
+    of this process: the wait goes on in the background and logs a stack that stays.
+    """
+
+    async def deletion(requested: bool) -> None:
+        try:
+            await delete_and_wait(
+                stacks, name, deadline=Deadline(DELETE_TIMEOUT), events=events, requested=requested
+            )
+        finally:
+            done()
+
+    if wait:
+        await deletion(requested=False)
+        return
+    await request_deletion(stacks, name)
+    in_background(_logged(deletion(requested=True)))
+
+
+async def _logged(deletion: Coroutine[Any, Any, None]) -> None:
+    try:
+        await deletion
+    except StackDeletionError as exc:
+        log.error("%s", exc)
+
+
+_BACKGROUND: set[asyncio.Task[None]] = set()
+
+
+def in_background(work: Coroutine[Any, Any, None]) -> None:
+    """Run `work` on the loop without awaiting it."""
+    task = asyncio.ensure_future(work)
+    _BACKGROUND.add(task)  # the loop keeps only weak references to tasks
+    task.add_done_callback(_BACKGROUND.discard)
 
 
 def _left_behind(name: str, reason: str) -> StackError:
