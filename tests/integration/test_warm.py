@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -89,35 +89,31 @@ def pool() -> Iterator[Any]:
         POOL.idle_seconds = None
 
 
-def warm_executor(
-    network: LoopbackNetwork, remote_cache: str, port: int | None = None, **overrides: Any
-) -> EC2Executor:
-    options = harness_options(
-        network.subnet_id, remote_cache, **{"keep_warm_minutes": 5, **overrides}
-    )
-    if port is not None:  # one port for all: the same reuse key
-        options["ssh_port"] = port
-    return EC2Executor(**options)
+@pytest.fixture
+def warm(loopback_network: LoopbackNetwork, remote_cache: str) -> Callable[..., EC2Executor]:
+    """Makes warm-capable executors with one reuse key (one SSH port for all); a keyword
+    overrides an option, and so changes the key."""
+    options = harness_options(loopback_network.subnet_id, remote_cache, keep_warm_minutes=5)
+    return lambda **overrides: EC2Executor(**{**options, **overrides})
 
 
-async def in_a_row(make: Any, function: Any, count: int, first_node: int = 0) -> list[Any]:
+async def in_a_row(
+    make: Callable[[], EC2Executor], function: Any, count: int, first_node: int = 0
+) -> list[Any]:
     return [await execute(make(), function, [], {}, node_id=first_node + n) for n in range(count)]
 
 
 def test_five_in_a_row_share_one_stack_and_nothing_leaks(
-    loopback_network: LoopbackNetwork,
+    warm: Callable[..., EC2Executor],
     emulated_boot: EmulatedBoot,
     moto_reset: MotoServer,
     remote_cache: str,
     pool: Any,
 ) -> None:
-    port = harness_options(loopback_network.subnet_id, remote_cache)["ssh_port"]
-
     async def scenario() -> list[Any]:
-        make = lambda: warm_executor(loopback_network, remote_cache, port)  # noqa: E731
-        results = await in_a_row(make, where, 3)
-        results += [await execute(make(), set_state, [], {}, node_id=3)]
-        results += [await execute(make(), read_state, [], {}, node_id=4)]
+        results = await in_a_row(warm, where, 3)
+        results += [await execute(warm(), set_state, [], {}, node_id=3)]
+        results += [await execute(warm(), read_state, [], {}, node_id=4)]
         return results
 
     results = run(scenario())
@@ -138,18 +134,12 @@ def test_five_in_a_row_share_one_stack_and_nothing_leaks(
 
 
 def test_zero_keeps_todays_stack_per_electron(
-    loopback_network: LoopbackNetwork,
+    warm: Callable[..., EC2Executor],
     emulated_boot: EmulatedBoot,
     moto_reset: MotoServer,
-    remote_cache: str,
     pool: Any,
 ) -> None:
-    port = harness_options(loopback_network.subnet_id, remote_cache)["ssh_port"]
-
-    def make() -> EC2Executor:
-        return warm_executor(loopback_network, remote_cache, port, keep_warm_minutes=0)
-
-    assert run(in_a_row(make, where, 5))
+    assert run(in_a_row(lambda: warm(keep_warm_minutes=0), where, 5))
     assert len(created_stacks(moto_reset)) == 5
     assert pool.idle() == []
     asyncio.run(wait_until(lambda: not live_stacks(moto_reset)))
@@ -157,18 +147,15 @@ def test_zero_keeps_todays_stack_per_electron(
 
 
 def test_each_instance_type_reuses_its_own_stack(
-    loopback_network: LoopbackNetwork,
+    warm: Callable[..., EC2Executor],
     emulated_boot: EmulatedBoot,
     moto_reset: MotoServer,
-    remote_cache: str,
     pool: Any,
 ) -> None:
-    port = harness_options(loopback_network.subnet_id, remote_cache)["ssh_port"]
-
     async def scenario() -> None:
         for node in range(4):
             kind = ("t2.micro", "t3.micro")[node % 2]
-            ex = warm_executor(loopback_network, remote_cache, port, instance_type=kind)
+            ex = warm(instance_type=kind)
             await execute(ex, where, [], {}, node_id=node)
 
     run(scenario())
@@ -184,22 +171,14 @@ def test_each_instance_type_reuses_its_own_stack(
 
 
 def test_three_at_once_then_three_more_make_three_stacks(
-    loopback_network: LoopbackNetwork,
+    warm: Callable[..., EC2Executor],
     emulated_boot: EmulatedBoot,
     moto_reset: MotoServer,
-    remote_cache: str,
     pool: Any,
 ) -> None:
-    port = harness_options(loopback_network.subnet_id, remote_cache)["ssh_port"]
-
     async def wave(first: int) -> list[Any]:
         return await asyncio.gather(
-            *(
-                execute(
-                    warm_executor(loopback_network, remote_cache, port), where, [], {}, node_id=n
-                )
-                for n in range(first, first + 3)
-            )
+            *(execute(warm(), where, [], {}, node_id=n) for n in range(first, first + 3))
         )
 
     async def scenario() -> None:
@@ -214,16 +193,15 @@ def test_three_at_once_then_three_more_make_three_stacks(
 
 
 def test_idle_expiry_deletes_the_stack(
-    loopback_network: LoopbackNetwork,
+    warm: Callable[..., EC2Executor],
     emulated_boot: EmulatedBoot,
     moto_reset: MotoServer,
-    remote_cache: str,
     pool: Any,
 ) -> None:
     pool.idle_seconds = 2.0
 
     async def scenario() -> None:
-        await execute(warm_executor(loopback_network, remote_cache), where, [], {})
+        await execute(warm(), where, [], {})
         assert len(live_stacks(moto_reset)) == 1 and len(pool.idle()) == 1
         await wait_until(lambda: not live_stacks(moto_reset))
 
@@ -253,10 +231,9 @@ async def _kill_the_worker(moto: MotoServer, boot: EmulatedBoot, first: Any) -> 
     ids=["instance-gone", "worker-dead"],
 )
 def test_a_broken_warm_instance_is_discarded_before_the_task(
-    loopback_network: LoopbackNetwork,
+    warm: Callable[..., EC2Executor],
     emulated_boot: EmulatedBoot,
     moto_reset: MotoServer,
-    remote_cache: str,
     pool: Any,
     package_log: pytest.LogCaptureFixture,
     breaks: Any,
@@ -264,13 +241,11 @@ def test_a_broken_warm_instance_is_discarded_before_the_task(
 ) -> None:
     """Broken behind the executor's back while idle: the next electron gets a fresh stack, and
     the log says why the warm one was discarded."""
-    port = harness_options(loopback_network.subnet_id, remote_cache)["ssh_port"]
-    make = lambda: warm_executor(loopback_network, remote_cache, port)  # noqa: E731
 
     async def scenario() -> Any:
-        first = await execute(make(), where, [], {}, node_id=0)
+        first = await execute(warm(), where, [], {}, node_id=0)
         await breaks(moto_reset, emulated_boot, first)
-        return await execute(make(), where, [], {}, node_id=1)
+        return await execute(warm(), where, [], {}, node_id=1)
 
     assert run(scenario())
     assert len(created_stacks(moto_reset)) == 2
@@ -282,19 +257,15 @@ def test_a_broken_warm_instance_is_discarded_before_the_task(
 
 
 def test_a_failed_task_s_instance_is_not_reused(
-    loopback_network: LoopbackNetwork,
+    warm: Callable[..., EC2Executor],
     emulated_boot: EmulatedBoot,
     moto_reset: MotoServer,
-    remote_cache: str,
     pool: Any,
 ) -> None:
-    port = harness_options(loopback_network.subnet_id, remote_cache)["ssh_port"]
-    make = lambda: warm_executor(loopback_network, remote_cache, port)  # noqa: E731
-
     async def scenario() -> Any:
         with pytest.raises(TaskError, match="The task raised ValueError: boom"):
-            await execute(make(), boom, [], {}, node_id=0)
-        return await execute(make(), where, [], {}, node_id=1)
+            await execute(warm(), boom, [], {}, node_id=0)
+        return await execute(warm(), where, [], {}, node_id=1)
 
     assert run(scenario())
     assert len(created_stacks(moto_reset)) == 2
@@ -305,27 +276,23 @@ def test_a_failed_task_s_instance_is_not_reused(
 
 
 def test_cancel_on_a_warm_instance_kills_the_task_and_keeps_the_instance(
-    loopback_network: LoopbackNetwork,
+    warm: Callable[..., EC2Executor],
     emulated_boot: EmulatedBoot,
     moto_reset: MotoServer,
-    remote_cache: str,
     pool: Any,
 ) -> None:
-    port = harness_options(loopback_network.subnet_id, remote_cache)["ssh_port"]
-    make = lambda: warm_executor(loopback_network, remote_cache, port)  # noqa: E731
-
     async def scenario() -> Any:
-        _, server, _ = await execute(make(), where, [], {}, node_id=0)
-        ex = make()
+        _, server, _ = await execute(warm(), where, [], {}, node_id=0)
+        ex = warm()
         task = asyncio.ensure_future(execute(ex, sleep_long, [], {}, node_id=1))
         await wait_until(lambda: _children(server) != [])
         (child,) = _children(server)
         # Covalent cancels through a freshly built executor and the job handle.
-        assert await make().cancel({}, ex._electron.job_handle()) is True
+        assert await warm().cancel({}, ex._electron.job_handle()) is True
         with pytest.raises(TaskCancelledError):
             await task
         assert not _alive(child)
-        return await execute(make(), where, [], {}, node_id=2)
+        return await execute(warm(), where, [], {}, node_id=2)
 
     _, _parent, _ = run(scenario())
     assert len(created_stacks(moto_reset)) == 1
@@ -360,10 +327,9 @@ def _alive(pid: int) -> bool:
     [{"EC2_EXECUTOR_BOOTSTRAP_OFFLINE": "1", "EC2_EXECUTOR_IDLE_SECONDS": "8"}],
 )
 def test_an_instance_whose_executor_died_powers_itself_off(
-    loopback_network: LoopbackNetwork,
+    warm: Callable[..., EC2Executor],
     emulated_boot: EmulatedBoot,
     moto_reset: MotoServer,
-    remote_cache: str,
     pool: Any,
 ) -> None:
     from click.testing import CliRunner
@@ -371,7 +337,7 @@ def test_an_instance_whose_executor_died_powers_itself_off(
     from ec2_executor.cli import main
 
     async def scenario() -> None:
-        await execute(warm_executor(loopback_network, remote_cache), where, [], {})
+        await execute(warm(), where, [], {})
         for instance in pool.drain():  # the executor dies: nothing deletes the stack
             instance.remote.close()
         await wait_until(lambda: not instances_in(moto_reset, "pending", "running"), timeout=60)
