@@ -15,7 +15,7 @@ import pytest
 from executor_support import execute, harness_options, run
 from harness import LoopbackNetwork, MotoServer
 from harness.boot import BootedInstance, EmulatedBoot
-from harness.cloud_state import assert_nothing_left
+from harness.cloud_state import assert_nothing_left, live_stacks
 from harness.timed_cloud import FAIL_REASON, AwsSeconds, TimedCloud, Timeline
 
 from ec2_executor import StackCreationError
@@ -44,11 +44,6 @@ def _timed_cloud(
         yield cloud
 
 
-def _live_stacks(moto: MotoServer) -> list[str]:
-    stacks = moto.client("cloudformation").describe_stacks()["Stacks"]
-    return [s["StackName"] for s in stacks if s["StackStatus"] != "DELETE_COMPLETE"]
-
-
 def test_the_task_runs_before_the_stack_completes(
     loopback_network: LoopbackNetwork,
     emulated_boot: EmulatedBoot,
@@ -66,7 +61,7 @@ def test_the_task_runs_before_the_stack_completes(
         assert cloud.completed_at(stack_name("early", 0)) is None
         assert took < timeline.complete_after
     assert emulated_boot.booted_count == 1
-    assert _live_stacks(moto_reset) == []
+    assert live_stacks(moto_reset) == []
 
 
 def test_a_stack_that_fails_after_ssh_answered_fails_the_electron(
@@ -88,7 +83,7 @@ def test_a_stack_that_fails_after_ssh_answered_fails_the_electron(
     task_dir = Path(remote_cache) / stack_name("late-failure", 0)
     assert (task_dir / "payload.pkl").exists()  # SSH had answered: the task was running
     assert took < 60  # noticed within the stack wait's poll, not at the task's end
-    assert _live_stacks(moto_reset) == []
+    assert live_stacks(moto_reset) == []
 
 
 def _task_start_on_a_new_instance(
