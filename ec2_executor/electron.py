@@ -42,7 +42,7 @@ from ec2_executor.lookups import Plan
 from ec2_executor.options import Options
 from ec2_executor.permissions import ACCESS_DENIED
 from ec2_executor.phases import Phases
-from ec2_executor.pool import WarmInstance, run_probe
+from ec2_executor.pool import WarmInstance
 from ec2_executor.remote import (
     DEFAULT_KEEPALIVE,
     RUN_TASK,
@@ -50,6 +50,7 @@ from ec2_executor.remote import (
     Keepalive,
     RemoteHost,
     TaskRun,
+    run_probe,
     shell_path,
 )
 from ec2_executor.stack import (

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from ec2_executor import redact
 from ec2_executor.access import ClientIdentity, KeyPair
 from ec2_executor.aws import AWS
-from ec2_executor.blocking import run_blocking, submit_blocking
+from ec2_executor.blocking import submit_blocking
 from ec2_executor.errors import EC2ExecutorError, StackDeletionError
 from ec2_executor.logs import log
 from ec2_executor.options import Options
@@ -196,13 +196,3 @@ def _delete_idle_at_exit() -> None:
 
 
 atexit.register(_delete_idle_at_exit)
-
-
-async def run_probe(remote: RemoteHost, command: str, timeout: float) -> tuple[int, bytes]:
-    """Run a short command; a hang past `timeout` closes the connection and counts as lost."""
-    try:
-        status, out, _ = await asyncio.wait_for(run_blocking(remote.execute, command), timeout)
-    except TimeoutError:
-        remote.close()
-        raise
-    return status, out

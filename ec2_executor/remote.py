@@ -9,6 +9,7 @@ envelope to stdout. paramiko's errors become the package's here, and only here.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import shlex
 import socket
@@ -20,6 +21,7 @@ import paramiko
 from fabric import Config, Connection
 
 from ec2_executor.access import ClientIdentity
+from ec2_executor.blocking import run_blocking
 from ec2_executor.errors import BootstrapError, ConnectionLostError, RemoteError, TaskError
 
 RUN_TASK = "${EC2_EXECUTOR_PREFIX:-/opt/ec2-executor}/run-task.sh"
@@ -307,6 +309,16 @@ def _read_all(recv: Callable[[int], bytes]) -> bytes:
     while chunk := recv(_CHUNK):
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+async def run_probe(remote: RemoteHost, command: str, timeout: float) -> tuple[int, bytes]:
+    """Run a short command; a hang past `timeout` closes the connection and counts as lost."""
+    try:
+        status, out, _ = await asyncio.wait_for(run_blocking(remote.execute, command), timeout)
+    except TimeoutError:
+        remote.close()
+        raise
+    return status, out
 
 
 def shell_path(path: str) -> str:

@@ -17,8 +17,8 @@ from ec2_executor.blocking import Deadline, run_blocking
 from ec2_executor.electron import Electron, Launched
 from ec2_executor.errors import ConnectionLostError, EC2ExecutorError, RemoteError
 from ec2_executor.logs import log
-from ec2_executor.pool import POOL, Pool, WarmInstance, retire_soon, run_probe
-from ec2_executor.remote import RUN_TASK, RemoteHost
+from ec2_executor.pool import POOL, Pool, WarmInstance, retire_soon
+from ec2_executor.remote import RUN_TASK, RemoteHost, run_probe
 from ec2_executor.reuse import reuse_key
 
 CHECK_TIMEOUT = 10.0
