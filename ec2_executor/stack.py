@@ -206,8 +206,10 @@ async def creation_progress(
 ) -> Mapping[str, Any] | None:
     """The stack once CREATE_COMPLETE, else None; raises `StackCreationError` naming the first
     failing resource once it failed. Logs new events on the way."""
-    events.record(await run_blocking(stacks.events, stack_id))
     stack = await run_blocking(stacks.describe, stack_id)
+    # The events after the status: a stack that failed between the two reads still names the
+    # resource that failed it.
+    events.record(await run_blocking(stacks.events, stack_id))
     status = stack["StackStatus"] if stack else "DELETE_COMPLETE"
     if status in _FAILED_CREATE:
         raise StackCreationError(
