@@ -13,7 +13,7 @@ import traceback
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
-from covalent._shared_files.exceptions import TaskCancelledError
+from covalent._shared_files.exceptions import TaskCancelledError, TaskRuntimeError
 from covalent._shared_files.util_classes import RESULT_STATUS
 from covalent.executor.base import AsyncBaseExecutor
 from covalent.executor.schemas import TaskUpdate
@@ -153,19 +153,10 @@ class EC2Executor(AsyncBaseExecutor):
         if not outcome.error:
             return outcome.result
         self.task_stderr.write(outcome.traceback)
-        # Covalent keeps a failed task's streams only with TaskRuntimeError, and its message
-        # only with any other error: the message carries the traceback and the streams' ends.
-        raise TaskError(
-            "\n".join(
-                part
-                for part in (
-                    f"{outcome.error} (on {self._electron.name}).",
-                    outcome.traceback.rstrip(),
-                    _tail("stdout", outcome.stdout),
-                    _tail("stderr", outcome.stderr),
-                )
-                if part
-            )
+        # As on Covalent's own executors: the node FAILED with the task's streams, the remote
+        # traceback last in its stderr. Covalent keeps the streams only for TaskRuntimeError.
+        raise TaskRuntimeError(f"{outcome.error} (on {self._electron.name}).") from TaskError(
+            outcome.error
         )
 
     async def _run_helper(
@@ -244,13 +235,6 @@ class EC2Executor(AsyncBaseExecutor):
 async def _not_yet() -> ConnectionLostError | None:
     """No instance to look at while the stack is being created."""
     return None
-
-
-def _tail(name: str, text: str, limit: int = 2000) -> str:
-    if not text.strip():
-        return ""
-    cut = "..." if len(text) > limit else ""
-    return f"--- the task's {name}{' (end)' if cut else ''}:\n{cut}{text[-limit:].rstrip()}"
 
 
 def _register_if_missed() -> None:

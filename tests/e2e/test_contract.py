@@ -1,6 +1,6 @@
 """What Covalent asks of an executor besides running a task, through a real Covalent server:
 a task cancelled before it started (`receive`), Covalent's own helper nodes, and a task's
-failure as the electron's error."""
+failure with its streams, as Covalent's own functional test `error_reporting` expects."""
 
 from __future__ import annotations
 
@@ -247,7 +247,7 @@ def test_helper_nodes_get_no_instance(
     assert_nothing_left(moto_server)
 
 
-# --- a task's failure, as the electron's error ----------------------------------------------
+# --- a task's failure, with its streams ----------------------------------------------------
 
 
 def test_a_result_that_cannot_be_pickled_fails_the_electron_saying_so(
@@ -271,7 +271,60 @@ def test_a_result_that_cannot_be_pickled_fails_the_electron_saying_so(
 
     node = node_result(result, "locked")
     assert str(node["status"]) == "FAILED"
-    error = node["error"] or ""
-    assert "The task raised TypeError: cannot pickle '_thread.lock' object" in error, node
-    assert "made a lock" in error  # the task's stdout, which Covalent drops for a failure
+    assert node["stdout"] == "made a lock\n"
+    assert "TypeError: cannot pickle '_thread.lock' object" in (node["stderr"] or ""), node
     assert_nothing_left(moto_server)
+
+
+# --- Covalent's own error-reporting contract (its functional test error_reporting_test.py) --
+
+
+def test_a_task_that_raises_keeps_its_streams_as_on_covalent_s_own_executors(
+    covalent_server: CovalentServer, emulated_boot: EmulatedBoot, moto_server: MotoServer
+) -> None:
+    """Covalent's `test_task_runtime_error_reporting`, with executor="ec2" for both tasks."""
+
+    @ct.electron(executor="ec2")
+    def failing_task_0() -> None:
+        print("Hello from Task 0", file=sys.stdout)
+        print("Hello from Task 0", file=sys.stderr)
+        raise RuntimeError("Error 0")
+
+    @ct.electron(executor="ec2")
+    def failing_task_1() -> None:
+        print("Hello from Task 1", file=sys.stdout)
+
+    @ct.lattice
+    def workflow() -> None:
+        failing_task_0()
+        failing_task_1()
+
+    result = covalent_server.wait_for_result(ct.dispatch(workflow)(), RESULT_TIMEOUT)
+
+    assert str(result.status) == "FAILED"
+    graph = result.lattice.transport_graph
+    assert str(graph.get_node_value(0, "status")) == "FAILED"
+    assert graph.get_node_value(0, "stdout") == "Hello from Task 0\n"
+    stderr = graph.get_node_value(0, "stderr")
+    assert stderr.startswith("Hello from Task 0\n"), stderr
+    assert "RuntimeError: Error 0" in stderr, stderr
+    assert str(graph.get_node_value(1, "status")) == "COMPLETED"
+    assert graph.get_node_value(1, "stdout") == "Hello from Task 1\n"
+    assert_nothing_left(moto_server)
+
+
+def test_an_unknown_executor_is_covalent_s_error(covalent_server: CovalentServer) -> None:
+    """Covalent's `test_task_covalent_error_reporting`: unchanged beside this plugin."""
+
+    @ct.electron(executor="nonexistent")
+    def bad_exec_task() -> None:
+        pass
+
+    @ct.lattice
+    def workflow() -> None:
+        bad_exec_task()
+
+    result = covalent_server.wait_for_result(ct.dispatch(workflow)(), RESULT_TIMEOUT)
+
+    assert str(result.status) == "FAILED"
+    assert "nonexistent" in result.lattice.transport_graph.get_node_value(0, "error")

@@ -22,6 +22,8 @@ def noisy() -> str:
 
 
 def boom() -> None:
+    print("about to fail")
+    print("failing now", file=sys.stderr)
     raise ValueError("boom")
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import cloudpickle
 import pytest
+from covalent._shared_files.exceptions import TaskRuntimeError
 from executor_support import execute, harness_options, run
 from harness import LoopbackNetwork, MotoServer, free_port
 from remote_tasks import boom, noisy, sleepy
@@ -44,11 +45,12 @@ def test_a_remote_exception_fails_the_task_with_its_traceback(
     moto_reset: MotoServer,
 ) -> None:
     ex = EC2Executor(**harness_options(loopback_network.subnet_id, remote_cache))
-    with pytest.raises(TaskError, match=r"^The task raised ValueError: boom \(on ") as failed:
+    # Covalent's TaskRuntimeError: the node FAILED, with the task's streams kept.
+    with pytest.raises(TaskRuntimeError, match=r"^The task raised ValueError: boom \(on "):
         run(execute(ex, boom, [], {}))
-    assert "Traceback (most recent call last)" in str(failed.value)
+    assert ex.task_stdout.getvalue() == "about to fail\n"
     stderr = ex.task_stderr.getvalue()
-    assert "Traceback (most recent call last)" in stderr
+    assert stderr.startswith("failing now\nTraceback (most recent call last)"), stderr
     assert ", in boom" in stderr  # the remote frame (source lines stay on the dispatcher)
     assert "ValueError: boom" in stderr
     assert all(

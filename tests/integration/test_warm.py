@@ -19,14 +19,13 @@ from typing import Any
 
 import cloudpickle
 import pytest
-from covalent._shared_files.exceptions import TaskCancelledError
+from covalent._shared_files.exceptions import TaskCancelledError, TaskRuntimeError
 from executor_support import execute, harness_options, run
 from harness import EmulatedBoot, LoopbackNetwork, MotoServer
 from harness.cloud_state import assert_nothing_left, instances_in, live_stacks
 from remote_tasks import boom
 
 from ec2_executor.ec2 import EC2Executor
-from ec2_executor.errors import TaskError
 from ec2_executor.pool import POOL, retire_all_idle
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -263,7 +262,7 @@ def test_a_failed_task_s_instance_is_not_reused(
     pool: Any,
 ) -> None:
     async def scenario() -> Any:
-        with pytest.raises(TaskError, match="The task raised ValueError: boom"):
+        with pytest.raises(TaskRuntimeError, match="The task raised ValueError: boom"):
             await execute(warm(), boom, [], {}, node_id=0)
         return await execute(warm(), where, [], {}, node_id=1)
 
