@@ -128,8 +128,8 @@ def harness(*, moto_in_process: bool = False) -> Iterator[Harness]:
         if process is None:
             moto = MotoServer.start()
         else:
-            moto = MotoServer(host="127.0.0.1", port=process.port, _server=None)  # type: ignore[arg-type]
-        stack.callback(process.stop if process else moto.stop)
+            moto = MotoServer(host="127.0.0.1", port=process.port, _stop=process.stop)
+        stack.callback(moto.stop)
         stack.enter_context(patched_environ(moto.environment(base / "aws")))
         boot = EmulatedBoot(
             moto.url,

@@ -104,6 +104,9 @@ def _probes(aws: AWS, options: Options, template: str) -> dict[str, Callable[[],
         "cloudformation:DescribeStackEvents": lambda: cloudformation.describe_stack_events(
             StackName=never
         ),
+        "cloudformation:DescribeStackResource": lambda: cloudformation.describe_stack_resource(
+            StackName=never, LogicalResourceId="Instance"
+        ),
         "cloudformation:ValidateTemplate": lambda: cloudformation.validate_template(
             TemplateBody=template
         ),

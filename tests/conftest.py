@@ -33,6 +33,7 @@ from harness import (  # noqa: E402
     patched_environ,
 )
 from harness.guest_image import guest_image as build_guest_image  # noqa: E402
+from harness.iam import start_iam_moto  # noqa: E402
 
 _NETWORK_GUARD = NetworkGuard()
 
@@ -83,6 +84,16 @@ def moto_reset(moto_server: MotoServer) -> MotoServer:
     """An empty moto (reset before the test)."""
     moto_server.reset()
     return moto_server
+
+
+@pytest.fixture
+def iam_moto() -> Iterator[MotoServer]:
+    """A moto server of the test's own that enforces IAM; its `keys` are an admin's."""
+    server = start_iam_moto()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture

@@ -48,6 +48,7 @@ from typing import Any
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
+from .moto import TESTING_KEYS, Keys
 from .processes import pids_with_env, terminate
 from .userdata import BootSpec, UserDataError, parse_user_data
 
@@ -208,6 +209,7 @@ class EmulatedBoot:
         boot_delay: float = 0.0,
         bootstrap_delay: float = 0.0,
         install_delay: float = 0.0,
+        keys: Keys = TESTING_KEYS,
     ) -> None:
         """
         python_path: exported as PYTHONPATH to the bootstrap and to SSH sessions (emulates an
@@ -226,6 +228,8 @@ class EmulatedBoot:
             `ec2-executor bake` puts on it (`ec2_executor.images.TAG`). Added to
             `bootstrap_delay`; read at each boot. The emulated image holds the environment
             either way (`image_venv`), so the bootstrap itself takes its fast path.
+        keys: the credentials the harness reads and terminates instances with (an admin's,
+            on a moto server that enforces IAM).
         """
         self.endpoint_url = endpoint_url
         self.python_path = python_path
@@ -239,6 +243,7 @@ class EmulatedBoot:
         self.boot_delay = boot_delay
         self.bootstrap_delay = bootstrap_delay
         self.install_delay = install_delay
+        self.keys = keys
         self._first_seen: dict[str, float] = {}
         self._owns_base_dir = base_dir is None
         self.base_dir = Path(base_dir) if base_dir is not None else None
@@ -263,8 +268,8 @@ class EmulatedBoot:
             "ec2",
             endpoint_url=self.endpoint_url,
             region_name=self.region,
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
+            aws_access_key_id=self.keys.access_key_id,
+            aws_secret_access_key=self.keys.secret_access_key,
         )
         self._stop_event.clear()
         self._thread = threading.Thread(target=self._run, name="emulated-boot", daemon=True)
@@ -787,6 +792,7 @@ def booting(
     image_venv: Path | None,
     base_dir: Path,
     boot_delay: float = 0.0,
+    keys: Keys = TESTING_KEYS,
 ) -> Iterator[EmulatedBoot]:
     """An `EmulatedBoot` for one test: stopped after it; boot errors that the test did not
     `clear_errors()` are raised then."""
@@ -797,6 +803,7 @@ def booting(
         image_venv=image_venv,
         base_dir=base_dir,
         boot_delay=boot_delay,
+        keys=keys,
     )
     with boot:
         yield boot

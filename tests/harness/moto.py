@@ -6,7 +6,7 @@ import contextlib
 import logging
 import os
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +39,21 @@ AWS_ENV_UNSET: tuple[str, ...] = (
 )
 
 
-def aws_environment(endpoint_url: str, config_dir: Path) -> dict[str, str]:
+@dataclass(frozen=True)
+class Keys:
+    """An access key pair."""
+
+    access_key_id: str
+    secret_access_key: str
+
+
+TESTING_KEYS = Keys("testing", "testing")
+"""What a moto server that checks no credentials is called with."""
+
+
+def aws_environment(
+    endpoint_url: str, config_dir: Path, keys: Keys = TESTING_KEYS
+) -> dict[str, str]:
     """The environment variables that point boto3 (and the AWS CLI/CDK) at `endpoint_url`.
 
     Credentials and config files are written to `config_dir`, so nothing is read from ~/.aws.
@@ -48,13 +62,14 @@ def aws_environment(endpoint_url: str, config_dir: Path) -> dict[str, str]:
     credentials = config_dir / "credentials"
     config = config_dir / "config"
     credentials.write_text(
-        "[default]\naws_access_key_id = testing\naws_secret_access_key = testing\n"
+        f"[default]\naws_access_key_id = {keys.access_key_id}\n"
+        f"aws_secret_access_key = {keys.secret_access_key}\n"
     )
     config.write_text(f"[default]\nregion = {REGION}\n")
     return {
         "AWS_ENDPOINT_URL": endpoint_url,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_ACCESS_KEY_ID": keys.access_key_id,
+        "AWS_SECRET_ACCESS_KEY": keys.secret_access_key,
         "AWS_DEFAULT_REGION": REGION,
         "AWS_REGION": REGION,
         "AWS_SHARED_CREDENTIALS_FILE": str(credentials),
@@ -120,11 +135,14 @@ def serve_in_this_process(argv: list[str]) -> None:
 
 @dataclass
 class MotoServer:
-    """A moto server running in a thread of this process, bound to 127.0.0.1."""
+    """A moto server bound to 127.0.0.1: in a thread of this process (`start`), or another
+    process's (`harness.iam`)."""
 
     host: str
     port: int
-    _server: ThreadedMotoServer = field(repr=False)
+    _stop: Callable[[], None] = field(repr=False)
+    keys: Keys = TESTING_KEYS
+    """The credentials the harness calls this server with."""
     env: dict[str, str] = field(default_factory=dict)
     """The boto3 environment for this server, once `environment()` made it."""
 
@@ -137,14 +155,14 @@ class MotoServer:
         server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
         server.start()
         host, bound_port = server.get_host_and_port()
-        return cls(host=host, port=bound_port, _server=server)
+        return cls(host=host, port=bound_port, _stop=server.stop)
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
     def stop(self) -> None:
-        self._server.stop()
+        self._stop()
 
     def reset(self) -> None:
         reset_moto(self.url)
@@ -156,14 +174,14 @@ class MotoServer:
         return session.client(
             service,
             endpoint_url=self.url,
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
+            aws_access_key_id=self.keys.access_key_id,
+            aws_secret_access_key=self.keys.secret_access_key,
             **kwargs,
         )
 
     def environment(self, config_dir: Path) -> dict[str, str]:
         """Make (and remember in `env`) the boto3 environment for this server."""
-        self.env = aws_environment(self.url, config_dir)
+        self.env = aws_environment(self.url, config_dir, self.keys)
         return dict(self.env)
 
 

@@ -1,27 +1,37 @@
 """On a cloud that takes its time (tests/harness/timed_cloud.py): the executor connects as soon
-as the stack has launched the instance, without waiting for CREATE_COMPLETE; a stack that fails
-after that still fails the electron and leaves nothing; a stock image pays the bootstrap's
-installs, and a baked image is found, used, and pays none."""
+as the stack has launched the instance, without waiting for CREATE_COMPLETE, with no more
+rights than the shipped policy; a stack that fails after that still fails the electron and
+leaves nothing; a stock image pays the bootstrap's installs, and a baked image is found, used,
+and pays none."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from executor_support import execute, harness_options, run
-from harness import LoopbackNetwork, MotoServer
-from harness.boot import BootedInstance, EmulatedBoot
+from harness import (
+    LoopbackNetwork,
+    MotoServer,
+    aws_environment,
+    create_loopback_network,
+    patched_environ,
+)
+from harness.boot import BootedInstance, EmulatedBoot, booting
 from harness.cloud_state import assert_nothing_left, live_stacks
+from harness.iam import everywhere, user_with_policy
 from harness.timed_cloud import FAIL_REASON, AwsSeconds, TimedCloud, Timeline
 
 from ec2_executor import StackCreationError
 from ec2_executor.bake import bake
 from ec2_executor.ec2 import EC2Executor
 from ec2_executor.options import build
+from ec2_executor.permissions import policy_text
 from ec2_executor.stack import stack_name
 
 AWS = AwsSeconds().scaled(0.05)
@@ -62,6 +72,54 @@ def test_the_task_runs_before_the_stack_completes(
         assert took < timeline.complete_after
     assert emulated_boot.booted_count == 1
     assert live_stacks(moto_reset) == []
+
+
+@pytest.fixture
+def iam_boot(
+    iam_moto: MotoServer,
+    boot_python_path: str | None,
+    boot_bootstrap_env: dict[str, str],
+    boot_image_venv: Path | None,
+    boot_delay: float,
+    tmp_path: Path,
+) -> Iterator[EmulatedBoot]:
+    """The emulated boot on the IAM-enforcing server, calling it with the admin's keys."""
+    with booting(
+        iam_moto.url,
+        python_path=boot_python_path,
+        bootstrap_env=boot_bootstrap_env,
+        image_venv=boot_image_venv,
+        base_dir=tmp_path / "instances",
+        boot_delay=boot_delay,
+        keys=iam_moto.keys,
+    ) as boot:
+        yield boot
+
+
+def test_the_shipped_policy_grants_what_the_wait_for_an_unfinished_stack_calls(
+    iam_moto: MotoServer, iam_boot: EmulatedBoot, remote_cache: str, tmp_path: Path
+) -> None:
+    """One electron, its stack held in CREATE_IN_PROGRESS, as a user holding only the policy
+    `ec2-executor policy` prints, on a moto server that enforces IAM: the executor reads the
+    instance's id from the unfinished stack (DescribeStackResource), which a finished stack
+    never asks for.
+
+    Each statement's Resource is widened to "*" (`everywhere`): moto checks every request
+    against the resource "*", so an Allow scoped to an ARN would never match there. The
+    actions are the shipped ones, unchanged.
+    """
+    network = create_loopback_network(iam_moto.client("ec2"))
+    keys = user_with_policy(iam_moto, "scientist", everywhere(json.loads(policy_text())))
+    timeline = Timeline(instance_after=1.0, complete_after=60.0)
+    with (
+        TimedCloud(iam_moto.url, timeline) as cloud,
+        patched_environ(aws_environment(cloud.url, tmp_path / "aws", keys)),
+    ):
+        ex = EC2Executor(**harness_options(network.subnet_id, remote_cache))
+        assert run(execute(ex, pow, [2, 10], {}, dispatch_id="policy")) == 1024
+        assert cloud.completed_at(stack_name("policy", 0)) is None  # still in progress
+    assert iam_boot.booted_count == 1
+    assert live_stacks(iam_moto) == []
 
 
 def test_a_stack_that_fails_after_ssh_answered_fails_the_electron(
