@@ -33,6 +33,7 @@ from seed_example import installed_pins, make_experiment
 # covalent (and this package, which imports it) is imported only once the client is isolated:
 # covalent reads its config, and the default executor, when it is imported.
 
+# What `ec2_executor.phases` logs at INFO, through Covalent's logger, into the server's log.
 PHASE = re.compile(r"(ec2-executor-\S+): (.+) took ([\d.]+)s")
 
 
@@ -61,13 +62,21 @@ def dispatch(server: CovalentServer, executor: Any, deps_pip: Any) -> float:
     return float(result.result)
 
 
+def phases_in(log: str) -> list[tuple[str, float]]:
+    """Each phase the executor logged, in order, with its seconds."""
+    return [(name, float(seconds)) for _, name, seconds in PHASE.findall(log)]
+
+
 def print_phases(server: CovalentServer) -> None:
-    log = server.paths.server_log.read_text(errors="replace")
-    phases = PHASE.findall(log)
-    if phases:
-        print("\nexecutor phases (from the Covalent server's log):")
-        for _, name, seconds in phases:
-            print(f"  {name:<20} {float(seconds):7.2f}s")
+    phases = phases_in(server.paths.server_log.read_text(errors="replace"))
+    if not phases:  # the README promises them: a silent gap would hide a broken log
+        raise SystemExit(
+            "the Covalent server's log names no executor phase ('<stack>: <phase> took <s>s', "
+            f"at INFO); its end:\n{server.log_tail(20)}"
+        )
+    print("\nexecutor phases (from the Covalent server's log):")
+    for name, seconds in phases:
+        print(f"  {name:<20} {seconds:7.2f}s")
 
 
 def run_local(base: Path, paths: CovalentPaths) -> None:

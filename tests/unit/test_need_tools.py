@@ -6,10 +6,10 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 import pytest
+from harness.shared_dirs import NOBODY, shared_temp_dir
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "tests" / "need-tools.sh"
@@ -21,6 +21,7 @@ def bare_path(tmp_path: Path, *tools: str) -> str:
     """A PATH with `tools` and what the script itself runs, but no sshd or shellcheck."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
+    bin_dir.chmod(0o755)  # whatever the umask: the script may run as another user
     for tool in ("id", "env", *tools):
         found = shutil.which(tool)
         assert found, tool
@@ -43,7 +44,11 @@ def need_tools(
         "EC2_EXECUTOR_SBIN": "",
         "EC2_EXECUTOR_OS_RELEASE": str(release),
     }
-    command = ["/bin/bash", str(SCRIPT)]
+    # A copy beside the os-release: `user` may not be able to enter the checkout's directory.
+    script = tmp_path / SCRIPT.name
+    shutil.copyfile(SCRIPT, script)
+    script.chmod(0o755)
+    command = ["/bin/bash", str(script)]
     if user is not None:
         command = [
             str(shutil.which("runuser")),
@@ -55,7 +60,13 @@ def need_tools(
             *command,
         ]
     return subprocess.run(
-        command, env=env, capture_output=True, text=True, check=False, timeout=600
+        command,
+        env=env,
+        cwd=tmp_path,  # bash as `user` would complain of a working directory it cannot enter
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
     )
 
 
@@ -83,9 +94,8 @@ def test_elsewhere_it_stops_with_one_line_naming_both_packages(tmp_path: Path) -
 
 @pytest.mark.skipif(shutil.which("runuser") is None or os.getuid() != 0, reason="needs root")
 def test_without_root_or_sudo_it_says_what_to_run_as_root() -> None:
-    with tempfile.TemporaryDirectory() as shared:  # pytest's tmp_path is root's alone
-        Path(shared).chmod(0o755)
-        done = need_tools(Path(shared), DEBIAN, "apt-get", user="nobody")
+    with shared_temp_dir() as shared:
+        done = need_tools(shared, DEBIAN, "apt-get", user=NOBODY)
     assert done.returncode == 1
     assert done.stderr.strip().count("\n") == 0, done.stderr
     assert "'apt-get install openssh-server shellcheck' as root" in done.stderr

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from harness.shared_dirs import NOBODY, shared_temp_dir
 
 from ec2_executor import ConfigurationError
 from ec2_executor.options import OPTION_NAMES, Options, build, defaults, resolve
@@ -115,14 +118,53 @@ def test_bad_values_are_refused_naming_the_key_and_the_fix(
             assert repr(value) in message or str(value) in message
 
 
-def test_unreadable_key_file_is_refused(tmp_path: Path) -> None:
-    key = tmp_path / "key"
-    key.write_text("x")
-    key.chmod(0)
-    if os.access(key, os.R_OK):
-        pytest.skip("running as root: every file is readable")
-    with pytest.raises(ConfigurationError, match="not readable"):
-        build({"ssh_key_file": str(key)})
+# Root reads every file, so as root the check runs in a child that imports as root (the
+# checkout may be root's alone) and then becomes `nobody`.
+_BUILD_AS_NOBODY = """
+import os, pwd, sys
+from ec2_executor import ConfigurationError
+from ec2_executor.options import build
+user = pwd.getpwnam(sys.argv[1])
+os.setgroups([])
+os.setgid(user.pw_gid)
+os.setuid(user.pw_uid)
+try:
+    build({"ssh_key_file": sys.argv[2]})
+except ConfigurationError as refused:
+    print(refused)
+"""
+
+
+def key_file_refusal(key: Path) -> str:
+    """What `build` says of `ssh_key_file=key`, as a user that is not root ("" if accepted)."""
+    if os.getuid() != 0:
+        try:
+            build({"ssh_key_file": str(key)})
+        except ConfigurationError as refused:
+            return str(refused)
+        return ""
+    done = subprocess.run(
+        [sys.executable, "-c", _BUILD_AS_NOBODY, NOBODY, str(key)],
+        cwd="/",
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_unreadable_key_file_is_refused() -> None:
+    with shared_temp_dir() as shared:  # a key `nobody` can find but not read
+        key = shared / "key"
+        key.write_text("x")
+        key.chmod(0)
+        refusal = key_file_refusal(key)
+        key.chmod(0o644)
+        accepted = key_file_refusal(key)
+    assert "not readable by this user" in refusal and repr(str(key)) in refusal
+    assert accepted == ""
 
 
 @pytest.mark.parametrize(
