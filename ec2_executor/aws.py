@@ -15,11 +15,13 @@ from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
+    EndpointConnectionError,
     NoCredentialsError,
     NoRegionError,
     PartialCredentialsError,
     ProfileNotFound,
 )
+from botocore.parsers import ResponseParserError
 
 from ec2_executor.errors import (
     AWSError,
@@ -36,8 +38,10 @@ if TYPE_CHECKING:
 
 # Throttling and request-limit errors are retried by botocore's standard mode with backoff;
 # errors that retrying cannot fix surface at once.
+MAX_ATTEMPTS = 8
+"""Attempts per call, unless AWS_MAX_ATTEMPTS or the profile's `max_attempts` says otherwise."""
 CLIENT_CONFIG = Config(
-    retries={"mode": "standard", "max_attempts": 8},
+    retries={"mode": "standard", "max_attempts": MAX_ATTEMPTS},
     connect_timeout=10,
     read_timeout=60,
 )
@@ -67,18 +71,23 @@ class AWS:
                 _SESSIONS[self._key] = session
             self.session = session
 
-    def client(self, service: str, *, max_attempts: int = 8) -> Any:
-        """A shared client; `max_attempts` below botocore's 8 for callers that retry themselves."""
-        key = (*self._key, service, str(max_attempts))
-        config = CLIENT_CONFIG.merge(
-            Config(retries={"mode": "standard", "max_attempts": max_attempts})
-        )
+    def client(self, service: str, *, max_attempts: int | None = None) -> Any:
+        """A shared client; a lower `max_attempts` for callers that retry themselves."""
+        attempts = self._attempts(max_attempts)
+        key = (*self._key, service, str(attempts))
+        config = CLIENT_CONFIG.merge(Config(retries={"mode": "standard", "max_attempts": attempts}))
         with _LOCK:  # building a client is not thread-safe; using one is
             if key not in _CLIENTS:
                 _CLIENTS[key] = self.session.client(  # type: ignore[call-overload]
                     service, region_name=self.options.region, config=config
                 )
             return _CLIENTS[key]
+
+    def _attempts(self, wanted: int | None) -> int:
+        # A Config object overrides botocore's own settings, so the user's are read here.
+        configured = self.session._session.get_config_variable("max_attempts")
+        attempts = int(configured) if configured else MAX_ATTEMPTS
+        return min(attempts, wanted) if wanted else attempts
 
     @property
     def ec2(self) -> EC2Client:
@@ -204,13 +213,30 @@ def aws_errors(action: str) -> Iterator[None]:
                 denied_message(iam_action, action, f"{_code(exc)}: {_message(exc)}"),
                 action=iam_action,
             ) from exc
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        if status >= 500:  # AWS's own failure: worth another try, unlike a refusal
+            said = _message(exc).rstrip(".")
+            raise AWSError(
+                f"AWS failed (HTTP {status}) while {action}: {_code(exc)}: {said}; try again later."
+            ) from exc
         raise AWSError(f"AWS refused {action}: {_code(exc)}: {_message(exc)}") from exc
+    except ResponseParserError as exc:  # not a BotoCoreError: an error page instead of AWS's
+        raise AWSError(
+            f"The AWS endpoint sent something that is not an AWS response while {action} "
+            f"({' '.join(str(exc).split())[:300]}); check AWS_ENDPOINT_URL and any proxy, or "
+            f"try again later."
+        ) from exc
     except NoRegionError as exc:
         raise ConfigurationError("No AWS region is set; set the 'region' option.") from exc
     except (NoCredentialsError, PartialCredentialsError) as exc:
         raise CredentialsError(
             f"No AWS credentials were found while {action}; run 'aws configure' or set "
             f"AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY."
+        ) from exc
+    except EndpointConnectionError as exc:
+        raise AWSError(
+            f"Could not reach AWS while {action}: {exc}; check the network, the 'region' option "
+            f"and AWS_ENDPOINT_URL if it is set."
         ) from exc
     except BotoCoreError as exc:
         raise AWSError(f"Could not reach AWS while {action}: {exc}") from exc

@@ -1,6 +1,8 @@
 """`ec2-executor`: see and remove what the executor created, check a set-up, print templates.
 
-Exit codes: 0 success; 1 a check failed or a stack could not be deleted; 2 bad usage.
+Exit codes: 0 success; 1 a check failed, a stack could not be deleted, or AWS failed; 2 bad
+usage or set-up (a bad option or `[executors.ec2]` value, no usable credentials). A failure is
+one line on stderr, never a traceback (EC2_EXECUTOR_DEBUG=1 shows it).
 """
 
 from __future__ import annotations
@@ -8,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import os
 import re
 import shutil
 import subprocess
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -23,10 +26,10 @@ from cdk_stacks.templates import cache_path
 from ec2_executor import bake as baking
 from ec2_executor import images, lookups
 from ec2_executor import options as opts
-from ec2_executor.aws import AWS
+from ec2_executor.aws import AWS, aws_errors
 from ec2_executor.blocking import Deadline
-from ec2_executor.config import config_section
-from ec2_executor.errors import EC2ExecutorError
+from ec2_executor.config import config_file, config_section
+from ec2_executor.errors import ConfigurationError, EC2ExecutorError
 from ec2_executor.lookups import architecture, key_pair_name
 from ec2_executor.network import ingress_cidr, plan_network
 from ec2_executor.permission_checks import check_permissions
@@ -41,12 +44,73 @@ from ec2_executor.stack import (
 )
 from ec2_executor.states import BUSY, GONE, IDLE, instance_states
 
+if TYPE_CHECKING:
+    from mypy_boto3_ec2 import EC2Client
+
 _AGE = re.compile(r"^(\d+)([smhd])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+DEBUG_ENV = "EC2_EXECUTOR_DEBUG"
+"""Set (to anything) to let a failure end in its Python traceback instead of one line."""
+
+
+class Failure(click.ClickException):
+    """The command failed: one line on stderr ("Error: ..."), exit code 1."""
+
+    exit_code = 1
+
+
+class BadUsage(Failure):
+    """A bad flag, option value or set-up: one line on stderr, exit code 2."""
+
+    exit_code = 2
+
+
+class Commands(click.Group):
+    """The command's one error boundary: whatever a command raises becomes a `Failure`."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        if os.environ.get(DEBUG_ENV):
+            return super().invoke(ctx)
+        try:
+            with aws_errors("running this command"):  # a botocore error no call site mapped
+                return super().invoke(ctx)
+        except click.UsageError as exc:
+            raise BadUsage(_usage_line(exc)) from exc
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except ConfigurationError as exc:  # a bad value is bad usage; nothing was created
+            raise BadUsage(str(exc)) from exc
+        except EC2ExecutorError as exc:
+            raise Failure(str(exc)) from exc
+        except Exception as exc:  # a bug: still one line, with the way to its traceback
+            raise Failure(
+                f"unexpected {type(exc).__name__}: {exc}; this is a bug in ec2-executor, rerun "
+                f"with {DEBUG_ENV}=1 for the traceback and report it."
+            ) from exc
+
+
+def _usage_line(exc: click.UsageError) -> str:
+    """Click's message without its usage block, which would make the failure several lines."""
+    where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
+    return f"{exc.format_message()}{where}"
 
 
 def load_options(region: str | None, profile: str | None, pairs: tuple[str, ...]) -> opts.Options:
     """Options as the executor would see them: flags > `[executors.ec2]` > defaults."""
+    explicit = _explicit(region, profile, pairs)
+    try:
+        return opts.build(opts.resolve(explicit, config_section()))
+    except ConfigurationError as exc:
+        if not _valid_alone(explicit):
+            raise
+        # The flags are fine, so the value came from the file: say which, and how to get past it.
+        raise ConfigurationError(
+            f"{exc} The value is in [executors.ec2] of {config_file()}: fix it there, or "
+            f"override it with -o KEY=VALUE."
+        ) from exc
+
+
+def _explicit(region: str | None, profile: str | None, pairs: tuple[str, ...]) -> dict[str, Any]:
     explicit: dict[str, Any] = {"region": region, "profile": profile}
     for pair in pairs:
         key, sep, value = pair.partition("=")
@@ -56,8 +120,51 @@ def load_options(region: str | None, profile: str | None, pairs: tuple[str, ...]
                 f"{', '.join(opts.OPTION_NAMES)}",
                 param_hint="'-o'",
             )
-        explicit[key] = value
-    return opts.build(opts.resolve(explicit, config_section()))
+        explicit[key] = parse_tags(value) if key == "tags" else value
+    return explicit
+
+
+def _valid_alone(explicit: dict[str, Any]) -> bool:
+    try:
+        opts.build(opts.resolve(explicit, {}))
+    except ConfigurationError:
+        return False
+    return True
+
+
+def parse_tags(text: str) -> dict[str, Any]:
+    """`-o tags=...`: JSON (`{"team": "ml"}`) or `team=ml,project=x`. A tag value cannot hold a
+    comma, so a comma always separates two tags; an empty text means no tags."""
+    if text.lstrip().startswith("{"):
+        return _json_tags(text)
+    tags: dict[str, Any] = {}
+    for item in filter(None, (i.strip() for i in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise click.BadParameter(
+                f"tags={text!r}: {item!r} is not KEY=VALUE; give tags as "
+                f'tags=team=ml,project=x or as JSON, tags=\'{{"team": "ml"}}\'.',
+                param_hint="'-o'",
+            )
+        tags[key.strip()] = value.strip()
+    return tags
+
+
+def _json_tags(text: str) -> dict[str, Any]:
+    try:
+        tags = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(
+            f"tags={text!r} is not valid JSON ({exc.msg}); give a JSON object such as "
+            f'tags=\'{{"team": "ml"}}\', or tags=team=ml,project=x.',
+            param_hint="'-o'",
+        ) from exc
+    if not isinstance(tags, dict):
+        raise click.BadParameter(
+            f'tags={text!r} is JSON but not an object; give tags=\'{{"team": "ml"}}\'.',
+            param_hint="'-o'",
+        )
+    return tags  # Options checks each key and value
 
 
 def aws_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -69,11 +176,12 @@ def aws_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         "pairs",
         multiple=True,
         metavar="KEY=VALUE",
-        help="Any executor option, as EC2Executor(KEY=VALUE) would take it.",
+        help="Any executor option, as EC2Executor(KEY=VALUE) would take it (repeatable); "
+        "tags as tags=team=ml,project=x or as JSON.",
     )(fn)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Commands, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Manage what ec2-executor creates: one CloudFormation stack per electron."""
 
@@ -112,8 +220,8 @@ def list_stacks(
     region: str | None, profile: str | None, pairs: tuple[str, ...], as_json: bool
 ) -> None:
     """Every stack the executor created in the region, found by its tags."""
-    options = load_options(region, profile, pairs)
-    rows = _summaries(_stacks(options), AWS(options))
+    aws = AWS(load_options(region, profile, pairs))
+    rows = _summaries(Stacks(aws.cloudformation), aws)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -123,19 +231,9 @@ def list_stacks(
     _table(rows, ("name", "dispatch_id", "node_id", "status", "age", "instance_type", "state"))
 
 
-def _stacks(options: opts.Options) -> Stacks:
-    try:
-        return Stacks(AWS(options).cloudformation)
-    except EC2ExecutorError as exc:
-        raise click.ClickException(str(exc)) from exc
-
-
 def _summaries(stacks: Stacks, aws: AWS) -> list[dict[str, Any]]:
-    try:
-        found = stacks.list_ours()
-        states = instance_states(aws.ec2, found)
-    except EC2ExecutorError as exc:
-        raise click.ClickException(str(exc)) from exc
+    found = stacks.list_ours()
+    states = instance_states(aws.ec2, found)
     now = datetime.now(UTC)
     rows = []
     for stack in found:
@@ -158,7 +256,7 @@ def _human(seconds: int | None) -> str:
 
 
 def _table(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> None:
-    widths = [max(len(c), *(len(str(r[c])) for r in rows)) for c in columns]
+    widths = [max([len(c), *(len(str(r[c])) for r in rows)]) for c in columns]
     click.echo("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)))
     for row in rows:
         click.echo("  ".join(str(row[c]).ljust(w) for c, w in zip(columns, widths, strict=True)))
@@ -174,9 +272,18 @@ def parse_age(value: str) -> timedelta:
     return timedelta(**{_UNITS[match[2]]: int(match[1])})
 
 
+def _age_option(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Any:
+    return parse_age(value) if value else None
+
+
 @main.command()
 @aws_options
-@click.option("--older-than", help="Only stacks at least this old, e.g. 30m, 2h, 1d.")
+@click.option(
+    "--older-than",
+    "age",
+    callback=_age_option,
+    help="Only stacks at least this old, e.g. 30m, 2h, 1d.",
+)
 @click.option("--dispatch", "dispatch_id", help="Only the stacks of this dispatch id.")
 @click.option("--stack", "names", multiple=True, help="Only this stack (repeatable).")
 @click.option(
@@ -193,7 +300,7 @@ def cleanup(
     region: str | None,
     profile: str | None,
     pairs: tuple[str, ...],
-    older_than: str | None,
+    age: timedelta | None,
     dispatch_id: str | None,
     names: tuple[str, ...],
     everything: bool,
@@ -205,12 +312,11 @@ def cleanup(
     Without a filter, a stack whose instance is running and not idle (an electron that some
     Covalent server may be running right now) is left alone unless --all is given.
     """
-    age = parse_age(older_than) if older_than else None
-    options = load_options(region, profile, pairs)
-    stacks = _stacks(options)
+    aws = AWS(load_options(region, profile, pairs))
+    stacks = Stacks(aws.cloudformation)
     rows = [
         r
-        for r in _summaries(stacks, AWS(options))
+        for r in _summaries(stacks, aws)
         if (age is None or (r["age_seconds"] or 0) >= age.total_seconds())
         and (dispatch_id is None or r["dispatch_id"] == dispatch_id)
         and (not names or r["name"] in names)
@@ -294,28 +400,34 @@ def bake(
     options = load_options(region, profile, pairs)
     ec2 = AWS(options).ec2
     if list_images:
-        _table(
-            [_image_row(i) for i in images.baked_images(ec2)],
-            ("image", "name", "created", "state", "contents"),
-        )
+        _list_images(ec2)
         return
     if delete:
-        found = [i for i in images.baked_images(ec2) if i.image_id == delete]
-        if not found:
-            raise click.UsageError(f"{delete!r} is not a baked image here; see 'bake --list'.")
-        images.delete_image(ec2, delete, found[0].snapshots)
-        click.echo(f"deleted {delete} and its snapshots {', '.join(found[0].snapshots) or '-'}")
+        _delete_image(ec2, delete)
         return
     chosen = instance_type or (ARCH_INSTANCE_TYPES[arch] if arch else options.instance_type)
     options = dataclasses.replace(options, instance_type=chosen)
-    try:
-        if arch and architecture(ec2, options) != arch:
-            raise click.UsageError(f"--instance-type {chosen} is not {arch}; give one of the two.")
-        result = asyncio.run(baking.bake(options, pip=pip, force=force))
-    except EC2ExecutorError as exc:
-        raise click.ClickException(str(exc)) from exc
+    if arch and architecture(ec2, options) != arch:
+        raise BadUsage(f"--instance-type {chosen} is not {arch}; give one of the two.")
+    result = asyncio.run(baking.bake(options, pip=pip, force=force))
     state = "made" if result.made else "exists already (--force bakes anew)"
     click.echo(f"{result.image.image_id} {state}: {result.image.recipe_text()}")
+
+
+def _list_images(ec2: EC2Client) -> None:
+    rows = [_image_row(i) for i in images.baked_images(ec2)]
+    if not rows:
+        click.echo("No baked images ('ec2-executor bake' makes one).")
+        return
+    _table(rows, ("image", "name", "created", "state", "contents"))
+
+
+def _delete_image(ec2: EC2Client, image_id: str) -> None:
+    found = [i for i in images.baked_images(ec2) if i.image_id == image_id]
+    if not found:
+        raise BadUsage(f"{image_id!r} is not a baked image here; see 'bake --list'.")
+    images.delete_image(ec2, image_id, found[0].snapshots)
+    click.echo(f"deleted {image_id} and its snapshots {', '.join(found[0].snapshots) or '-'}")
 
 
 def _image_row(image: images.BakedImage) -> dict[str, Any]:

@@ -16,3 +16,11 @@ def config_section() -> dict[str, Any]:
     except KeyError:
         return {}
     return dict(section) if isinstance(section, dict) else {}
+
+
+def config_file() -> str:
+    """The path of Covalent's configuration file, which holds `[executors.ec2]`."""
+    import covalent  # noqa: F401
+    from covalent._shared_files.config import get_config
+
+    return str(get_config("sdk.config_file"))

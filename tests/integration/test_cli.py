@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import socket
 import subprocess
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -213,3 +219,202 @@ def test_cleanup_without_a_filter_spares_running_electrons_unless_all(
     assert everything.returncode == 0, everything.stderr
     assert "Leaving" not in everything.stdout
     assert status(moto_reset, running) == "DELETE_COMPLETE"
+
+
+# --- failures: one line, a non-zero exit, never a traceback ---------------------------------
+
+FAILING = {
+    "list": ["list"],
+    "cleanup": ["cleanup", "--yes"],
+    "bake": ["bake"],
+    "bake --list": ["bake", "--list"],
+}
+"""Each command that reads options and calls AWS, as a new user would first type it."""
+DOCTOR = ["doctor", "-o", "ssh_ingress_cidr=127.0.0.1/32"]  # no address detection: offline
+EVERY = {**FAILING, "doctor": DOCTOR}
+ONE_TRY = {"AWS_MAX_ATTEMPTS": "1"}  # botocore would retry a refused connection or a 500
+
+
+def cli_all(
+    env: dict[str, str], commands: dict[str, list[str]], *extra: str
+) -> dict[str, subprocess.CompletedProcess[str]]:
+    """Run the commands side by side (each process spends seconds importing covalent)."""
+    with ThreadPoolExecutor(max_workers=len(commands)) as pool:
+        running = {name: pool.submit(cli, env, *args, *extra) for name, args in commands.items()}
+        return {name: future.result() for name, future in running.items()}
+
+
+def assert_one_line(
+    done: subprocess.CompletedProcess[str], *, code: int, says: tuple[str, ...]
+) -> None:
+    shown = f"exit {done.returncode}\nstdout: {done.stdout}\nstderr: {done.stderr}"
+    assert "Traceback" not in done.stdout + done.stderr, shown
+    assert done.returncode == code, shown
+    assert done.stderr.startswith("Error: ") and done.stderr.count("\n") == 1, shown
+    assert all(s in done.stderr for s in says), shown
+
+
+def assert_each_fails(
+    results: dict[str, subprocess.CompletedProcess[str]], *, code: int, says: tuple[str, ...]
+) -> None:
+    """One line and `code` from each command; doctor's own form from doctor."""
+    for name, done in results.items():
+        if name == "doctor":
+            assert_doctor_fails(done, says=says)
+        else:
+            assert_one_line(done, code=code, says=says)
+
+
+def assert_doctor_fails(done: subprocess.CompletedProcess[str], *, says: tuple[str, ...]) -> None:
+    """Doctor reports every check, one line each, and exits 1 when one failed."""
+    shown = f"exit {done.returncode}\nstdout: {done.stdout}\nstderr: {done.stderr}"
+    assert "Traceback" not in done.stdout + done.stderr and not done.stderr, shown
+    assert done.returncode == 1, shown
+    assert all(line.startswith(("ok    ", "FAIL  ")) for line in done.stdout.splitlines()), shown
+    failed = [line for line in done.stdout.splitlines() if line.startswith("FAIL  ")]
+    assert failed and all(s in failed[0] for s in says), shown
+
+
+@pytest.mark.parametrize(
+    ("flag", "says"),
+    [
+        (["-o", "volume_size=huge"], ("'volume_size'", "'huge'")),
+        (["--region", "nowhere"], ("'region'", "'nowhere'", "us-east-1")),
+        (["-o", "volum_size=8"], ("'-o'", "'volum_size=8'", "volume_size")),
+        (["-o", "tags=team"], ("'-o'", "'team' is not KEY=VALUE", "tags=team=ml")),
+    ],
+    ids=["option-value", "region", "unknown-option", "tags-form"],
+)
+def test_a_bad_option_is_one_line_of_usage(
+    cli_env: dict[str, str], flag: list[str], says: tuple[str, ...]
+) -> None:
+    assert_each_fails(cli_all(cli_env, EVERY, *flag), code=2, says=says)
+
+
+def test_a_bad_flag_of_a_command_is_one_line_of_usage(cli_env: dict[str, str]) -> None:
+    done = cli(cli_env, "cleanup", "--older-than", "soon")
+    assert_one_line(done, code=2, says=("'--older-than'", "'soon'", "30m"))
+
+
+def test_a_bad_config_value_names_the_file_and_the_override(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    config = Path(cli_env["COVALENT_CONFIG_DIR"]) / "covalent.conf"
+    config.parent.mkdir(parents=True)
+    config.write_text('[executors.ec2]\nvolume_size = "huge"\n')
+    says = ("'volume_size'", "'huge'", str(config), "-o KEY=VALUE")
+    assert_each_fails(cli_all(cli_env, EVERY), code=2, says=says)
+    overridden = cli(cli_env, "list", "-o", "volume_size=8")  # a way past it, as it says
+    assert overridden.returncode == 0, overridden.stderr
+
+
+def test_no_credentials_is_one_line_with_the_fix(cli_env: dict[str, str], tmp_path: Path) -> None:
+    env = {
+        k: v
+        for k, v in cli_env.items()
+        if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+    }
+    env.update(
+        AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"),
+        AWS_CONFIG_FILE=str(tmp_path / "none"),
+        HOME=str(tmp_path),
+    )
+    says = ("No AWS credentials were found", "aws configure")
+    assert_each_fails(cli_all(env, FAILING), code=2, says=says)  # doctor: see above
+
+
+@pytest.fixture
+def closed_port() -> Iterator[str]:
+    """An endpoint on 127.0.0.1 that refuses connections: bound (so no one else takes the
+    port) but not listening."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        yield f"http://127.0.0.1:{held.getsockname()[1]}"
+
+
+def test_aws_unreachable_is_one_line(cli_env: dict[str, str], closed_port: str) -> None:
+    env = {**cli_env, **ONE_TRY, "AWS_ENDPOINT_URL": closed_port}
+    says = ("Could not reach AWS", closed_port, "AWS_ENDPOINT_URL")
+    assert_each_fails(cli_all(env, EVERY), code=1, says=says)
+
+
+PLAIN_500 = b"Internal Server Error"
+AWS_500 = (
+    b"<ErrorResponse><Error><Type>Receiver</Type><Code>InternalFailure</Code>"
+    b"<Message>We encountered an internal error.</Message></Error>"
+    b"<RequestId>500-1</RequestId></ErrorResponse>"
+)
+
+
+@contextlib.contextmanager
+def answering_500(body: bytes) -> Iterator[str]:
+    """An endpoint on 127.0.0.1 that answers every request with HTTP 500 and `body`."""
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.send_response(500)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize(
+    ("body", "commands", "says"),
+    [
+        (PLAIN_500, [*FAILING, "doctor"], ("not an AWS response", "Internal Server Error")),
+        (  # the same path in every command; one per service's error format
+            AWS_500,
+            ["list", "bake --list", "doctor"],
+            ("AWS failed (HTTP 500)", "InternalFailure", "try again later"),
+        ),
+    ],
+    ids=["error-page", "aws-internal-failure"],
+)
+def test_an_http_500_is_one_line(
+    cli_env: dict[str, str], body: bytes, commands: list[str], says: tuple[str, ...]
+) -> None:
+    chosen = {name: args for name, args in EVERY.items() if name in commands}
+    with answering_500(body) as endpoint:
+        results = cli_all({**cli_env, **ONE_TRY, "AWS_ENDPOINT_URL": endpoint}, chosen)
+    assert_each_fails(results, code=1, says=says)
+
+
+def test_bake_list_on_a_new_account_says_there_is_none(
+    cli_env: dict[str, str], moto_reset: MotoServer
+) -> None:
+    done = cli(cli_env, "bake", "--list")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "No baked images ('ec2-executor bake' makes one).\n"
+
+
+def test_tags_can_be_given_with_o_as_json_or_pairs(cli_env: dict[str, str]) -> None:
+    results = cli_all(
+        cli_env,
+        {
+            "json": ["list", "-o", 'tags={"team": "ml", "project": "x"}'],
+            "pairs": ["list", "-o", "tags=team=ml,project=x"],
+            "bad json": ["list", "-o", 'tags={"team": "ml", "aws:team": "ml"}'],
+            "bad pairs": ["list", "-o", "tags=team=ml,aws:team=ml"],
+        },
+    )
+    assert results["json"].returncode == 0, results["json"].stderr
+    assert results["pairs"].returncode == 0, results["pairs"].stderr
+    # Refused by the check of the tags themselves: the text did become a mapping of tags.
+    for refused in (results["bad json"], results["bad pairs"]):
+        assert_one_line(refused, code=2, says=("Option 'tags' has the key 'aws:team'",))
