@@ -39,24 +39,29 @@ def where() -> tuple[int, int, str]:
     return os.getpid(), os.getppid(), os.getcwd()
 
 
-def set_state() -> str:
+def set_state(remote_cache: str) -> str:
+    """Leaves what a task could leave behind: module state, the environment, the working
+    directory, and a file in its own task directory (the only one under `remote_cache` now)."""
     import json
+    from pathlib import Path
 
     json.ec2_executor_mark = "left over"  # type: ignore[attr-defined]
-    globals()["LEFT_OVER"] = True
     os.environ["EC2_EXECUTOR_LEFT_OVER"] = "1"
     os.chdir("/tmp")
+    for task_dir in Path(remote_cache).iterdir():
+        (task_dir / "left-over").write_text("from the previous task")
     return "set"
 
 
-def read_state() -> tuple[bool, bool, bool, str]:
+def read_state(remote_cache: str) -> tuple[bool, bool, str, list[str]]:
     import json
+    from pathlib import Path
 
     return (
         hasattr(json, "ec2_executor_mark"),
-        "LEFT_OVER" in globals(),
         "EC2_EXECUTOR_LEFT_OVER" in os.environ,
         os.getcwd(),
+        [str(p) for p in Path(remote_cache).rglob("left-over")],
     )
 
 
@@ -111,8 +116,8 @@ def test_five_in_a_row_share_one_stack_and_nothing_leaks(
 ) -> None:
     async def scenario() -> list[Any]:
         results = await in_a_row(warm, where, 3)
-        results += [await execute(warm(), set_state, [], {}, node_id=3)]
-        results += [await execute(warm(), read_state, [], {}, node_id=4)]
+        results += [await execute(warm(), set_state, [remote_cache], {}, node_id=3)]
+        results += [await execute(warm(), read_state, [remote_cache], {}, node_id=4)]
         return results
 
     results = run(scenario())
@@ -123,8 +128,8 @@ def test_five_in_a_row_share_one_stack_and_nothing_leaks(
     home = pwd.getpwuid(os.getuid()).pw_dir  # where sshd, and so the worker, starts a task
     assert {cwd for _, _, cwd in results[:3]} == {home}
     assert results[3] == "set"
-    # Module state, globals, the environment and the directory did not outlive the task.
-    assert results[4] == (False, False, False, home)
+    # Module state, the environment, the directory and the task's files did not outlive it.
+    assert results[4] == (False, False, home, [])
     # Each task's directory went once its result was fetched.
     assert not Path(remote_cache).exists() or list(Path(remote_cache).iterdir()) == []
     assert len(pool.idle()) == 1
