@@ -35,7 +35,7 @@ from integration.executor_support import execute, harness_options
 from bench.common import Section, Target, benchmark_main, median, progress, scratch, table
 from ec2_executor.bake import bake
 from ec2_executor.ec2 import EC2Executor
-from ec2_executor.electron import Electron, Pace, launch, run_task
+from ec2_executor.electron import Electron, Host, Launched, Pace, launch, new_host, run_task
 from ec2_executor.options import build
 from ec2_executor.pool import retire_all_idle
 from ec2_executor.stack import stack_name
@@ -94,11 +94,14 @@ async def one_electron(
     electron = Electron(build(options), {"dispatch_id": dispatch, "node_id": 0}, pace=pace)
     before = {r.instance_id for r in boot.instances}
     started = time.monotonic()
+    launched: Launched | None = None
+    host: Host | None = None
     try:
         launched = await launch(electron)
-        outcome = await run_task(electron, launched, (time.monotonic, [], {}))
+        host = new_host(electron, launched)
+        outcome = await run_task(electron, launched, host, (time.monotonic, [], {}))
     finally:
-        await electron.destroy()
+        await electron.destroy(launched, host)
     task_start = float(outcome.result)
     record = _new_instance(boot, before)
     created = cloud.created_at(stack_name(dispatch, 0))

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from ec2_executor import lookups
 from ec2_executor.aws import AWS, aws_errors
 from ec2_executor.blocking import run_blocking
-from ec2_executor.electron import Electron, launch, run_task
+from ec2_executor.electron import Electron, Host, Launched, launch, new_host, run_task
 from ec2_executor.errors import EC2ExecutorError
 from ec2_executor.images import TAG, BakedImage, Recipe, baked_images, delete_image
 from ec2_executor.logs import log
@@ -56,16 +56,18 @@ async def bake(options: Options, *, pip: tuple[str, ...] = (), force: bool = Fal
     electron = Electron(
         stock, {"dispatch_id": f"bake-{recipe.key[:12]}", "node_id": time.time_ns()}
     )
+    launched: Launched | None = None
+    host: Host | None = None
     try:
         launched = await launch(electron)
-        outcome = await run_task(electron, launched, (platform.python_version, [], {}))
+        host = new_host(electron, launched)
+        outcome = await run_task(electron, launched, host, (platform.python_version, [], {}))
         if outcome.error:
             raise BakeError(
                 f"The first task on the instance failed: {outcome.error}\n{outcome.traceback}"
             )
-        assert electron.remote is not None
         command = shlex.join(["bash", "-s", "--", *pip])
-        status, _, err = await run_blocking(electron.remote.execute, command, stdin=BAKE_SCRIPT)
+        status, _, err = await run_blocking(host.remote.execute, command, stdin=BAKE_SCRIPT)
         if status != 0:
             raise BakeError(
                 f"Readying the instance failed (exit {status}):\n{err.decode()[-2000:]}"
@@ -75,7 +77,7 @@ async def bake(options: Options, *, pip: tuple[str, ...] = (), force: bool = Fal
         )
         return Baked(image=image, made=True)
     finally:
-        await electron.destroy()
+        await electron.destroy(launched, host)
 
 
 def _create_image(ec2: EC2Client, instance_id: str, recipe: Recipe, stack: str) -> BakedImage:

@@ -23,10 +23,11 @@ from ec2_executor import helper_nodes, warm
 from ec2_executor import options as opts
 from ec2_executor.blocking import run_blocking
 from ec2_executor.config import config_section
-from ec2_executor.electron import Electron, TaskOutcome, cleanup_from_handle
+from ec2_executor.electron import Electron, Host, Launched, TaskOutcome, cleanup_from_handle
 from ec2_executor.errors import ConnectionLostError, TaskError
 from ec2_executor.logs import log
 from ec2_executor.remote import DEFAULT_KEEPALIVE, Keepalive
+from ec2_executor.stack import stack_name
 from ec2_executor.watch import CancelRequested, watched
 
 T = TypeVar("T")
@@ -44,6 +45,12 @@ class EC2Executor(AsyncBaseExecutor):
 
     keepalive: Keepalive = DEFAULT_KEEPALIVE
     """The SSH connection's keepalive: a class attribute, not an option (tests shorten it)."""
+
+    # One electron's values, from setup to teardown (not options: never sent to the server).
+    _lease: warm.Lease
+    _electron: Electron
+    _launched: Launched
+    _host: Host
 
     def __init__(
         self,
@@ -107,11 +114,15 @@ class EC2Executor(AsyncBaseExecutor):
             return
         if await self._cancel_requested():
             raise TaskCancelledError("The task was cancelled before it started.")
-        self._electron = Electron(self._options(), task_metadata, keepalive=self.keepalive)
-        launched = await warm.take(self._electron)  # None unless keep_warm_minutes
+        options = self._options()
+        label = stack_name(str(task_metadata["dispatch_id"]), task_metadata["node_id"])
+        self._lease = lease = await warm.acquire(options, label)
+        self._electron = Electron(options, task_metadata, on=lease.stack, keepalive=self.keepalive)
         await self._set_job_handle(self._electron.job_handle())
+        launched = lease.launched  # on the leased warm instance, or on a stack of its own:
         if launched is None:
-            launched = await self._watched(pipeline.launch(self._electron), _not_yet)
+            launch = pipeline.launch(self._electron)
+            launched = await self._watched(launch, _not_yet, on_stop=_nothing_to_stop)
         self._launched = launched
 
     async def run(
@@ -122,11 +133,13 @@ class EC2Executor(AsyncBaseExecutor):
             return await self._run_helper(helper, args, kwargs)
         if await self._cancel_requested():
             raise TaskCancelledError("The task was cancelled before it started.")
-        launched = self._launched
-        with warm.running(self._electron):
+        electron, launched, lease = self._electron, self._launched, self._lease
+        self._host = host = lease.host(electron) or pipeline.new_host(electron, launched)
+        with lease.running(electron.name):
             outcome = await self._watched(
-                pipeline.run_task(self._electron, launched, (function, args, kwargs)),
-                functools.partial(pipeline.instance_gone, self._electron, launched.outputs),
+                pipeline.run_task(electron, launched, host, (function, args, kwargs)),
+                functools.partial(pipeline.instance_gone, electron, launched.outputs),
+                on_stop=functools.partial(lease.stop, host),
             )
         return self._report(outcome)
 
@@ -134,18 +147,19 @@ class EC2Executor(AsyncBaseExecutor):
         self,
         work: Coroutine[Any, Any, T],
         instance_gone: Callable[[], Awaitable[ConnectionLostError | None]],
+        *,
+        on_stop: Callable[[Exception], Awaitable[None]],
     ) -> T:
         """`work`, ended early by a cancel (TaskCancelledError) or by its instance going away."""
-        electron = self._electron
         try:
             return await watched(
                 work,
                 cancel_requested=self._cancelled,
                 instance_gone=instance_gone,
-                on_stop=functools.partial(pipeline.stop, electron),
+                on_stop=on_stop,
             )
         except CancelRequested as exc:
-            raise TaskCancelledError(f"{electron.name} was cancelled.") from exc
+            raise TaskCancelledError(f"{self._electron.name} was cancelled.") from exc
 
     def _report(self, outcome: TaskOutcome) -> Any:
         self.task_stdout.write(outcome.stdout)
@@ -172,15 +186,13 @@ class EC2Executor(AsyncBaseExecutor):
 
     async def teardown(self, task_metadata: dict[str, Any]) -> None:
         self.__dict__.pop("_helper", None)
-        electron: Electron | None = self.__dict__.get("_electron")
+        electron: Electron | None = self.__dict__.pop("_electron", None)
         if electron is None:
             return  # setup failed before it could name a stack: nothing was created
-        try:
-            if not await warm.keep(electron, self.__dict__.get("_launched")):
-                await electron.destroy()
-        finally:
-            del self._electron
-            self.__dict__.pop("_launched", None)
+        launched = self.__dict__.pop("_launched", None)
+        host = self.__dict__.pop("_host", None)
+        if not await self._lease.release(electron, launched, host):
+            await electron.destroy(launched, host)
 
     async def cancel(self, task_metadata: dict[str, Any], job_handle: Any) -> bool:
         """Delete the electron's stack (which terminates the instance and its process); on a
@@ -218,7 +230,7 @@ class EC2Executor(AsyncBaseExecutor):
 
     async def _cancelled(self) -> bool:
         """Cancelled through this process's `cancel` (a warm task) or Covalent's flag."""
-        return self._electron.cancel_event.is_set() or await self._cancel_requested()
+        return self._lease.cancelled.is_set() or await self._cancel_requested()
 
     async def _cancel_requested(self) -> bool:
         if self.__dict__.get("_send_queue") is None:
@@ -235,6 +247,10 @@ class EC2Executor(AsyncBaseExecutor):
 async def _not_yet() -> ConnectionLostError | None:
     """No instance to look at while the stack is being created."""
     return None
+
+
+async def _nothing_to_stop(reason: Exception) -> None:
+    """Setup's work ends when its coroutine is cancelled; teardown deletes what it made."""
 
 
 def _register_if_missed() -> None:

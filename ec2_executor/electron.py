@@ -1,13 +1,15 @@
 """One electron as a pipeline of typed steps. Holds no Covalent code.
 
     Options ──plan──> Plan ──stack_parameters──> StackParameters ──launch──> Launched
-            ──connect──> RemoteHost ──run_task──> TaskOutcome
-    teardown: Electron.destroy (the stack's name and the in-flight create are all it needs)
+            ──new_host──> Host ──run_task (connects the host)──> TaskOutcome
+    teardown: Electron.destroy(launched, host)
 
 `plan` checks everything it can before anything is created; `stack_parameters` is pure;
 `launch` creates the stack and returns as soon as its instance has an address (Covalent's
-setup), while the stack goes on completing; `connect` and `run_task` are Covalent's run. A
-stack that fails at any point before the task's result is in fails the electron.
+setup), while the stack goes on completing in `Launched.completion`; `run_task` is Covalent's
+run. A stack that fails at any point before the task's result is in fails the electron. Each
+step returns what the next one needs; `Electron` holds the electron's identity and the
+in-flight `CreateStack`, which teardown must wait for.
 """
 
 from __future__ import annotations
@@ -42,7 +44,6 @@ from ec2_executor.lookups import Plan
 from ec2_executor.options import Options
 from ec2_executor.permissions import ACCESS_DENIED
 from ec2_executor.phases import Phases
-from ec2_executor.pool import WarmInstance
 from ec2_executor.remote import (
     DEFAULT_KEEPALIVE,
     RUN_TASK,
@@ -106,16 +107,54 @@ class Launched:
     outputs: StackOutputs
     identity: ClientIdentity
     deadline: Deadline
+    completion: asyncio.Future[StackOutputs] | None = None
+    """The stack's wait for CREATE_COMPLETE, which goes on while the task starts; None once
+    the stack completed before it was handed over."""
+
+    def raise_if_stack_failed(self) -> None:
+        """The stack's `StackCreationError` once it has failed; a no-op before."""
+        failure = _failure(self.completion)
+        if failure is not None:
+            raise failure
+
+
+@dataclass(eq=False)
+class Host:
+    """The instance as the run sees it: its SSH connection, and the task's command while it
+    runs. Whoever stops the task (`stop`) is handed this, so it can end the command."""
+
+    remote: RemoteHost
+    task_dir: str
+    """The task's own directory on the instance (removed once its result is fetched)."""
+    command: asyncio.Future[TaskRun] | None = None
+    reusable: bool = False
+    """The task's process ended and the connection is sound: the instance may serve again."""
+
+    def close(self) -> None:
+        """Close the connection, which ends a command that is waiting on it."""
+        self.remote.close()
+
+
+@dataclass(frozen=True)
+class ExistingStack:
+    """A stack whose instance the electron runs on instead of creating its own."""
+
+    name: str
+    host_key: KeyPair
+    ends_at: float
+    """`time.monotonic()` when the instance's lifetime watchdog ends it."""
 
 
 class Electron:
-    """What lives across setup, run and teardown: what teardown and cancel need."""
+    """One electron's identity, and what teardown needs: the stack's name and the in-flight
+    `CreateStack`. `on` an existing stack, the stack and its host key are that stack's."""
 
     def __init__(
         self,
         options: Options,
         task_metadata: dict[str, Any],
         *,
+        on: ExistingStack | None = None,
         pace: Pace | None = None,
         keepalive: Keepalive = DEFAULT_KEEPALIVE,
     ) -> None:
@@ -124,38 +163,20 @@ class Electron:
         self.keepalive = keepalive
         self.dispatch_id = str(task_metadata["dispatch_id"])
         self.node_id = task_metadata["node_id"]
-        self.name = stack_name(self.dispatch_id, self.node_id)
-        self.phases = Phases(self.name)
-        self.events = EventLog(self.name)
-        self.host_key = KeyPair.generate(comment="ec2-executor-host")
-        redact.hide(self.host_key.private_base64())  # until the stack is gone
-        self.remote: RemoteHost | None = None
-        """The connection, once open: closing it ends a command that is waiting on it."""
-        self.completion: asyncio.Future[StackOutputs] | None = None
-        """The stack's wait for CREATE_COMPLETE, which goes on while the task starts."""
-        self._create_call: concurrent.futures.Future[str] | None = None
-        self.task_name = self.name
+        self.task_name = stack_name(self.dispatch_id, self.node_id)
         """This electron's own name (its task directory), even on another electron's stack."""
-        self.ends_at = time.monotonic() + options.max_lifetime_minutes * 60.0
+        self.name = on.name if on else self.task_name
+        """The stack the electron runs on."""
+        self.phases = Phases(self.task_name)
+        self.events = EventLog(self.name)
+        self.host_key = on.host_key if on else KeyPair.generate(comment="ec2-executor-host")
+        redact.hide(self.host_key.private_base64())  # until the stack is gone
+        self.ends_at = on.ends_at if on else time.monotonic() + options.max_lifetime_minutes * 60
         """When the instance's lifetime watchdog ends it, at the latest."""
-        self.warm: WarmInstance | None = None
-        """The warm instance the electron runs on, when it found one."""
-        self.reusable = False
-        """The task's process ended and the connection is sound: the instance may serve again."""
-        self.cancel_event = asyncio.Event()
-        """Set (on `loop`) by a cancel of a task on a warm-capable instance."""
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.task_command: asyncio.Future[TaskRun] | None = None
-        """The task's command while it runs (a cancel on a warm-capable instance waits for it)."""
-
-    def adopt(self, warm: WarmInstance) -> None:
-        """Run on a warm instance: its stack, its pinned host key and its connection."""
-        redact.unhide(self.host_key.private_base64())  # this electron's own key goes unused
-        self.warm, self.name, self.host_key = warm, warm.stack_name, warm.host_key
-        self.remote, self.ends_at = warm.remote, warm.ends_at
-        self.phases, self.events = Phases(self.task_name), EventLog(self.name)
-        self._create_call = concurrent.futures.Future()
-        self._create_call.set_result(warm.stack_name)  # teardown deletes it by name if need be
+        self._create_call: concurrent.futures.Future[str] | None = None
+        if on is not None:  # teardown deletes that stack by name if it is not kept
+            self._create_call = concurrent.futures.Future()
+            self._create_call.set_result(on.name)
 
     def job_handle(self) -> dict[str, Any]:
         """All a fresh executor needs to cancel this electron (Covalent rebuilds it to cancel)."""
@@ -190,30 +211,13 @@ class Electron:
         # Shielded: cancelling a wrapped future cancels the call itself if it has not started.
         return await asyncio.shield(asyncio.wrap_future(self._create_call))
 
-    def close_connection(self) -> None:
-        if self.remote is not None:
-            self.remote.close()
-
-    def raise_if_stack_failed(self) -> None:
-        """Once the stack has failed, close the connection (ending a command that waits on it)
-        and raise the stack's `StackCreationError`; a no-op before."""
-        failure = self._stack_failure()
-        if failure is not None:
-            self.close_connection()
-            raise failure
-
-    def _stack_failure(self) -> BaseException | None:
-        waiting = self.completion
-        if waiting is None or not waiting.done() or waiting.cancelled():
-            return None
-        return waiting.exception()
-
-    async def destroy(self) -> None:
+    async def destroy(self, launched: Launched | None, host: Host | None) -> None:
         """Delete whatever setup created, however far it got; say so loudly if it stays."""
-        self.close_connection()
-        if self.completion is not None:
-            self.completion.cancel()
-            self._stack_failure()  # retrieved: reported already, or moot once the task is done
+        if host is not None:
+            host.close()
+        if launched is not None and launched.completion is not None:
+            launched.completion.cancel()
+            _failure(launched.completion)  # retrieved: reported already, or moot by now
         if self._create_call is None:
             redact.unhide(self.host_key.private_base64())
             return  # create_stack was never sent
@@ -234,6 +238,12 @@ class Electron:
                 done=functools.partial(redact.unhide, self.host_key.private_base64()),
             )
         log.info("%s: done (%s)", self.name, self.phases.summary())
+
+
+def _failure(completion: asyncio.Future[StackOutputs] | None) -> BaseException | None:
+    if completion is None or not completion.done() or completion.cancelled():
+        return None
+    return completion.exception()
 
 
 # --- setup: plan, parameters, stack --------------------------------------------------------
@@ -278,10 +288,9 @@ async def launch(electron: Electron) -> Launched:
     with phases.phase("template"):
         template = await run_blocking(stack_template, plan.network.shape)
 
-    async def attempt(where: capacity.Attempt) -> StackOutputs:
-        return await _create_and_wait(
-            electron, template, capacity.placed(parameters, where), deadline
-        )
+    async def attempt(where: capacity.Attempt) -> Launched:
+        placed = capacity.placed(parameters, where)
+        return await _create_and_wait(electron, template, placed, plan.identity, deadline)
 
     async def clear() -> None:  # a refused stack goes, so its name is free for the next try
         with phases.phase("delete stack"):
@@ -289,40 +298,50 @@ async def launch(electron: Electron) -> Launched:
                 electron.stacks, electron.name, deadline=deadline, events=electron.events
             )
 
-    outputs = await capacity.first_that_fits(
+    return await capacity.first_that_fits(
         capacity.attempts(plan.network.placements, options.spot),
         attempt,
         clear=clear,
         name=electron.name,
         instance_type=options.instance_type,
     )
-    return Launched(outputs=outputs, identity=plan.identity, deadline=deadline)
 
 
 async def _create_and_wait(
-    electron: Electron, template: str, parameters: StackParameters, deadline: Deadline
-) -> StackOutputs:
+    electron: Electron,
+    template: str,
+    parameters: StackParameters,
+    identity: ClientIdentity,
+    deadline: Deadline,
+) -> Launched:
     electron.events = EventLog(electron.name)  # a failure is this attempt's, not an earlier one's
     with electron.phases.phase("create stack"):
         stack_id = await electron.create_stack(template, parameters)
     with electron.phases.phase("wait for stack"):
         if electron.pace.connect_before_complete:
-            return await wait_for_instance(electron, stack_id, deadline)
-        return await wait_for_creation(
+            outputs, completion = await wait_for_instance(electron, stack_id, deadline)
+            return Launched(outputs, identity, deadline, completion)
+        outputs = await wait_for_creation(
             electron.stacks, stack_id, electron.name, deadline=deadline, events=electron.events
         )
+        return Launched(outputs, identity, deadline)
 
 
-async def wait_for_instance(electron: Electron, stack_id: str, deadline: Deadline) -> StackOutputs:
-    """The instance's id and addresses as soon as CloudFormation has launched it; the wait
-    for CREATE_COMPLETE goes on in `electron.completion`."""
+async def wait_for_instance(
+    electron: Electron, stack_id: str, deadline: Deadline
+) -> tuple[StackOutputs, asyncio.Future[StackOutputs] | None]:
+    """The instance's id and addresses as soon as CloudFormation has launched it, and the wait
+    for CREATE_COMPLETE, which goes on (None when the stack had completed already)."""
     stacks, name, events = electron.stacks, electron.name, electron.events
     ec2 = AWS(electron.options).ec2
     need_public = not electron.options.use_private_ip
+    completed = False
 
     async def check() -> StackOutputs | None:
+        nonlocal completed
         stack = await creation_progress(stacks, stack_id, name, events)
         if stack is not None:
+            completed = True
             return StackOutputs.from_stack(stack)
         instance_id = await run_blocking(stacks.physical_id, stack_id, INSTANCE_LOGICAL_ID)
         if not instance_id:
@@ -338,10 +357,12 @@ async def wait_for_instance(electron: Electron, stack_id: str, deadline: Deadlin
             f"or check the stack's events in the CloudFormation console.",
             stack_name=name,
         )
-    electron.completion = asyncio.ensure_future(
+    if completed:
+        return outputs, None
+    completion = asyncio.ensure_future(
         wait_for_creation(stacks, stack_id, name, deadline=deadline, events=events)
     )
-    return outputs
+    return outputs, completion
 
 
 # --- run: connect, task, watch ---------------------------------------------------------------
@@ -364,20 +385,27 @@ def endpoint(options: Options, outputs: StackOutputs, stack: str) -> Endpoint:
     )
 
 
-async def connect(electron: Electron, launched: Launched) -> RemoteHost:
-    """The electron's one SSH connection, once the instance answers with its pinned key."""
-    where = endpoint(electron.options, launched.outputs, electron.name)
+def new_host(electron: Electron, launched: Launched) -> Host:
+    """The electron's one SSH connection to its instance, pinned to its host key; it opens in
+    `run_task`."""
     remote = RemoteHost(
-        where,
+        endpoint(electron.options, launched.outputs, electron.name),
         launched.identity,
         electron.host_key.public_key(),
         connect_timeout=electron.pace.probe_timeout,
         keepalive=electron.keepalive,
     )
-    electron.remote = remote
+    return Host(remote=remote, task_dir=task_dir(electron))
+
+
+async def _connect(electron: Electron, launched: Launched, host: Host) -> None:
+    """Open the host's connection once the instance answers with its pinned key."""
+    remote, where = host.remote, host.remote.endpoint
 
     async def attempt() -> bool | None:
-        electron.raise_if_stack_failed()
+        if _failure(launched.completion) is not None:
+            host.close()
+            launched.raise_if_stack_failed()
         return await run_blocking(remote.try_connect) or None
 
     with electron.phases.phase("wait for SSH"):
@@ -387,29 +415,32 @@ async def connect(electron: Electron, launched: Launched) -> RemoteHost:
                 f"SSH on {where.host}:{where.port} did not answer within "
                 f"'provision_timeout'; check that 'ssh_ingress_cidr' covers this machine."
             )
-    return remote
 
 
 async def run_task(
-    electron: Electron, launched: Launched, task: tuple[Any, list[Any], dict[str, Any]]
+    electron: Electron,
+    launched: Launched,
+    host: Host,
+    task: tuple[Any, list[Any], dict[str, Any]],
 ) -> TaskOutcome:
-    """Run the task on the instance; one command waits for the bootstrap, then runs it."""
-    remote = electron.remote if electron.warm else await connect(electron, launched)
-    assert remote is not None
+    """Run the task on the instance (connecting first unless the host is connected already);
+    one command waits for the bootstrap, then runs it."""
+    if not host.remote.is_connected:
+        await _connect(electron, launched, host)
     with electron.phases.phase("upload, run, fetch"):
-        running = electron.task_command = asyncio.ensure_future(
+        host.command = asyncio.ensure_future(
             run_blocking(
-                remote.run_task,
+                host.remote.run_task,
                 cloudpickle.dumps(task),
-                remote_dir=task_dir(electron),
+                remote_dir=host.task_dir,
                 bootstrap_timeout=launched.deadline.remaining,
             )
         )
-        done = await _unless_the_stack_fails(electron, running)
+        done = await _unless_the_stack_fails(launched, host)
         envelope = cloudpickle.loads(done.envelope)
         # The task's process ended and its result came back whole; one that raised is a failed
         # electron, and a failed electron's instance is not lent again.
-        electron.reusable = not envelope["error"]
+        host.reusable = not envelope["error"]
     # The command reports how long it waited for the bootstrap: its own phase.
     electron.phases.split("upload, run, fetch", "bootstrap", done.bootstrap_wait)
     return TaskOutcome(
@@ -421,13 +452,17 @@ async def run_task(
     )
 
 
-async def _unless_the_stack_fails(electron: Electron, running: asyncio.Future[T]) -> T:
-    """`running`'s result; a stack that fails meanwhile (it may still be completing) fails the
-    electron at once, and closing the connection ends the command."""
+async def _unless_the_stack_fails(launched: Launched, host: Host) -> TaskRun:
+    """The command's result; a stack that fails meanwhile (it may still be completing) fails
+    the electron at once, and closing the connection ends the command."""
+    running = host.command
+    assert running is not None
+    completion = launched.completion
     while not running.done():
-        completion = electron.completion
         if completion is None or completion.done():
-            electron.raise_if_stack_failed()
+            if _failure(completion) is not None:
+                host.close()
+                launched.raise_if_stack_failed()
             break
         waits: set[asyncio.Future[Any]] = {running, completion}
         await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
@@ -455,29 +490,19 @@ KILL_TIMEOUT = 30.0
 """Seconds the instance has to confirm that a cancelled task's processes are gone."""
 
 
-async def stop(electron: Electron, reason: Exception) -> None:
-    """End the electron's work on its instance, before `watch` cancels its coroutine.
-
-    A cancelled task on a warm-capable instance is killed there, and the instance may serve
-    again once the kill is confirmed; otherwise the connection is closed (the stack's deletion
-    ends what runs on the instance).
-    """
-    running, remote = electron.task_command, electron.remote
-    warm_capable = electron.options.keep_warm_minutes > 0
-    if isinstance(reason, watch.CancelRequested) and warm_capable and running and remote:
-        command = f'exec bash "{RUN_TASK}" --kill {shell_path(task_dir(electron))}'
-        with contextlib.suppress(TimeoutError, EC2ExecutorError):
-            status, out = await run_probe(remote, command, KILL_TIMEOUT)
-            if status == 0 and b"killed" in out:
-                await asyncio.wait({running}, timeout=KILL_TIMEOUT)
-                electron.reusable = running.done() and remote.is_connected
-        log.info(
-            "%s: cancelled; the task's process %s",
-            electron.task_name,
-            "was killed" if electron.reusable else "could not be confirmed dead",
-        )
-    if not electron.reusable:
-        electron.close_connection()
+async def kill_task(host: Host) -> bool:
+    """Kill the task's processes on the instance and wait for its command to end; True when
+    the kill is confirmed and the connection is still sound (the instance may serve again)."""
+    running = host.command
+    if running is None or not host.remote.is_connected:
+        return False
+    command = f'exec bash "{RUN_TASK}" --kill {shell_path(host.task_dir)}'
+    with contextlib.suppress(TimeoutError, EC2ExecutorError):
+        status, out = await run_probe(host.remote, command, KILL_TIMEOUT)
+        if status == 0 and b"killed" in out:
+            await asyncio.wait({running}, timeout=KILL_TIMEOUT)
+            return running.done() and host.remote.is_connected
+    return False
 
 
 def task_dir(electron: Electron) -> str:

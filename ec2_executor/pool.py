@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ec2_executor import redact
 from ec2_executor.access import ClientIdentity, KeyPair
@@ -34,6 +35,9 @@ from ec2_executor.stack import (
     delete_stack,
     in_background,
 )
+
+if TYPE_CHECKING:
+    from ec2_executor.warm import Lease
 
 LIFETIME_MARGIN = 5 * 60.0
 """An instance this close to `max_lifetime_minutes` is not lent again: its task could not
@@ -64,6 +68,8 @@ class Pool:
 
     def __init__(self, *, idle_seconds: float | None = None) -> None:
         self.idle_seconds = idle_seconds
+        self.running: dict[str, Lease] = {}
+        """The leases whose task runs now, by stack name (what a job handle names)."""
         self._idle: dict[str, list[WarmInstance]] = {}
         self._lock = threading.Lock()
 

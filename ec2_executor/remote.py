@@ -22,16 +22,20 @@ from fabric import Config, Connection
 
 from ec2_executor.access import ClientIdentity
 from ec2_executor.blocking import run_blocking
-from ec2_executor.errors import BootstrapError, ConnectionLostError, RemoteError, TaskError
+from ec2_executor.errors import (
+    BootstrapError,
+    ConnectionLostError,
+    EC2ExecutorError,
+    RemoteError,
+    TaskError,
+)
+from ec2_executor.protocol import MARK, Exit
 
 RUN_TASK = "${EC2_EXECUTOR_PREFIX:-/opt/ec2-executor}/run-task.sh"
 """Where the instance's task command is (`EC2_EXECUTOR_PREFIX` is for emulated instances)."""
 _CHUNK = 1 << 20
-_MARK = "ec2-executor:"
-"""Starts the lines run-task.sh itself writes: the envelope on stdout is a pickle, never text."""
-_FAILED, _TIMED_OUT, _NO_RESULT = 3, 4, 9
 # $EPOCHREALTIME (bash 5) uses the locale's decimal point.
-_WAITED = re.compile(rf"^{_MARK} bootstrap waited (\d+[.,]\d+) (\d+[.,]\d+)$", re.M)
+_WAITED = re.compile(rf"^{MARK} bootstrap waited (\d+[.,]\d+) (\d+[.,]\d+)$", re.M)
 _NOT_UP_YET = (OSError, EOFError, paramiko.SSHException)
 """What a connection attempt meets while the instance boots: refused, reset, a banner or
 handshake cut short. Worth another try, unlike a wrong host key or a refused login."""
@@ -190,25 +194,14 @@ class RemoteHost:
         ticks = max(1, int(bootstrap_timeout * 10))
         command = f'exec bash "{RUN_TASK}" {shell_path(remote_dir)} {ticks}'
         status, out, err = self.execute(command, stdin=payload)
-        if out.startswith(_MARK.encode()) and status in (_FAILED, _TIMED_OUT):
-            what = "failed" if status == _FAILED else "did not finish in 'provision_timeout'"
-            text = out.decode(errors="replace").split("\n", 1)[-1].strip()
-            raise BootstrapError(
-                f"The instance's bootstrap {what} on {self.where}; its log ends:\n{text}"
-            )
+        if status != Exit.OK or not out:
+            raise task_failure(self.where, status, out, err.decode(errors="replace"))
         messages = err.decode(errors="replace")
-        if status == _NO_RESULT:  # the instance and its worker live; the task's process did not
-            raise TaskError(f"On {self.where}, {messages.split(_MARK, 1)[-1].strip()}")
-        if status != 0 or not out:
-            raise ConnectionLostError(
-                f"The task runner on {self.where} ended without a result (exit status "
-                f"{status}); the instance may have stopped. Its stderr ends:\n{messages[-2000:]}"
-            )
         waited = _WAITED.search(messages)
         return TaskRun(
             envelope=out,
             bootstrap_wait=_seconds(waited[2]) - _seconds(waited[1]) if waited else 0.0,
-            warm=f"{_MARK} warm worker" in messages,
+            warm=f"{MARK} warm worker" in messages,
         )
 
     def execute(self, command: str, *, stdin: bytes = b"") -> tuple[int, bytes, bytes]:
@@ -326,3 +319,27 @@ def shell_path(path: str) -> str:
     if path == "~" or path.startswith("~/"):
         return '"$HOME"' + shlex.quote(path[1:])
     return shlex.quote(path)
+
+
+def task_failure(where: str, status: int, out: bytes, messages: str) -> EC2ExecutorError:
+    """The error for each way run-task.sh can end without a result (`protocol.Exit`)."""
+    said = messages.split(MARK, 1)[-1].strip()
+    if status in (Exit.BOOTSTRAP_FAILED, Exit.BOOTSTRAP_TIMED_OUT):
+        what = (
+            "failed" if status == Exit.BOOTSTRAP_FAILED else "did not finish in 'provision_timeout'"
+        )
+        text = out.decode(errors="replace").split("\n", 1)[-1].strip()
+        return BootstrapError(f"The instance's bootstrap {what} on {where}; its log ends:\n{text}")
+    if status == Exit.PAYLOAD_NOT_WRITTEN:
+        return RemoteError(
+            f"The task's payload could not be written on {where} (disk full, or "
+            f"'remote_cache' not writable by the login user?): {messages[-2000:].strip()}"
+        )
+    if status == Exit.WORKER_DIED:  # as when the instance shuts down: the watcher looks
+        return ConnectionLostError(f"On {where}, {said}")
+    if status == Exit.NO_RESULT:  # the instance and its worker live; the task's process not
+        return TaskError(f"On {where}, {said}")
+    return ConnectionLostError(
+        f"The task runner on {where} ended without a result (exit status {status}); "
+        f"the instance may have stopped. Its stderr ends:\n{messages[-2000:]}"
+    )

@@ -5,10 +5,12 @@
 #     stdin: the pickled task; stdout: the result envelope (a pickle), or lines starting with
 #     "ec2-executor:" when it exits 3 (bootstrap failed) or 4 (bootstrap not ready in time).
 #     Exit 5: the payload could not be written; 6: the warm worker died with the task; 9: the
-#     task's process ended without a result (its status on stderr).
+#     task's process ended without a result (its status on stderr). Every status is named in
+#     ec2_executor/protocol.py (Exit), which a test holds to this script.
 #     The task's directory is removed once its result is on stdout.
-#   run-task.sh --check       exit 0 when the bootstrap is done and the warm worker lives
-#   run-task.sh --kill TASK_DIR   kill the task's processes; prints "killed" once they are gone
+#   run-task.sh --check       exit 0 when the bootstrap is done and the warm worker lives, else 7
+#   run-task.sh --kill TASK_DIR   kill the task's processes; prints "killed" once they are gone,
+#     exit 8 when one is still alive
 set -uo pipefail
 mark='ec2-executor:' p=${0%/*}
 w=$p/worker
