@@ -42,10 +42,11 @@ def test_the_header_documents_every_status() -> None:
     ],
 )
 def test_each_status_has_its_own_error(status: int, kind: type[Exception], says: str) -> None:
-    stderr = {
+    said: dict[int, str] = {
         Exit.WORKER_DIED: f"{MARK} the worker died; see worker.log",
         Exit.NO_RESULT: f"{MARK} the task's process ended without a result (killed by signal 9",
-    }.get(status, "")
-    error = task_failure("instance i-1", status, f"{MARK} failed\nthe log".encode(), stderr)
+    }
+    out = f"{MARK} failed\nthe log".encode()
+    error = task_failure("instance i-1", status, out, said.get(status, ""))
     assert type(error) is kind
     assert says in str(error)
