@@ -33,12 +33,12 @@ from harness.timed_cloud import AwsSeconds, TimedCloud
 from integration.executor_support import execute, harness_options
 
 from bench.common import Section, Target, benchmark_main, median, progress, scratch, table
-from ec2_executor.bake import bake
+from ec2_executor.cli.bake import bake
+from ec2_executor.cloud.stacks import stack_name
 from ec2_executor.ec2 import EC2Executor
 from ec2_executor.electron import Electron, Host, Launched, Pace, launch, new_host, run_task
 from ec2_executor.options import build
-from ec2_executor.pool import retire_all_idle
-from ec2_executor.stack import stack_name
+from ec2_executor.warm.pool import retire_all_idle
 
 GOAL = 1.3
 """The baked path within 1.3 times the floor (issue 15)."""

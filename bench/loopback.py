@@ -171,7 +171,7 @@ class Probe(logging.Handler):
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[Probe]:
-        from ec2_executor.aws import AWS
+        from ec2_executor.cloud.aws import AWS
         from ec2_executor.logs import log
         from ec2_executor.options import Options
 

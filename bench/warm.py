@@ -36,7 +36,7 @@ def stacks_created(h: Harness) -> int:
 
 async def in_a_row(h: Harness, keep: int, count: int) -> dict[str, Any]:
     from ec2_executor.ec2 import EC2Executor
-    from ec2_executor.pool import retire_all_idle
+    from ec2_executor.warm.pool import retire_all_idle
 
     before, totals, started = stacks_created(h), [], time.monotonic()
     port = free_port()  # one port for the row: the same reuse key
@@ -54,7 +54,7 @@ async def round_trips(h: Harness, repeats: int) -> dict[str, list[float]]:
     """A warm instance's task round trip (run only: upload, run, fetch), with Covalent's
     wrapper and without it, in turn."""
     from ec2_executor.ec2 import EC2Executor
-    from ec2_executor.pool import retire_all_idle
+    from ec2_executor.warm.pool import retire_all_idle
 
     tasks = {"wrapped": covalent_task(), "bare": TRIVIAL}
     seconds: dict[str, list[float]] = {"wrapped": [], "bare": []}
@@ -71,7 +71,7 @@ async def round_trips(h: Harness, repeats: int) -> dict[str, list[float]]:
 
 
 def run(args: argparse.Namespace) -> Section:
-    from ec2_executor.pool import POOL
+    from ec2_executor.warm.pool import POOL
 
     count = args.repeats or 10
     POOL.idle_seconds = 600.0

@@ -26,11 +26,12 @@ their modes."""
 
 
 def package_file(name: str) -> Path:
-    """A file of the `ec2_executor` package, found without importing the package."""
+    """A file of the instance's program (`ec2_executor/instance/`), found without importing
+    the package."""
     spec = importlib.util.find_spec("ec2_executor")
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError("The ec2_executor package is not installed; run 'make install'.")
-    return Path(next(iter(spec.submodule_search_locations))) / name
+    return Path(next(iter(spec.submodule_search_locations))) / "instance" / name
 
 
 def instance_files() -> dict[str, str]:

@@ -22,12 +22,12 @@ from ec2_executor import electron as pipeline
 from ec2_executor import helper_nodes, warm
 from ec2_executor import options as opts
 from ec2_executor.blocking import run_blocking
+from ec2_executor.cloud.stacks import stack_name
 from ec2_executor.config import config_section
 from ec2_executor.electron import Electron, Host, Launched, TaskOutcome, cleanup_from_handle
 from ec2_executor.errors import ConnectionLostError, TaskError
 from ec2_executor.logs import log
 from ec2_executor.remote import DEFAULT_KEEPALIVE, Keepalive
-from ec2_executor.stack import stack_name
 from ec2_executor.watch import CancelRequested, watched
 
 T = TypeVar("T")

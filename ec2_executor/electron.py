@@ -29,32 +29,14 @@ from typing import Any, TypeVar
 import cloudpickle
 
 from cdk_stacks.parameters import StackParameters, tag_parameters
-from ec2_executor import capacity, lookups, redact, watch
+from ec2_executor import redact, watch
 from ec2_executor.access import ClientIdentity, KeyPair
-from ec2_executor.aws import AWS, error_code
 from ec2_executor.blocking import Deadline, poll, run_blocking, submit_blocking
-from ec2_executor.errors import (
-    ConnectionLostError,
-    EC2ExecutorError,
-    RemoteError,
-    StackCreationError,
-)
-from ec2_executor.logs import log
-from ec2_executor.lookups import Plan
-from ec2_executor.options import Options
-from ec2_executor.permissions import ACCESS_DENIED
-from ec2_executor.phases import Phases
-from ec2_executor.remote import (
-    DEFAULT_KEEPALIVE,
-    RUN_TASK,
-    Endpoint,
-    Keepalive,
-    RemoteHost,
-    TaskRun,
-    run_probe,
-    shell_path,
-)
-from ec2_executor.stack import (
+from ec2_executor.cloud import capacity, lookups
+from ec2_executor.cloud.aws import AWS, error_code
+from ec2_executor.cloud.lookups import Plan
+from ec2_executor.cloud.permissions import ACCESS_DENIED
+from ec2_executor.cloud.stacks import (
     DELETE_TIMEOUT,
     EventLog,
     StackOutputs,
@@ -66,6 +48,25 @@ from ec2_executor.stack import (
     stack_tags,
     stack_template,
     wait_for_creation,
+)
+from ec2_executor.errors import (
+    ConnectionLostError,
+    EC2ExecutorError,
+    RemoteError,
+    StackCreationError,
+)
+from ec2_executor.logs import log
+from ec2_executor.options import Options
+from ec2_executor.phases import Phases
+from ec2_executor.remote import (
+    DEFAULT_KEEPALIVE,
+    RUN_TASK,
+    Endpoint,
+    Keepalive,
+    RemoteHost,
+    TaskRun,
+    run_probe,
+    shell_path,
 )
 
 T = TypeVar("T")

@@ -29,7 +29,7 @@ from ec2_executor.errors import (
     RemoteError,
     TaskError,
 )
-from ec2_executor.protocol import MARK, Exit
+from ec2_executor.instance.protocol import MARK, Exit
 
 RUN_TASK = "${EC2_EXECUTOR_PREFIX:-/opt/ec2-executor}/run-task.sh"
 """Where the instance's task command is (`EC2_EXECUTOR_PREFIX` is for emulated instances)."""

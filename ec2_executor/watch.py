@@ -21,8 +21,8 @@ from typing import Any, TypeVar
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from ec2_executor.aws import AWS, error_code, forget_session
 from ec2_executor.blocking import Deadline, poll, run_blocking
+from ec2_executor.cloud.aws import AWS, error_code, forget_session
 from ec2_executor.errors import ConnectionLostError, EC2ExecutorError
 from ec2_executor.logs import log
 from ec2_executor.options import Options

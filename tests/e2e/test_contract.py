@@ -16,7 +16,7 @@ from e2e_support import assert_nothing_left, node_result
 from harness import EmulatedBoot, MotoServer
 from harness.covalent_server import CovalentServer
 
-from ec2_executor.stack import stack_name
+from ec2_executor.cloud.stacks import stack_name
 
 pytestmark = pytest.mark.e2e
 cloudpickle.register_pickle_by_value(sys.modules[__name__])

@@ -225,7 +225,7 @@ class EmulatedBoot:
             install); read at each boot, so a test may set it on a running harness.
         install_delay: seconds the bootstrap's installs take (Python, venv, covalent) on an
             instance whose image is not a baked one: one that moto knows with the tags
-            `ec2-executor bake` puts on it (`ec2_executor.images.TAG`). Added to
+            `ec2-executor bake` puts on it (`ec2_executor.cloud.images.TAG`). Added to
             `bootstrap_delay`; read at each boot. The emulated image holds the environment
             either way (`image_venv`), so the bootstrap itself takes its fast path.
         keys: the credentials the harness reads and terminates instances with (an admin's,
@@ -548,7 +548,7 @@ class EmulatedBoot:
 
     def _look_at_image(self, record: BootedInstance) -> None:
         """Is the instance's image a baked one? Its installs take `install_delay` if not."""
-        from ec2_executor.images import TAG  # the tags `ec2-executor bake` writes
+        from ec2_executor.cloud.images import TAG  # the tags `ec2-executor bake` writes
 
         found = self._client.describe_instances(InstanceIds=[record.instance_id])
         record.image_id = found["Reservations"][0]["Instances"][0].get("ImageId", "")

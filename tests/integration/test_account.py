@@ -33,9 +33,9 @@ from ec2_executor import (
     ConfigurationError,
     PermissionDeniedError,
 )
-from ec2_executor.capacity import spread
+from ec2_executor.cloud.capacity import spread
+from ec2_executor.cloud.stacks import stack_name
 from ec2_executor.ec2 import EC2Executor
-from ec2_executor.stack import stack_name
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -133,7 +133,7 @@ def test_policy_command_prints_the_shipped_policy_and_the_readme_shows_it() -> N
     done = cli("policy")
     assert done.returncode == 0, done.stderr
     printed = json.loads(done.stdout)
-    shipped = json.loads((REPO / "ec2_executor" / "iam-policy.json").read_text())
+    shipped = json.loads((REPO / "ec2_executor" / "cloud" / "iam-policy.json").read_text())
     assert printed == shipped
     readme = (REPO / "README.md").read_text()
     section = readme.split("## Permissions", 1)[1].split("\n## ", 1)[0]
@@ -256,7 +256,7 @@ def test_electrons_start_in_different_zones(
     loopback_network: LoopbackNetwork, moto_reset: MotoServer, remote_cache: str
 ) -> None:
     """The plan of each electron, against moto: the first zone tried varies by electron."""
-    from ec2_executor.network import plan_network
+    from ec2_executor.cloud.network import plan_network
     from ec2_executor.options import Options
 
     subnets = two_zone_vpc(moto_reset, loopback_network)
@@ -295,7 +295,7 @@ def test_created_vpc_subnet_goes_to_a_zone_that_offers_the_type(
 ) -> None:
     from cdk_stacks.shape import NetworkMode, StackShape
     from cdk_stacks.templates import template_for
-    from ec2_executor.network import plan_network
+    from ec2_executor.cloud.network import plan_network
     from ec2_executor.options import Options
 
     ec2 = moto_reset.client("ec2")

@@ -9,8 +9,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from ec2_executor import ConfigurationError, CredentialsError, network
-from ec2_executor.aws import AWS
+from ec2_executor import ConfigurationError, CredentialsError
+from ec2_executor.cloud import network
+from ec2_executor.cloud.aws import AWS
 from ec2_executor.options import Options
 
 STS = "https://sts.amazonaws.com/doc/2011-06-15/"

@@ -17,9 +17,9 @@ from harness.cloud_state import live_stacks
 from harness.timed_cloud import FAIL_REASON, TimedCloud, Timeline
 
 from ec2_executor import EC2ExecutorError
-from ec2_executor.bake import bake
+from ec2_executor.cli.bake import bake
+from ec2_executor.cloud.images import TAG
 from ec2_executor.ec2 import EC2Executor
-from ec2_executor.images import TAG
 from ec2_executor.options import build
 
 

@@ -19,8 +19,8 @@ import pytest
 from executor_support import harness_options
 from harness import LoopbackNetwork, MotoServer
 
+from ec2_executor.cloud.stacks import stack_name
 from ec2_executor.ec2 import EC2Executor
-from ec2_executor.stack import stack_name
 
 
 @pytest.fixture

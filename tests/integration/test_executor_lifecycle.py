@@ -25,8 +25,8 @@ from ec2_executor import (
     EC2ExecutorError,
     StackDeletionError,
 )
+from ec2_executor.cloud.stacks import TAG_DISPATCH, TAG_NODE, stack_name
 from ec2_executor.ec2 import EC2Executor
-from ec2_executor.stack import TAG_DISPATCH, TAG_NODE, stack_name
 
 # The instance cannot import this test module: ship its functions by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])

@@ -33,7 +33,7 @@ from cdk_stacks.parameters import AL2023_SSM_PARAMETER, StackParameters
 from cdk_stacks.shape import NetworkMode, StackShape
 from cdk_stacks.templates import template_for
 
-BOOTSTRAP = Path(__file__).resolve().parents[2] / "ec2_executor" / "bootstrap.sh"
+BOOTSTRAP = Path(__file__).resolve().parents[2] / "ec2_executor" / "instance" / "bootstrap.sh"
 EXISTING = StackShape(network=NetworkMode.EXISTING)
 CREATED = StackShape(network=NetworkMode.CREATED)
 SSH_PORT = 2202

@@ -83,7 +83,7 @@ def slowed(monkeypatch: pytest.MonkeyPatch, target: str, seconds: float) -> None
     """The real call, `seconds` later: a slow AWS answer holds the phase open."""
     module, name = target.rsplit(".", 1)
     owner: Any = sys.modules.get(module)
-    if owner is None:  # a class attribute, e.g. "ec2_executor.stack.Stacks.create"
+    if owner is None:  # a class attribute, e.g. "ec2_executor.cloud.stacks.Stacks.create"
         module, cls = module.rsplit(".", 1)
         owner = getattr(sys.modules[module], cls)
     real = getattr(owner, name)
@@ -111,7 +111,7 @@ def test_a_cancel_while_planning_creates_nothing(
     on_phase: Callable[[str, Callable[[], None]], None],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    slowed(monkeypatch, "ec2_executor.lookups.plan", 5)
+    slowed(monkeypatch, "ec2_executor.cloud.lookups.plan", 5)
     switch = CancelSwitch()
     on_phase("plan", switch.pull)
     ex = EC2Executor(**harness_options(loopback_network.subnet_id, remote_cache))
@@ -126,7 +126,7 @@ def test_a_cancel_while_the_stack_is_created_deletes_it(
     on_phase: Callable[[str, Callable[[], None]], None],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    slowed(monkeypatch, "ec2_executor.stack.Stacks.create", 2)
+    slowed(monkeypatch, "ec2_executor.cloud.stacks.Stacks.create", 2)
     switch = CancelSwitch()
     on_phase("create stack", switch.pull)
     ex = EC2Executor(**harness_options(loopback_network.subnet_id, remote_cache))

@@ -28,11 +28,11 @@ from harness.iam import everywhere, user_with_policy
 from harness.timed_cloud import FAIL_REASON, AwsSeconds, TimedCloud, Timeline
 
 from ec2_executor import StackCreationError
-from ec2_executor.bake import bake
+from ec2_executor.cli.bake import bake
+from ec2_executor.cloud.permissions import policy_text
+from ec2_executor.cloud.stacks import stack_name
 from ec2_executor.ec2 import EC2Executor
 from ec2_executor.options import build
-from ec2_executor.permissions import policy_text
-from ec2_executor.stack import stack_name
 
 AWS = AwsSeconds().scaled(0.05)
 """The published timeline, 20 times shorter: sshd answers 1 s after CreateStack, a stock

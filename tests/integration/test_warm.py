@@ -26,7 +26,7 @@ from harness.cloud_state import assert_nothing_left, instances_in, live_stacks
 from remote_tasks import boom
 
 from ec2_executor.ec2 import EC2Executor
-from ec2_executor.pool import POOL, retire_all_idle
+from ec2_executor.warm.pool import POOL, retire_all_idle
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -338,7 +338,7 @@ def test_an_instance_whose_executor_died_powers_itself_off(
 ) -> None:
     from click.testing import CliRunner
 
-    from ec2_executor.cli import main
+    from ec2_executor.cli.main import main
 
     async def scenario() -> None:
         await execute(warm(), where, [], {})
@@ -369,7 +369,7 @@ def test_a_normal_exit_asks_to_delete_every_idle_stack(
     script.write_text(
         "from executor_support import execute, run\n"
         "from ec2_executor.ec2 import EC2Executor\n"
-        "from ec2_executor.pool import POOL\n"
+        "from ec2_executor.warm.pool import POOL\n"
         f"print(run(execute(EC2Executor(**{options!r}), abs, [-1], {{}})), len(POOL.idle()))\n"
     )
     tests = Path(__file__).resolve().parents[1]

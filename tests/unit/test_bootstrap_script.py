@@ -1,4 +1,4 @@
-"""Real runs of ec2_executor/bootstrap.sh against a temporary prefix.
+"""Real runs of ec2_executor/instance/bootstrap.sh against a temporary prefix.
 
 Offline tests set EC2_EXECUTOR_BOOTSTRAP_OFFLINE=1 (the script then never calls the
 package manager or installs uv) and PIP_NO_INDEX=1, and find the interpreter through a
@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "ec2_executor" / "bootstrap.sh"
+SCRIPT = Path(__file__).resolve().parents[2] / "ec2_executor" / "instance" / "bootstrap.sh"
 PY_MINOR = f"{sys.version_info.major}.{sys.version_info.minor}"
 BASE_PYTHON = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
 SITE_PACKAGES = sysconfig.get_paths()["purelib"]
@@ -143,7 +143,7 @@ def assert_failed(prefix: Path, result: subprocess.CompletedProcess[str], text: 
 
 SHELL_FILES = sorted(SCRIPT.parent.glob("*.sh"))
 HARNESS_SHELL_FILES = sorted(
-    [*(SCRIPT.parents[1] / "tests" / "harness").glob("*.sh"), *SCRIPT.parents[1].glob(".ci/*.sh")]
+    [*(SCRIPT.parents[2] / "tests" / "harness").glob("*.sh"), *SCRIPT.parents[2].glob(".ci/*.sh")]
 )
 """The real-guest boot's image, network and run scripts; CI's package installer."""
 

@@ -7,7 +7,7 @@ import pytest
 from botocore.exceptions import ClientError
 from click.testing import CliRunner
 
-from ec2_executor.cli import DEBUG_ENV, Commands, parse_tags
+from ec2_executor.cli.main import DEBUG_ENV, Commands, parse_tags
 from ec2_executor.errors import AWSError, ConfigurationError
 
 

@@ -35,7 +35,7 @@ from cdk_stacks.user_data import BOOTSTRAP_PATH, HOST_KEY_PATH, SSHD_DROP_IN_PAT
 from ec2_executor.options import BOUNDS, PARAMETER_OF_OPTION
 
 REPO = Path(__file__).resolve().parents[2]
-BOOTSTRAP_FILE = REPO / "ec2_executor" / "bootstrap.sh"
+BOOTSTRAP_FILE = REPO / "ec2_executor" / "instance" / "bootstrap.sh"
 EC2_USER_DATA_LIMIT = 16 * 1024  # bytes, before base64
 
 COMMON_TYPES = {"AWS::EC2::SecurityGroup", "AWS::EC2::Instance", "AWS::EC2::LaunchTemplate"}
@@ -617,7 +617,7 @@ def test_user_data_puts_the_task_files_beside_the_bootstrap(
     assert entry["encoding"] == "gz+b64"
     assert entry["permissions"] == ("0755" if name.endswith(".sh") else "0644")
     content = gzip.decompress(base64.b64decode(entry["content"])).decode()
-    assert content == (REPO / "ec2_executor" / name).read_text()
+    assert content == (REPO / "ec2_executor" / "instance" / name).read_text()
 
 
 def test_runcmd_runs_the_bootstrap_with_the_versions(cloud_config: dict[str, Any]) -> None:

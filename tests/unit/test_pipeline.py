@@ -6,12 +6,12 @@ import pytest
 
 from cdk_stacks.shape import NetworkMode, StackShape
 from ec2_executor.access import KeyPair, client_identity
+from ec2_executor.cloud.lookups import Image, Plan, Versions
+from ec2_executor.cloud.network import NetworkPlan
+from ec2_executor.cloud.stacks import StackOutputs
 from ec2_executor.electron import endpoint, stack_parameters
 from ec2_executor.errors import RemoteError
-from ec2_executor.lookups import Image, Plan, Versions
-from ec2_executor.network import NetworkPlan
 from ec2_executor.options import Options
-from ec2_executor.stack import StackOutputs
 
 VERSIONS = Versions(python="3.11", covalent="0.240.0", cloudpickle="3.1.3")
 

@@ -8,10 +8,10 @@ from importlib.resources import files
 import pytest
 
 from ec2_executor.errors import BootstrapError, ConnectionLostError, RemoteError, TaskError
-from ec2_executor.protocol import MARK, Exit
+from ec2_executor.instance.protocol import MARK, Exit
 from ec2_executor.remote import task_failure
 
-SCRIPT = files("ec2_executor").joinpath("run-task.sh").read_text()
+SCRIPT = files("ec2_executor.instance").joinpath("run-task.sh").read_text()
 
 
 def test_every_exit_status_of_the_script_is_named_and_every_name_is_used() -> None:

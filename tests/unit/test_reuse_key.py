@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from ec2_executor.options import OPTION_NAMES, Options
-from ec2_executor.reuse import IN_KEY, NOT_IN_KEY, reuse_key
+from ec2_executor.warm.reuse import IN_KEY, NOT_IN_KEY, reuse_key
 
 
 def test_every_option_is_classified_once() -> None:

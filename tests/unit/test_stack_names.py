@@ -7,7 +7,7 @@ import re
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ec2_executor.stack import stack_name
+from ec2_executor.cloud.stacks import stack_name
 
 VALID = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,127}$")
 ids = st.text(min_size=0, max_size=300)

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from cdk_stacks.shape import NetworkMode, StackShape
-from ec2_executor.aws import aws_errors
-from ec2_executor.capacity import Placement, spread
+from ec2_executor.cloud.aws import aws_errors
+from ec2_executor.cloud.capacity import Placement, spread
 from ec2_executor.errors import ConfigurationError
 from ec2_executor.options import Options
 

@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, Any
 
 from cdk_stacks.parameters import AL2023_SSM_PARAMETER, DEFAULT_ROOT_DEVICE
 from ec2_executor.access import ClientIdentity, client_identity
-from ec2_executor.aws import AWS, aws_errors, error_code
+from ec2_executor.cloud.aws import AWS, aws_errors, error_code
+from ec2_executor.cloud.images import Recipe, instance_files_version, newest_match
+from ec2_executor.cloud.network import NetworkPlan, plan_network
+from ec2_executor.cloud.stacks import StackOutputs
 from ec2_executor.errors import AWSError, ConfigurationError
-from ec2_executor.images import Recipe, instance_files_version, newest_match
-from ec2_executor.network import NetworkPlan, plan_network
 from ec2_executor.options import Options
-from ec2_executor.stack import StackOutputs
 
 if TYPE_CHECKING:
     from mypy_boto3_ec2 import EC2Client

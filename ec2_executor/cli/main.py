@@ -23,18 +23,17 @@ import click
 
 from cdk_stacks.shape import NetworkMode, StackShape
 from cdk_stacks.templates import cache_path
-from ec2_executor import bake as baking
-from ec2_executor import images, lookups
 from ec2_executor import options as opts
-from ec2_executor.aws import AWS, aws_errors
 from ec2_executor.blocking import Deadline
-from ec2_executor.config import config_file, config_section
-from ec2_executor.errors import ConfigurationError, EC2ExecutorError
-from ec2_executor.lookups import architecture, key_pair_name
-from ec2_executor.network import ingress_cidr, plan_network
-from ec2_executor.permission_checks import check_permissions
-from ec2_executor.permissions import policy_text
-from ec2_executor.stack import (
+from ec2_executor.cli import bake as baking
+from ec2_executor.cli.permission_checks import check_permissions
+from ec2_executor.cli.states import BUSY, GONE, IDLE, instance_states
+from ec2_executor.cloud import images, lookups
+from ec2_executor.cloud.aws import AWS, aws_errors
+from ec2_executor.cloud.lookups import architecture, key_pair_name
+from ec2_executor.cloud.network import ingress_cidr, plan_network
+from ec2_executor.cloud.permissions import policy_text
+from ec2_executor.cloud.stacks import (
     DELETE_TIMEOUT,
     EventLog,
     Stacks,
@@ -42,7 +41,8 @@ from ec2_executor.stack import (
     stack_summary,
     stack_template,
 )
-from ec2_executor.states import BUSY, GONE, IDLE, instance_states
+from ec2_executor.config import config_file, config_section
+from ec2_executor.errors import ConfigurationError, EC2ExecutorError
 
 if TYPE_CHECKING:
     from mypy_boto3_ec2 import EC2Client

@@ -22,22 +22,22 @@ from typing import TYPE_CHECKING
 
 from ec2_executor import redact
 from ec2_executor.access import ClientIdentity, KeyPair
-from ec2_executor.aws import AWS
 from ec2_executor.blocking import submit_blocking
-from ec2_executor.errors import EC2ExecutorError, StackDeletionError
-from ec2_executor.logs import log
-from ec2_executor.options import Options
-from ec2_executor.remote import RemoteHost
-from ec2_executor.stack import (
+from ec2_executor.cloud.aws import AWS
+from ec2_executor.cloud.stacks import (
     EventLog,
     StackOutputs,
     Stacks,
     delete_stack,
     in_background,
 )
+from ec2_executor.errors import EC2ExecutorError, StackDeletionError
+from ec2_executor.logs import log
+from ec2_executor.options import Options
+from ec2_executor.remote import RemoteHost
 
 if TYPE_CHECKING:
-    from ec2_executor.warm import Lease
+    from ec2_executor.warm.lease import Lease
 
 LIFETIME_MARGIN = 5 * 60.0
 """An instance this close to `max_lifetime_minutes` is not lent again: its task could not

@@ -16,9 +16,9 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from cdk_stacks.parameters import AL2023_SSM_PARAMETER
-from ec2_executor.aws import AWS, error_code
+from ec2_executor.cloud.aws import AWS, error_code
+from ec2_executor.cloud.permissions import ACCESS_DENIED, actions
 from ec2_executor.options import Options
-from ec2_executor.permissions import ACCESS_DENIED, actions
 
 PROBE_NAME = "ec2-executor-doctor-probe"
 _FAKE = {

@@ -23,6 +23,7 @@ from botocore.exceptions import (
 )
 from botocore.parsers import ResponseParserError
 
+from ec2_executor.cloud.permissions import ACCESS_DENIED, denied_action, denied_message
 from ec2_executor.errors import (
     AWSError,
     ConfigurationError,
@@ -30,7 +31,6 @@ from ec2_executor.errors import (
     PermissionDeniedError,
 )
 from ec2_executor.options import Options
-from ec2_executor.permissions import ACCESS_DENIED, denied_action, denied_message
 
 if TYPE_CHECKING:
     from mypy_boto3_cloudformation import CloudFormationClient

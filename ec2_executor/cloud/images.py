@@ -16,7 +16,7 @@ from functools import cache
 from typing import TYPE_CHECKING, Any
 
 from cdk_stacks.user_data import INSTANCE_FILES, package_file
-from ec2_executor.aws import aws_errors
+from ec2_executor.cloud.aws import aws_errors
 
 if TYPE_CHECKING:
     from mypy_boto3_ec2 import EC2Client

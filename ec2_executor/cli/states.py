@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from ec2_executor.aws import aws_errors
-from ec2_executor.pool import TAG_STATE
-from ec2_executor.stack import StackOutputs
+from ec2_executor.cloud.aws import aws_errors
+from ec2_executor.cloud.stacks import StackOutputs
+from ec2_executor.warm.pool import TAG_STATE
 
 if TYPE_CHECKING:
     from mypy_boto3_ec2 import EC2Client

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from cdk_stacks.shape import StackShape
 from cdk_stacks.templates import SynthesisError, template_for
-from ec2_executor.aws import aws_errors, error_code
 from ec2_executor.blocking import Deadline, poll, run_blocking
+from ec2_executor.cloud.aws import aws_errors, error_code
 from ec2_executor.errors import (
     AWSError,
     StackCreationError,

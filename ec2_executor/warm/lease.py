@@ -30,9 +30,9 @@ from ec2_executor.electron import (
 from ec2_executor.errors import ConnectionLostError, EC2ExecutorError, RemoteError
 from ec2_executor.logs import log
 from ec2_executor.options import Options
-from ec2_executor.pool import POOL, Pool, WarmInstance, retire_soon
 from ec2_executor.remote import RUN_TASK, RemoteHost, run_probe
-from ec2_executor.reuse import reuse_key
+from ec2_executor.warm.pool import POOL, Pool, WarmInstance, retire_soon
+from ec2_executor.warm.reuse import reuse_key
 from ec2_executor.watch import CancelRequested
 
 CHECK_TIMEOUT = 10.0

@@ -11,22 +11,22 @@ import dataclasses
 import platform
 import shlex
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ec2_executor import lookups
-from ec2_executor.aws import AWS, aws_errors
+from cdk_stacks.user_data import package_file
 from ec2_executor.blocking import run_blocking
+from ec2_executor.cloud import lookups
+from ec2_executor.cloud.aws import AWS, aws_errors
+from ec2_executor.cloud.images import TAG, BakedImage, Recipe, baked_images, delete_image
 from ec2_executor.electron import Electron, Host, Launched, launch, new_host, run_task
 from ec2_executor.errors import EC2ExecutorError
-from ec2_executor.images import TAG, BakedImage, Recipe, baked_images, delete_image
 from ec2_executor.logs import log
 from ec2_executor.options import Options
 
 if TYPE_CHECKING:
     from mypy_boto3_ec2 import EC2Client
 
-BAKE_SCRIPT = (Path(__file__).parent / "bake.sh").read_bytes()
+BAKE_SCRIPT = package_file("bake.sh").read_bytes()
 IMAGE_WAIT: Any = {"Delay": 15, "MaxAttempts": 120}
 """Up to 30 minutes for the image to become available (a few minutes is usual)."""
 
