@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import cache, partial
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -63,3 +63,14 @@ async def poll(
             return result
         await asyncio.sleep(min(interval, deadline.remaining))
         interval = min(interval * factor, ceiling)
+
+
+_BACKGROUND: set[asyncio.Task[None]] = set()
+"""Work started by `in_background`, until it ends."""
+
+
+def in_background(work: Coroutine[Any, Any, None]) -> None:
+    """Run `work` on the loop without awaiting it."""
+    task = asyncio.ensure_future(work)
+    _BACKGROUND.add(task)  # the loop keeps only weak references to tasks
+    task.add_done_callback(_BACKGROUND.discard)

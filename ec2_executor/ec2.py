@@ -47,6 +47,8 @@ class EC2Executor(AsyncBaseExecutor):
     """The SSH connection's keepalive: a class attribute, not an option (tests shorten it)."""
 
     # One electron's values, from setup to teardown (not options: never sent to the server).
+    _helper: Callable[..., Any] | None = None
+    """Covalent's own helper node, which runs here (None: the user's function)."""
     _lease: warm.Lease
     _electron: Electron
     _launched: Launched
@@ -110,7 +112,7 @@ class EC2Executor(AsyncBaseExecutor):
         return await super().execute(function, args, kwargs, dispatch_id, results_dir, node_id)
 
     async def setup(self, task_metadata: dict[str, Any]) -> None:
-        if self.__dict__.get("_helper") is not None:
+        if self._helper is not None:
             return
         if await self._cancel_requested():
             raise TaskCancelledError("The task was cancelled before it started.")
@@ -128,9 +130,8 @@ class EC2Executor(AsyncBaseExecutor):
     async def run(
         self, function: Any, args: list[Any], kwargs: dict[str, Any], task_metadata: dict[str, Any]
     ) -> Any:
-        helper = self.__dict__.get("_helper")
-        if helper is not None:
-            return await self._run_helper(helper, args, kwargs)
+        if self._helper is not None:
+            return await self._run_helper(self._helper, args, kwargs)
         if await self._cancel_requested():
             raise TaskCancelledError("The task was cancelled before it started.")
         electron, launched, lease = self._electron, self._launched, self._lease
@@ -225,7 +226,7 @@ class EC2Executor(AsyncBaseExecutor):
     # --- Covalent's server channel: absent when the executor is driven directly -----------
 
     async def _set_job_handle(self, handle: dict[str, Any]) -> None:
-        if self.__dict__.get("_send_queue") is not None:
+        if getattr(self, "_send_queue", None) is not None:
             await self.set_job_handle(handle)
 
     async def _cancelled(self) -> bool:
@@ -233,7 +234,7 @@ class EC2Executor(AsyncBaseExecutor):
         return self._lease.cancelled.is_set() or await self._cancel_requested()
 
     async def _cancel_requested(self) -> bool:
-        if self.__dict__.get("_send_queue") is None:
+        if getattr(self, "_send_queue", None) is None:
             return False
         try:
             return bool(await self.get_cancel_requested())

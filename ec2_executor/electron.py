@@ -29,11 +29,12 @@ from typing import Any, TypeVar
 import cloudpickle
 
 from cdk_stacks.parameters import StackParameters, tag_parameters
-from ec2_executor import redact, watch
+from ec2_executor import redact
 from ec2_executor.access import ClientIdentity, KeyPair
 from ec2_executor.blocking import Deadline, poll, run_blocking, submit_blocking
 from ec2_executor.cloud import capacity, lookups
 from ec2_executor.cloud.aws import AWS, error_code
+from ec2_executor.cloud.instances import LIVE_STATES, Instance, Instances, instance_state
 from ec2_executor.cloud.lookups import Plan
 from ec2_executor.cloud.permissions import ACCESS_DENIED
 from ec2_executor.cloud.stacks import (
@@ -334,7 +335,7 @@ async def wait_for_instance(
     """The instance's id and addresses as soon as CloudFormation has launched it, and the wait
     for CREATE_COMPLETE, which goes on (None when the stack had completed already)."""
     stacks, name, events = electron.stacks, electron.name, electron.events
-    ec2 = AWS(electron.options).ec2
+    instances = Instances(AWS(electron.options).ec2)
     need_public = not electron.options.use_private_ip
     completed = False
 
@@ -347,9 +348,8 @@ async def wait_for_instance(
         instance_id = await run_blocking(stacks.physical_id, stack_id, INSTANCE_LOGICAL_ID)
         if not instance_id:
             return None
-        return await run_blocking(
-            lookups.instance_outputs, ec2, instance_id, need_public=need_public
-        )
+        found = await run_blocking(instances.get, instance_id)
+        return _addressed(found, need_public=need_public)
 
     outputs = await poll(check, deadline=deadline, ceiling=2.0)
     if outputs is None:
@@ -364,6 +364,18 @@ async def wait_for_instance(
         wait_for_creation(stacks, stack_id, name, deadline=deadline, events=events)
     )
     return outputs, completion
+
+
+def _addressed(instance: Instance | None, *, need_public: bool) -> StackOutputs | None:
+    """The instance's addresses, as the stack's outputs will give them; None until it has the
+    address the executor connects to."""
+    if instance is None or not instance.private_ip or (need_public and not instance.public_ip):
+        return None
+    return StackOutputs(
+        instance_id=instance.instance_id,
+        private_ip=instance.private_ip,
+        public_ip=instance.public_ip,
+    )
 
 
 # --- run: connect, task, watch ---------------------------------------------------------------
@@ -472,13 +484,13 @@ async def _unless_the_stack_fails(launched: Launched, host: Host) -> TaskRun:
 
 async def instance_gone(electron: Electron, outputs: StackOutputs) -> ConnectionLostError | None:
     """The error to fail with once the instance no longer runs, else None (for `watch`)."""
-    state = await watch.instance_state(
+    state = await instance_state(
         electron.options, outputs.instance_id, deadline=LOOK_DEADLINE, label=electron.name
     )
     if state is None:  # no definite answer: only a definite one fails a task
         log.warning("%s: the instance's state is unknown; the task goes on", electron.name)
         return None
-    if state in ("pending", "running"):
+    if state in LIVE_STATES:
         return None
     return ConnectionLostError(
         f"Instance {outputs.instance_id} of stack {electron.name!r} is {state}: it went away "

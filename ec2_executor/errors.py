@@ -22,14 +22,19 @@ class TemplateError(EC2ExecutorError):
 
 
 class AWSError(EC2ExecutorError):
-    """An AWS call failed for a reason that retrying will not fix."""
+    """An AWS call failed for a reason that retrying will not fix; `code` is AWS's error code
+    ('' when AWS gave none: unreachable, or not an AWS answer)."""
+
+    def __init__(self, message: str, *, code: str = "") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class PermissionDeniedError(AWSError):
     """AWS refused an action to these credentials; the message names the IAM action."""
 
-    def __init__(self, message: str, *, action: str) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, *, action: str, code: str = "AccessDenied") -> None:
+        super().__init__(message, code=code)
         self.action = action
 
 

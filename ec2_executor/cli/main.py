@@ -27,7 +27,7 @@ from ec2_executor import options as opts
 from ec2_executor.blocking import Deadline
 from ec2_executor.cli import bake as baking
 from ec2_executor.cli.permission_checks import check_permissions
-from ec2_executor.cli.states import BUSY, GONE, IDLE, instance_states
+from ec2_executor.cli.states import BUSY, GONE, IDLE, instance_states, stack_summary
 from ec2_executor.cloud import images, lookups
 from ec2_executor.cloud.aws import AWS, aws_errors
 from ec2_executor.cloud.lookups import architecture, key_pair_name
@@ -38,7 +38,6 @@ from ec2_executor.cloud.stacks import (
     EventLog,
     Stacks,
     delete_and_wait,
-    stack_summary,
     stack_template,
 )
 from ec2_executor.config import config_file, config_section

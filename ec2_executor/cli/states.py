@@ -7,10 +7,17 @@ since <UTC time>"); EC2 says whether the instance is still there.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from ec2_executor.cloud.aws import aws_errors
-from ec2_executor.cloud.stacks import StackOutputs
+from ec2_executor.cloud.instances import Instances
+from ec2_executor.cloud.stacks import (
+    TAG_DISPATCH,
+    TAG_INSTANCE_TYPE,
+    TAG_NODE,
+    StackOutputs,
+    tag_value,
+)
 from ec2_executor.warm.pool import TAG_STATE
 
 if TYPE_CHECKING:
@@ -19,14 +26,13 @@ if TYPE_CHECKING:
 IDLE = "idle since"
 GONE = "instance gone"
 BUSY = "running a task"
-_LIVE = ("pending", "running")
 
 
 def instance_states(ec2: EC2Client, stacks: list[Mapping[str, Any]]) -> dict[str, str]:
     """Stack name -> "running a task", "idle since ...", "instance gone" or the stack's own
     progress ("creating", "deleting") while it has no instance to speak of."""
     ids = {s["StackName"]: StackOutputs.from_stack(s).instance_id for s in stacks}
-    found = _instances(ec2, [i for i in ids.values() if i])
+    found = Instances(ec2).by_id([i for i in ids.values() if i])
     states: dict[str, str] = {}
     for stack in stacks:
         name, status = stack["StackName"], str(stack["StackStatus"])
@@ -35,26 +41,23 @@ def instance_states(ec2: EC2Client, stacks: list[Mapping[str, Any]]) -> dict[str
             states[name] = "deleting"
         elif not ids[name]:
             states[name] = "creating" if status.endswith("IN_PROGRESS") else GONE
-        elif instance is None or instance["State"]["Name"] not in _LIVE:
+        elif instance is None or not instance.live:
             states[name] = GONE
         else:
-            tags = {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
-            state = tags.get(TAG_STATE, "busy")
+            state = (instance.tags or {}).get(TAG_STATE, "busy")
             states[name] = BUSY if state == "busy" else state
     return states
 
 
-def _instances(ec2: EC2Client, ids: list[str]) -> dict[str, Mapping[str, Any]]:
-    """The instances EC2 still knows among `ids` (terminated ones included, for a while)."""
-    if not ids:
-        return {}
-    with aws_errors("describing the stacks' instances"):
-        pages = ec2.get_paginator("describe_instances").paginate(
-            Filters=[{"Name": "instance-id", "Values": ids}]
-        )
-        return {
-            i["InstanceId"]: i
-            for page in pages
-            for r in page["Reservations"]
-            for i in r["Instances"]
-        }
+def stack_summary(stack: Mapping[str, Any]) -> dict[str, Any]:
+    """What `ec2-executor list` shows of a stack."""
+    created = stack.get("CreationTime")
+    return {
+        "name": stack["StackName"],
+        "dispatch_id": tag_value(stack, TAG_DISPATCH) or "",
+        "node_id": tag_value(stack, TAG_NODE) or "",
+        "status": stack["StackStatus"],
+        "created": created.isoformat() if isinstance(created, datetime) else str(created or ""),
+        "instance_type": tag_value(stack, TAG_INSTANCE_TYPE) or "",
+        "instance_id": StackOutputs.from_stack(stack).instance_id,
+    }

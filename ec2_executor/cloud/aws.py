@@ -196,9 +196,10 @@ def _message(exc: ClientError) -> str:
 
 
 def error_code(exc: BaseException) -> str:
-    """The AWS error code of a mapped error (or of a ClientError), '' when there is none."""
-    cause = exc if isinstance(exc, ClientError) else exc.__cause__
-    return _code(cause) if isinstance(cause, ClientError) else ""
+    """AWS's error code of a mapped error or a raw ClientError; '' for anything else."""
+    if isinstance(exc, AWSError):
+        return exc.code
+    return _code(exc) if isinstance(exc, ClientError) else ""
 
 
 @contextmanager
@@ -212,14 +213,19 @@ def aws_errors(action: str) -> Iterator[None]:
             raise PermissionDeniedError(
                 denied_message(iam_action, action, f"{_code(exc)}: {_message(exc)}"),
                 action=iam_action,
+                code=_code(exc),
             ) from exc
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
         if status >= 500:  # AWS's own failure: worth another try, unlike a refusal
             said = _message(exc).rstrip(".")
             raise AWSError(
-                f"AWS failed (HTTP {status}) while {action}: {_code(exc)}: {said}; try again later."
+                f"AWS failed (HTTP {status}) while {action}: {_code(exc)}: {said}; "
+                f"try again later.",
+                code=_code(exc),
             ) from exc
-        raise AWSError(f"AWS refused {action}: {_code(exc)}: {_message(exc)}") from exc
+        raise AWSError(
+            f"AWS refused {action}: {_code(exc)}: {_message(exc)}", code=_code(exc)
+        ) from exc
     except ResponseParserError as exc:  # not a BotoCoreError: an error page instead of AWS's
         raise AWSError(
             f"The AWS endpoint sent something that is not an AWS response while {action} "

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import importlib.metadata
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from cdk_stacks.parameters import AL2023_SSM_PARAMETER, DEFAULT_ROOT_DEVICE
 from ec2_executor.access import ClientIdentity, client_identity
-from ec2_executor.cloud.aws import AWS, aws_errors, error_code
+from ec2_executor.cloud.aws import AWS, aws_errors
 from ec2_executor.cloud.images import Recipe, instance_files_version, newest_match
 from ec2_executor.cloud.network import NetworkPlan, plan_network
-from ec2_executor.cloud.stacks import StackOutputs
 from ec2_executor.errors import AWSError, ConfigurationError
 from ec2_executor.options import Options
 
@@ -79,35 +78,13 @@ def plan(aws: AWS, options: Options, *, spread_key: str = "") -> Plan:
     )
 
 
-def instance_outputs(ec2: EC2Client, instance_id: str, *, need_public: bool) -> StackOutputs | None:
-    """The instance's addresses, as the stack's outputs will give them; None until it has the
-    address the executor connects to."""
-    found = _instance(ec2, instance_id) or {}
-    private, public = found.get("PrivateIpAddress", ""), found.get("PublicIpAddress", "")
-    if not private or (need_public and not public):
-        return None
-    return StackOutputs(instance_id=instance_id, private_ip=private, public_ip=public)
-
-
-def _instance(ec2: EC2Client, instance_id: str) -> Any:
-    try:
-        with aws_errors(f"looking up instance {instance_id}"):
-            found = ec2.describe_instances(InstanceIds=[instance_id])
-    except AWSError as exc:
-        if error_code(exc) == "InvalidInstanceID.NotFound":
-            return None
-        raise
-    instances = [i for r in found["Reservations"] for i in r["Instances"]]
-    return instances[0] if instances else None
-
-
 def architecture(ec2: EC2Client, options: Options) -> str:
     """'arm64' or 'x86_64' for the instance type; refuses a type the region does not offer."""
     try:
         with aws_errors(f"looking up instance type {options.instance_type!r}"):
             found = ec2.describe_instance_types(InstanceTypes=[options.instance_type])  # type: ignore[list-item]
     except AWSError as exc:
-        if error_code(exc).startswith("InvalidInstanceType"):
+        if exc.code.startswith("InvalidInstanceType"):
             raise ConfigurationError(
                 f"Option 'instance_type' is {options.instance_type!r}, which region "
                 f"{options.region!r} does not offer; pick another type or region."
@@ -126,7 +103,7 @@ def image(ec2: EC2Client, options: Options, arch: str, versions: Versions) -> Im
         with aws_errors(f"looking up image {options.ami!r}"):
             images = ec2.describe_images(ImageIds=[options.ami])["Images"]
     except AWSError as exc:
-        if not error_code(exc).startswith("InvalidAMIID"):
+        if not exc.code.startswith("InvalidAMIID"):
             raise
         images = []
     if not images:
@@ -192,7 +169,7 @@ def key_pair_name(ec2: EC2Client, options: Options) -> str:
             ec2.describe_key_pairs(KeyNames=[name])
         return name
     except AWSError as exc:
-        if error_code(exc) != "InvalidKeyPair.NotFound":
+        if exc.code != "InvalidKeyPair.NotFound":
             raise
         if not options.key_name:
             return ""

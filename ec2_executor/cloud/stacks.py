@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import re
 import time
@@ -13,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 from cdk_stacks.shape import StackShape
 from cdk_stacks.templates import SynthesisError, template_for
-from ec2_executor.blocking import Deadline, poll, run_blocking
-from ec2_executor.cloud.aws import aws_errors, error_code
+from ec2_executor.blocking import Deadline, in_background, poll, run_blocking
+from ec2_executor.cloud.aws import aws_errors
 from ec2_executor.errors import (
     AWSError,
     StackCreationError,
@@ -132,7 +131,7 @@ class Stacks:
             with aws_errors(f"reading stack {stack!r}"):
                 found = self.cf.describe_stacks(StackName=stack)["Stacks"]
         except AWSError as exc:
-            if error_code(exc) == "ValidationError" and "does not exist" in str(exc):
+            if exc.code == "ValidationError" and "does not exist" in str(exc):
                 return None
             raise
         return found[0] if found else None
@@ -145,7 +144,7 @@ class Stacks:
                     StackName=stack, LogicalResourceId=logical_id
                 )
         except AWSError as exc:
-            if error_code(exc) == "ValidationError" and "does not exist" in str(exc):
+            if exc.code == "ValidationError" and "does not exist" in str(exc):
                 return ""
             raise
         return str(found["StackResourceDetail"].get("PhysicalResourceId") or "")
@@ -165,11 +164,11 @@ class Stacks:
         stacks: list[Mapping[str, Any]] = []
         with aws_errors("listing stacks"):
             for page in self.cf.get_paginator("describe_stacks").paginate():
-                stacks += [s for s in page["Stacks"] if _tag(s, TAG_DISPATCH) is not None]
+                stacks += [s for s in page["Stacks"] if tag_value(s, TAG_DISPATCH) is not None]
         return stacks
 
 
-def _tag(stack: Mapping[str, Any], key: str) -> str | None:
+def tag_value(stack: Mapping[str, Any], key: str) -> str | None:
     return next((t["Value"] for t in stack.get("Tags", []) if t["Key"] == key), None)
 
 
@@ -307,33 +306,9 @@ async def _logged(deletion: Coroutine[Any, Any, None]) -> None:
         log.error("%s", exc)
 
 
-_BACKGROUND: set[asyncio.Task[None]] = set()
-
-
-def in_background(work: Coroutine[Any, Any, None]) -> None:
-    """Run `work` on the loop without awaiting it."""
-    task = asyncio.ensure_future(work)
-    _BACKGROUND.add(task)  # the loop keeps only weak references to tasks
-    task.add_done_callback(_BACKGROUND.discard)
-
-
 def _left_behind(name: str, reason: str) -> StackError:
     return StackDeletionError(
         f"Stack {name!r} could not be deleted and may still bill ({reason}); remove it with "
         f"'ec2-executor cleanup --stack {name}' or in the CloudFormation console.",
         stack_name=name,
     )
-
-
-def stack_summary(stack: Mapping[str, Any]) -> dict[str, Any]:
-    """What `ec2-executor list` shows of a stack."""
-    created = stack.get("CreationTime")
-    return {
-        "name": stack["StackName"],
-        "dispatch_id": _tag(stack, TAG_DISPATCH) or "",
-        "node_id": _tag(stack, TAG_NODE) or "",
-        "status": stack["StackStatus"],
-        "created": created.isoformat() if isinstance(created, datetime) else str(created or ""),
-        "instance_type": _tag(stack, TAG_INSTANCE_TYPE) or "",
-        "instance_id": StackOutputs.from_stack(stack).instance_id,
-    }

@@ -22,14 +22,13 @@ from typing import TYPE_CHECKING
 
 from ec2_executor import redact
 from ec2_executor.access import ClientIdentity, KeyPair
-from ec2_executor.blocking import submit_blocking
+from ec2_executor.blocking import in_background, submit_blocking
 from ec2_executor.cloud.aws import AWS
 from ec2_executor.cloud.stacks import (
     EventLog,
     StackOutputs,
     Stacks,
     delete_stack,
-    in_background,
 )
 from ec2_executor.errors import EC2ExecutorError, StackDeletionError
 from ec2_executor.logs import log

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from ec2_executor.cloud.stacks import EventLog, StackOutputs, stack_summary
+from ec2_executor.cli.states import stack_summary
+from ec2_executor.cloud.stacks import EventLog, StackOutputs
 
 
 def event(n: int, resource: str, status: str, reason: str = "") -> dict[str, str]:
