@@ -15,9 +15,9 @@ from cdk_stacks.shape import NetworkMode
 AL2023_SSM_PARAMETER = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-{arch}"
 DEFAULT_ROOT_DEVICE = "/dev/xvda"
 IPV4_CIDR_PATTERN = r"^(\d{1,3}\.){3}\d{1,3}/(\d|[12]\d|3[0-2])$"
-TAG_SLOTS = 15
+TAG_SLOTS = 16
 """Stack tags the launch template copies to the network interface and spot request (stack tags
-do not reach them): the executor's own five and up to ten of the user's."""
+do not reach them): the executor's own six and up to ten of the user's."""
 
 Value = str | int | bool
 
@@ -127,6 +127,15 @@ PARAMETERS: tuple[Parameter, ...] = (
         type="Number",
         default=0,
         min_value=0,
+        max_value=24 * 60,
+    ),
+    Parameter(
+        name="OrphanMinutes",
+        description="The instance powers off after this many minutes without an SSH connection "
+        "from its dispatcher.",
+        type="Number",
+        default=10,
+        min_value=2,
         max_value=24 * 60,
     ),
     Parameter(name="UseSpot", description="Run on the spot market.", default=False),

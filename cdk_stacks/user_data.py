@@ -19,10 +19,11 @@ INSTANCE_FILES = {
     "runner.py": "0644",
     "run-task.sh": "0755",
     "idle-watch.sh": "0755",
+    "owner-watch.sh": "0755",
 }
 """The package's files that go to `INSTANCE_DIR`: the bootstrap, the task runner it starts
-warm, the task's one command (`remote.py` calls it) and the idle power-off. Values are
-their modes."""
+warm, the task's one command (`remote.py` calls it), the idle and the orphan power-offs.
+Values are their modes."""
 
 
 def package_file(name: str) -> Path:
@@ -67,6 +68,8 @@ def cloud_config_template(files: dict[str, str]) -> str:
     never ends), hence `DefaultDependencies=no`; `AccuracySec` makes it fire within a second
     of its time rather than systemd's default minute. `ssh_genkeytypes` needs one type for
     cloud-init's schema: ed25519 costs milliseconds, and sshd offers only the pinned key.
+    `ClientAlive*`: sshd closes the connection of a dispatcher that stopped answering (asleep,
+    off the network) within about a minute, so the orphan power-off starts counting.
     The authorised key is a literal block: a key comment such as `work: laptop` or `#2` would
     otherwise turn the list item into a mapping or a truncated key.
     """
@@ -89,8 +92,10 @@ write_files:
       HostKey {HOST_KEY_PATH}
       PasswordAuthentication no
       KbdInteractiveAuthentication no
+      ClientAliveInterval 15
+      ClientAliveCountMax 4
 {_write_file_entries(files)}bootcmd:
   - systemd-run --on-active=${{MaxLifetimeMinutes}}min --timer-property=DefaultDependencies=no --timer-property=AccuracySec=1s --unit=ec2-executor-lifetime systemctl poweroff || shutdown -P +${{MaxLifetimeMinutes}}
 runcmd:
-  - [{BOOTSTRAP_PATH}, --python, "${{PythonVersion}}", --covalent, "${{CovalentVersion}}", --cloudpickle, "${{CloudpickleVersion}}", --user, "${{SshUser}}", --idle-minutes, "${{IdleMinutes}}"]
+  - [{BOOTSTRAP_PATH}, --python, "${{PythonVersion}}", --covalent, "${{CovalentVersion}}", --cloudpickle, "${{CloudpickleVersion}}", --user, "${{SshUser}}", --idle-minutes, "${{IdleMinutes}}", --orphan-minutes, "${{OrphanMinutes}}", --ssh-port, "${{SshPort}}"]
 """  # noqa: E501

@@ -19,7 +19,7 @@ from covalent.executor.base import AsyncBaseExecutor
 from covalent.executor.schemas import TaskUpdate
 
 from ec2_executor import electron as pipeline
-from ec2_executor import helper_nodes, warm
+from ec2_executor import helper_nodes, sweep, warm
 from ec2_executor import options as opts
 from ec2_executor.blocking import run_blocking
 from ec2_executor.cloud.stacks import stack_name
@@ -82,6 +82,7 @@ class EC2Executor(AsyncBaseExecutor):
         python_version: str | None = None,
         keep_warm_minutes: int | None = None,
         use_baked_image: bool | None = None,
+        orphan_minutes: int | None = None,
         **kwargs: Any,
     ) -> None:
         explicit = {k: v for k, v in locals().items() if k in opts.OPTION_NAMES}
@@ -117,6 +118,7 @@ class EC2Executor(AsyncBaseExecutor):
         if await self._cancel_requested():
             raise TaskCancelledError("The task was cancelled before it started.")
         options = self._options()
+        sweep.sweep_once(options)  # what dead dispatchers left; in the background, once
         label = stack_name(str(task_metadata["dispatch_id"]), task_metadata["node_id"])
         self._lease = lease = await warm.acquire(options, label)
         self._electron = Electron(options, task_metadata, on=lease.stack, keepalive=self.keepalive)

@@ -273,6 +273,7 @@ def stack_parameters(options: Options, plan: Plan, host_key: KeyPair) -> StackPa
         MaxLifetimeMinutes=options.max_lifetime_minutes,
         UseSpot=options.spot_first,  # each capacity attempt sets its own market
         IdleMinutes=options.keep_warm_minutes,
+        OrphanMinutes=options.orphan_minutes,
         InstanceProfile=options.instance_profile,
         ExpectPublicIp=network.public_ip,
         **existing,

@@ -91,6 +91,9 @@ class Options:
     each electron's stack after it."""
     use_baked_image: bool = True
     """Without `ami`, use the newest image `ec2-executor bake` made that matches."""
+    orphan_minutes: int = 10
+    """The instance powers itself off (and terminates) after this many minutes without its
+    dispatcher's SSH connection: the dispatcher process died, slept or lost the network."""
 
     def __post_init__(self) -> None:
         for check in _CHECKS:
@@ -225,6 +228,7 @@ BOUNDS: dict[str, tuple[int, int, str]] = {
     "ssh_port": (1, 65535, ""),
     "max_lifetime_minutes": (5, 7 * 24 * 60, "minutes"),
     "keep_warm_minutes": (0, 24 * 60, "minutes"),
+    "orphan_minutes": (2, 24 * 60, "minutes"),
 }
 """Whole-number options: (low, high, unit). Within their stack parameters' bounds (tested)."""
 PARAMETER_OF_OPTION = {
@@ -232,6 +236,7 @@ PARAMETER_OF_OPTION = {
     "ssh_port": "SshPort",
     "max_lifetime_minutes": "MaxLifetimeMinutes",
     "keep_warm_minutes": "IdleMinutes",
+    "orphan_minutes": "OrphanMinutes",
 }
 
 

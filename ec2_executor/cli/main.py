@@ -227,7 +227,10 @@ def list_stacks(
     if not rows:
         click.echo("No ec2-executor stacks.")
         return
-    _table(rows, ("name", "dispatch_id", "node_id", "status", "age", "instance_type", "state"))
+    _table(
+        rows,
+        ("name", "dispatch_id", "node_id", "owner", "status", "age", "instance_type", "state"),
+    )
 
 
 def _summaries(stacks: Stacks, aws: AWS) -> list[dict[str, Any]]:

@@ -15,6 +15,7 @@ from ec2_executor.cloud.stacks import (
     TAG_DISPATCH,
     TAG_INSTANCE_TYPE,
     TAG_NODE,
+    TAG_OWNER,
     StackOutputs,
     tag_value,
 )
@@ -24,7 +25,8 @@ if TYPE_CHECKING:
     from mypy_boto3_ec2 import EC2Client
 
 IDLE = "idle since"
-GONE = "instance gone"
+GONE = "orphan: instance gone"
+"""Nothing runs on the stack any more: `cleanup` and the sweep delete it without --all."""
 BUSY = "running a task"
 
 
@@ -59,5 +61,6 @@ def stack_summary(stack: Mapping[str, Any]) -> dict[str, Any]:
         "status": stack["StackStatus"],
         "created": created.isoformat() if isinstance(created, datetime) else str(created or ""),
         "instance_type": tag_value(stack, TAG_INSTANCE_TYPE) or "",
+        "owner": tag_value(stack, TAG_OWNER) or "-",
         "instance_id": StackOutputs.from_stack(stack).instance_id,
     }

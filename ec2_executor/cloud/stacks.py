@@ -22,6 +22,7 @@ from ec2_executor.errors import (
     TemplateError,
 )
 from ec2_executor.logs import log
+from ec2_executor.owner import OWNER_ID
 
 if TYPE_CHECKING:
     from mypy_boto3_cloudformation import CloudFormationClient
@@ -35,6 +36,8 @@ TAG_NODE = "ec2-executor:node-id"
 TAG_VERSION = "ec2-executor:version"
 TAG_CREATED = "ec2-executor:created-at"
 TAG_INSTANCE_TYPE = "ec2-executor:instance-type"
+TAG_OWNER = "ec2-executor:owner"
+"""The dispatcher process that created the stack (`owner.OWNER_ID`)."""
 _MAX_NAME = 128
 _DIGEST = 10
 _FAILED_CREATE = {
@@ -63,6 +66,7 @@ def stack_tags(
     version: str,
     instance_type: str,
     extra: Mapping[str, str],
+    owner: str = OWNER_ID,
 ) -> list[dict[str, str]]:
     ours = {
         TAG_DISPATCH: dispatch_id,
@@ -70,6 +74,7 @@ def stack_tags(
         TAG_VERSION: version,
         TAG_CREATED: datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         TAG_INSTANCE_TYPE: instance_type,
+        TAG_OWNER: owner,
     }
     return [{"Key": k, "Value": v} for k, v in {**extra, **ours}.items()]
 

@@ -10,5 +10,6 @@ root=()
 py=$(tail -n 1 "$p/ready")
 if [ $# -gt 0 ]; then "$py" -m pip install --no-input "$@"; fi
 if pid=$(cat "$p/worker/pid" 2>/dev/null); then kill "$pid" 2>/dev/null || true; fi
-"${root[@]}" rm -rf "$p/worker" "$p/ready" "$p/failed" "$p/bootstrap.log" "$p/cache"
+"${root[@]}" rm -rf "$p/worker" "$p/ready" "$p/failed" "$p/bootstrap.log" "$p/cache" \
+  "$p"/owner.* "$p"/idle.pid "$p/poweroff"
 sync

@@ -37,6 +37,7 @@ IN_KEY: frozenset[str] = frozenset(
         "tags",
         "python_version",
         "keep_warm_minutes",  # the instance's own idle power-off is a stack parameter
+        "orphan_minutes",  # so is its power-off once its dispatcher is gone
     }
 )
 """Options that change the stack, the instance or how it is reached."""

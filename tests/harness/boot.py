@@ -666,6 +666,7 @@ class EmulatedBoot:
             **self._session_env(record),
             **self.bootstrap_env,
             "EC2_EXECUTOR_POWEROFF": "true",  # never this machine; the harness honours the file
+            "EC2_EXECUTOR_SSHD_ADDRESS": record.private_ip,  # the owner watch's sshd, not others'
         }
         command = [str(script), *record.spec.bootstrap_args, "--prefix", str(record.prefix)]
         if self.image_venv is not None:

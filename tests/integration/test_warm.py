@@ -349,7 +349,7 @@ def test_an_instance_whose_executor_died_powers_itself_off(
     run(scenario())
     (stack,) = live_stacks(moto_reset)
     listed = CliRunner().invoke(main, ["list", "--json"])
-    assert '"state": "instance gone"' in listed.output, listed.output
+    assert '"state": "orphan: instance gone"' in listed.output, listed.output
     cleaned = CliRunner().invoke(main, ["cleanup", "--idle", "--yes"])
     assert cleaned.exit_code == 0, cleaned.output
     assert f"deleted {stack}" in cleaned.output

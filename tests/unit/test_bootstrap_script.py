@@ -153,6 +153,7 @@ def test_the_instance_scripts_are_all_checked() -> None:
         "bootstrap.sh",
         "run-task.sh",
         "idle-watch.sh",
+        "owner-watch.sh",
         "bake.sh",
     }
 

@@ -627,7 +627,13 @@ def test_runcmd_runs_the_bootstrap_with_the_versions(cloud_config: dict[str, Any
     argv = [str(arg) for arg in runs_bootstrap[0][1:]]
     assert len(argv) % 2 == 0, argv
     options = dict(zip(argv[::2], argv[1::2], strict=True))
-    assert options == {**SAMPLE_VERSIONS, "--user": SAMPLE_USER, "--idle-minutes": "0"}
+    assert options == {
+        **SAMPLE_VERSIONS,
+        "--user": SAMPLE_USER,
+        "--idle-minutes": "0",
+        "--orphan-minutes": "10",
+        "--ssh-port": str(SAMPLE_PORT),
+    }
 
 
 def test_bootcmd_arms_the_lifetime_poweroff(cloud_config: dict[str, Any]) -> None:

@@ -1,0 +1,104 @@
+"""The sweep: the stacks that orphans leave behind, deleted without a prompt.
+
+An electron whose dispatcher died leaves its stack; its instance ends itself once its owner is
+gone (`orphan_minutes`, the instance's own watch) or at `max_lifetime_minutes`. A stack is an
+orphan when its instance has ended (terminated or stopped: nothing can run a task on it any
+more) and it is not this process's: only that is proof, so a live electron of another
+dispatcher, busy or idle, is never touched. The first electron of each process sweeps each
+account and region once, in the background; `ec2-executor cleanup` sweeps the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ec2_executor.blocking import run_blocking
+from ec2_executor.cloud.aws import AWS
+from ec2_executor.cloud.stacks import TAG_OWNER, Stacks, tag_value
+from ec2_executor.errors import EC2ExecutorError
+from ec2_executor.logs import log
+from ec2_executor.options import Options
+from ec2_executor.owner import OWNER_ID
+
+LIMIT = 50
+"""At most this many deletions per sweep; the next process's sweep takes the rest."""
+PACE = 0.5
+"""Seconds between two DeleteStack requests (CloudFormation throttles at a few per second)."""
+
+_swept: dict[tuple[str, str, str], asyncio.Task[list[str]]] = {}
+_lock = threading.Lock()
+
+
+def orphans(
+    stacks: Sequence[Mapping[str, Any]], states: Mapping[str, str], *, owner: str = OWNER_ID
+) -> list[Mapping[str, Any]]:
+    """The stacks proven orphaned: their instance ended, and they are not `owner`'s (pure)."""
+    from ec2_executor.cli.states import GONE  # the states' one definition
+
+    return [
+        s
+        for s in stacks
+        if states.get(s["StackName"]) == GONE
+        and tag_value(s, TAG_OWNER) != owner
+        and not str(s["StackStatus"]).startswith("DELETE")
+    ]
+
+
+def find_orphans(aws: AWS) -> list[Mapping[str, Any]]:
+    """Every orphaned stack in the options' account and region (blocking: one listing of the
+    stacks and one read of their instances)."""
+    from ec2_executor.cli.states import instance_states
+
+    found = Stacks(aws.cloudformation).list_ours()
+    return orphans(found, instance_states(aws.ec2, found))
+
+
+async def sweep(options: Options) -> list[str]:
+    """Request the deletion of every orphaned stack (up to `LIMIT`), paced; the names asked
+    for. CloudFormation finishes each deletion whatever becomes of this process."""
+    aws = AWS(options)
+    found = await run_blocking(find_orphans, aws)
+    stacks = Stacks(aws.cloudformation)
+    deleted: list[str] = []
+    for stack in found[:LIMIT]:
+        if deleted:
+            await asyncio.sleep(PACE)
+        name = stack["StackName"]
+        log.info(
+            "sweep: deleting stack %s: its instance has ended (owner %s)",
+            name,
+            tag_value(stack, TAG_OWNER) or "unknown",
+        )
+        # By id: a stack of that name created since the listing is someone's live electron.
+        await run_blocking(stacks.delete, stack["StackId"])
+        deleted.append(name)
+    return deleted
+
+
+def sweep_once(options: Options) -> asyncio.Task[list[str]]:
+    """Sweep the options' account and region in the background, once per process; the sweep's
+    task (the first one's, on later calls). A failure is logged, never raised to an electron."""
+    key = (options.profile, options.credentials_file, options.region)
+    with _lock:
+        if key not in _swept:
+            _swept[key] = asyncio.ensure_future(_logged(options))
+        return _swept[key]
+
+
+async def _logged(options: Options) -> list[str]:
+    try:
+        deleted = await sweep(options)
+    except EC2ExecutorError as exc:
+        log.warning("sweep: left-over stacks in %s were not swept: %s", options.region, exc)
+        return []
+    log.info("sweep of %s: %d orphaned stack(s) deleted", options.region, len(deleted))
+    return deleted
+
+
+def forget() -> None:
+    """Let the next electron sweep again (tests, each with a fresh cloud)."""
+    with _lock:
+        _swept.clear()
