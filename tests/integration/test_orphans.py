@@ -51,6 +51,7 @@ class Watch:
         self.prefix = tmp_path / "opt"
         self.prefix.mkdir()
         self.ran = tmp_path / "poweroff-ran"
+        self.output = ""
         env = {
             **os.environ,
             "EC2_EXECUTOR_POWEROFF": f"touch {self.ran}",
@@ -84,10 +85,12 @@ class Watch:
         return time.monotonic() - self.started
 
     def close(self) -> str:
-        self.process.kill()
-        output, _ = self.process.communicate()
-        self.listener.close()
-        return output
+        """Stop the watch; its output (idempotent)."""
+        if self.process.returncode is None:
+            self.process.kill()
+            self.output, _ = self.process.communicate()
+            self.listener.close()
+        return self.output
 
 
 @pytest.fixture
