@@ -57,25 +57,31 @@ def find_orphans(aws: AWS) -> list[Mapping[str, Any]]:
 
 
 async def sweep(options: Options) -> list[str]:
-    """Request the deletion of every orphaned stack (up to `LIMIT`), paced; the names asked
-    for. CloudFormation finishes each deletion whatever becomes of this process."""
+    """Request the deletion of every orphaned stack (up to `LIMIT`), paced; the names that
+    CloudFormation accepted. It finishes each deletion whatever becomes of this process."""
     aws = AWS(options)
     found = await run_blocking(find_orphans, aws)
     stacks = Stacks(aws.cloudformation)
     deleted: list[str] = []
-    for stack in found[:LIMIT]:
-        if deleted:
+    for n, stack in enumerate(found[:LIMIT]):
+        if n:
             await asyncio.sleep(PACE)
-        name = stack["StackName"]
-        log.info(
-            "sweep: deleting stack %s: its instance has ended (owner %s)",
-            name,
-            tag_value(stack, TAG_OWNER) or "unknown",
-        )
+        if await _delete(stacks, stack):
+            deleted.append(stack["StackName"])
+    return deleted
+
+
+async def _delete(stacks: Stacks, stack: Mapping[str, Any]) -> bool:
+    name = stack["StackName"]
+    owner = tag_value(stack, TAG_OWNER) or "unknown"
+    log.info("sweep: deleting stack %s: its instance has ended (owner %s)", name, owner)
+    try:
         # By id: a stack of that name created since the listing is someone's live electron.
         await run_blocking(stacks.delete, stack["StackId"])
-        deleted.append(name)
-    return deleted
+    except EC2ExecutorError as exc:  # one stack's refusal does not stop the others
+        log.warning("sweep: stack %s stays: %s", name, exc)
+        return False
+    return True
 
 
 def sweep_once(options: Options) -> asyncio.Task[list[str]]:
