@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import time
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 from dispatchers import dispatcher, wait_for
 from executor_support import guest_options, run
-from harness import GuestBoot, GuestNetwork, LoopbackNetwork, MotoServer
+from harness import GuestBoot, GuestInstance, GuestNetwork, LoopbackNetwork, MotoServer
 from harness.cloud_state import live_stacks
 
 from ec2_executor import sweep
@@ -43,13 +44,24 @@ def test_a_guest_whose_dispatcher_is_killed_mid_task_powers_itself_off(
         other.wait()
     killed = time.monotonic()
     [stack] = [s for s in live_stacks(moto_server) if "guest-orphan" in s]
-    stopped = guest_boot.wait_stopped(guest.instance_id, timeout=ORPHAN_MINUTES * 60 + 120)
+    said = _power_off_reason(guest, timeout=ORPHAN_MINUTES * 60 + 120)
     lived = time.monotonic() - killed
+    stopped = guest_boot.wait_stopped(guest.instance_id, timeout=120)
     # The harness honours the power-off file (terminating the instance) or sees the guest go.
     assert stopped.stop_reason in ("the guest powered itself off", "instance is terminated")
     assert ORPHAN_MINUTES * 60 - 5 < lived < ORPHAN_MINUTES * 60 + 60, lived
-    assert "no connection from the owner" in (guest.prefix / "poweroff").read_text()
+    assert "no connection from the owner" in said
 
     sweep.forget()
     assert stack in run(sweep.sweep(build(options)))
     wait_for(lambda: stack not in live_stacks(moto_server), 60, "the orphan's stack to go")
+
+
+def _power_off_reason(guest: GuestInstance, timeout: float) -> str:
+    """What the guest wrote as it powered off, read before its root goes with it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not guest.stopped:
+        with contextlib.suppress(OSError):
+            return (guest.prefix / "poweroff").read_text()
+        time.sleep(0.2)
+    raise AssertionError(f"{guest.instance_id} wrote no power-off reason")
