@@ -1,0 +1,115 @@
+"""A Covalent server killed with SIGKILL mid-task, then started again: the orphan's instance
+powers itself off, and the next electron's setup sweeps its stack; nothing is left."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+import covalent as ct
+import pytest
+from e2e_support import assert_nothing_left
+from harness import EmulatedBoot, MotoServer
+from harness.cloud_state import live_stacks
+from harness.covalent_server import (
+    CovalentPaths,
+    CovalentServer,
+    client_isolation,
+    point_client_at,
+)
+
+pytestmark = pytest.mark.e2e
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+ORPHAN_SECONDS = 6
+
+
+@contextlib.contextmanager
+def own_server(paths: CovalentPaths, moto: MotoServer, settings: dict[str, Any]) -> Iterator[Any]:
+    """Starts servers on `paths` (the client pointed at the latest), all stopped at the end."""
+    started: list[CovalentServer] = []
+
+    def start() -> CovalentServer:
+        env = {**moto.env, "EC2_EXECUTOR_CACHE_DIR": str(paths.base / "ec2-executor-cache")}
+        server = CovalentServer.start(paths, env=env, executors={"ec2": settings})
+        point_client_at(server)
+        started.append(server)
+        return server
+
+    with client_isolation(paths):
+        try:
+            yield start
+        finally:
+            for server in reversed(started):
+                server.stop()
+
+
+def sigkill(server: CovalentServer) -> None:
+    for pid in server.processes():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while server.processes():
+        assert time.monotonic() < deadline, "the server outlived SIGKILL"
+        time.sleep(0.2)
+
+
+@pytest.mark.parametrize(
+    "boot_bootstrap_env",
+    [{"EC2_EXECUTOR_BOOTSTRAP_OFFLINE": "1", "EC2_EXECUTOR_ORPHAN_SECONDS": str(ORPHAN_SECONDS)}],
+)
+def test_a_server_killed_mid_task_leaves_nothing_once_started_again(
+    emulated_boot: EmulatedBoot,
+    moto_server: MotoServer,
+    local_settings: dict[str, Any],
+    tmp_path: Path,
+) -> None:
+    paths = CovalentPaths.create(tmp_path / "covalent")
+
+    @ct.electron(executor=ct.executor.EC2Executor(**local_settings))
+    def sleeper() -> str:
+        time.sleep(600)
+        return "woke"
+
+    @ct.electron(executor=ct.executor.EC2Executor(**local_settings))
+    def quick() -> int:
+        return 1
+
+    @ct.lattice
+    def long_one() -> str:
+        return sleeper()
+
+    @ct.lattice
+    def short_one() -> int:
+        return quick()
+
+    with own_server(paths, moto_server, local_settings) as start:
+        first = start()
+        ct.dispatch(long_one)()
+        deadline = time.monotonic() + 180
+        while not any(r.bootstrap_done.is_set() for r in emulated_boot.instances):
+            assert time.monotonic() < deadline, "the electron's instance never booted"
+            time.sleep(0.5)
+        time.sleep(3)  # the task is running on the instance now
+        [orphan] = live_stacks(moto_server)
+        [instance] = emulated_boot.instances
+        sigkill(first)
+        first._stopped = True  # gone; `covalent stop` on these paths is the next server's
+        emulated_boot.wait_stopped(instance.instance_id, timeout=ORPHAN_SECONDS + 30)
+        assert "no connection from the owner" in (instance.prefix / "poweroff").read_text()
+
+        second = start()
+        result = second.wait_for_result(ct.dispatch(short_one)(), 300)
+        assert str(result.status) == "COMPLETED", second.log_tail()
+        deadline = time.monotonic() + 60
+        while orphan in live_stacks(moto_server):
+            assert time.monotonic() < deadline, f"{orphan} was not swept"
+            time.sleep(0.5)
+    assert_nothing_left(moto_server)
