@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 import cloudpickle
 
 from cdk_stacks.parameters import StackParameters, tag_parameters
-from ec2_executor import redact
+from ec2_executor import owner, redact
 from ec2_executor.access import ClientIdentity, KeyPair
 from ec2_executor.blocking import Deadline, poll, run_blocking, submit_blocking
 from ec2_executor.cloud import capacity, lookups
@@ -191,6 +191,7 @@ class Electron:
     async def create_stack(self, template: str, parameters: StackParameters) -> str:
         """Send `CreateStack`; the call runs on even if this coroutine is cancelled, and
         teardown waits for it, so no stack can appear after its deletion."""
+        owner.leave_note()  # so a later process here can prove this one gone
         tags = stack_tags(
             dispatch_id=self.dispatch_id,
             node_id=self.node_id,

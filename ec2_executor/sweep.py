@@ -2,9 +2,10 @@
 
 An electron whose dispatcher died leaves its stack; its instance ends itself once its owner is
 gone (`orphan_minutes`, the instance's own watch) or at `max_lifetime_minutes`. A stack is an
-orphan when its instance has ended (terminated or stopped: nothing can run a task on it any
-more) and it is not this process's: only that is proof, so a live electron of another
-dispatcher, busy or idle, is never touched. The first electron of each process sweeps each
+orphan when it is not this process's and either its instance has ended (terminated or stopped:
+nothing can run a task on it any more) or its owner is proven dead on this machine
+(`owner.known_gone`). Nothing else is proof, so a live electron of another dispatcher, busy or
+idle, is never touched. The first electron of each process sweeps each
 account and region once, in the background; `ec2-executor cleanup` sweeps the same way.
 """
 
@@ -15,13 +16,13 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ec2_executor import owner
 from ec2_executor.blocking import run_blocking
 from ec2_executor.cloud.aws import AWS
 from ec2_executor.cloud.stacks import TAG_OWNER, Stacks, tag_value
 from ec2_executor.errors import EC2ExecutorError
 from ec2_executor.logs import log
 from ec2_executor.options import Options
-from ec2_executor.owner import OWNER_ID
 
 LIMIT = 50
 """At most this many deletions per sweep; the next process's sweep takes the rest."""
@@ -33,27 +34,39 @@ _lock = threading.Lock()
 
 
 def orphans(
-    stacks: Sequence[Mapping[str, Any]], states: Mapping[str, str], *, owner: str = OWNER_ID
+    stacks: Sequence[Mapping[str, Any]], states: Mapping[str, str], *, ours: str | None = None
 ) -> list[Mapping[str, Any]]:
-    """The stacks proven orphaned: their instance ended, and they are not `owner`'s (pure)."""
-    from ec2_executor.cli.states import GONE  # the states' one definition
+    """The stacks proven orphaned, and not `ours`: their instance ended, or their owner is
+    proven dead on this machine (pure, given the states). `ours`: this process's id."""
+    from ec2_executor.cli.states import GONE, OWNER_GONE  # the states' one definition
 
+    ours = ours or owner.owner_id()
     return [
         s
         for s in stacks
-        if states.get(s["StackName"]) == GONE
-        and tag_value(s, TAG_OWNER) != owner
+        if states.get(s["StackName"]) in (GONE, OWNER_GONE)
+        and tag_value(s, TAG_OWNER) != ours
         and not str(s["StackStatus"]).startswith("DELETE")
     ]
 
 
-def find_orphans(aws: AWS) -> list[Mapping[str, Any]]:
-    """Every orphaned stack in the options' account and region (blocking: one listing of the
-    stacks and one read of their instances)."""
+def find_orphans(aws: AWS) -> list[tuple[Mapping[str, Any], str]]:
+    """Every orphaned stack in the options' account and region, with its state (blocking: one
+    listing of the stacks and one read of their instances). Forgets the notes of dead owners
+    that have no stack left."""
     from ec2_executor.cli.states import instance_states
 
     found = Stacks(aws.cloudformation).list_ours()
-    return orphans(found, instance_states(aws.ec2, found))
+    states = instance_states(aws.ec2, found)
+    _forget_the_dead(found)
+    return [(s, states[s["StackName"]]) for s in orphans(found, states)]
+
+
+def _forget_the_dead(stacks: Sequence[Mapping[str, Any]]) -> None:
+    with_stacks = {tag_value(s, TAG_OWNER) for s in stacks}
+    for note in owner.notes_dir().glob("*.json"):
+        if note.stem not in with_stacks:
+            owner.forget(note.stem)
 
 
 async def sweep(options: Options) -> list[str]:
@@ -63,18 +76,18 @@ async def sweep(options: Options) -> list[str]:
     found = await run_blocking(find_orphans, aws)
     stacks = Stacks(aws.cloudformation)
     deleted: list[str] = []
-    for n, stack in enumerate(found[:LIMIT]):
+    for n, (stack, why) in enumerate(found[:LIMIT]):
         if n:
             await asyncio.sleep(PACE)
-        if await _delete(stacks, stack):
+        if await _delete(stacks, stack, why):
             deleted.append(stack["StackName"])
     return deleted
 
 
-async def _delete(stacks: Stacks, stack: Mapping[str, Any]) -> bool:
+async def _delete(stacks: Stacks, stack: Mapping[str, Any], why: str) -> bool:
     name = stack["StackName"]
-    owner = tag_value(stack, TAG_OWNER) or "unknown"
-    log.info("sweep: deleting stack %s: its instance has ended (owner %s)", name, owner)
+    whose = tag_value(stack, TAG_OWNER) or "unknown"
+    log.info("sweep: deleting stack %s: %s (owner %s)", name, why, whose)
     try:
         # By id: a stack of that name created since the listing is someone's live electron.
         await run_blocking(stacks.delete, stack["StackId"])

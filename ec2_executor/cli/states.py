@@ -19,20 +19,25 @@ from ec2_executor.cloud.stacks import (
     StackOutputs,
     tag_value,
 )
+from ec2_executor.owner import known_gone
 from ec2_executor.warm.pool import TAG_STATE
 
 if TYPE_CHECKING:
     from mypy_boto3_ec2 import EC2Client
 
 IDLE = "idle since"
+OWNER_GONE = "orphan: owner gone"
+"""The instance runs, but the process that owns it is proven dead on this machine
+(`owner.known_gone`): it powers itself off after `orphan_minutes`; the stack may go now."""
 GONE = "orphan: instance gone"
 """Nothing runs on the stack any more: `cleanup` and the sweep delete it without --all."""
 BUSY = "running a task"
 
 
 def instance_states(ec2: EC2Client, stacks: list[Mapping[str, Any]]) -> dict[str, str]:
-    """Stack name -> "running a task", "idle since ...", "instance gone" or the stack's own
-    progress ("creating", "deleting") while it has no instance to speak of."""
+    """Stack name -> "running a task", "idle since ...", an orphan's state (`GONE`,
+    `OWNER_GONE`) or the stack's own progress ("creating", "deleting") while it has no instance
+    to speak of."""
     ids = {s["StackName"]: StackOutputs.from_stack(s).instance_id for s in stacks}
     found = Instances(ec2).by_id([i for i in ids.values() if i])
     states: dict[str, str] = {}
@@ -45,6 +50,8 @@ def instance_states(ec2: EC2Client, stacks: list[Mapping[str, Any]]) -> dict[str
             states[name] = "creating" if status.endswith("IN_PROGRESS") else GONE
         elif instance is None or not instance.live:
             states[name] = GONE
+        elif known_gone(tag_value(stack, TAG_OWNER) or ""):
+            states[name] = OWNER_GONE
         else:
             state = (instance.tags or {}).get(TAG_STATE, "busy")
             states[name] = BUSY if state == "busy" else state

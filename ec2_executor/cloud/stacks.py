@@ -22,7 +22,7 @@ from ec2_executor.errors import (
     TemplateError,
 )
 from ec2_executor.logs import log
-from ec2_executor.owner import OWNER_ID
+from ec2_executor.owner import owner_id
 
 if TYPE_CHECKING:
     from mypy_boto3_cloudformation import CloudFormationClient
@@ -37,7 +37,7 @@ TAG_VERSION = "ec2-executor:version"
 TAG_CREATED = "ec2-executor:created-at"
 TAG_INSTANCE_TYPE = "ec2-executor:instance-type"
 TAG_OWNER = "ec2-executor:owner"
-"""The dispatcher process that created the stack (`owner.OWNER_ID`)."""
+"""The dispatcher process that created the stack (`owner.owner_id()`)."""
 _MAX_NAME = 128
 _DIGEST = 10
 _FAILED_CREATE = {
@@ -66,7 +66,7 @@ def stack_tags(
     version: str,
     instance_type: str,
     extra: Mapping[str, str],
-    owner: str = OWNER_ID,
+    owner: str | None = None,
 ) -> list[dict[str, str]]:
     ours = {
         TAG_DISPATCH: dispatch_id,
@@ -74,7 +74,7 @@ def stack_tags(
         TAG_VERSION: version,
         TAG_CREATED: datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         TAG_INSTANCE_TYPE: instance_type,
-        TAG_OWNER: owner,
+        TAG_OWNER: owner or owner_id(),
     }
     return [{"Key": k, "Value": v} for k, v in {**extra, **ours}.items()]
 

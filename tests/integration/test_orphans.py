@@ -35,7 +35,7 @@ from ec2_executor.cli.main import main
 from ec2_executor.cloud.stacks import stack_name, stack_tags
 from ec2_executor.ec2 import EC2Executor
 from ec2_executor.options import build
-from ec2_executor.owner import OWNER_ID
+from ec2_executor.owner import owner_id
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -189,7 +189,7 @@ def test_a_dispatcher_killed_mid_task_leaves_nothing_behind(
         assert run(sweep.sweep(build(options))) == []  # alive: not proven orphaned
         [row] = json.loads(cli("list", "--json").output)
         assert row["state"] == "running a task"
-        assert row["owner"] not in ("-", OWNER_ID)
+        assert row["owner"] not in ("-", owner_id())
         assert "Leaving 1 stack(s)" in cli("cleanup", "--yes").output
         time.sleep(ORPHAN_SECONDS + 2)  # the connection stays: no power-off however long
         assert instances_in(moto_reset, "running") == [instance_id]
@@ -353,7 +353,7 @@ def test_a_created_vpc_orphan_is_swept_up_to_the_deletion_request(
     sweep.forget()
     options = build({"region": moto_reset.client("ec2").meta.region_name})
     swept = run(sweep.sweep(options))
-    assert f"sweep: deleting stack {name}: its instance has ended" in package_log.text
+    assert f"sweep: deleting stack {name}: orphan: instance gone" in package_log.text
     if swept != [name]:  # moto deletes inside DeleteStack, and fails on this shape
         assert f"sweep: stack {name} stays" in package_log.text
         assert "DependencyViolation" in package_log.text
@@ -361,3 +361,28 @@ def test_a_created_vpc_orphan_is_swept_up_to_the_deletion_request(
 
 def _status(cfn: Any, name: str) -> str:
     return str(cfn.describe_stacks(StackName=name)["Stacks"][0]["StackStatus"])
+
+
+def test_a_dead_owner_on_this_machine_is_proven_gone_before_its_instance_ends(
+    loopback_network: LoopbackNetwork,
+    emulated_boot: EmulatedBoot,
+    moto_reset: MotoServer,
+    remote_cache: str,
+    tmp_path: Path,
+) -> None:
+    """The other dispatcher ran here: once it is killed, its note proves it dead, so its
+    stack is an orphan at once (`list`), and `cleanup` without --all deletes it."""
+    options = harness_options(loopback_network.subnet_id, remote_cache)
+    other = dispatcher(tmp_path, options, "noted")
+    try:
+        running_task(emulated_boot, remote_cache)
+        [row] = json.loads(cli("list", "--json").output)
+        assert row["state"] == "running a task"
+    finally:
+        other.send_signal(signal.SIGKILL)
+        other.wait()
+    [row] = json.loads(cli("list", "--json").output)
+    assert row["state"] == "orphan: owner gone"
+    assert f"deleted {row['name']}" in cli("cleanup", "--yes").output
+    wait_for(lambda: not instances_in(moto_reset, "pending", "running"), 60, "the instance")
+    assert_nothing_left(moto_reset)
