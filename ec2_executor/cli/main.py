@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import difflib
 import json
 import os
 import re
@@ -679,13 +678,10 @@ def unknown_keys(section: Mapping[str, Any]) -> list[str]:
     """A sentence for each key of `[executors.ec2]` that no option reads, with the closest
     known option: electrons ignore such keys (old plugins' keys must keep working), so a typo
     would otherwise go unseen."""
-    known = (*opts.OPTION_NAMES, *opts.BASE_OPTION_NAMES)
-    found = []
-    for key in (k for k in section if k not in known):
-        close = difflib.get_close_matches(key, known, n=1)
-        hint = f"did you mean {close[0]!r}?" if close else "see the README's option table."
-        found.append(f"{key!r} in [executors.ec2] is not an option, so it is ignored; {hint}")
-    return found
+    return [
+        f"{key!r} in [executors.ec2] is not an option, so it is ignored; {hint}"
+        for key, hint in opts.unknown_options(section).items()
+    ]
 
 
 def _valid(_: object) -> str:
