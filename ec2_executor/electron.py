@@ -45,6 +45,7 @@ from ec2_executor.cloud.stacks import (
     creation_progress,
     delete_and_wait,
     delete_stack,
+    request_token,
     stack_name,
     stack_tags,
     stack_template,
@@ -209,6 +210,7 @@ class Electron:
             parameters=parameters.to_cloudformation(declared=_declared(template)),
             tags=tags,
             timeout_minutes=max(5, math.ceil(self.options.provision_timeout / 60)),
+            token=request_token(),  # one per attempt: a capacity failover's is a new stack
         )
         # Shielded: cancelling a wrapped future cancels the call itself if it has not started.
         return await asyncio.shield(asyncio.wrap_future(self._create_call))
