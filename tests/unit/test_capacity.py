@@ -40,6 +40,10 @@ SPOT_REASONS = [
     "Error Code: MaxSpotInstanceCountExceeded)",
     "Your Spot request price of 0.001 is lower than the minimum required Spot request "
     "fulfillment price of 0.0035. (Error Code: SpotMaxPriceTooLow)",
+    # As CloudFormation's CREATE_FAILED reason quotes it: EC2's text, no EC2 error code.
+    'Resource handler returned message: "Max spot instance count exceeded (Service: Ec2, '
+    'Status Code: 400, Request ID: 5d2c0e4b)" (RequestToken: 1f0e, HandlerErrorCode: '
+    "GeneralServiceException)",
 ]
 OTHER_REASONS = [
     "You have requested more vCPU capacity than your current vCPU limit of 32 allows "
@@ -47,6 +51,7 @@ OTHER_REASONS = [
     "The image id '[ami-0123]' does not exist (Error Code: InvalidAMIID.NotFound)",
     "Resource creation cancelled",
     "",
+    "The operation is not supported. (Error Code: UnsupportedOperation)",
 ]
 
 
