@@ -8,12 +8,19 @@ from __future__ import annotations
 import base64
 import gzip
 import importlib.util
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 HOST_KEY_PATH = "/etc/ssh/ec2_executor_host_ed25519_key"
 SSHD_DROP_IN_PATH = "/etc/ssh/sshd_config.d/00-ec2-executor.conf"
 INSTANCE_DIR = "/opt/ec2-executor"
 BOOTSTRAP_PATH = f"{INSTANCE_DIR}/bootstrap.sh"
+USER_DATA_LIMIT = 16 * 1024
+"""EC2's limit on user data, in bytes of its raw form, before base64 (EC2 User Guide, "Work
+with instance user data"). CloudFormation accepts a stack over it; its launch then fails."""
 INSTANCE_FILES = {
     "bootstrap.sh": "0755",
     "runner.py": "0644",
@@ -99,3 +106,42 @@ write_files:
 runcmd:
   - [{BOOTSTRAP_PATH}, --python, "${{PythonVersion}}", --covalent, "${{CovalentVersion}}", --cloudpickle, "${{CloudpickleVersion}}", --user, "${{SshUser}}", --idle-minutes, "${{IdleMinutes}}", --orphan-minutes, "${{OrphanMinutes}}", --ssh-port, "${{SshPort}}"]
 """  # noqa: E501
+
+
+# `${Name}` (a parameter) or `${!` (a literal `${`), as `Fn::Sub` reads its string.
+_SUB_TOKEN = re.compile(r"\$\{(!|[^}]*\})")
+
+
+@dataclass(frozen=True)
+class UserDataSize:
+    total: int
+    """Bytes of the user data with every parameter substituted."""
+    by_parameter: dict[str, int]
+    """Bytes each parameter's value adds, over all its occurrences."""
+
+
+def user_data_size(template: Mapping[str, Any], values: Mapping[str, str]) -> UserDataSize:
+    """The size of the instance's user data once CloudFormation has substituted `values` (the
+    stack parameters as `create_stack` sends them) into the template's `Fn::Sub` string."""
+    text = _user_data_sub(template)
+    added: dict[str, int] = {}
+
+    def substitute(match: re.Match[str]) -> str:
+        token = match.group(1)
+        if token == "!":
+            return "${"
+        value = values[token[:-1]]
+        added[token[:-1]] = added.get(token[:-1], 0) + len(value.encode())
+        return value
+
+    rendered = _SUB_TOKEN.sub(substitute, text)
+    return UserDataSize(total=len(rendered.encode()), by_parameter=added)
+
+
+def _user_data_sub(template: Mapping[str, Any]) -> str:
+    for resource in template.get("Resources", {}).values():
+        if resource.get("Type") == "AWS::EC2::Instance":
+            text = resource["Properties"]["UserData"]["Fn::Base64"]["Fn::Sub"]
+            if isinstance(text, str):
+                return text
+    raise ValueError("The template has no AWS::EC2::Instance whose user data is an Fn::Sub string.")

@@ -7,6 +7,7 @@ waiting on a remote command would otherwise starve every other electron on a 2-c
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -54,14 +55,19 @@ async def poll(
     first: float = 0.5,
     factor: float = 1.5,
     ceiling: float = 5.0,
+    jitter: float = 0.0,
 ) -> T | None:
-    """Await `check` until it returns a value or the deadline passes (then None), backing off."""
+    """Await `check` until it returns a value or the deadline passes (then None), backing off.
+
+    `jitter`: the share of each pause drawn at random, so that many pollers spread out.
+    """
     interval = first
     while True:
         result = await check()
         if result is not None or deadline.passed:
             return result
-        await asyncio.sleep(min(interval, deadline.remaining))
+        pause = interval * (1.0 - jitter * random.random())
+        await asyncio.sleep(min(pause, deadline.remaining))
         interval = min(interval * factor, ceiling)
 
 

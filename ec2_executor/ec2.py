@@ -193,7 +193,7 @@ class EC2Executor(AsyncBaseExecutor):
         if electron is None:
             return  # setup failed before it could name a stack: nothing was created
         launched = self.__dict__.pop("_launched", None)
-        host = self.__dict__.pop("_host", None)
+        host = self.__dict__.pop("_host", None) or self._lease.host(electron)
         if not await self._lease.release(electron, launched, host):
             await electron.destroy(launched, host)
 

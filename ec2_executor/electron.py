@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 import cloudpickle
 
 from cdk_stacks.parameters import StackParameters, tag_parameters
+from cdk_stacks.user_data import USER_DATA_LIMIT, user_data_size
 from ec2_executor import owner, redact
 from ec2_executor.access import ClientIdentity, KeyPair
 from ec2_executor.blocking import Deadline, poll, run_blocking, submit_blocking
@@ -45,16 +46,19 @@ from ec2_executor.cloud.stacks import (
     creation_progress,
     delete_and_wait,
     delete_stack,
+    request_token,
     stack_name,
     stack_tags,
     stack_template,
     wait_for_creation,
 )
 from ec2_executor.errors import (
+    ConfigurationError,
     ConnectionLostError,
     EC2ExecutorError,
     RemoteError,
     StackCreationError,
+    TemplateError,
 )
 from ec2_executor.logs import log
 from ec2_executor.options import Options
@@ -203,13 +207,16 @@ class Electron:
         parameters = StackParameters(
             **{**parameters, **tag_parameters([(t["Key"], t["Value"]) for t in tags])}
         )
+        values = parameters.to_cloudformation(declared=_declared(template))
+        check_user_data(template, values, self.options)
         self._create_call = submit_blocking(
             self.stacks.create,
             self.name,
             template=template,
-            parameters=parameters.to_cloudformation(declared=_declared(template)),
+            parameters=values,
             tags=tags,
             timeout_minutes=max(5, math.ceil(self.options.provision_timeout / 60)),
+            token=request_token(),  # one per attempt: a capacity failover's is a new stack
         )
         # Shielded: cancelling a wrapped future cancels the call itself if it has not started.
         return await asyncio.shield(asyncio.wrap_future(self._create_call))
@@ -278,6 +285,31 @@ def stack_parameters(options: Options, plan: Plan, host_key: KeyPair) -> StackPa
         InstanceProfile=options.instance_profile,
         ExpectPublicIp=network.public_ip,
         **existing,
+    )
+
+
+def check_user_data(template: str, parameters: list[dict[str, str]], options: Options) -> None:
+    """Refuse user data over EC2's limit before the stack exists: CloudFormation would take
+    the stack and fail only at the instance's launch, minutes later."""
+    values = {p["ParameterKey"]: p["ParameterValue"] for p in parameters}
+    size = user_data_size(json.loads(template), values)
+    if size.total <= USER_DATA_LIMIT:
+        return
+    name, largest = max(size.by_parameter.items(), key=lambda item: item[1], default=("", 0))
+    over = (
+        f"The instance's user data would be {size.total} bytes, over EC2's limit of "
+        f"{USER_DATA_LIMIT} (before base64)"
+    )
+    if name == "AuthorizedKey" and options.ssh_key_file:
+        raise ConfigurationError(
+            f"{over}: the public key of 'ssh_key_file' {options.ssh_key_file!r} takes "
+            f"{largest} bytes of it; use a smaller key, such as ed25519, or leave "
+            f"'ssh_key_file' empty for a fresh key per electron."
+        )
+    # No option added much: the instance's own files outgrew the limit.
+    raise TemplateError(
+        f"{over}, though no stack parameter is large (the largest, {name or 'none'}, is "
+        f"{largest} bytes): the instance's own files outgrew it; please report this bug."
     )
 
 

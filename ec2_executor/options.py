@@ -138,18 +138,25 @@ def report_unknown(names: Iterable[str], *, where: str) -> None:
     Not an error: Covalent passes the whole `[executors.ec2]` section as keywords, and old
     configurations (the Terraform plugin's `conda_env`, `poll_freq`, ...) must keep working.
     """
-    known = OPTION_NAMES + BASE_OPTION_NAMES
-    for name in names:
-        if name in known or name in _REPORTED:
+    for name, hint in unknown_options(names).items():
+        if name in _REPORTED:
             continue
         _REPORTED.add(name)
-        close = difflib.get_close_matches(name, known, n=1)
-        hint = f"did you mean {close[0]!r}?" if close else "see the README's option table."
         warnings.warn(
             f"EC2Executor ignores the unknown option {name!r} ({where}); {hint}",
             UnknownOptionWarning,
             stacklevel=3,
         )
+
+
+def unknown_options(names: Iterable[str]) -> dict[str, str]:
+    """Each name that is no option, with a hint: the closest known option, if one is close."""
+    known = OPTION_NAMES + BASE_OPTION_NAMES
+    hints = {}
+    for name in (n for n in names if n not in known):
+        close = difflib.get_close_matches(name, known, n=1)
+        hints[name] = f"did you mean {close[0]!r}?" if close else "see the README's option table."
+    return hints
 
 
 def defaults() -> dict[str, Any]:

@@ -39,6 +39,11 @@ _WAITED = re.compile(rf"^{MARK} bootstrap waited (\d+[.,]\d+) (\d+[.,]\d+)$", re
 _NOT_UP_YET = (OSError, EOFError, paramiko.SSHException)
 """What a connection attempt meets while the instance boots: refused, reset, a banner or
 handshake cut short. Worth another try, unlike a wrong host key or a refused login."""
+HANDSHAKE_TIMEOUT = 30.0
+"""Seconds sshd has for its banner and the key's authentication once it accepted the
+connection. Longer than a probe's TCP timeout: a host busy booting (or a test machine running
+many instances) can take seconds, and paramiko reports an authentication that ran out of time
+as a refused key, which fails the electron."""
 
 
 @dataclass(frozen=True)
@@ -141,8 +146,8 @@ class RemoteHost:
                 "pkey": identity.key,
                 "look_for_keys": False,
                 "allow_agent": False,
-                "banner_timeout": connect_timeout,
-                "auth_timeout": connect_timeout,
+                "banner_timeout": max(connect_timeout, HANDSHAKE_TIMEOUT),
+                "auth_timeout": max(connect_timeout, HANDSHAKE_TIMEOUT),
             },
         )
         _pin(self._connection.client, endpoint, host_key)

@@ -1,8 +1,10 @@
 """`ec2-executor`: see and remove what the executor created, check a set-up, print templates.
 
-Exit codes: 0 success; 1 a check failed, a stack could not be deleted, or AWS failed; 2 bad
-usage or set-up (a bad option or `[executors.ec2]` value, no usable credentials). A failure is
-one line on stderr, never a traceback (EC2_EXECUTOR_DEBUG=1 shows it).
+Exit codes: 0 success, and also a "no" at a question (nothing is deleted, and the command says
+so: declining is an answer, not a failure); 1 a check failed, a stack could not be deleted, a
+named stack or image does not exist, a question got no answer (input closed, Ctrl-C), or AWS
+failed; 2 bad usage or set-up (a bad flag, a bad option or `[executors.ec2]` value, no usable
+credentials). A failure is one line on stderr, never a traceback (EC2_EXECUTOR_DEBUG=1 shows it).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -48,8 +50,23 @@ if TYPE_CHECKING:
 
 _AGE = re.compile(r"^(\d+)([smhd])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+LIST_COLUMNS = (
+    "name",
+    "dispatch_id",
+    "node_id",
+    "owner",
+    "status",
+    "age",
+    "instance_type",
+    "state",
+)
+CLEANUP_COLUMNS = ("name", "dispatch_id", "node_id", "status", "age", "state")
+IMAGE_COLUMNS = ("image", "name", "created", "state", "contents")
+"""The tables' columns; --json prints every field of the rows instead."""
 DEBUG_ENV = "EC2_EXECUTOR_DEBUG"
 """Set (to anything) to let a failure end in its Python traceback instead of one line."""
+VERSION_LINE = "%(prog)s %(version)s"
+NOTHING_DELETED = "Nothing deleted."
 
 
 class Failure(click.ClickException):
@@ -181,8 +198,16 @@ def aws_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 @click.group(cls=Commands, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="ec2-executor", prog_name="ec2-executor", message=VERSION_LINE)
 def main() -> None:
-    """Manage what ec2-executor creates: one CloudFormation stack per electron."""
+    """Manage what ec2-executor creates: one CloudFormation stack per electron.
+
+    \b
+    Example:
+      ec2-executor doctor             # is this machine ready to run electrons?
+      ec2-executor list               # what the executor left in the region
+      ec2-executor cleanup --dry-run  # what cleanup would delete
+    """
 
 
 # --- synth ------------------------------------------------------------------------------
@@ -203,9 +228,22 @@ def main() -> None:
     default="-",
     help="Write the template here (default: stdout).",
 )
-def synth(shape: str, output: Any) -> None:
-    """Print the CloudFormation template of a stack shape (cached after the first time)."""
-    output.write(stack_template(StackShape(network=NetworkMode(shape))))
+@click.option(
+    "--compact",
+    is_flag=True,
+    help="One line, as the executor deploys it (CloudFormation takes at most 51,200 bytes).",
+)
+def synth(shape: str, output: Any, compact: bool) -> None:
+    """Print the CloudFormation template of a stack shape, indented (cached after the first
+    time).
+
+    \b
+    Example:
+      ec2-executor synth --shape created -O created.json
+      ec2-executor synth --compact | wc -c
+    """
+    template = stack_template(StackShape(network=NetworkMode(shape)))
+    output.write(template if compact else json.dumps(json.loads(template), indent=2))
     output.write("\n")
 
 
@@ -218,19 +256,16 @@ def synth(shape: str, output: Any) -> None:
 def list_stacks(
     region: str | None, profile: str | None, pairs: tuple[str, ...], as_json: bool
 ) -> None:
-    """Every stack the executor created in the region, found by its tags."""
+    """Every stack the executor created in the region, found by its tags.
+
+    \b
+    Example:
+      ec2-executor list --region eu-west-1
+      ec2-executor list --json | jq -r '.[].name'
+    """
     aws = AWS(load_options(region, profile, pairs))
     rows = _summaries(Stacks(aws.cloudformation), aws)
-    if as_json:
-        click.echo(json.dumps(rows, indent=2))
-        return
-    if not rows:
-        click.echo("No ec2-executor stacks.")
-        return
-    _table(
-        rows,
-        ("name", "dispatch_id", "node_id", "owner", "status", "age", "instance_type", "state"),
-    )
+    show(rows, LIST_COLUMNS, as_json=as_json, empty="No ec2-executor stacks.")
 
 
 def _summaries(stacks: Stacks, aws: AWS) -> list[dict[str, Any]]:
@@ -257,11 +292,42 @@ def _human(seconds: int | None) -> str:
     return f"{seconds}s"
 
 
+def show(
+    rows: list[dict[str, Any]], columns: tuple[str, ...], *, as_json: bool, empty: str
+) -> None:
+    """A table of `columns` for people, or with --json every field of every row for scripts
+    (an empty list, never the `empty` sentence, which a script would have to parse)."""
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    elif rows:
+        _table(rows, columns)
+    else:
+        click.echo(empty)
+
+
 def _table(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> None:
     widths = [max([len(c), *(len(str(r[c])) for r in rows)]) for c in columns]
     click.echo("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)))
     for row in rows:
         click.echo("  ".join(str(row[c]).ljust(w) for c, w in zip(columns, widths, strict=True)))
+
+
+def confirmed(question: str, *, yes: bool) -> bool:
+    """Whether to go on: --yes, or a yes at the question. A no is an answer, so it says
+    "Nothing deleted." and the command ends well (exit 0); no answer at all (input closed,
+    Ctrl-C) is a failure, so a script that forgot --yes does not pass unnoticed."""
+    if yes:
+        return True
+    try:
+        if click.confirm(question, default=False):
+            return True
+    except click.Abort as exc:
+        click.echo()  # end the question's line
+        raise Failure(
+            "no answer to the question, so nothing was deleted; add --yes to delete without asking."
+        ) from exc
+    click.echo(NOTHING_DELETED)
+    return False
 
 
 # --- cleanup ----------------------------------------------------------------------------
@@ -278,6 +344,30 @@ def _age_option(_ctx: click.Context, _param: click.Parameter, value: str | None)
     return parse_age(value) if value else None
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Selection:
+    """Which stacks `cleanup` deletes: every filter given must match."""
+
+    age: timedelta | None = None
+    dispatch_id: str | None = None
+    names: tuple[str, ...] = ()
+    idle: bool = False
+    everything: bool = False
+
+    def matches(self, row: Mapping[str, Any]) -> bool:
+        return (
+            (self.age is None or (row["age_seconds"] or 0) >= self.age.total_seconds())
+            and (self.dispatch_id is None or row["dispatch_id"] == self.dispatch_id)
+            and (not self.names or row["name"] in self.names)
+            and (not self.idle or row["state"].startswith(IDLE) or row["state"] == GONE)
+        )
+
+    def spares(self, row: Mapping[str, Any]) -> bool:
+        """Without a filter, a stack whose electron may be running right now is left alone."""
+        unfiltered = not (self.everything or self.age or self.dispatch_id or self.names)
+        return unfiltered and row["state"] == BUSY
+
+
 @main.command()
 @aws_options
 @click.option(
@@ -287,7 +377,9 @@ def _age_option(_ctx: click.Context, _param: click.Parameter, value: str | None)
     help="Only stacks at least this old, e.g. 30m, 2h, 1d.",
 )
 @click.option("--dispatch", "dispatch_id", help="Only the stacks of this dispatch id.")
-@click.option("--stack", "names", multiple=True, help="Only this stack (repeatable).")
+@click.option(
+    "--stack", "names", multiple=True, help="Only this stack (repeatable); it must exist."
+)
 @click.option(
     "--all",
     "everything",
@@ -297,56 +389,101 @@ def _age_option(_ctx: click.Context, _param: click.Parameter, value: str | None)
 @click.option(
     "--idle", is_flag=True, help="Only warm stacks that are idle or whose instance is gone."
 )
+@click.option("--dry-run", is_flag=True, help="Show what would be deleted; delete nothing.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Machine-readable output (needs --yes or --dry-run)."
+)
 @click.option("--yes", "-y", is_flag=True, help="Delete without asking.")
 def cleanup(
     region: str | None,
     profile: str | None,
     pairs: tuple[str, ...],
-    age: timedelta | None,
-    dispatch_id: str | None,
-    names: tuple[str, ...],
-    everything: bool,
-    idle: bool,
+    dry_run: bool,
+    as_json: bool,
     yes: bool,
+    **selection: Any,
 ) -> None:
     """Delete left-over executor stacks, waiting for each.
 
     Without a filter, a stack whose instance is running and not idle (an electron that some
     Covalent server may be running right now) is left alone unless --all is given.
+
+    \b
+    Example:
+      ec2-executor cleanup --older-than 2h --dry-run  # what would go, deleting nothing
+      ec2-executor cleanup --dispatch DISPATCH_ID --yes
+      ec2-executor cleanup --idle --yes --json
     """
-    aws = AWS(load_options(region, profile, pairs))
+    if as_json and not (yes or dry_run):  # as terraform's -json needs -auto-approve
+        raise BadUsage("--json needs --yes or --dry-run: a question would mix with the JSON.")
+    chosen = Selection(**selection)  # click passes the filters by their field names
+    options = load_options(region, profile, pairs)
+    aws = AWS(options)
     stacks = Stacks(aws.cloudformation)
-    rows = [
-        r
-        for r in _summaries(stacks, aws)
-        if (age is None or (r["age_seconds"] or 0) >= age.total_seconds())
-        and (dispatch_id is None or r["dispatch_id"] == dispatch_id)
-        and (not names or r["name"] in names)
-        and (not idle or r["state"].startswith(IDLE) or r["state"] == GONE)
-    ]
-    if not (everything or age or dispatch_id or names):
-        left = [r for r in rows if r["state"] == BUSY]
-        rows = [r for r in rows if r["state"] != BUSY]
-        if left:
-            click.echo(
-                f"Leaving {len(left)} stack(s) whose instance is still running, so an electron "
-                f"may be using it: {', '.join(r['name'] for r in left)}. Add --all to delete "
-                f"them too, or name them with --stack."
-            )
+    found = _summaries(stacks, aws)
+    _require_named(chosen.names, found, options.region)
+    rows = [r for r in found if chosen.matches(r)]
+    kept = [{**r, "action": "kept", "error": None} for r in rows if chosen.spares(r)]
+    doomed = [r for r in rows if not chosen.spares(r)]
+    if kept and not as_json:
+        click.echo(
+            f"Leaving {len(kept)} stack(s) whose instance is still running, so an electron "
+            f"may be using it: {', '.join(r['name'] for r in kept)}. Add --all to delete "
+            f"them too, or name them with --stack."
+        )
+    done = _delete(stacks, doomed, dry_run=dry_run, as_json=as_json, yes=yes)
+    if as_json:
+        click.echo(json.dumps(kept + done, indent=2))
+    if any(r["action"] == "failed" for r in done):
+        raise SystemExit(1)
+
+
+def _require_named(names: tuple[str, ...], found: list[dict[str, Any]], region: str) -> None:
+    """A mistyped --stack is an error, not "Nothing to delete.": the user meant a stack."""
+    missing = [n for n in names if n not in {r["name"] for r in found}]
+    if missing:
+        raise Failure(
+            f"No ec2-executor stack named {', '.join(map(repr, missing))} in {region}; "
+            f"'ec2-executor list' shows the stacks there (--region for another region)."
+        )
+
+
+def _delete(
+    stacks: Stacks, rows: list[dict[str, Any]], *, dry_run: bool, as_json: bool, yes: bool
+) -> list[dict[str, Any]]:
+    """Show `rows`, ask, delete: each row back with its "action" (would delete, deleted,
+    failed) and "error"; none when the answer was no."""
     if not rows:
-        click.echo("Nothing to delete.")
-        return
-    _table(rows, ("name", "dispatch_id", "node_id", "status", "age", "state"))
-    if not yes and not click.confirm(f"Delete these {len(rows)} stack(s)?", default=False):
-        raise SystemExit(1)
-    failures = asyncio.run(_delete_all(stacks, [r["name"] for r in rows]))
-    if failures:
-        for message in failures:
-            click.echo(f"FAILED  {message}", err=True)
-        raise SystemExit(1)
+        if not as_json:
+            click.echo("Nothing to delete.")
+        return []
+    if not as_json:
+        _table(rows, CLEANUP_COLUMNS)
+    if dry_run:
+        if not as_json:
+            click.echo(f"Dry run: {len(rows)} stack(s) would be deleted. {NOTHING_DELETED}")
+        return [{**r, "action": "would delete", "error": None} for r in rows]
+    if not confirmed(f"Delete these {len(rows)} stack(s)?", yes=yes):
+        return []
+    report = None if as_json else (lambda name: click.echo(f"deleted {name}"))
+    errors = asyncio.run(_delete_all(stacks, [r["name"] for r in rows], report=report))
+    for message in errors.values():
+        click.echo(f"FAILED  {message}", err=True)
+    return [
+        {
+            **r,
+            "action": "failed" if r["name"] in errors else "deleted",
+            "error": errors.get(r["name"]),
+        }
+        for r in rows
+    ]
 
 
-async def _delete_all(stacks: Stacks, names: list[str]) -> list[str]:
+async def _delete_all(
+    stacks: Stacks, names: list[str], *, report: Callable[[str], None] | None
+) -> dict[str, str]:
+    """Delete the stacks side by side; the name of each that failed, with why."""
+
     async def one(name: str) -> str | None:
         try:  # retries a DELETE_FAILED stack once, then says what blocks it
             await delete_and_wait(
@@ -357,11 +494,12 @@ async def _delete_all(stacks: Stacks, names: list[str]) -> list[str]:
             )
         except EC2ExecutorError as exc:
             return str(exc)
-        click.echo(f"deleted {name}")
+        if report:
+            report(name)
         return None
 
     results = await asyncio.gather(*(one(name) for name in names))
-    return [r for r in results if r]
+    return {name: error for name, error in zip(names, results, strict=True) if error}
 
 
 # --- policy -----------------------------------------------------------------------------
@@ -369,7 +507,14 @@ async def _delete_all(stacks: Stacks, names: list[str]) -> list[str]:
 
 @main.command()
 def policy() -> None:
-    """Print the IAM policy the executor needs (README, "Permissions")."""
+    """Print the IAM policy the executor needs (README, "Permissions").
+
+    \b
+    Example:
+      ec2-executor policy > ec2-executor-policy.json
+      aws iam create-policy --policy-name ec2-executor \\
+        --policy-document file://ec2-executor-policy.json
+    """
     click.echo(policy_text().rstrip())
 
 
@@ -386,7 +531,9 @@ ARCH_INSTANCE_TYPES = {"x86_64": "t3.micro", "arm64": "t4g.micro"}
 @click.option("--pip", "pip", multiple=True, metavar="PKG", help="Extra package (repeatable).")
 @click.option("--force", is_flag=True, help="Bake even if a matching image exists.")
 @click.option("--list", "list_images", is_flag=True, help="List the baked images and exit.")
+@click.option("--json", "as_json", is_flag=True, help="With --list: machine-readable output.")
 @click.option("--delete", "delete", metavar="IMAGE", help="Deregister IMAGE, delete its snapshots.")
+@click.option("--yes", "-y", is_flag=True, help="With --delete: delete without asking.")
 def bake(
     region: str | None,
     profile: str | None,
@@ -396,16 +543,29 @@ def bake(
     pip: tuple[str, ...],
     force: bool,
     list_images: bool,
+    as_json: bool,
     delete: str | None,
+    yes: bool,
 ) -> None:
-    """Make an image with the bootstrap done, for this machine's Python and covalent."""
+    """Make an image with the bootstrap done, for this machine's Python and covalent.
+
+    \b
+    Example:
+      ec2-executor bake --arch arm64 --pip numpy --pip pandas
+      ec2-executor bake --list --json
+      ec2-executor bake --delete ami-0123456789abcdef0
+    """
+    if as_json and not list_images:
+        raise BadUsage("--json goes with --list, the one table bake prints.")
     options = load_options(region, profile, pairs)
     ec2 = AWS(options).ec2
     if list_images:
-        _list_images(ec2)
+        rows = [_image_row(i) for i in images.baked_images(ec2)]
+        empty = "No baked images ('ec2-executor bake' makes one)."
+        show(rows, IMAGE_COLUMNS, as_json=as_json, empty=empty)
         return
     if delete:
-        _delete_image(ec2, delete)
+        _delete_image(ec2, delete, yes=yes)
         return
     chosen = instance_type or (ARCH_INSTANCE_TYPES[arch] if arch else options.instance_type)
     options = dataclasses.replace(options, instance_type=chosen)
@@ -416,20 +576,19 @@ def bake(
     click.echo(f"{result.image.image_id} {state}: {result.image.recipe_text()}")
 
 
-def _list_images(ec2: EC2Client) -> None:
-    rows = [_image_row(i) for i in images.baked_images(ec2)]
-    if not rows:
-        click.echo("No baked images ('ec2-executor bake' makes one).")
-        return
-    _table(rows, ("image", "name", "created", "state", "contents"))
-
-
-def _delete_image(ec2: EC2Client, image_id: str) -> None:
+def _delete_image(ec2: EC2Client, image_id: str, *, yes: bool) -> None:
     found = [i for i in images.baked_images(ec2) if i.image_id == image_id]
-    if not found:
-        raise BadUsage(f"{image_id!r} is not a baked image here; see 'bake --list'.")
-    images.delete_image(ec2, image_id, found[0].snapshots)
-    click.echo(f"deleted {image_id} and its snapshots {', '.join(found[0].snapshots) or '-'}")
+    if not found:  # as a missing --stack: the user meant an image, so exit 1
+        raise Failure(
+            f"{image_id!r} is not a baked image in this region; 'ec2-executor bake --list' "
+            f"shows them."
+        )
+    image = found[0]
+    _table([_image_row(image)], IMAGE_COLUMNS)
+    snapshots = ", ".join(image.snapshots) or "-"
+    if confirmed(f"Deregister {image_id} and delete its snapshots ({snapshots})?", yes=yes):
+        images.delete_image(ec2, image_id, image.snapshots)
+        click.echo(f"deleted {image_id} and its snapshots {snapshots}")
 
 
 def _image_row(image: images.BakedImage) -> dict[str, Any]:
@@ -439,6 +598,8 @@ def _image_row(image: images.BakedImage) -> dict[str, Any]:
         "created": image.created,
         "state": image.state,
         "contents": image.recipe_text(),
+        "snapshots": list(image.snapshots),
+        "tags": dict(image.tags),
     }
 
 
@@ -448,9 +609,20 @@ def _image_row(image: images.BakedImage) -> dict[str, Any]:
 @main.command()
 @aws_options
 def doctor(region: str | None, profile: str | None, pairs: tuple[str, ...]) -> None:
-    """Check the set-up an electron would use, one line per check, with the fix."""
+    """Check the set-up an electron would use, one line per check, with the fix.
+
+    A "warn" line names a key of [executors.ec2] that no option reads (electrons ignore it,
+    so a misspelt option silently keeps its default); it does not change the exit code.
+
+    \b
+    Example:
+      ec2-executor doctor
+      ec2-executor doctor --region eu-west-1 -o instance_type=t3.large
+    """
     checks = Checks()
     options = checks.run("options", lambda: load_options(region, profile, pairs), str_of=_valid)
+    for line in unknown_keys(config_section()):
+        checks.warn("options", line)
     if options is not None:
         _check_aws(checks, options)
     checks.run("template cache", _template_cache)
@@ -505,6 +677,20 @@ class Checks:
             return None
         click.echo(f"ok    {name}: {detail}")
         return value
+
+    def warn(self, name: str, message: str) -> None:
+        """Something to fix that does not stop an electron: said, but not a failure."""
+        click.echo(f"warn  {name}: {message}")
+
+
+def unknown_keys(section: Mapping[str, Any]) -> list[str]:
+    """A sentence for each key of `[executors.ec2]` that no option reads, with the closest
+    known option: electrons ignore such keys (old plugins' keys must keep working), so a typo
+    would otherwise go unseen."""
+    return [
+        f"{key!r} in [executors.ec2] is not an option, so it is ignored; {hint}"
+        for key, hint in opts.unknown_options(section).items()
+    ]
 
 
 def _valid(_: object) -> str:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import configparser
+import functools
 import os
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +24,9 @@ from botocore.exceptions import (
     ProfileNotFound,
 )
 from botocore.parsers import ResponseParserError
+from botocore.retries import standard
 
+from ec2_executor.cloud import pacing
 from ec2_executor.cloud.permissions import ACCESS_DENIED, denied_action, denied_message
 from ec2_executor.errors import (
     AWSError,
@@ -36,7 +40,7 @@ if TYPE_CHECKING:
     from mypy_boto3_cloudformation import CloudFormationClient
     from mypy_boto3_ec2 import EC2Client
 
-# Throttling and request-limit errors are retried by botocore's standard mode with backoff;
+# Transient errors are retried by botocore's standard mode, throttling by `_PacedRetries`;
 # errors that retrying cannot fix surface at once.
 MAX_ATTEMPTS = 8
 """Attempts per call, unless AWS_MAX_ATTEMPTS or the profile's `max_attempts` says otherwise."""
@@ -45,6 +49,24 @@ CLIENT_CONFIG = Config(
     connect_timeout=10,
     read_timeout=60,
 )
+THROTTLING = frozenset(
+    {
+        "Throttling",
+        "ThrottlingException",
+        "ThrottledException",
+        "RequestThrottled",
+        "RequestThrottledException",
+        "RequestLimitExceeded",
+        "TooManyRequestsException",
+        "SlowDown",
+        "EC2ThrottledException",
+    }
+)
+"""AWS's answers for "too many calls, slow down" (not CloudFormation's LimitExceededException,
+which is the stack quota)."""
+THROTTLE_PATIENCE = 300.0
+"""Seconds a throttled call of a default client goes on being retried, paced and backed off,
+before its error surfaces."""
 _REJECTED = {
     "InvalidClientTokenId",
     "SignatureDoesNotMatch",
@@ -72,15 +94,22 @@ class AWS:
             self.session = session
 
     def client(self, service: str, *, max_attempts: int | None = None) -> Any:
-        """A shared client; a lower `max_attempts` for callers that retry themselves."""
+        """A shared client, paced with every other client of the account and region.
+
+        A lower `max_attempts` for callers that retry themselves: their throttled calls, too,
+        end after that many attempts rather than after `THROTTLE_PATIENCE`.
+        """
         attempts = self._attempts(max_attempts)
-        key = (*self._key, service, str(attempts))
+        patience = THROTTLE_PATIENCE if max_attempts is None else 0.0
+        key = (*self._key, service, str(attempts), str(patience))
         config = CLIENT_CONFIG.merge(Config(retries={"mode": "standard", "max_attempts": attempts}))
         with _LOCK:  # building a client is not thread-safe; using one is
             if key not in _CLIENTS:
-                _CLIENTS[key] = self.session.client(  # type: ignore[call-overload]
+                client = self.session.client(  # type: ignore[call-overload]
                     service, region_name=self.options.region, config=config
                 )
+                _pace(client, pacing.pacer_for(_account_key(self.options)), patience=patience)
+                _CLIENTS[key] = client
             return _CLIENTS[key]
 
     def _attempts(self, wanted: int | None) -> int:
@@ -153,6 +182,82 @@ def _cache_key(options: Options) -> tuple[str, ...]:
     )
 
 
+def _account_key(options: Options) -> tuple[str, ...]:
+    """What names an account and region to AWS's rate limits, as far as we can tell without
+    asking: the session's key, less the files' mtimes (rotated keys are the same account)."""
+    return _cache_key(options)[:-1]
+
+
+# --- pacing: one pacer per account and region, hooked into each client ----------------------
+
+
+def _pace(client: Any, pacer: pacing.Pacer, *, patience: float) -> None:
+    """Make every attempt of every call of `client` wait for its action's token, and retry
+    throttled attempts with `_PacedRetries` instead of botocore's standard handler."""
+    events = client.meta.events
+    service = client.meta.service_model.service_id.hyphenize()
+    events.register(
+        f"before-send.{service}",
+        functools.partial(_wait_for_token, pacer, service),
+        unique_id="ec2-executor-pace",
+    )
+    # botocore keeps no reference to its handler: unregister it, register a standard handler
+    # of our own (with its own quota), and put that behind ours under botocore's id.
+    retry_id = f"retry-config-{service}"
+    events.unregister(f"needs-retry.{service}", unique_id=retry_id)
+    attempts = int(client.meta.config.retries["total_max_attempts"])
+    fallback = standard.register_retry_handler(client, max_attempts=attempts)
+    events.unregister(f"needs-retry.{service}", unique_id=retry_id)
+    retries = _PacedRetries(fallback.needs_retry, pacer, service, attempts, patience)
+    events.register(f"needs-retry.{service}", retries, unique_id=retry_id)
+
+
+def _wait_for_token(pacer: pacing.Pacer, service: str, event_name: str, **_: Any) -> None:
+    pacer.wait(service, event_name.rsplit(".", 1)[-1])  # before-send.<service>.<Operation>
+
+
+class _PacedRetries:
+    """botocore's `needs-retry` handler of one client.
+
+    A throttled attempt slows its action's bucket for the whole process and is retried after a
+    jittered backoff (the pacer then spaces the retries), for `patience` seconds or at least
+    `attempts` tries. It costs nothing from botocore's retry quota: that quota (500 units per
+    client, 5 per throttled retry, refilled only by successes) is shared by every electron of
+    the process, so a burst of throttling would otherwise leave every other call, of any
+    action, without a single retry. Any other error is the standard handler's, quota and all.
+    """
+
+    def __init__(
+        self,
+        standard_retry: Callable[..., float | None],
+        pacer: pacing.Pacer,
+        service: str,
+        attempts: int,
+        patience: float,
+    ) -> None:
+        self.standard_retry, self.pacer, self.service = standard_retry, pacer, service
+        self.attempts, self.patience = attempts, patience
+
+    def __call__(self, **kwargs: Any) -> float | None:
+        if not pacing.ENABLED or _response_code(kwargs["response"]) not in THROTTLING:
+            return self.standard_retry(**kwargs)
+        attempt, operation = int(kwargs["attempts"]), kwargs["operation"].name
+        self.pacer.throttled(self.service, operation)
+        context = kwargs["request_dict"]["context"]  # one per call, kept across its attempts
+        first = context.setdefault("ec2_executor_throttled_at", time.monotonic())
+        if attempt >= self.attempts and time.monotonic() - first >= self.patience:
+            return None
+        return pacing.backoff(attempt)
+
+
+def _response_code(response: tuple[Any, dict[str, Any]] | None) -> str:
+    """The error code of one attempt's parsed answer ('' when there is none)."""
+    if response is None:
+        return ""
+    error = response[1].get("Error")
+    return str(error.get("Code") or "") if isinstance(error, dict) else ""
+
+
 def _session(options: Options) -> boto3.Session:
     core = botocore.session.Session()
     credentials_file = os.path.expanduser(options.credentials_file)
@@ -200,6 +305,11 @@ def error_code(exc: BaseException) -> str:
     if isinstance(exc, AWSError):
         return exc.code
     return _code(exc) if isinstance(exc, ClientError) else ""
+
+
+def throttled(exc: BaseException) -> bool:
+    """AWS said "too many calls": asking again later will do."""
+    return error_code(exc) in THROTTLING
 
 
 @contextmanager

@@ -27,12 +27,16 @@ _ZONE_REFUSALS = re.compile(
     r"|do not have sufficient .{0,40}capacity"
     r"|no Spot capacity available|capacity-not-available|capacity-oversubscribed"
     r"|not supported in your requested Availability Zone"
-    r"|Error Code: Unsupported",
+    r"|Error Code: Unsupported\b",
     re.IGNORECASE,
 )
 # Spot refused in every zone alike: only on-demand can help.
+# EC2's own text for the spot quota is "Max spot instance count exceeded": CloudFormation
+# quotes the text, not the code.
 _SPOT_REFUSALS = re.compile(
-    r"MaxSpotInstanceCountExceeded|SpotMaxPriceTooLow|price-too-low", re.IGNORECASE
+    r"MaxSpotInstanceCountExceeded|Max spot instance count exceeded"
+    r"|SpotMaxPriceTooLow|price-too-low",
+    re.IGNORECASE,
 )
 
 

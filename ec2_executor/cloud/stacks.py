@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 import time
+import uuid
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -13,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from cdk_stacks.shape import StackShape
 from cdk_stacks.templates import SynthesisError, template_for
 from ec2_executor.blocking import Deadline, in_background, poll, run_blocking
-from ec2_executor.cloud.aws import aws_errors
+from ec2_executor.cloud.aws import aws_errors, throttled
 from ec2_executor.errors import (
     AWSError,
     StackCreationError,
@@ -30,6 +32,8 @@ if TYPE_CHECKING:
 
 DELETE_TIMEOUT = 20 * 60.0
 """Seconds a stack may take to delete before it is reported as left behind."""
+THROTTLED_FIRST, THROTTLED_CEILING = 1.0, 30.0
+"""Seconds between two tries of a throttled deletion: the first pause, and the longest."""
 STACK_PREFIX = "ec2-executor-"
 TAG_DISPATCH = "ec2-executor:dispatch-id"
 TAG_NODE = "ec2-executor:node-id"
@@ -79,6 +83,12 @@ def stack_tags(
     return [{"Key": k, "Value": v} for k, v in {**extra, **ours}.items()]
 
 
+def request_token() -> str:
+    """A `ClientRequestToken` for one CreateStack attempt: every retry of the attempt carries
+    it, so CloudFormation takes a retry of a call that went through for that same call."""
+    return f"ec2-executor-{uuid.uuid4().hex}"
+
+
 def stack_template(shape: StackShape) -> str:
     """The template body for `shape` (synthesised once, then cached on disk)."""
     try:
@@ -117,18 +127,41 @@ class Stacks:
         parameters: list[dict[str, str]],
         tags: list[dict[str, str]],
         timeout_minutes: int,
+        token: str,
     ) -> str:
-        with aws_errors(f"creating stack {name!r}"):
-            return str(
-                self.cf.create_stack(
-                    StackName=name,
-                    TemplateBody=template,
-                    Parameters=parameters,  # type: ignore[arg-type]
-                    Tags=tags,  # type: ignore[arg-type]
-                    OnFailure="DELETE",
-                    TimeoutInMinutes=timeout_minutes,
-                )["StackId"]
-            )
+        """The new stack's id. `token` (from `request_token`) makes a retry of this call safe."""
+        try:
+            with aws_errors(f"creating stack {name!r}"):
+                return str(
+                    self.cf.create_stack(
+                        StackName=name,
+                        TemplateBody=template,
+                        Parameters=parameters,  # type: ignore[arg-type]
+                        Tags=tags,  # type: ignore[arg-type]
+                        OnFailure="DELETE",
+                        TimeoutInMinutes=timeout_minutes,
+                        ClientRequestToken=token,
+                    )["StackId"]
+                )
+        except AWSError as exc:
+            # A retry of a call that went through, answered by a CloudFormation that did not
+            # take it for that same call: the stack is still ours if our token created it.
+            if exc.code != "AlreadyExistsException":
+                raise
+            stack_id = self.created_by(name, token)
+            if not stack_id:
+                raise
+            log.info("%s: CreateStack was retried after it went through; the stack is ours", name)
+            return stack_id
+
+    def created_by(self, stack: str, token: str) -> str:
+        """The stack's id if the CreateStack call that carried `token` created it, else ''."""
+        with aws_errors(f"reading the events of {stack!r}"):
+            for page in self.cf.get_paginator("describe_stack_events").paginate(StackName=stack):
+                for event in page["StackEvents"]:
+                    if _created_it(event, token):
+                        return str(event["StackId"])
+        return ""
 
     def describe(self, stack: str) -> Mapping[str, Any] | None:
         """The stack (by name or id), or None when it does not exist."""
@@ -171,6 +204,14 @@ class Stacks:
             for page in self.cf.get_paginator("describe_stacks").paginate():
                 stacks += [s for s in page["Stacks"] if tag_value(s, TAG_DISPATCH) is not None]
         return stacks
+
+
+def _created_it(event: Mapping[str, Any], token: str) -> bool:
+    return (
+        event.get("ClientRequestToken") == token
+        and event.get("ResourceType") == "AWS::CloudFormation::Stack"
+        and event.get("ResourceStatus") == "CREATE_IN_PROGRESS"
+    )
 
 
 def tag_value(stack: Mapping[str, Any], key: str) -> str | None:
@@ -246,22 +287,19 @@ async def delete_and_wait(
     `StackDeletionError` if it stays.
 
     A DELETE_FAILED stack is deleted again once: what blocked it (an ENI still detaching, say)
-    has often cleared by then.
+    has often cleared by then. Throttling never ends the wait: a throttled read is asked again.
     """
 
     async def check() -> str | None:
-        found = await run_blocking(stacks.describe, name)
-        status = found["StackStatus"] if found else "DELETE_COMPLETE"
-        if found:
-            events.record(await run_blocking(stacks.events, name))
+        status = await _deletion_status(stacks, name, events)
         return status if status in ("DELETE_COMPLETE", "DELETE_FAILED") else None
 
     status: str | None = None
     try:
         for attempt in range(2):
             if attempt or not requested:
-                await run_blocking(stacks.delete, name)
-            status = await poll(check, deadline=deadline)
+                await _until_accepted(stacks, name)
+            status = await poll(check, deadline=deadline, jitter=0.2)
             if status != "DELETE_FAILED":
                 break
     except AWSError as exc:
@@ -271,10 +309,48 @@ async def delete_and_wait(
         raise _left_behind(name, reason)
 
 
+async def _deletion_status(stacks: Stacks, name: str, events: EventLog) -> str | None:
+    """The stack's status ('DELETE_COMPLETE' once it is gone), or None while AWS throttles."""
+    try:
+        found = await run_blocking(stacks.describe, name)
+        if found:
+            events.record(await run_blocking(stacks.events, name))
+    except AWSError as exc:
+        if not throttled(exc):
+            raise
+        log.warning("%s: reading the deletion's progress was throttled; reading again", name)
+        return None
+    return found["StackStatus"] if found else "DELETE_COMPLETE"
+
+
+async def _until_accepted(stacks: Stacks, name: str) -> None:
+    """Send DeleteStack until CloudFormation has it. Throttling is waited out however long it
+    lasts, never given up on after a number of tries: a stack not deleted may still bill."""
+
+    async def send() -> bool | None:
+        try:
+            await run_blocking(stacks.delete, name)
+        except AWSError as exc:
+            if not throttled(exc):
+                raise
+            log.warning("%s: DeleteStack was throttled (%s); sending it again", name, exc)
+            return None
+        return True
+
+    await poll(
+        send,
+        deadline=Deadline(math.inf),
+        first=THROTTLED_FIRST,
+        factor=2.0,
+        ceiling=THROTTLED_CEILING,
+        jitter=0.5,
+    )
+
+
 async def request_deletion(stacks: Stacks, name: str) -> None:
     """Ask CloudFormation to delete the stack; from then on it deletes it without us."""
     try:
-        await run_blocking(stacks.delete, name)
+        await _until_accepted(stacks, name)
     except AWSError as exc:
         raise _left_behind(name, str(exc)) from exc
 

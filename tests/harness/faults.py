@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from .aws_request import describe_request
+
 _QUERY_XMLNS = {
     "cloudformation": "http://cloudformation.amazonaws.com/doc/2010-05-15/",
     "sts": "https://sts.amazonaws.com/doc/2011-06-15/",
@@ -122,7 +124,7 @@ class FaultProxy:
 
             def _serve(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                service, action, params = _describe_request(self.headers, self.path, body)
+                service, action, params = describe_request(self.headers, self.path, body)
                 fault = proxy._decide(service, action, params)
                 if fault is not None:
                     status, headers, payload = _error_response(service, fault)
@@ -155,19 +157,6 @@ class FaultProxy:
             return response.status, kept, payload
         finally:
             connection.close()
-
-
-def _describe_request(headers: Any, path: str, body: bytes) -> tuple[str, str, dict[str, str]]:
-    """(service, action, parameters) of a signed AWS request, query or JSON protocol."""
-    scope = str(headers.get("Authorization") or "").split("Credential=")[-1].split("/")
-    service = scope[3] if len(scope) > 3 else ""
-    target = headers.get("X-Amz-Target")
-    if target:  # JSON protocol: "AmazonSSM.GetParameters"
-        params = json.loads(body or b"{}")
-        return service, str(target).rsplit(".", 1)[-1], {k: str(v) for k, v in params.items()}
-    query = dict(urllib.parse.parse_qsl(body.decode(errors="replace")))
-    query.update(urllib.parse.parse_qsl(urllib.parse.urlsplit(path).query))
-    return service, query.get("Action", ""), query
 
 
 def _error_response(service: str, fault: Fault) -> tuple[int, list[tuple[str, str]], bytes]:

@@ -11,6 +11,14 @@ the moment each CreateStack came through:
   CREATE_FAILED instance with `FAIL_REASON`;
 - an action named in `refuse` is answered with that AWS error code, and never reaches moto.
 
+It can also limit calls as AWS does (`limits`, off by default): a token bucket per action,
+EC2's published ones and CloudFormation's at a configurable rate, and AWS's own throttling
+answers past them. `throttle_first` throttles the first calls of an action outright, and
+`throttle_applied` lets them reach moto and answers "throttled" all the same (a call that went
+through, its answer lost). A CreateStack repeated with the `ClientRequestToken` of one that went
+through gets that one's answer, as from CloudFormation (unless `idempotent_create` is off: moto
+then says AlreadyExistsException), and the stack's creation events carry the token.
+
 Everything else passes through untouched, so the executor, pointed at the proxy through
 `AWS_ENDPOINT_URL`, cannot tell. Pair it with `EmulatedBoot(boot_delay=..., install_delay=...)`
 for the instance's boot to SSH and the bootstrap's installs on a stock image; `AwsSeconds`
@@ -31,8 +39,11 @@ from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from .aws_request import describe_request
+
 INSTANCE = "Instance"
 FAIL_REASON = "Instance i-timed failed to stabilize (injected by the timed cloud)"
+CLOUDFORMATION_XMLNS = "http://cloudformation.amazonaws.com/doc/2010-05-15/"
 
 
 @dataclass(frozen=True)
@@ -66,11 +77,81 @@ class AwsSeconds:
         return Timeline(instance_after=self.instance_after, complete_after=self.complete_after)
 
 
+# EC2's published request buckets (per second, burst), per account, region and action.
+EC2_NON_MUTATING = (20.0, 100.0)
+EC2_UNFILTERED = (10.0, 50.0)
+"""DescribeInstances without instance ids, filters or paging."""
+EC2_MUTATING = (5.0, 50.0)
+EC2_ACTIONS = {
+    "RunInstances": (2.0, 5.0),
+    "StartInstances": (2.0, 5.0),
+    "TerminateInstances": (5.0, 100.0),
+    "CreateTags": (10.0, 100.0),
+}
+
+
+@dataclass(frozen=True)
+class RateLimits:
+    """AWS's request buckets: EC2's published ones, CloudFormation's (unpublished; its users
+    see throttling at 5 to 10 calls per second) at `cloudformation_per_second` per action."""
+
+    cloudformation_per_second: float = 5.0
+    cloudformation_burst: float = 10.0
+
+    def bucket(self, service: str, action: str, params: dict[str, str]) -> tuple[str, float, float]:
+        """(bucket, per second, burst) of a call; a burst of 0 means no limit."""
+        if service == "cloudformation":
+            return action, self.cloudformation_per_second, self.cloudformation_burst
+        if service != "ec2":
+            return action, 0.0, 0.0  # STS, SSM: far below their limits in any test
+        if action == "DescribeInstances" and not _filtered(params):
+            return f"{action} (unfiltered)", *EC2_UNFILTERED
+        if action in EC2_ACTIONS:
+            return (action, *EC2_ACTIONS[action])
+        reads = action.startswith(("Describe", "Get", "List", "Search"))
+        return (action, *(EC2_NON_MUTATING if reads else EC2_MUTATING))
+
+
+def _filtered(params: dict[str, str]) -> bool:
+    return any(k.startswith(("InstanceId.", "Filter.", "MaxResults")) for k in params)
+
+
+@dataclass
+class _Bucket:
+    per_second: float
+    burst: float
+    tokens: float
+    updated: float
+
+    def admit(self, now: float) -> bool:
+        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.per_second)
+        self.updated = now
+        if self.tokens < 1.0:
+            return False
+        self.tokens -= 1.0
+        return True
+
+
+@dataclass(frozen=True)
+class Call:
+    """One request the proxy answered: `answer` is 'moto' (moto's answer), 'idempotent' (a
+    repeated CreateStack's first answer) or the error code it gave."""
+
+    service: str
+    action: str
+    at: float
+    answer: str
+
+
+THROTTLED = ("Throttling", "RequestLimitExceeded")
+
+
 @dataclass
 class _Stack:
     name: str
     created: float
     reported_complete_at: float | None = None
+    token: str = ""
 
 
 @dataclass
@@ -78,6 +159,13 @@ class TimedCloud:
     moto_url: str
     timeline: Timeline = field(default_factory=Timeline)
     refuse: dict[str, str] = field(default_factory=dict)
+    limits: RateLimits | None = None
+    throttle_first: dict[str, int] = field(default_factory=dict)
+    throttle_applied: dict[str, int] = field(default_factory=dict)
+    idempotent_create: bool = True
+    calls: list[Call] = field(default_factory=list)
+    _buckets: dict[str, _Bucket] = field(default_factory=dict)
+    _created: dict[str, tuple[str, bytes]] = field(default_factory=dict)
     _stacks: dict[str, _Stack] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _server: ThreadingHTTPServer | None = None
@@ -124,26 +212,93 @@ class TimedCloud:
             stack = self._stacks.get(stack_name)
             return stack.reported_complete_at if stack else None
 
+    def throttled(self, action: str | None = None) -> list[Call]:
+        """The calls (of `action`, or all) answered with a throttling error."""
+        with self._lock:
+            calls = list(self.calls)
+        return [c for c in calls if c.answer in THROTTLED and action in (None, c.action)]
+
+    def answers(self, action: str) -> list[str]:
+        """The answers given to `action` so far, in order."""
+        with self._lock:
+            return [c.answer for c in self.calls if c.action == action]
+
     # -- the proxy ------------------------------------------------------------------------
 
     def _handle(self, request: BaseHTTPRequestHandler) -> None:
         body = request.rfile.read(int(request.headers.get("Content-Length") or 0))
-        params = dict(urllib.parse.parse_qsl(body.decode(errors="replace")))
-        action = params.get("Action", "")
+        service, action, params = describe_request(request.headers, request.path, body)
         if action in self.refuse:
+            self._log(service, action, self.refuse[action])
             return _send(request, 400, _error(self.refuse[action], f"{action} refused (test)"))
+        over_limit = not self._admit(service, action, params)
+        if over_limit or self._count_down(self.throttle_first, action):
+            return self._throttle(request, service, action)
+        repeated = self._repeated_create(params) if action == "CreateStack" else None
+        if repeated is not None:  # CloudFormation's idempotent answer to a known token
+            self._log(service, action, "idempotent")
+            return _send(request, 200, repeated)
         stack = self._known(params.get("StackName", ""))
         asks_instance = action == "DescribeStackResource" and params.get("LogicalResourceId")
         if stack and asks_instance == INSTANCE and self._age(stack) < self.timeline.instance_after:
+            self._log(service, action, "ValidationError")
             return _send(request, 400, _not_there_yet(stack.name))
         status, headers, answer = self._forward(request, body)
         if action == "CreateStack" and status == 200:
-            self._record(params["StackName"], answer)
+            self._record(params, answer)
         elif stack and status == 200 and action == "DescribeStacks":
             answer = self._stack_status(stack, answer)
-        elif stack and status == 200 and action == "DescribeStackEvents" and self._failed(stack):
-            answer = answer.replace(b"<StackEvents>", b"<StackEvents>" + _failed_event(stack), 1)
+        elif stack and status == 200 and action == "DescribeStackEvents":
+            answer = self._stack_events(stack, answer)
+        if self._count_down(self.throttle_applied, action):
+            return self._throttle(request, service, action)  # applied, and answered "throttled"
+        self._log(service, action, _code(status, answer))
         _send(request, status, answer, headers)
+
+    def _admit(self, service: str, action: str, params: dict[str, str]) -> bool:
+        """Take a token from the call's bucket, as AWS would; False: it has none left."""
+        if self.limits is None:
+            return True
+        key, per_second, burst = self.limits.bucket(service, action, params)
+        if burst <= 0.0:
+            return True
+        now = time.monotonic()
+        with self._lock:
+            bucket = self._buckets.setdefault(
+                f"{service}:{key}", _Bucket(per_second, burst, tokens=burst, updated=now)
+            )
+            return bucket.admit(now)
+
+    def _count_down(self, counts: dict[str, int], action: str) -> bool:
+        with self._lock:
+            if counts.get(action, 0) <= 0:
+                return False
+            counts[action] -= 1
+            return True
+
+    def _throttle(self, request: BaseHTTPRequestHandler, service: str, action: str) -> None:
+        """AWS's own throttling answer: EC2's RequestLimitExceeded (HTTP 503, EC2's error
+        shape), or the query services' Throttling (HTTP 400)."""
+        if service == "ec2":
+            self._log(service, action, "RequestLimitExceeded")
+            body = (
+                "<Response><Errors><Error><Code>RequestLimitExceeded</Code>"
+                "<Message>Request limit exceeded.</Message></Error></Errors>"
+                f"<RequestID>{uuid.uuid4()}</RequestID></Response>"
+            )
+            return _send(request, 503, body.encode())
+        self._log(service, action, "Throttling")
+        _send(request, 400, _error("Throttling", "Rate exceeded", xmlns=CLOUDFORMATION_XMLNS))
+
+    def _log(self, service: str, action: str, answer: str) -> None:
+        with self._lock:
+            self.calls.append(Call(service, action, time.monotonic(), answer))
+
+    def _repeated_create(self, params: dict[str, str]) -> bytes | None:
+        token = params.get("ClientRequestToken", "")
+        with self._lock:
+            known = self._created.get(token) if token and self.idempotent_create else None
+        return known[1] if known and known[0] == params.get("StackName") else None
 
     def _forward(
         self, request: BaseHTTPRequestHandler, body: bytes
@@ -165,13 +320,16 @@ class TimedCloud:
         finally:
             connection.close()
 
-    def _record(self, name: str, answer: bytes) -> None:
+    def _record(self, params: dict[str, str], answer: bytes) -> None:
+        name, token = params["StackName"], params.get("ClientRequestToken", "")
         found = re.search(rb"<StackId>([^<]+)</StackId>", answer)
-        stack = _Stack(name=name, created=time.monotonic())
+        stack = _Stack(name=name, created=time.monotonic(), token=token)
         with self._lock:
             self._stacks[name] = stack
             if found:
                 self._stacks[found[1].decode()] = stack
+            if token:
+                self._created[token] = (name, answer)
 
     def _known(self, name_or_id: str) -> _Stack | None:
         with self._lock:
@@ -183,6 +341,21 @@ class TimedCloud:
     def _failed(self, stack: _Stack) -> bool:
         fail_after = self.timeline.fail_after
         return fail_after is not None and self._age(stack) >= fail_after
+
+    def _stack_events(self, stack: _Stack, answer: bytes) -> bytes:
+        if self._failed(stack):
+            answer = answer.replace(b"<StackEvents>", b"<StackEvents>" + _failed_event(stack), 1)
+        if not stack.token:
+            return answer
+        # Every event of the creation carries the token of the CreateStack that started it.
+        carried = f"<ClientRequestToken>{stack.token}</ClientRequestToken>".encode()
+
+        def tag(member: re.Match[bytes]) -> bytes:
+            if b"<ResourceStatus>CREATE_" not in member[0]:
+                return member[0]
+            return member[0].replace(b"<member>", b"<member>" + carried, 1)
+
+        return re.sub(rb"<member>.*?</member>", tag, answer, flags=re.S)
 
     def _stack_status(self, stack: _Stack, answer: bytes) -> bytes:
         if b"<StackStatus>CREATE_COMPLETE</StackStatus>" not in answer:
@@ -202,13 +375,20 @@ class TimedCloud:
         )
 
 
+def _code(status: int, answer: bytes) -> str:
+    """'moto' for moto's success, else the error code it answered with."""
+    found = re.search(rb"<Code>([^<]+)</Code>", answer) if status >= 300 else None
+    return found[1].decode() if found else "moto"
+
+
 def _not_there_yet(stack_name: str) -> bytes:
     return _error("ValidationError", f"Resource {INSTANCE} does not exist for stack {stack_name}")
 
 
-def _error(code: str, message: str) -> bytes:
+def _error(code: str, message: str, *, xmlns: str = "") -> bytes:
+    opening = f'<ErrorResponse xmlns="{xmlns}">' if xmlns else "<ErrorResponse>"
     return (
-        f"<ErrorResponse><Error><Type>Sender</Type><Code>{code}</Code>"
+        f"{opening}<Error><Type>Sender</Type><Code>{code}</Code>"
         f"<Message>{message}</Message></Error><RequestId>{uuid.uuid4()}</RequestId>"
         "</ErrorResponse>"
     ).encode()

@@ -9,8 +9,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from ec2_executor import ConfigurationError, CredentialsError
-from ec2_executor.cloud import network
+from ec2_executor import AWSError, ConfigurationError, CredentialsError
+from ec2_executor.cloud import aws, network, pacing
 from ec2_executor.cloud.aws import AWS
 from ec2_executor.options import Options
 
@@ -86,6 +86,29 @@ def test_throttling_is_retried_with_backoff(
     monkeypatch.setenv("AWS_ENDPOINT_URL", url)
     assert AWS(Options()).check_credentials() == "arn:aws:iam::123456789012:user/scientist"
     assert script.requests == 3
+
+
+def test_throttling_leaves_botocore_s_retry_quota_to_other_errors(
+    scripted: tuple[Scripted, str], fake_credentials: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """botocore's quota (500 units per client, 5 per throttled retry) would be gone after 100
+    throttled retries, for every call of the shared client. Throttled retries take nothing from
+    it: after 20 calls throttled to the end, a server error is still retried."""
+    script, url = scripted
+    monkeypatch.setenv("AWS_ENDPOINT_URL", url)
+    monkeypatch.setattr(pacing, "OTHER", pacing.Rate(per_second=1e6, burst=1e6))  # no waits
+    monkeypatch.setattr(pacing, "BACKOFF_BASE", 0.0)
+    monkeypatch.setattr(aws, "THROTTLE_PATIENCE", 0.0)  # the default client's 9 tries
+    calls, tries = 20, 9
+    throttled = [(400, error("Throttling"))] * (calls * tries)
+    script.replies = [*throttled, (500, error("InternalError")), (200, IDENTITY)]
+    client = AWS(Options())
+    for _ in range(calls):
+        with pytest.raises(AWSError, match="Throttling"):
+            client.check_credentials()
+    assert script.requests == calls * tries  # every call had all its tries
+    assert client.check_credentials() == "arn:aws:iam::123456789012:user/scientist"
+    assert script.requests == calls * tries + 2
 
 
 def test_a_permanent_refusal_is_not_retried(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.metadata
 import json
 import os
 import socket
@@ -19,6 +20,7 @@ import pytest
 from executor_support import harness_options
 from harness import LoopbackNetwork, MotoServer
 
+from ec2_executor.cloud.images import TAG
 from ec2_executor.cloud.stacks import stack_name
 from ec2_executor.ec2 import EC2Executor
 
@@ -69,11 +71,11 @@ def status(moto: MotoServer, name: str) -> str:
     return "absent"
 
 
-@pytest.mark.parametrize("command", [[], ["list"], ["cleanup"], ["doctor"], ["synth"], ["policy"]])
-def test_every_command_has_help(cli_env: dict[str, str], command: list[str]) -> None:
-    done = cli(cli_env, *command, "--help")
-    assert done.returncode == 0
-    assert "Usage: ec2-executor" in done.stdout
+def test_the_installed_command_says_its_version(cli_env: dict[str, str]) -> None:
+    """Each command's help and example: tests/unit/test_cli_habits.py, in process."""
+    done = cli(cli_env, "--version")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"ec2-executor {importlib.metadata.version('ec2-executor')}\n"
 
 
 def test_list_shows_a_live_electron_stack(
@@ -100,15 +102,38 @@ def test_cleanup_asks_then_deletes_a_left_over_stack(
 ) -> None:
     kept = leave_a_stack(loopback_network, tmp_path, "dispatch-keep")
     left = leave_a_stack(loopback_network, tmp_path, "dispatch-left")
+    mine = ["cleanup", "--dispatch", "dispatch-left"]
+    results = cli_all(
+        cli_env,
+        {
+            "dry run": [*mine, "--dry-run"],
+            "dry run json": [*mine, "--dry-run", "--json"],
+            "declined": ["cleanup", "--stack", left],  # stdin: n (cli_all's extra args)
+            "mistyped": ["cleanup", "--stack", f"{left}x", "--yes"],
+        },
+        stdin="n\n",
+    )
 
-    declined = cli(cli_env, "cleanup", "--dispatch", "dispatch-left", stdin="n\n")
-    assert declined.returncode == 1
-    assert left in declined.stdout and kept not in declined.stdout
-    assert status(moto_reset, left) == "CREATE_COMPLETE"
+    dry = results["dry run"]
+    assert dry.returncode == 0, dry.stderr
+    assert left in dry.stdout and kept not in dry.stdout
+    assert dry.stdout.endswith("Dry run: 1 stack(s) would be deleted. Nothing deleted.\n")
+    assert "Delete these" not in dry.stdout  # no question
+    (row,) = json.loads(results["dry run json"].stdout)
+    assert (row["name"], row["action"], row["error"]) == (left, "would delete", None)
 
-    done = cli(cli_env, "cleanup", "--dispatch", "dispatch-left", "--yes")
+    declined = results["declined"]
+    assert declined.returncode == 0, declined.stderr  # a no is an answer, not a failure
+    assert left in declined.stdout and declined.stdout.endswith("[y/N]: Nothing deleted.\n")
+
+    assert_one_line(
+        results["mistyped"], code=1, says=(f"No ec2-executor stack named '{left}x'", "list")
+    )
+    assert status(moto_reset, left) == "CREATE_COMPLETE"  # none of the four deleted it
+
+    done = cli(cli_env, *mine, "--yes", "--json")
     assert done.returncode == 0, done.stderr
-    assert f"deleted {left}" in done.stdout
+    assert [(r["name"], r["action"]) for r in json.loads(done.stdout)] == [(left, "deleted")]
     assert status(moto_reset, left) == "DELETE_COMPLETE"
     assert status(moto_reset, kept) == "CREATE_COMPLETE"
 
@@ -129,14 +154,21 @@ def test_cleanup_by_age_spares_young_stacks(
     assert status(moto_reset, young) == "DELETE_COMPLETE"
 
 
-def test_doctor_passes_on_the_harness(
+def test_doctor_passes_on_the_harness_and_warns_of_a_misspelt_key(
     cli_env: dict[str, str],
     loopback_network: LoopbackNetwork,
     moto_reset: MotoServer,
 ) -> None:
+    write_config(cli_env, 'instance_tpye = "t3.large"\n')
     done = cli(cli_env, "doctor", *harness_flags(loopback_network))
-    assert done.returncode == 0, done.stdout
+    assert done.returncode == 0, done.stdout  # electrons ignore the key: a warning, not a FAIL
     lines = done.stdout.splitlines()
+    warned = [line for line in lines if line.startswith("warn  ")]
+    assert warned == [
+        "warn  options: 'instance_tpye' in [executors.ec2] is not an option, so it is ignored; "
+        "did you mean 'instance_type'?"
+    ]
+    lines = [line for line in lines if line not in warned]
     assert all(line.startswith("ok    ") for line in lines), done.stdout
     checked = [line.split(":")[0].removeprefix("ok    ") for line in lines]
     assert checked == [
@@ -186,12 +218,23 @@ def test_doctor_names_a_missing_key_file(
     assert f"FAIL  options: Option 'ssh_key_file' is '{missing}'" in done.stdout
 
 
-def test_synth_writes_the_cached_template(cli_env: dict[str, str], tmp_path: Path) -> None:
-    out = tmp_path / "created.json"
-    done = cli(cli_env, "synth", "--shape", "created", "-O", str(out))
-    assert done.returncode == 0, done.stderr
-    template: dict[str, Any] = json.loads(out.read_text())
+def test_synth_writes_the_cached_template_indented_or_compact(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    indented, compact = tmp_path / "created.json", tmp_path / "compact.json"
+    results = cli_all(
+        cli_env,
+        {
+            "indented": ["synth", "--shape", "created", "-O", str(indented)],
+            "compact": ["synth", "--shape", "created", "--compact", "-O", str(compact)],
+        },
+    )
+    assert all(done.returncode == 0 for done in results.values()), results
+    template: dict[str, Any] = json.loads(indented.read_text())
     assert "Vpc" in template["Resources"] and "Instance" in template["Resources"]
+    assert indented.read_text().startswith('{\n  "')
+    assert json.loads(compact.read_text()) == template
+    assert compact.read_text().count("\n") == 1  # the form the executor deploys
 
 
 def test_cleanup_without_a_filter_spares_running_electrons_unless_all(
@@ -236,12 +279,23 @@ ONE_TRY = {"AWS_MAX_ATTEMPTS": "1"}  # botocore would retry a refused connection
 
 
 def cli_all(
-    env: dict[str, str], commands: dict[str, list[str]], *extra: str
+    env: dict[str, str], commands: dict[str, list[str]], *extra: str, stdin: str = ""
 ) -> dict[str, subprocess.CompletedProcess[str]]:
     """Run the commands side by side (each process spends seconds importing covalent)."""
     with ThreadPoolExecutor(max_workers=len(commands)) as pool:
-        running = {name: pool.submit(cli, env, *args, *extra) for name, args in commands.items()}
+        running = {
+            name: pool.submit(cli, env, *args, *extra, stdin=stdin)
+            for name, args in commands.items()
+        }
         return {name: future.result() for name, future in running.items()}
+
+
+def write_config(env: dict[str, str], section: str) -> Path:
+    """Covalent's configuration file, holding `[executors.ec2]` with `section` in it."""
+    config = Path(env["COVALENT_CONFIG_DIR"]) / "covalent.conf"
+    config.parent.mkdir(parents=True)
+    config.write_text(f"[executors.ec2]\n{section}")
+    return config
 
 
 def assert_one_line(
@@ -299,9 +353,7 @@ def test_a_bad_flag_of_a_command_is_one_line_of_usage(cli_env: dict[str, str]) -
 def test_a_bad_config_value_names_the_file_and_the_override(
     cli_env: dict[str, str], tmp_path: Path
 ) -> None:
-    config = Path(cli_env["COVALENT_CONFIG_DIR"]) / "covalent.conf"
-    config.parent.mkdir(parents=True)
-    config.write_text('[executors.ec2]\nvolume_size = "huge"\n')
+    config = write_config(cli_env, 'volume_size = "huge"\n')
     says = ("'volume_size'", "'huge'", str(config), "-o KEY=VALUE")
     assert_each_fails(cli_all(cli_env, EVERY), code=2, says=says)
     overridden = cli(cli_env, "list", "-o", "volume_size=8")  # a way past it, as it says
@@ -401,6 +453,48 @@ def test_bake_list_on_a_new_account_says_there_is_none(
     done = cli(cli_env, "bake", "--list")
     assert done.returncode == 0, done.stderr
     assert done.stdout == "No baked images ('ec2-executor bake' makes one).\n"
+
+
+def an_image_tagged_as_baked(moto: MotoServer) -> str:
+    """An image with the tag `bake` finds its images by, made in moto without baking."""
+    ec2 = moto.client("ec2")
+    stock = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    (instance,) = ec2.run_instances(ImageId=stock, MinCount=1, MaxCount=1)["Instances"]
+    image = ec2.create_image(InstanceId=instance["InstanceId"], Name="baked-by-hand")["ImageId"]
+    ec2.create_tags(Resources=[image], Tags=[{"Key": f"{TAG}key", "Value": "by-hand"}])
+    ec2.terminate_instances(InstanceIds=[instance["InstanceId"]])
+    return image
+
+
+def test_bake_lists_as_json_and_asks_before_it_deletes(
+    cli_env: dict[str, str], moto_reset: MotoServer
+) -> None:
+    image = an_image_tagged_as_baked(moto_reset)
+    results = cli_all(
+        cli_env,
+        {
+            "list": ["bake", "--list", "--json"],
+            "declined": ["bake", "--delete", image],  # stdin: n
+            "no such image": ["bake", "--delete", "ami-0000000000000000f", "--yes"],
+        },
+        stdin="n\n",
+    )
+    (row,) = json.loads(results["list"].stdout)
+    assert (row["image"], row["name"], row["state"]) == (image, "baked-by-hand", "available")
+    assert row["snapshots"] and row["tags"] == {f"{TAG}key": "by-hand"}
+    declined = results["declined"]
+    assert declined.returncode == 0, declined.stderr
+    assert image in declined.stdout and declined.stdout.endswith("[y/N]: Nothing deleted.\n")
+    says = ("'ami-0000000000000000f' is not a baked image", "bake --list")
+    assert_one_line(results["no such image"], code=1, says=says)
+    assert [
+        i["ImageId"] for i in moto_reset.client("ec2").describe_images(Owners=["self"])["Images"]
+    ] == [image]
+
+    done = cli(cli_env, "bake", "--delete", image, "-y")
+    assert done.returncode == 0, done.stderr
+    assert f"deleted {image} and its snapshots {row['snapshots'][0]}" in done.stdout
+    assert moto_reset.client("ec2").describe_images(Owners=["self"])["Images"] == []
 
 
 def test_tags_can_be_given_with_o_as_json_or_pairs(cli_env: dict[str, str]) -> None:

@@ -7,6 +7,7 @@ substituted, parsed as YAML, its shell fragments and the embedded bootstrap run 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import gzip
 import json
@@ -16,13 +17,17 @@ import shlex
 import shutil
 import subprocess
 from collections.abc import Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import yaml
 from aws_cdk.assertions import Match, Template
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -31,12 +36,23 @@ from cdk_stacks.parameters import BY_NAME, PARAMETERS, StackParameters, render
 from cdk_stacks.shape import ALL_SHAPES, NetworkMode, StackShape
 from cdk_stacks.synth import add_stack, new_app
 from cdk_stacks.templates import MAX_INLINE_TEMPLATE_BYTES
-from cdk_stacks.user_data import BOOTSTRAP_PATH, HOST_KEY_PATH, SSHD_DROP_IN_PATH
-from ec2_executor.options import BOUNDS, PARAMETER_OF_OPTION
+from cdk_stacks.user_data import (
+    BOOTSTRAP_PATH,
+    HOST_KEY_PATH,
+    SSHD_DROP_IN_PATH,
+    user_data_size,
+)
+from ec2_executor import electron as electron_module
+from ec2_executor.access import ClientIdentity, client_identity
+from ec2_executor.cloud.lookups import Image, Plan, Versions
+from ec2_executor.cloud.network import NetworkPlan
+from ec2_executor.electron import Electron, stack_parameters
+from ec2_executor.errors import ConfigurationError
+from ec2_executor.options import BOUNDS, MAX_EXTRA_TAGS, PARAMETER_OF_OPTION, Options
 
 REPO = Path(__file__).resolve().parents[2]
 BOOTSTRAP_FILE = REPO / "ec2_executor" / "instance" / "bootstrap.sh"
-EC2_USER_DATA_LIMIT = 16 * 1024  # bytes, before base64
+EC2_USER_DATA_LIMIT = 16 * 1024  # bytes, before base64 (EC2 User Guide)
 
 COMMON_TYPES = {"AWS::EC2::SecurityGroup", "AWS::EC2::Instance", "AWS::EC2::LaunchTemplate"}
 CREATED_NETWORK_TYPES = {
@@ -545,7 +561,133 @@ def _bash_n(script: str, tmp_path: Path, name: str) -> None:
 
 def test_user_data_is_cloud_config(user_data: str, cloud_config: dict[str, Any]) -> None:
     assert user_data.splitlines()[0] == "#cloud-config"
-    assert len(user_data.encode()) < EC2_USER_DATA_LIMIT
+
+
+# --- user data size: over EC2's limit, a launch fails only minutes into the stack -------------
+
+WORST_TAGS = {f"{n:02d}".ljust(127, "k"): "v" * 255 for n in range(MAX_EXTRA_TAGS)}
+"""The most tags the options take, each key and value at its longest."""
+
+
+@dataclass(frozen=True)
+class UserKey:
+    path: Path
+    identity: ClientIdentity
+    """As the plan loads it from the file (loading checks the key: half a second for RSA-4096)."""
+
+
+@pytest.fixture(scope="module")
+def rsa_4096_key(tmp_path_factory: pytest.TempPathFactory) -> UserKey:
+    """The largest key an EC2 key pair holds (RSA 2048 or 4096, ED25519), as 'ssh_key_file'."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=4096)
+    path = tmp_path_factory.mktemp("keys") / "id_rsa"
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+    )
+    path.chmod(0o600)
+    return UserKey(path, client_identity(path))
+
+
+def _worst_case(shape: StackShape, key: UserKey, authorized_key: str = "") -> tuple[Options, Plan]:
+    """Every option that reaches the stack's parameters at its longest allowed value."""
+    options = Options(
+        ssh_key_file=str(key.path),
+        username="u" * 32,
+        ssh_port=65535,
+        max_lifetime_minutes=7 * 24 * 60,
+        keep_warm_minutes=24 * 60,
+        tags=WORST_TAGS,
+        python_version="3.99",
+    )
+    identity = key.identity
+    if authorized_key:
+        identity = ClientIdentity(key=identity.key, authorized_key=authorized_key)
+    existing = shape.network is NetworkMode.EXISTING
+    network = NetworkPlan(
+        shape=shape,
+        vpc_id="vpc-0123456789abcdef0" if existing else "",
+        subnet_id="subnet-0123456789abcdef0" if existing else "",
+        ingress_cidr="0.0.0.0/0",
+    )
+    plan = Plan(
+        identity=identity,
+        image=Image(latest_ami_parameter="/aws/service/x", image_id="ami-0123456789abcdef0"),
+        key_name="k" * 255,
+        network=network,
+        versions=Versions(python="3.99", covalent="0.240.0rc999", cloudpickle="3.1.999.post99"),
+    )
+    return options, plan
+
+
+class Sender:
+    """Runs `Electron.create_stack` with the `CreateStack` call captured instead of sent."""
+
+    def __init__(self, as_json: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+        self.template = json.dumps(as_json)
+        self.calls: list[dict[str, str]] = []
+        monkeypatch.setattr(electron_module, "submit_blocking", self._capture)
+        no_aws = SimpleNamespace(create=None)  # the call is captured, never made
+        monkeypatch.setattr(Electron, "stacks", property(lambda self: no_aws))
+
+    def _capture(self, *args: Any, parameters: list[dict[str, str]], **kw: Any) -> Future[str]:
+        self.calls.append({p["ParameterKey"]: p["ParameterValue"] for p in parameters})
+        done: Future[str] = Future()
+        done.set_result("arn:stack")
+        return done
+
+    def send(self, options: Options, plan: Plan) -> dict[str, str]:
+        """The parameter values sent for an electron of these options and plan."""
+        electron = Electron(options, {"dispatch_id": "d" * 36, "node_id": 10**6})
+        parameters = stack_parameters(options, plan, electron.host_key)
+        asyncio.run(electron.create_stack(self.template, parameters))
+        return self.calls[-1]
+
+
+@pytest.fixture
+def sender(as_json: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Sender:
+    return Sender(as_json, monkeypatch)
+
+
+def test_user_data_fits_at_its_worst_case(
+    user_data_sub: str,
+    as_json: dict[str, Any],
+    shape: StackShape,
+    rsa_4096_key: UserKey,
+    sender: Sender,
+) -> None:
+    """An RSA-4096 key, our ed25519 host key, ten longest tags and every option at its longest
+    allowed value: the stack is sent, and its user data is within EC2's limit."""
+    sent = sender.send(*_worst_case(shape, rsa_4096_key))
+    assert sent["AuthorizedKey"].startswith("ssh-rsa ") and len(sent["AuthorizedKey"]) > 700
+    assert sent["Tag10Value"] == "v" * 255  # the tags are among the parameters sent
+    size = len(fn_sub(user_data_sub, sent).encode())
+    assert size <= EC2_USER_DATA_LIMIT, f"{size - EC2_USER_DATA_LIMIT} bytes over"
+    assert user_data_size(as_json, sent).total == size  # the guard measures what EC2 gets
+
+
+def test_user_data_over_the_limit_is_refused_before_the_stack(
+    user_data_sub: str, shape: StackShape, rsa_4096_key: UserKey, sender: Sender
+) -> None:
+    """The worst case with a public key that fills the user data exactly to the limit is
+    sent; one byte more is refused, naming the key and its size, and nothing is sent."""
+    sent = sender.send(*_worst_case(shape, rsa_4096_key))
+    room = EC2_USER_DATA_LIMIT - len(fn_sub(user_data_sub, sent).encode())
+    filling = sent["AuthorizedKey"] + "A" * room
+    full = sender.send(*_worst_case(shape, rsa_4096_key, authorized_key=filling))
+    assert len(fn_sub(user_data_sub, full).encode()) == EC2_USER_DATA_LIMIT
+
+    too_long = filling + "A"
+    with pytest.raises(ConfigurationError) as refused:
+        sender.send(*_worst_case(shape, rsa_4096_key, authorized_key=too_long))
+    assert len(sender.calls) == 2, "a stack was sent with too much user data"
+    message = str(refused.value)
+    assert f"would be {EC2_USER_DATA_LIMIT + 1} bytes" in message
+    assert f"'ssh_key_file' {str(rsa_4096_key.path)!r} takes {len(too_long)} bytes" in message
+    assert "ed25519" in message
 
 
 def test_user_data_references_only_declared_parameters(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
 from typing import Any
 
 import pytest
@@ -69,3 +70,23 @@ def test_the_key_ignores_tag_order() -> None:
     one = Options(tags={"a": "1", "b": "2"})
     other = Options(tags={"b": "2", "a": "1"})
     assert reuse_key(one) == reuse_key(other)
+
+
+def test_equal_options_built_apart_share_a_key() -> None:
+    """A fresh executor per task (as Covalent builds them) must find the warm instance."""
+    one = Options(keep_warm_minutes=5, instance_type="t3.large", tags={"team": "x"})
+    other = Options(keep_warm_minutes=5, instance_type="t3.large", tags={"team": "x"})
+    assert one is not other and reuse_key(one) == reuse_key(other)
+
+
+def test_another_package_version_never_shares(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The instance runs this version's scripts: another version must not reuse it."""
+    options = Options(keep_warm_minutes=5)
+    before = reuse_key(options)
+    real_version = importlib.metadata.version
+
+    def version(name: str) -> str:
+        return "99.0.0" if name == "ec2-executor" else real_version(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", version)
+    assert reuse_key(options) != before
