@@ -1,15 +1,7 @@
 #!/usr/bin/env bash
-# The instance's orphan power-off, started by bootstrap.sh as it begins: an instance whose
-# dispatcher is gone (killed, asleep, off the network) ends itself, busy or idle, without any
-# AWS call. Usage: owner-watch.sh PREFIX LIMIT_SECONDS SSH_PORT
-# The owner counts as present while a TCP connection to sshd's port is established: the
-# dispatcher holds one from its first login until it deletes the stack, and sshd's ClientAlive
-# settings drop a silent peer within about a minute. No connection for LIMIT seconds (counted
-# from this script's start until the first one): it writes PREFIX/poweroff and runs
-# $EC2_EXECUTOR_POWEROFF (default: power off; the instance terminates itself). A test harness
-# sets a command that does nothing and honours the file instead.
-# EC2_EXECUTOR_SSHD_ADDRESS (tests: several emulated instances share one machine): count only
-# connections to this local IPv4 address.
+# owner-watch.sh PREFIX LIMIT_SECONDS SSH_PORT: power off (README, "When the dispatcher dies")
+# once no TCP connection to sshd has been established for LIMIT seconds. As idle-watch.sh:
+# writes PREFIX/poweroff, runs $EC2_EXECUTOR_POWEROFF. EC2_EXECUTOR_SSHD_ADDRESS: tests only.
 set -uo pipefail
 prefix=${1:?prefix} limit=${2:?seconds} port=${3:?port}
 off=${EC2_EXECUTOR_POWEROFF:-'systemctl poweroff || shutdown -P now'}
@@ -24,7 +16,7 @@ fi
 tables=(/proc/net/tcp)
 [ ! -r /proc/net/tcp6 ] || tables+=(/proc/net/tcp6)
 
-# Exit 0: a connection to sshd is established (state 01); 1: none; else the check failed.
+# 0: a connection to sshd is established (state 01); 1: none; else the check failed.
 connected() {
   awk -v end="$end" 'FNR > 1 && $4 == "01" && substr($2, length($2) - length(end) + 1) == end {
     found = 1; exit } END { exit found ? 0 : 1 }' "${tables[@]}"
@@ -36,7 +28,7 @@ last=$(uptime) present=''
 while sleep "$tick"; do
   now=$(uptime)
   connected; status=$?
-  if [ "$status" != 1 ]; then  # present, or no answer: only a definite absence counts
+  if [ "$status" != 1 ]; then  # only a definite absence counts
     [ -n "$present" ] || echo "$(date -u +%FT%TZ) owner connected"
     last=$now present=1
     continue

@@ -80,5 +80,6 @@ def test_summary_reads_the_tags() -> None:
         "status": "CREATE_COMPLETE",
         "created": created.isoformat(),
         "instance_type": "t3.micro",
+        "owner": "-",  # made before stacks carried their owner
         "instance_id": "i-0abc",
     }
