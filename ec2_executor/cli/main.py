@@ -29,7 +29,7 @@ from ec2_executor import options as opts
 from ec2_executor.blocking import Deadline
 from ec2_executor.cli import bake as baking
 from ec2_executor.cli.permission_checks import check_permissions
-from ec2_executor.cli.states import BUSY, GONE, IDLE, instance_states, stack_summary
+from ec2_executor.cli.states import BUSY, IDLE, ORPHANS, instance_states, stack_summary
 from ec2_executor.cloud import images, lookups
 from ec2_executor.cloud.aws import AWS, aws_errors
 from ec2_executor.cloud.lookups import architecture, key_pair_name
@@ -359,7 +359,7 @@ class Selection:
             (self.age is None or (row["age_seconds"] or 0) >= self.age.total_seconds())
             and (self.dispatch_id is None or row["dispatch_id"] == self.dispatch_id)
             and (not self.names or row["name"] in self.names)
-            and (not self.idle or row["state"].startswith(IDLE) or row["state"] == GONE)
+            and (not self.idle or row["state"].startswith(IDLE) or row["state"] in ORPHANS)
         )
 
     def spares(self, row: Mapping[str, Any]) -> bool:
@@ -384,10 +384,10 @@ class Selection:
     "--all",
     "everything",
     is_flag=True,
-    help="Without a filter, also delete stacks whose electron is still running.",
+    help="Without a filter, also delete stacks whose electron may still be running.",
 )
 @click.option(
-    "--idle", is_flag=True, help="Only warm stacks that are idle or whose instance is gone."
+    "--idle", is_flag=True, help="Only warm stacks that are idle, and orphans."
 )
 @click.option("--dry-run", is_flag=True, help="Show what would be deleted; delete nothing.")
 @click.option(
@@ -405,8 +405,9 @@ def cleanup(
 ) -> None:
     """Delete left-over executor stacks, waiting for each.
 
-    Without a filter, a stack whose instance is running and not idle (an electron that some
-    Covalent server may be running right now) is left alone unless --all is given.
+    Without a filter, a stack whose instance is running a task (an electron that some Covalent
+    server may be running right now) is left alone unless --all is given; an orphan (its
+    instance gone, or its owner proven dead) is deleted.
 
     \b
     Example:

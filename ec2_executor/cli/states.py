@@ -32,6 +32,7 @@ OWNER_GONE = "orphan: owner gone"
 GONE = "orphan: instance gone"
 """Nothing runs on the stack any more: `cleanup` and the sweep delete it without --all."""
 BUSY = "running a task"
+ORPHANS = frozenset({GONE, OWNER_GONE})
 
 
 def instance_states(ec2: EC2Client, stacks: list[Mapping[str, Any]]) -> dict[str, str]:
