@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import EmulatedBoot, MotoServer, create_loopback_network, patched_environ
-from harness.boot import BootedInstance, build_image_venv, current_site_packages
+from harness.boot import BootedInstance, Delays, Image
 from harness.timed_cloud import AwsSeconds, TimedCloud
 from integration.executor_support import execute, harness_options
 
@@ -153,19 +153,14 @@ def timed_harness(aws: AwsSeconds) -> Iterator[tuple[TimedCloud, EmulatedBoot, d
     try:
         with patched_environ(moto.environment(base / "aws")):
             network = create_loopback_network(moto.client("ec2"))
-            boot = EmulatedBoot(
-                moto.url,
-                python_path=current_site_packages(),
-                bootstrap_env={"EC2_EXECUTOR_BOOTSTRAP_OFFLINE": "1"},
-                image_venv=build_image_venv(base / "image"),
-                base_dir=base / "instances",
-            )
+            image = Image.local(base / "image")
+            boot = EmulatedBoot(moto.url, image=image, base_dir=base / "instances")
             options = harness_options(network.subnet_id, str(base / "cache"))
             with boot:
                 progress("baking an image on the harness")
                 baked = asyncio.run(bake(build(options)))
                 progress(f"baked {baked.image.image_id}")
-                boot.boot_delay, boot.install_delay = aws.boot, aws.install
+                boot.delays = Delays(boot=aws.boot, install=aws.install)
                 with (
                     TimedCloud(moto.url, aws.timeline()) as cloud,
                     patched_environ({"AWS_ENDPOINT_URL": cloud.url}, unset=()),

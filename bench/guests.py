@@ -36,11 +36,10 @@ from harness import (
     EmulatedBoot,
     GuestBoot,
     GuestInstance,
+    Image,
     MotoServer,
-    build_image_venv,
     create_guest_subnet,
     create_loopback_network,
-    current_site_packages,
     guest_network,
     guest_support,
     patched_environ,
@@ -129,15 +128,9 @@ def run_emulated(server: MotoServer, count: int) -> list[Row]:
     built beforehand, as the tests run it). CPU: the bootstrap's (a reaped child) and what its
     sshd and warm worker used; memory: their RSS once ready."""
     with tempfile.TemporaryDirectory() as base:
-        venv = build_image_venv(Path(base) / "image")
+        image = Image.local(Path(base) / "image")
         network = create_loopback_network(server.client("ec2"))
-        boot = EmulatedBoot(
-            server.url,
-            python_path=current_site_packages(),
-            bootstrap_env={"EC2_EXECUTOR_BOOTSTRAP_OFFLINE": "1"},
-            image_venv=venv,
-            base_dir=Path(base) / "instances",
-        )
+        boot = EmulatedBoot(server.url, image=image, base_dir=Path(base) / "instances")
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         with boot:
             timed = _launch_and_time(server, boot, network, "127.0.0.0/8", count, "emulated")

@@ -22,12 +22,11 @@ from typing import Any
 
 from harness import (
     EmulatedBoot,
+    Image,
     LoopbackNetwork,
     MotoServer,
     NetworkGuard,
-    build_image_venv,
     create_loopback_network,
-    current_site_packages,
     free_port,
     patched_environ,
 )
@@ -123,7 +122,7 @@ def harness(*, moto_in_process: bool = False) -> Iterator[Harness]:
         stack.callback(guard.uninstall)
         for shape in ALL_SHAPES:  # synthesised once, then kept between runs
             template_for(shape)
-        image_venv = build_image_venv(base / "image")
+        image = Image.local(base / "image")
         process = None if moto_in_process else MotoProcess(base / "moto.log")
         if process is None:
             moto = MotoServer.start()
@@ -131,13 +130,7 @@ def harness(*, moto_in_process: bool = False) -> Iterator[Harness]:
             moto = MotoServer(host="127.0.0.1", port=process.port, _stop=process.stop)
         stack.callback(moto.stop)
         stack.enter_context(patched_environ(moto.environment(base / "aws")))
-        boot = EmulatedBoot(
-            moto.url,
-            python_path=current_site_packages(),
-            bootstrap_env={"EC2_EXECUTOR_BOOTSTRAP_OFFLINE": "1"},
-            image_venv=image_venv,
-            base_dir=base / "instances",
-        )
+        boot = EmulatedBoot(moto.url, image=image, base_dir=base / "instances")
         stack.enter_context(boot)
         network = create_loopback_network(moto.client("ec2"))
         yield Harness(base, moto, network, boot, process)

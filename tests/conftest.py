@@ -17,9 +17,11 @@ if _TESTS_DIR not in sys.path:  # already there with pytest's default import mod
     sys.path.insert(0, _TESTS_DIR)
 
 from harness import (  # noqa: E402
+    Delays,
     EmulatedBoot,
     GuestBoot,
     GuestNetwork,
+    Image,
     LoopbackNetwork,
     MotoServer,
     NetworkGuard,
@@ -33,6 +35,7 @@ from harness import (  # noqa: E402
     guest_support,
     patched_environ,
 )
+from harness.boot import OFFLINE  # noqa: E402
 from harness.guest_image import guest_image as build_guest_image  # noqa: E402
 from harness.iam import start_iam_moto  # noqa: E402
 
@@ -103,20 +106,6 @@ def loopback_network(moto_reset: MotoServer) -> LoopbackNetwork:
     return create_loopback_network(moto_reset.client("ec2"))
 
 
-@pytest.fixture
-def boot_python_path() -> str | None:
-    """PYTHONPATH for emulated instances: this venv's packages, like an image with covalent
-    (and numpy, scikit-learn) preinstalled."""
-    return current_site_packages()
-
-
-@pytest.fixture
-def boot_bootstrap_env() -> dict[str, str]:
-    """Extra environment for the bootstrap. Offline by default: the emulated boot must never
-    install into this machine (the bootstrap's package-manager and uv steps)."""
-    return {"EC2_EXECUTOR_BOOTSTRAP_OFFLINE": "1"}
-
-
 @pytest.fixture(scope="session")
 def _image_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The venv the real bootstrap builds (offline, over this venv's packages), built once."""
@@ -124,39 +113,38 @@ def _image_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def boot_image_venv(_image_venv: Path) -> Path | None:
-    """A venv the emulated image already holds at the bootstrap's venv path (None: none), so
-    each boot's real bootstrap takes its fast path instead of building a venv again."""
-    return _image_venv
+def boot_bootstrap_env() -> dict[str, str]:
+    """Extra environment for the bootstrap (a test may override it). Offline: the emulated boot
+    must never install into this machine (the bootstrap's package-manager and uv steps)."""
+    return dict(OFFLINE)
 
 
 @pytest.fixture
-def boot_delay() -> float:
-    """Seconds from an instance running to its sshd answering (a test may override it)."""
-    return 0.0
+def boot_image(_image_venv: Path, boot_bootstrap_env: dict[str, str]) -> Image:
+    """The emulated instances' image: this venv's packages (covalent, numpy, scikit-learn
+    preinstalled) and the venv the bootstrap makes, so each boot's real bootstrap takes its fast
+    path instead of building a venv again."""
+    return Image(
+        python_path=current_site_packages(), venv=_image_venv, bootstrap_env=boot_bootstrap_env
+    )
+
+
+@pytest.fixture
+def boot_delays() -> Delays:
+    """How long the emulated cloud takes to boot (a test may override it, or change it)."""
+    return Delays()
 
 
 @pytest.fixture
 def emulated_boot(
-    moto_reset: MotoServer,
-    boot_python_path: str | None,
-    boot_bootstrap_env: dict[str, str],
-    boot_image_venv: Path | None,
-    boot_delay: float,
-    tmp_path: Path,
+    moto_reset: MotoServer, boot_image: Image, boot_delays: Delays, tmp_path: Path
 ) -> Iterator[EmulatedBoot]:
     """Boots (sshd + bootstrap) every instance moto runs during the test; stops them after.
 
     Boot errors the test did not `clear_errors()` fail the test at teardown.
     """
-    with booting(
-        moto_reset.url,
-        python_path=boot_python_path,
-        bootstrap_env=boot_bootstrap_env,
-        image_venv=boot_image_venv,
-        base_dir=tmp_path / "instances",
-        boot_delay=boot_delay,
-    ) as boot:
+    instances = tmp_path / "instances"
+    with booting(moto_reset.url, image=boot_image, base_dir=instances, delays=boot_delays) as boot:
         yield boot
 
 

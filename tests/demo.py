@@ -21,10 +21,9 @@ from typing import Any
 from harness import (
     BootError,
     EmulatedBoot,
+    Image,
     MotoServer,
-    build_image_venv,
     create_loopback_network,
-    current_site_packages,
 )
 from harness.covalent_server import CovalentPaths, CovalentServer, client_isolation, point_client_at
 from harness.moto import patched_environ
@@ -88,12 +87,9 @@ def run_local(base: Path, paths: CovalentPaths) -> None:
         stack.callback(moto.stop)
         stack.enter_context(patched_environ(moto.environment(base / "aws")))
         network = create_loopback_network(moto.client("ec2"))
+        # An image with this venv's packages: covalent, numpy, sklearn.
         boot = EmulatedBoot(
-            moto.url,
-            python_path=current_site_packages(),  # an image with covalent, numpy, sklearn
-            bootstrap_env={"EC2_EXECUTOR_BOOTSTRAP_OFFLINE": "1"},
-            image_venv=build_image_venv(base / "image"),
-            base_dir=base / "instances",
+            moto.url, image=Image.local(base / "image"), base_dir=base / "instances"
         )
         stack.enter_context(boot)
         from integration.executor_support import harness_options

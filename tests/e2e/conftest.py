@@ -28,6 +28,7 @@ from e2e_support import E2E_IDLE_SECONDS
 from harness import (
     BootedInstance,
     EmulatedBoot,
+    Image,
     LoopbackNetwork,
     MotoServer,
     booting,
@@ -175,19 +176,8 @@ def covalent_server(
 
 @pytest.fixture
 def emulated_boot(
-    moto_server: MotoServer,
-    e2e_network: LoopbackNetwork,
-    boot_python_path: str | None,
-    boot_bootstrap_env: dict[str, str],
-    boot_image_venv: Path | None,
-    tmp_path: Path,
+    moto_server: MotoServer, e2e_network: LoopbackNetwork, boot_image: Image, tmp_path: Path
 ) -> Iterator[EmulatedBoot]:
     """Boots every instance moto runs during the test (no moto reset: the network is shared)."""
-    with booting(
-        moto_server.url,
-        python_path=boot_python_path,
-        bootstrap_env=boot_bootstrap_env,
-        image_venv=boot_image_venv,
-        base_dir=tmp_path / "instances",
-    ) as boot:
+    with booting(moto_server.url, image=boot_image, base_dir=tmp_path / "instances") as boot:
         yield boot

@@ -20,7 +20,6 @@ is stopped or terminated in moto, as its `InstanceInitiatedShutdownBehavior` say
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import ipaddress
 import logging
@@ -36,13 +35,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
-
 from .boot import BootedInstance, BootError, EmulatedBoot
 from .moto import REGION, LoopbackNetwork
 from .netguard import NetworkGuard
 from .processes import alive
-from .userdata import UserDataError, parse_user_data
+from .userdata import parse_user_data
 
 log = logging.getLogger("harness.guests")
 
@@ -175,7 +172,7 @@ class GuestBoot(EmulatedBoot):
         stop_timeout: float = 60.0,
     ) -> None:
         super().__init__(endpoint_url, base_dir=base_dir, poll_interval=0.5)
-        self.image = image
+        self.rootfs = image
         self.network = network
         self.boot_timeout = boot_timeout
         self.stop_timeout = stop_timeout
@@ -190,7 +187,8 @@ class GuestBoot(EmulatedBoot):
             for record in self.guests:
                 process = record.nspawn
                 if record.booted and not record.stopped and process and process.poll() is not None:
-                    self._end_in_moto(record.instance_id)  # first: waits end at the record
+                    # First in moto, then here: waits end at the record.
+                    self.cloud.power_off(record.instance_id, as_configured=True)
                     self._stop_instance(record, "the guest powered itself off")
             super().poll_once()
 
@@ -214,39 +212,27 @@ class GuestBoot(EmulatedBoot):
             seen_running_at=time.monotonic(),
             name=f"{self.network.bridge}-{(private_ip or '0').rsplit('.', 1)[-1]}",
         )
-        with self._cond:
-            self._records[instance_id] = record
-        try:
-            if not private_ip or ipaddress.ip_address(private_ip) not in self.network.subnet:
-                raise BootError(
-                    f"private IP {private_ip!r} is not in the guests' subnet "
-                    f"{self.network.subnet}; launch the instance in the guest network's subnet"
-                )
-            user_data = self._user_data(instance_id)
-            record.spec = parse_user_data(user_data)
-            record.port = record.spec.port
-            self._start_guest(record, user_data)
-            self._wait_ssh(record)
-        except (BootError, UserDataError, ClientError, BotoCoreError, OSError, ValueError) as error:
-            self._fail(record, f"{instance_id}: {error}")
-            self._kill_processes(record)
+        self.log.add(record)
+        if not self._attempt(record, lambda _: self._boot_guest(record)):
             return
-        with self._cond:
-            record.booted_at = record.ssh_at
-            self._cond.notify_all()
+        self.log.mark_booted(record, at=record.ssh_at)
         log.info("guest %s: sshd on %s after %.1f s", instance_id, private_ip, record.boot_seconds)
         threading.Thread(
             target=self._watch_bootstrap, args=(record,), name=f"guest-{instance_id}", daemon=True
         ).start()
 
-    def _user_data(self, instance_id: str) -> bytes:
-        attribute = self._client.describe_instance_attribute(
-            InstanceId=instance_id, Attribute="userData"
-        )
-        encoded = (attribute.get("UserData") or {}).get("Value")
-        if not encoded:
-            raise BootError("the instance has no user data")
-        return base64.b64decode(encoded)
+    def _boot_guest(self, record: GuestInstance) -> None:
+        address = record.private_ip
+        if not address or ipaddress.ip_address(address) not in self.network.subnet:
+            raise BootError(
+                f"private IP {address!r} is not in the guests' subnet "
+                f"{self.network.subnet}; launch the instance in the guest network's subnet"
+            )
+        user_data = self.cloud.user_data(record.instance_id)
+        record.spec = parse_user_data(user_data)
+        record.port = record.spec.port
+        self._start_guest(record, user_data)
+        self._wait_ssh(record)
 
     def _start_guest(self, record: GuestInstance, user_data: bytes) -> None:
         seed = record.workdir / "seed"
@@ -257,7 +243,7 @@ class GuestBoot(EmulatedBoot):
             f"instance-id: {record.instance_id}\nlocal-hostname: {hostname}\n"
         )
         netns = self.network.attach(record.private_ip)
-        command = [str(RUN_SCRIPT), "start", record.name, str(self.image), netns, str(seed)]
+        command = [str(RUN_SCRIPT), "start", record.name, str(self.rootfs), netns, str(seed)]
         with open(record.sshd_log, "ab") as console:
             record.nspawn = subprocess.Popen(
                 command,
@@ -296,30 +282,15 @@ class GuestBoot(EmulatedBoot):
                     record.ready_at = time.monotonic()
                     record.bootstrap_returncode = code
                     record.bootstrap_done.set()
-                    self._notify()
+                    self.log.notify()
                     return
             time.sleep(0.2)
         record.bootstrap_done.set()
-        self._notify()
+        self.log.notify()
 
     # -- end ----------------------------------------------------------------------------------
 
-    def _end_in_moto(self, instance_id: str) -> None:
-        """What EC2 does when an instance shuts itself down."""
-        try:
-            attribute = self._client.describe_instance_attribute(
-                InstanceId=instance_id, Attribute="instanceInitiatedShutdownBehavior"
-            )
-            behaviour = attribute["InstanceInitiatedShutdownBehavior"]["Value"]
-            if behaviour == "terminate":
-                self._client.terminate_instances(InstanceIds=[instance_id])
-            else:
-                self._client.stop_instances(InstanceIds=[instance_id])
-            log.info("guest %s powered off: instance %sd in moto", instance_id, behaviour)
-        except (BotoCoreError, ClientError) as error:
-            log.warning("guest %s powered off; moto could not be told: %s", instance_id, error)
-
-    def _kill_processes(self, record: BootedInstance) -> None:
+    def _end_processes(self, record: BootedInstance) -> None:
         """Power the guest off (SIGTERM to nspawn); kill its PID 1 only if that hangs (never
         SIGKILL nspawn: the guest would live on). Then its namespace and cgroups go."""
         assert isinstance(record, GuestInstance)

@@ -1,4 +1,5 @@
-"""Finding and ending the processes the harness started, by a marker in their environment."""
+"""Finding and ending the processes the harness started, by a marker in their environment or
+by their place in the process tree (read from /proc)."""
 
 from __future__ import annotations
 
@@ -29,13 +30,55 @@ def pids_with_env(assignment: str) -> list[int]:
     return found
 
 
-def alive(pid: int) -> bool:
-    """Exists and is not a zombie."""
+def _stat_fields(pid: int | str) -> list[str] | None:
+    """/proc/<pid>/stat after the command name (which may hold spaces and parentheses):
+    state, parent pid, ...; None once the process is gone."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return False
-    return stat[stat.rfind(")") + 2 :].split()[0] != "Z"
+        return None
+    return stat[stat.rfind(")") + 2 :].split()
+
+
+def alive(pid: int) -> bool:
+    """Neither gone nor a zombie not reaped yet."""
+    fields = _stat_fields(pid)
+    return fields is not None and fields[0] != "Z"
+
+
+def parents() -> dict[int, int]:
+    """pid -> parent pid of every process."""
+    table: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        fields = _stat_fields(entry) if entry.isdigit() else None
+        if fields is not None:
+            table[int(entry)] = int(fields[1])
+    return table
+
+
+def children(pid: int) -> list[int]:
+    return [child for child, parent in parents().items() if parent == pid]
+
+
+def descendants(root: int, table: dict[int, int] | None = None) -> list[int]:
+    """Children, their children, and so on (from `table`, or from /proc now)."""
+    below: dict[int, list[int]] = {}
+    for pid, parent in (parents() if table is None else table).items():
+        below.setdefault(parent, []).append(pid)
+    found: list[int] = []
+    stack = [root]
+    while stack:
+        for child in below.get(stack.pop(), []):
+            found.append(child)
+            stack.append(child)
+    return found
+
+
+def command_name(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
 
 
 def cmdline(pid: int) -> str:
@@ -61,3 +104,10 @@ def terminate(pids: list[int], *, grace: float, label: str) -> None:
     deadline = time.monotonic() + 5
     while [pid for pid in pids if alive(pid)] and time.monotonic() < deadline:
         time.sleep(0.02)
+
+
+def signal_all(pids: list[int], signum: int) -> None:
+    """Send `signum` to each process still there."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)

@@ -20,7 +20,7 @@ through gets that one's answer, as from CloudFormation (unless `idempotent_creat
 then says AlreadyExistsException), and the stack's creation events carry the token.
 
 Everything else passes through untouched, so the executor, pointed at the proxy through
-`AWS_ENDPOINT_URL`, cannot tell. Pair it with `EmulatedBoot(boot_delay=..., install_delay=...)`
+`AWS_ENDPOINT_URL`, cannot tell. Pair it with `EmulatedBoot(delays=Delays(boot=..., install=...))`
 for the instance's boot to SSH and the bootstrap's installs on a stock image; `AwsSeconds`
 holds the published figures for all of them, to scale by one factor.
 """

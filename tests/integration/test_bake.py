@@ -98,7 +98,7 @@ def test_a_bake_that_fails_leaves_no_stack_and_no_image(
     timeline = Timeline(instance_after=0.0, complete_after=0.0, fail_after=fail_after)
     if fail_after is not None:  # the stack completes late, and fails before it does
         timeline = Timeline(instance_after=0.0, complete_after=60.0, fail_after=fail_after)
-        emulated_boot.bootstrap_delay = 5.0
+        emulated_boot.delays.bootstrap = 5.0
     with TimedCloud(moto_reset.url, timeline, refuse=refused) as cloud:
         monkeypatch.setenv("AWS_ENDPOINT_URL", cloud.url)
         with pytest.raises(EC2ExecutorError, match=says):

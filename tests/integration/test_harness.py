@@ -19,6 +19,7 @@ from harness import (
     STAND_IN_BOOTSTRAP,
     BootError,
     EmulatedBoot,
+    Image,
     KeyPair,
     LoopbackNetwork,
     MotoServer,
@@ -340,7 +341,7 @@ def test_python_path_reaches_bootstrap_and_sessions(
     )
     ec2 = moto_reset.client("ec2")
     network = create_loopback_network(ec2)
-    with EmulatedBoot(moto_reset.url, python_path="/emulated/site-packages") as boot:
+    with EmulatedBoot(moto_reset.url, image=Image(python_path="/emulated/site-packages")) as boot:
         (instance_id,) = _launch(ec2, network, user_data)
         instance = boot.wait_bootstrap(instance_id)
         assert instance.ready_file.read_text() == "/emulated/site-packages\n"

@@ -157,7 +157,7 @@ def test_a_cancel_during_the_bootstrap_ends_at_once(
     remote_cache: str,
     on_phase: Callable[[str, Callable[[], None]], None],
 ) -> None:
-    emulated_boot.bootstrap_delay = 60  # the command waits for a bootstrap that has not begun
+    emulated_boot.delays.bootstrap = 60  # the command waits for a bootstrap that has not begun
     switch = CancelSwitch()
     on_phase("upload, run, fetch", switch.pull)
     ex = EC2Executor(**harness_options(loopback_network.subnet_id, remote_cache))

@@ -22,7 +22,7 @@ from harness import (
     create_loopback_network,
     patched_environ,
 )
-from harness.boot import BootedInstance, EmulatedBoot, booting
+from harness.boot import BootedInstance, Delays, EmulatedBoot, Image, booting
 from harness.cloud_state import assert_nothing_left, live_stacks
 from harness.iam import everywhere, user_with_policy
 from harness.timed_cloud import FAIL_REASON, AwsSeconds, TimedCloud, Timeline
@@ -41,8 +41,8 @@ BOOT_SECONDS = AWS.boot
 
 
 @pytest.fixture
-def boot_delay() -> float:
-    return BOOT_SECONDS
+def boot_delays() -> Delays:
+    return Delays(boot=BOOT_SECONDS)
 
 
 @contextlib.contextmanager
@@ -76,22 +76,12 @@ def test_the_task_runs_before_the_stack_completes(
 
 @pytest.fixture
 def iam_boot(
-    iam_moto: MotoServer,
-    boot_python_path: str | None,
-    boot_bootstrap_env: dict[str, str],
-    boot_image_venv: Path | None,
-    boot_delay: float,
-    tmp_path: Path,
+    iam_moto: MotoServer, boot_image: Image, boot_delays: Delays, tmp_path: Path
 ) -> Iterator[EmulatedBoot]:
     """The emulated boot on the IAM-enforcing server, calling it with the admin's keys."""
+    base_dir, keys = tmp_path / "instances", iam_moto.keys
     with booting(
-        iam_moto.url,
-        python_path=boot_python_path,
-        bootstrap_env=boot_bootstrap_env,
-        image_venv=boot_image_venv,
-        base_dir=tmp_path / "instances",
-        boot_delay=boot_delay,
-        keys=iam_moto.keys,
+        iam_moto.url, image=boot_image, base_dir=base_dir, delays=boot_delays, keys=keys
     ) as boot:
         yield boot
 
@@ -162,7 +152,7 @@ def test_a_stock_image_pays_the_installs_and_a_baked_one_is_found_and_does_not(
     monkeypatch: pytest.MonkeyPatch,
     remote_cache: str,
 ) -> None:
-    emulated_boot.install_delay = AWS.install
+    emulated_boot.delays.install = AWS.install
     options = harness_options(loopback_network.subnet_id, remote_cache)
     with _timed_cloud(moto_reset, monkeypatch, AWS.timeline()):
         stock, started = _task_start_on_a_new_instance(
