@@ -66,12 +66,10 @@ class Instance:
 
 @contextlib.contextmanager
 def instance(h: Harness) -> Iterator[Instance]:
-    from harness import generate_ed25519_keypair
-
-    from ec2_executor.access import ClientIdentity
+    from ec2_executor.access import ClientIdentity, KeyPair
     from ec2_executor.ec2 import EC2Executor
 
-    client = generate_ed25519_keypair("bench")
+    client = KeyPair.generate("bench")
     key_file = h.base / "client_key"
     key_file.write_text(client.private_openssh)
     key_file.chmod(0o600)

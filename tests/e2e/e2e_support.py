@@ -6,7 +6,7 @@ import importlib.metadata
 from pathlib import Path
 from typing import Any
 
-from harness import MotoServer, generate_ed25519_keypair
+from harness import KeyPair, MotoServer
 from harness.cloud_state import assert_nothing_left
 from harness.covalent_server import CovalentServer
 
@@ -22,7 +22,7 @@ def installed_version(distribution: str) -> str:
 
 def write_ssh_key(path: Path) -> str:
     """An unencrypted ed25519 private key at `path` (mode 600); returns the public line."""
-    pair = generate_ed25519_keypair(comment=path.stem)
+    pair = KeyPair.generate(comment=path.stem)
     path.write_text(pair.private_openssh)
     path.chmod(0o600)
     return pair.public_openssh

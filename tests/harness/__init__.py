@@ -8,6 +8,8 @@ Nothing here talks to anything outside 127.0.0.0/8, and nothing is installed int
 every emulated instance lives in its own temporary directory.
 """
 
+from ec2_executor.access import KeyPair  # the product's: the harness makes keys as it does
+
 from .boot import (
     BootedInstance,
     BootError,
@@ -27,7 +29,6 @@ from .guests import (
     guest_network,
     guest_support,
 )
-from .keys import KeyPair, generate_ed25519_keypair
 from .moto import (
     AWS_ENV_UNSET,
     LoopbackNetwork,
@@ -72,7 +73,6 @@ __all__ = [
     "create_loopback_network",
     "current_site_packages",
     "free_port",
-    "generate_ed25519_keypair",
     "guest_booting",
     "guest_network",
     "guest_support",

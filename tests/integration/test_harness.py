@@ -28,7 +28,6 @@ from harness import (
     UserDataError,
     create_loopback_network,
     current_site_packages,
-    generate_ed25519_keypair,
     parse_user_data,
     render_user_data,
 )
@@ -131,7 +130,7 @@ def test_parse_user_data_rejects(text: str, message: str) -> None:
 
 
 def test_render_user_data_round_trips() -> None:
-    host, client = generate_ed25519_keypair("host"), generate_ed25519_keypair()
+    host, client = KeyPair.generate("host"), KeyPair.generate()
     text = render_user_data(
         authorized_keys=[client.public_openssh], host_key_pem=host.private_openssh, port=2200
     )
@@ -203,7 +202,7 @@ def test_loopback_subnet_gives_loopback_private_ips(
 def _ssh(ip: str, port: int, client_key: KeyPair, pinned_host_key: KeyPair) -> paramiko.SSHClient:
     client = paramiko.SSHClient()
     client.set_missing_host_key_policy(paramiko.RejectPolicy())
-    host_key = pinned_host_key.paramiko_public_key()
+    host_key = pinned_host_key.public_key()
     client.get_host_keys().add(f"[{ip}]:{port}", host_key.get_name(), host_key)
     client.connect(
         ip,
@@ -236,7 +235,7 @@ def _alive(pid: int) -> bool:
 
 @pytest.fixture
 def keys() -> tuple[KeyPair, KeyPair]:
-    return generate_ed25519_keypair("host"), generate_ed25519_keypair("client")
+    return KeyPair.generate("host"), KeyPair.generate("client")
 
 
 def test_boot_ssh_and_terminate(
@@ -293,7 +292,7 @@ def test_wrong_host_key_is_rejected(
     (instance_id,) = _launch(moto_server.client("ec2"), loopback_network, user_data)
     instance = emulated_boot.wait_booted(instance_id)
     assert instance.port is not None
-    impostor = generate_ed25519_keypair("impostor")
+    impostor = KeyPair.generate("impostor")
     with pytest.raises(paramiko.BadHostKeyException):
         _ssh(instance.private_ip, instance.port, client_key, impostor)
     # and an unknown client key is refused by the server
