@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-import time
+from pathlib import Path
 from typing import Any
 
 import cloudpickle
@@ -12,9 +12,14 @@ import pytest
 from e2e_support import assert_nothing_left, node_result
 from harness import EmulatedBoot, MotoServer
 from harness.covalent_server import CovalentServer
+from harness.processes import alive
+from harness.waiting import wait_for_task
+from integration.remote_tasks import sleepy
 
 pytestmark = pytest.mark.e2e
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+RESULT_TIMEOUT = 300.0
 
 
 def test_cancel_stops_a_sleeping_electron_and_deletes_its_stack(
@@ -22,27 +27,26 @@ def test_cancel_stops_a_sleeping_electron_and_deletes_its_stack(
     emulated_boot: EmulatedBoot,
     moto_server: MotoServer,
     local_settings: dict[str, Any],
+    tmp_path: Path,
 ) -> None:
     @ct.electron(executor=ct.executor.EC2Executor(**local_settings))
-    def sleeper() -> str:
-        time.sleep(600)
-        return "woke"
+    def sleeper(mark: str) -> str:
+        return sleepy(600, mark)
 
     @ct.lattice
-    def workflow() -> str:
-        return sleeper()
+    def workflow(mark: str) -> str:
+        return sleeper(mark)
 
-    dispatch_id = ct.dispatch(workflow)()
-    deadline = time.monotonic() + 180
-    while not any(r.bootstrap_done.is_set() for r in emulated_boot.instances):
-        assert time.monotonic() < deadline, "the electron's instance never booted"
-        time.sleep(0.5)
-    time.sleep(3)  # the task is running on the instance now
+    mark = tmp_path / "task"
+    dispatch_id = ct.dispatch(workflow)(str(mark))
+    task = wait_for_task(mark, RESULT_TIMEOUT)  # the task is running on the instance now
 
     ct.cancel(dispatch_id)
-    result = covalent_server.wait_for_result(dispatch_id, 300)
+    result = covalent_server.wait_for_result(dispatch_id, RESULT_TIMEOUT)
 
     assert str(node_result(result, "sleeper")["status"]) == "CANCELLED"
     assert str(result.status) == "CANCELLED"
-    assert all(record.stopped for record in emulated_boot.instances)
+    (instance,) = emulated_boot.instances
+    emulated_boot.wait_stopped(instance.instance_id)  # the stack's deletion ends the instance
+    assert not alive(task)
     assert_nothing_left(moto_server)

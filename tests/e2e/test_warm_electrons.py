@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,9 @@ import pytest
 from e2e_support import E2E_IDLE_SECONDS, assert_nothing_left
 from harness import EmulatedBoot, MotoServer
 from harness.covalent_server import CovalentServer
+from harness.processes import alive
+from harness.waiting import wait_for_task, wait_until
+from integration.remote_tasks import sleepy
 
 pytestmark = pytest.mark.e2e
 
@@ -79,14 +81,11 @@ def test_cancel_on_a_warm_instance_kills_the_task_and_lends_the_instance_again(
     warm = ct.executor.EC2Executor(
         **{**local_settings, "provision_timeout": 600}, keep_warm_minutes=5
     )
-    started = tmp_path / "sleeper.pid"  # the emulated instance is this machine
+    mark = tmp_path / "task"  # the emulated instance is this machine
 
     @ct.electron(executor=warm)
     def sleeper(mark: str) -> str:
-        with open(mark, "w") as out:
-            out.write(str(os.getpid()))
-        time.sleep(600)
-        return "woke"
+        return sleepy(600, mark)
 
     @ct.electron(executor=warm)
     def where() -> int:
@@ -100,17 +99,13 @@ def test_cancel_on_a_warm_instance_kills_the_task_and_lends_the_instance_again(
     def quick() -> int:
         return where()
 
-    first = ct.dispatch(sleeps)(str(started))
-    deadline = time.monotonic() + RESULT_TIMEOUT
-    while not started.exists() or not started.read_text():
-        assert time.monotonic() < deadline, "the task never started"
-        time.sleep(0.5)
-    task = int(started.read_text())
+    first = ct.dispatch(sleeps)(str(mark))
+    task = wait_for_task(mark, RESULT_TIMEOUT)
 
     ct.cancel(first)
     cancelled = covalent_server.wait_for_result(first, RESULT_TIMEOUT)
     assert str(cancelled.status) == "CANCELLED"
-    assert not _alive(task)
+    assert not alive(task)
     # The kill was confirmed, so the instance went back to the pool: the next dispatch runs on
     # it, without a stack of its own.
     second = ct.dispatch(quick)()
@@ -121,19 +116,13 @@ def test_cancel_on_a_warm_instance_kills_the_task_and_lends_the_instance_again(
     _wait_for_the_idle_expiry(moto_server, emulated_boot, first)
 
 
-def _alive(pid: int) -> bool:
-    """Neither gone nor a zombie not reaped yet."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 def _wait_for_the_idle_expiry(moto: MotoServer, boot: EmulatedBoot, dispatch_id: str) -> None:
     """The server deletes the idle stack once it expires; then nothing is left."""
-    deadline = time.monotonic() + E2E_IDLE_SECONDS + 120
-    while any(s != "DELETE_COMPLETE" for _, s in _dispatch_stacks(moto, dispatch_id)):
-        assert time.monotonic() < deadline, _dispatch_stacks(moto, dispatch_id)
-        time.sleep(1)
+
+    def deleted() -> bool:
+        return all(status == "DELETE_COMPLETE" for _, status in _dispatch_stacks(moto, dispatch_id))
+
+    what = f"the deletion of the idle stack of {dispatch_id}"
+    wait_until(deleted, E2E_IDLE_SECONDS + 120, what, interval=1.0)
     boot.wait_stopped(boot.instances[0].instance_id, timeout=30)
     assert_nothing_left(moto)

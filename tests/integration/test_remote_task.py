@@ -9,7 +9,6 @@ import signal
 import socket
 import stat
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import pytest
 from covalent._shared_files.exceptions import TaskRuntimeError
 from executor_support import execute, harness_options, run
 from harness import LoopbackNetwork, MotoServer, free_port
+from harness.waiting import read_pid, wait_for_task, wait_until
 from remote_tasks import boom, noisy, sleepy
 
 from ec2_executor import BootstrapError, ConnectionLostError, RemoteError, TaskError
@@ -63,18 +63,16 @@ def test_a_vanished_instance_fails_the_task_saying_so(
     remote_cache: str,
     moto_reset: MotoServer,
     monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
     monkeypatch.setattr("ec2_executor.watch.INSTANCE_POLL", 0.5)
     ex = EC2Executor(**harness_options(loopback_network.subnet_id, remote_cache))
-    ec2 = moto_reset.client("ec2")
+    ec2, mark = moto_reset.client("ec2"), tmp_path / "task"
 
     async def terminate_while_running() -> None:
-        task = asyncio.ensure_future(execute(ex, sleepy, [60], {}))
-        while not emulated_boot.instances:
-            await asyncio.sleep(0.2)
-        instance = emulated_boot.instances[0]
-        emulated_boot.wait_bootstrap(instance.instance_id)
-        await asyncio.sleep(2)  # the task is running now
+        task = asyncio.ensure_future(execute(ex, sleepy, [60, str(mark)], {}))
+        await asyncio.to_thread(wait_for_task, mark)
+        (instance,) = emulated_boot.instances
         ec2.terminate_instances(InstanceIds=[instance.instance_id])
         with pytest.raises(ConnectionLostError, match=instance.instance_id):
             await task
@@ -197,11 +195,8 @@ def test_without_a_waiting_worker_a_fresh_interpreter_runs_the_task_alike(
         instance = emulated_boot.instances[-1]
         emulated_boot.wait_bootstrap(instance.instance_id)
         pid_file = instance.prefix / "worker" / "pid"
-        deadline = time.monotonic() + 30
-        while not pid_file.exists():  # the worker announces itself just after the bootstrap
-            assert time.monotonic() < deadline, "the worker never started"
-            time.sleep(0.05)
-        pid = int(pid_file.read_text())
+        # The worker announces itself just after the bootstrap.
+        pid = wait_until(lambda: read_pid(pid_file), 30, "the warm worker's start")
         pid_file.unlink()  # what a worker that is gone leaves
         os.kill(pid, signal.SIGKILL)
 

@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import cloudpickle
@@ -17,6 +18,7 @@ from covalent._shared_files.exceptions import TaskCancelledError
 from executor_support import execute, harness_options, run
 from harness import EmulatedBoot, LoopbackNetwork, MotoServer
 from harness.cloud_state import live_instances, live_stacks
+from harness.waiting import wait_for_task
 from remote_tasks import sleepy
 
 from ec2_executor import ConnectionLostError, watch
@@ -95,11 +97,12 @@ def slowed(monkeypatch: pytest.MonkeyPatch, target: str, seconds: float) -> None
     monkeypatch.setattr(owner, name, slow)
 
 
-def cancelled_electron(ex: EC2Executor, switch: CancelSwitch, task: Any = sleepy) -> float:
-    """Run an electron that `switch` cancels; return the seconds from the cancel to its end."""
+def cancelled_electron(ex: EC2Executor, switch: CancelSwitch, mark: Path | None = None) -> float:
+    """Run an electron (a long sleep, announced at `mark` when given) that `switch` cancels;
+    return the seconds from the cancel to its end."""
     ex._cancel_requested = switch  # type: ignore[method-assign]
     with pytest.raises(TaskCancelledError):
-        run(execute(ex, task, [600], {}))
+        run(execute(ex, sleepy, [600, None if mark is None else str(mark)], {}))
     assert switch.pulled_at is not None, "the cancel never came: the phase was not reached"
     return time.monotonic() - switch.pulled_at
 
@@ -171,19 +174,17 @@ def test_a_cancel_while_the_task_runs_ends_at_once(
     emulated_boot: EmulatedBoot,
     moto_reset: MotoServer,
     remote_cache: str,
+    tmp_path: Path,
 ) -> None:
-    switch = CancelSwitch()
+    switch, mark = CancelSwitch(), tmp_path / "task"
 
     def cancel_once_running() -> None:
-        while not emulated_boot.instances:
-            time.sleep(0.1)
-        emulated_boot.wait_bootstrap(emulated_boot.instances[0].instance_id)
-        time.sleep(2)  # the task sleeps on the instance now
+        wait_for_task(mark)
         switch.pull()
 
     threading.Thread(target=cancel_once_running, daemon=True).start()
     ex = EC2Executor(**harness_options(loopback_network.subnet_id, remote_cache))
-    assert cancelled_electron(ex, switch) < HANG_BOUND
+    assert cancelled_electron(ex, switch, mark) < HANG_BOUND
     assert live_stacks(moto_reset) == [] and live_instances(moto_reset) == []
 
 
@@ -220,24 +221,22 @@ def test_a_connection_that_stops_answering_fails_the_electron_and_deletes_its_st
     emulated_boot: EmulatedBoot,
     moto_reset: MotoServer,
     remote_cache: str,
+    tmp_path: Path,
 ) -> None:
     """The instance's sshd frozen mid-task: packets go unanswered, nothing resets."""
     frozen_at: list[float] = []
+    mark = tmp_path / "task"
 
     def freeze_once_running() -> None:
-        while not emulated_boot.instances:
-            time.sleep(0.1)
-        instance = emulated_boot.instances[0].instance_id
-        emulated_boot.wait_bootstrap(instance)
-        time.sleep(2)
-        assert emulated_boot.freeze_sshd(instance)
+        wait_for_task(mark)
+        assert emulated_boot.freeze_sshd(emulated_boot.instances[0].instance_id)
         frozen_at.append(time.monotonic())
 
     threading.Thread(target=freeze_once_running, daemon=True).start()
     ex = EC2Executor(**harness_options(loopback_network.subnet_id, remote_cache))
     ex.keepalive = QUICK
     with pytest.raises(ConnectionLostError, match="did not answer a keepalive") as lost:
-        run(execute(ex, sleepy, [600], {}))
+        run(execute(ex, sleepy, [600, str(mark)], {}))
     assert frozen_at and time.monotonic() - frozen_at[0] < HANG_BOUND
     instance = emulated_boot.instances[0].instance_id
     assert f"instance {instance} of stack" in str(lost.value)
