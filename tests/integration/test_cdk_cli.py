@@ -42,10 +42,6 @@ BOOTSTRAP_PROPERTIES = (
 )
 
 
-def _shape_id(shape: StackShape) -> str:
-    return shape.network.value
-
-
 @pytest.fixture(scope="module")
 def cli_env() -> dict[str, str]:
     """The environment every `cdk` call gets (AWS_* come from os.environ, i.e. moto)."""
@@ -86,7 +82,7 @@ def assembly(cli_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) 
 
 
 @pytest.mark.usefixtures("template_cache")
-@pytest.mark.parametrize("shape", ALL_SHAPES, ids=_shape_id)
+@pytest.mark.parametrize("shape", ALL_SHAPES, ids=[shape.key for shape in ALL_SHAPES])
 def test_cdk_synth_matches_the_cached_template(assembly: Path, shape: StackShape) -> None:
     from_cli = json.loads((assembly / f"{stack_id(shape)}.template.json").read_text())
     cached = json.loads(template_for(shape))

@@ -31,6 +31,7 @@ from harness import (
     parse_user_data,
     render_user_data,
 )
+from harness.processes import alive
 
 FAKE_HOST_KEY = (
     "-----BEGIN OPENSSH PRIVATE KEY-----\n"
@@ -225,14 +226,6 @@ def _run(client: paramiko.SSHClient, command: str) -> str:
     return output
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 @pytest.fixture
 def keys() -> tuple[KeyPair, KeyPair]:
     return KeyPair.generate("host"), KeyPair.generate("client")
@@ -268,13 +261,13 @@ def test_boot_ssh_and_terminate(
         log = _run(client, 'cat "$EC2_EXECUTOR_PREFIX/bootstrap.log"')
         assert f"--user ec2-user --prefix {instance.prefix}" in log
         orphan = int(_run(client, "nohup sleep 300 >/dev/null 2>&1 & echo $!"))
-    assert _alive(orphan)
+    assert alive(orphan)
 
     ec2.terminate_instances(InstanceIds=[instance_id])
     emulated_boot.wait_stopped(instance_id, timeout=10)
     assert instance.sshd.poll() is not None
     assert emulated_boot.stopped_count == 1
-    assert not _alive(orphan), "a process started over SSH outlived its instance"
+    assert not alive(orphan), "a process started over SSH outlived its instance"
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection((instance.private_ip, instance.port), timeout=2).close()
 

@@ -23,6 +23,7 @@ from covalent._shared_files.exceptions import TaskCancelledError, TaskRuntimeErr
 from executor_support import execute, harness_options, run
 from harness import EmulatedBoot, LoopbackNetwork, MotoServer
 from harness.cloud_state import assert_nothing_left, instances_in, live_stacks
+from harness.processes import alive, children
 from remote_tasks import boom
 
 from ec2_executor.ec2 import EC2Executor
@@ -223,7 +224,7 @@ async def _terminate_the_instance(moto: MotoServer, boot: EmulatedBoot, _: Any) 
 async def _kill_the_worker(moto: MotoServer, boot: EmulatedBoot, first: Any) -> None:
     _, server, _ = first
     os.kill(server, signal.SIGKILL)
-    await wait_until(lambda: not _alive(server))  # SIGKILL takes effect when it is scheduled
+    await wait_until(lambda: not alive(server))  # SIGKILL takes effect when it is scheduled
 
 
 @pytest.mark.parametrize(
@@ -289,13 +290,13 @@ def test_cancel_on_a_warm_instance_kills_the_task_and_keeps_the_instance(
         _, server, _ = await execute(warm(), where, [], {}, node_id=0)
         ex = warm()
         task = asyncio.ensure_future(execute(ex, sleep_long, [], {}, node_id=1))
-        await wait_until(lambda: _children(server) != [])
-        (child,) = _children(server)
+        await wait_until(lambda: children(server) != [])
+        (child,) = children(server)
         # Covalent cancels through a freshly built executor and the job handle.
         assert await warm().cancel({}, ex._electron.job_handle()) is True
         with pytest.raises(TaskCancelledError):
             await task
-        assert not _alive(child)
+        assert not alive(child)
         return await execute(warm(), where, [], {}, node_id=2)
 
     _, _parent, _ = run(scenario())
@@ -303,27 +304,6 @@ def test_cancel_on_a_warm_instance_kills_the_task_and_keeps_the_instance(
     assert len(pool.idle()) == 1
     run(retire_all_idle())
     assert_nothing_left(moto_reset)
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            if int(stat[stat.rfind(")") + 2 :].split()[1]) == pid:
-                found.append(int(entry))
-    return found
-
-
-def _alive(pid: int) -> bool:
-    """Neither gone nor a zombie not reaped yet."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 @pytest.mark.parametrize(
