@@ -1,8 +1,10 @@
-"""`ct.cancel` on a running ec2 electron, through a real Covalent server."""
+"""`ct.cancel` on an ec2 electron, through a real Covalent server: while its task runs, and
+while it waits for its instance's SSH."""
 
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,9 @@ pytestmark = pytest.mark.e2e
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 RESULT_TIMEOUT = 300.0
+CANCEL_BOUND = 60.0
+"""Far below 'provision_timeout' (120 s in the local settings): an electron that ends within it
+after the cancel did not wait for SSH until the provisioning gave up."""
 
 
 def test_cancel_stops_a_sleeping_electron_and_deletes_its_stack(
@@ -49,4 +54,34 @@ def test_cancel_stops_a_sleeping_electron_and_deletes_its_stack(
     (instance,) = emulated_boot.instances
     emulated_boot.wait_stopped(instance.instance_id)  # the stack's deletion ends the instance
     assert not alive(task)
+    assert_nothing_left(moto_server)
+
+
+def test_a_cancel_while_the_electron_waits_for_ssh_ends_it_and_leaves_nothing(
+    covalent_server: CovalentServer,
+    emulated_boot: EmulatedBoot,
+    moto_server: MotoServer,
+    local_settings: dict[str, Any],
+) -> None:
+    @ct.electron(executor=ct.executor.EC2Executor(**local_settings))
+    def never_runs() -> str:
+        return "ran"
+
+    @ct.lattice
+    def workflow() -> str:
+        return never_runs()
+
+    emulated_boot.hold()  # the instance's sshd does not start: the electron waits for SSH
+    dispatch_id = ct.dispatch(workflow)()
+    instance = emulated_boot.wait_knocked(RESULT_TIMEOUT)  # the executor tries SSH now
+
+    cancelled_at = time.monotonic()
+    ct.cancel(dispatch_id)
+    result = covalent_server.wait_for_result(dispatch_id, RESULT_TIMEOUT)
+    took = time.monotonic() - cancelled_at
+
+    assert str(node_result(result, "never_runs")["status"]) == "CANCELLED"
+    assert str(result.status) == "CANCELLED"
+    assert took < CANCEL_BOUND, f"the cancel took {took:.0f} s"
+    assert emulated_boot.instances == [instance] and not instance.booted
     assert_nothing_left(moto_server)

@@ -22,12 +22,14 @@ terminate`: it terminates the instance in moto. When an instance stops being `ru
 the bootstrap left running are terminated, like a real instance going away.
 
 The parts: `moto_watch` (what moto runs), `instance_dir` (files from the user data),
-`instance_processes` (sshd and bootstrap), and `boot_log` (what happened, and the waits).
+`instance_processes` (sshd and bootstrap), `boot_log` (what happened, and the waits), `hold`
+(boots held back until a test releases them).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import importlib.util
 import ipaddress
 import logging
@@ -50,6 +52,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from . import instance_processes as processes
 from .boot_log import BootedInstance, BootError, BootLog
+from .hold import Doorman, Hold
 from .instance_dir import MARKER_ENV, prepare, session_env
 from .moto import TESTING_KEYS, Keys
 from .moto_watch import MotoInstances, Poller, Seen, Sightings, gone_reason
@@ -186,6 +189,8 @@ class EmulatedBoot:
         self._sightings = Sightings()
         self._poller = Poller(self.poll_once, poll_interval, "emulated-boot")
         self._poll_lock = threading.RLock()
+        self._hold: Hold | None = None
+        self._doormen: dict[str, Doorman] = {}
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -279,6 +284,17 @@ class EmulatedBoot:
     def thaw_sshd(self, instance_id: str) -> None:
         processes.thaw(self.get(instance_id))
 
+    def hold(self) -> Hold:
+        """Instances seen from now on get no sshd until the returned hold is released (at the
+        next poll after it); meanwhile their SSH address resets every connection, counted in
+        `knocks`."""
+        self._hold = Hold()
+        return self._hold
+
+    def wait_knocked(self, timeout: float = 60.0) -> BootedInstance:
+        """The first held instance something tried to connect to (waiting for one)."""
+        return self.log.wait_any(lambda r: r.knocks > 0, timeout, "knocked at")
+
     # -- the watch ----------------------------------------------------------------------------
 
     def poll_once(self) -> None:
@@ -288,6 +304,7 @@ class EmulatedBoot:
             if states is None:
                 return
             self._end_gone(states)
+            self._release_held()
             due = self._sightings.due(states, self.log, self.delays.boot, time.monotonic())
             if due:  # instances launched together boot together, as on EC2
                 with concurrent.futures.ThreadPoolExecutor(len(due)) as pool:
@@ -304,6 +321,14 @@ class EmulatedBoot:
                 log.info("emulated boot: %s powered itself off", record.instance_id)
                 self.cloud.power_off(record.instance_id)  # the next poll ends its processes
 
+    def _release_held(self) -> None:
+        if self._hold is None or not self._hold.released:
+            return
+        for instance_id in list(self._doormen):
+            record = self.get(instance_id)
+            if self._dismiss_doorman(record):
+                self._start(record)
+
     # -- one instance -------------------------------------------------------------------------
 
     def _boot(self, instance_id: str, private_ip: str | None) -> None:
@@ -316,7 +341,11 @@ class EmulatedBoot:
             seen_running_at=time.monotonic(),
         )
         self.log.add(record)
-        if self._attempt(record, self._lay_out):
+        if not self._attempt(record, self._lay_out):
+            return
+        if self._hold is not None and not self._hold.released:
+            self._attempt(record, self._hold_back)
+        else:
             self._start(record)
 
     def _attempt(self, record: BootedInstance, step: Callable[[BootedInstance], None]) -> bool:
@@ -352,6 +381,21 @@ class EmulatedBoot:
             if other is not record and not other.stopped and (other.private_ip, other.port) == here:
                 reason = f"{record.private_ip}:{record.port} reused by {record.instance_id}"
                 self._stop_instance(other, reason)
+
+    def _hold_back(self, record: BootedInstance) -> None:
+        assert record.port is not None
+        knock = functools.partial(self.log.count_knock, record)
+        self._doormen[record.instance_id] = Doorman(record.private_ip, record.port, knock)
+        self.log.mark_held(record, True)
+
+    def _dismiss_doorman(self, record: BootedInstance) -> bool:
+        """The doorman gone from the instance's address; False if there was none."""
+        doorman = self._doormen.pop(record.instance_id, None)
+        if doorman is None:
+            return False
+        doorman.close()
+        self.log.mark_held(record, False)
+        return True
 
     def _start(self, record: BootedInstance) -> None:
         """sshd, then the bootstrap in the background."""
@@ -414,6 +458,7 @@ class EmulatedBoot:
     def _stop_instance(self, record: BootedInstance, reason: str) -> None:
         if not self.log.mark_stopping(record, reason):
             return
+        self._dismiss_doorman(record)
         self._end_processes(record)
         self.log.mark_stopped(record)
         if record.booted:

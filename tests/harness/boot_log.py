@@ -56,6 +56,10 @@ class BootedInstance:
     bootstrap: subprocess.Popen[bytes] | None = None
     bootstrap_returncode: int | None = None
     bootstrap_done: threading.Event = field(default_factory=threading.Event, repr=False)
+    held: bool = False
+    """Its sshd is held back (`EmulatedBoot.hold`): its SSH address resets every connection."""
+    knocks: int = 0
+    """Connections made to the instance's SSH address while it was held."""
     stopped_at: float | None = None
     stop_reason: str | None = None
     error: str | None = None
@@ -173,6 +177,16 @@ class BootLog:
         with self._cond:
             record.error = message
             self._errors.append(message)
+            self._cond.notify_all()
+
+    def mark_held(self, record: BootedInstance, held: bool) -> None:
+        with self._cond:
+            record.held = held
+            self._cond.notify_all()
+
+    def count_knock(self, record: BootedInstance) -> None:
+        with self._cond:
+            record.knocks += 1
             self._cond.notify_all()
 
     def mark_booted(self, record: BootedInstance, at: float | None = None) -> None:

@@ -316,6 +316,32 @@ def test_two_instances_and_moto_reset_stop_everything(
         assert instance.stop_reason is not None and "reset" in instance.stop_reason
 
 
+def test_a_held_boot_resets_connections_until_released(
+    moto_server: MotoServer,
+    loopback_network: LoopbackNetwork,
+    emulated_boot: EmulatedBoot,
+    keys: tuple[KeyPair, KeyPair],
+) -> None:
+    host_key, client_key = keys
+    hold = emulated_boot.hold()
+    user_data = render_user_data(
+        authorized_keys=[client_key.public_openssh], host_key_pem=host_key.private_openssh
+    )
+    (instance_id,) = _launch(moto_server.client("ec2"), loopback_network, user_data)
+    held = emulated_boot.log.wait_for(instance_id, lambda r: r.held, 30, "held")
+    assert held.port is not None
+    knock = socket.create_connection((held.private_ip, held.port), timeout=10)
+    with knock, pytest.raises(ConnectionResetError):  # as from an instance still booting
+        knock.recv(1)
+    assert emulated_boot.wait_knocked() is held
+    assert not held.booted and held.sshd is None
+
+    hold.release()
+    emulated_boot.wait_booted(instance_id)
+    _ssh(held.private_ip, held.port, client_key, host_key).close()
+    assert held.knocks == 1 and not held.held
+
+
 def test_python_path_reaches_bootstrap_and_sessions(
     moto_reset: MotoServer, keys: tuple[KeyPair, KeyPair]
 ) -> None:
