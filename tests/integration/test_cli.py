@@ -46,6 +46,14 @@ def cli(env: dict[str, str], *args: str, stdin: str = "") -> subprocess.Complete
     )
 
 
+def without_credentials(env: dict[str, str], home: Path) -> dict[str, str]:
+    """`env` with no AWS keys, and credential and config files that do not exist."""
+    keys = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+    none = str(home / "none")
+    kept = {name: value for name, value in env.items() if name not in keys}
+    return {**kept, "AWS_SHARED_CREDENTIALS_FILE": none, "AWS_CONFIG_FILE": none, "HOME": str(home)}
+
+
 def harness_flags(network: LoopbackNetwork) -> list[str]:
     return [
         "-o",
@@ -188,21 +196,9 @@ def test_doctor_passes_on_the_harness_and_warns_of_a_misspelt_key(
 
 
 def test_doctor_names_missing_credentials(
-    cli_env: dict[str, str],
-    loopback_network: LoopbackNetwork,
-    tmp_path: Path,
+    cli_env: dict[str, str], loopback_network: LoopbackNetwork, tmp_path: Path
 ) -> None:
-    env = {
-        k: v
-        for k, v in cli_env.items()
-        if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
-    }
-    env.update(
-        AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"),
-        AWS_CONFIG_FILE=str(tmp_path / "none"),
-        HOME=str(tmp_path),
-    )
-    done = cli(env, "doctor", *harness_flags(loopback_network))
+    done = cli(without_credentials(cli_env, tmp_path), "doctor", *harness_flags(loopback_network))
     assert done.returncode == 1
     assert "FAIL  AWS credentials: No AWS credentials were found" in done.stdout
 
@@ -361,17 +357,8 @@ def test_a_bad_config_value_names_the_file_and_the_override(
 
 
 def test_no_credentials_is_one_line_with_the_fix(cli_env: dict[str, str], tmp_path: Path) -> None:
-    env = {
-        k: v
-        for k, v in cli_env.items()
-        if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
-    }
-    env.update(
-        AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"),
-        AWS_CONFIG_FILE=str(tmp_path / "none"),
-        HOME=str(tmp_path),
-    )
     says = ("No AWS credentials were found", "aws configure")
+    env = without_credentials(cli_env, tmp_path)
     assert_each_fails(cli_all(env, FAILING), code=2, says=says)  # doctor: see above
 
 
