@@ -84,6 +84,13 @@ async def wait_until(condition: Any, timeout: float = 60.0) -> None:
         await asyncio.sleep(0.2)
 
 
+def retire_and_leave_nothing(moto: MotoServer) -> None:
+    """Retire the idle instances; once their stacks are deleted, nothing is left."""
+    run(retire_all_idle())
+    asyncio.run(wait_until(lambda: not live_stacks(moto)))
+    assert_nothing_left(moto)
+
+
 @pytest.fixture
 def pool() -> Iterator[Any]:
     POOL.idle_seconds = IDLE_SECONDS
@@ -95,9 +102,11 @@ def pool() -> Iterator[Any]:
 
 
 @pytest.fixture
-def warm(loopback_network: LoopbackNetwork, remote_cache: str) -> Callable[..., EC2Executor]:
-    """Makes warm-capable executors with one reuse key (one SSH port for all); a keyword
-    overrides an option, and so changes the key."""
+def warm(
+    loopback_network: LoopbackNetwork, remote_cache: str, emulated_boot: EmulatedBoot, pool: Any
+) -> Callable[..., EC2Executor]:
+    """Makes warm-capable executors with one reuse key (one SSH port for all), on the emulated
+    boot and the pool; a keyword overrides an option, and so changes the key."""
     options = harness_options(loopback_network.subnet_id, remote_cache, keep_warm_minutes=5)
     return lambda **overrides: EC2Executor(**{**options, **overrides})
 
@@ -109,11 +118,7 @@ async def in_a_row(
 
 
 def test_five_in_a_row_share_one_stack_and_nothing_leaks(
-    warm: Callable[..., EC2Executor],
-    emulated_boot: EmulatedBoot,
-    moto_reset: MotoServer,
-    remote_cache: str,
-    pool: Any,
+    warm: Callable[..., EC2Executor], moto_reset: MotoServer, remote_cache: str, pool: Any
 ) -> None:
     async def scenario() -> list[Any]:
         results = await in_a_row(warm, where, 3)
@@ -134,15 +139,11 @@ def test_five_in_a_row_share_one_stack_and_nothing_leaks(
     # Each task's directory went once its result was fetched.
     assert not Path(remote_cache).exists() or list(Path(remote_cache).iterdir()) == []
     assert len(pool.idle()) == 1
-    run(retire_all_idle())
-    assert_nothing_left(moto_reset)
+    retire_and_leave_nothing(moto_reset)
 
 
 def test_zero_keeps_todays_stack_per_electron(
-    warm: Callable[..., EC2Executor],
-    emulated_boot: EmulatedBoot,
-    moto_reset: MotoServer,
-    pool: Any,
+    warm: Callable[..., EC2Executor], moto_reset: MotoServer, pool: Any
 ) -> None:
     assert run(in_a_row(lambda: warm(keep_warm_minutes=0), where, 5))
     assert len(created_stacks(moto_reset)) == 5
@@ -152,10 +153,7 @@ def test_zero_keeps_todays_stack_per_electron(
 
 
 def test_each_instance_type_reuses_its_own_stack(
-    warm: Callable[..., EC2Executor],
-    emulated_boot: EmulatedBoot,
-    moto_reset: MotoServer,
-    pool: Any,
+    warm: Callable[..., EC2Executor], moto_reset: MotoServer
 ) -> None:
     async def scenario() -> None:
         for node in range(4):
@@ -171,15 +169,11 @@ def test_each_instance_type_reuses_its_own_stack(
     )
     assert kinds == ["t2.micro", "t3.micro"]
     assert len(created_stacks(moto_reset)) == 2
-    run(retire_all_idle())
-    assert_nothing_left(moto_reset)
+    retire_and_leave_nothing(moto_reset)
 
 
 def test_three_at_once_then_three_more_make_three_stacks(
-    warm: Callable[..., EC2Executor],
-    emulated_boot: EmulatedBoot,
-    moto_reset: MotoServer,
-    pool: Any,
+    warm: Callable[..., EC2Executor], moto_reset: MotoServer, pool: Any
 ) -> None:
     async def wave(first: int) -> list[Any]:
         return await asyncio.gather(
@@ -193,15 +187,11 @@ def test_three_at_once_then_three_more_make_three_stacks(
     run(scenario())
     assert len(created_stacks(moto_reset)) == 3
     assert len(pool.idle()) == 3
-    run(retire_all_idle())
-    assert_nothing_left(moto_reset)
+    retire_and_leave_nothing(moto_reset)
 
 
 def test_idle_expiry_deletes_the_stack(
-    warm: Callable[..., EC2Executor],
-    emulated_boot: EmulatedBoot,
-    moto_reset: MotoServer,
-    pool: Any,
+    warm: Callable[..., EC2Executor], moto_reset: MotoServer, pool: Any
 ) -> None:
     pool.idle_seconds = 2.0
 
@@ -239,7 +229,6 @@ def test_a_broken_warm_instance_is_discarded_before_the_task(
     warm: Callable[..., EC2Executor],
     emulated_boot: EmulatedBoot,
     moto_reset: MotoServer,
-    pool: Any,
     package_log: pytest.LogCaptureFixture,
     breaks: Any,
     why: str,
@@ -256,16 +245,11 @@ def test_a_broken_warm_instance_is_discarded_before_the_task(
     assert len(created_stacks(moto_reset)) == 2
     discarded = {r.getMessage() for r in package_log.records if "discarding" in r.getMessage()}
     assert len(discarded) == 1 and why in discarded.pop()
-    run(retire_all_idle())
-    asyncio.run(wait_until(lambda: not live_stacks(moto_reset)))
-    assert_nothing_left(moto_reset)
+    retire_and_leave_nothing(moto_reset)
 
 
 def test_a_failed_task_s_instance_is_not_reused(
-    warm: Callable[..., EC2Executor],
-    emulated_boot: EmulatedBoot,
-    moto_reset: MotoServer,
-    pool: Any,
+    warm: Callable[..., EC2Executor], moto_reset: MotoServer, pool: Any
 ) -> None:
     async def scenario() -> Any:
         with pytest.raises(TaskRuntimeError, match="The task raised ValueError: boom"):
@@ -275,16 +259,11 @@ def test_a_failed_task_s_instance_is_not_reused(
     assert run(scenario())
     assert len(created_stacks(moto_reset)) == 2
     assert len(pool.idle()) == 1  # the second electron's
-    run(retire_all_idle())
-    asyncio.run(wait_until(lambda: not live_stacks(moto_reset)))
-    assert_nothing_left(moto_reset)
+    retire_and_leave_nothing(moto_reset)
 
 
 def test_cancel_on_a_warm_instance_kills_the_task_and_keeps_the_instance(
-    warm: Callable[..., EC2Executor],
-    emulated_boot: EmulatedBoot,
-    moto_reset: MotoServer,
-    pool: Any,
+    warm: Callable[..., EC2Executor], moto_reset: MotoServer, pool: Any
 ) -> None:
     async def scenario() -> Any:
         _, server, _ = await execute(warm(), where, [], {}, node_id=0)
@@ -302,8 +281,7 @@ def test_cancel_on_a_warm_instance_kills_the_task_and_keeps_the_instance(
     _, _parent, _ = run(scenario())
     assert len(created_stacks(moto_reset)) == 1
     assert len(pool.idle()) == 1
-    run(retire_all_idle())
-    assert_nothing_left(moto_reset)
+    retire_and_leave_nothing(moto_reset)
 
 
 @pytest.mark.parametrize(
@@ -311,10 +289,7 @@ def test_cancel_on_a_warm_instance_kills_the_task_and_keeps_the_instance(
     [{"EC2_EXECUTOR_BOOTSTRAP_OFFLINE": "1", "EC2_EXECUTOR_IDLE_SECONDS": "8"}],
 )
 def test_an_instance_whose_executor_died_powers_itself_off(
-    warm: Callable[..., EC2Executor],
-    emulated_boot: EmulatedBoot,
-    moto_reset: MotoServer,
-    pool: Any,
+    warm: Callable[..., EC2Executor], moto_reset: MotoServer, pool: Any
 ) -> None:
     from click.testing import CliRunner
 
