@@ -3,9 +3,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from executor_support import NewExecutor, harness_options
+from harness import LoopbackNetwork
 
+from ec2_executor.ec2 import EC2Executor
 from ec2_executor.logs import log
 
 
@@ -24,3 +28,15 @@ def package_log(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureF
     finally:
         log.removeHandler(caplog.handler)
         log.setLevel(logging.NOTSET)
+
+
+@pytest.fixture
+def new_executor(loopback_network: LoopbackNetwork, remote_cache: str) -> NewExecutor:
+    """Makes `EC2Executor`s with the local settings (the loopback subnet, private address, a
+    port of its own each); keywords override them."""
+
+    def make(**overrides: Any) -> EC2Executor:
+        options = harness_options(loopback_network.subnet_id, remote_cache, **overrides)
+        return EC2Executor(**options)
+
+    return make

@@ -6,11 +6,15 @@ from __future__ import annotations
 import asyncio
 import getpass
 import io
+from collections.abc import Callable
 from typing import Any
 
 from harness import free_port
 
 from ec2_executor import EC2Executor
+
+NewExecutor = Callable[..., EC2Executor]
+"""The `new_executor` fixture: an `EC2Executor` with the local settings, keywords overriding."""
 
 
 def harness_options(subnet_id: str, remote_cache: str, **overrides: Any) -> dict[str, Any]:

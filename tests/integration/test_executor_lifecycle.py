@@ -15,7 +15,7 @@ from typing import Any
 
 import cloudpickle
 import pytest
-from executor_support import execute, free_port, harness_options, run
+from executor_support import NewExecutor, execute, free_port, run
 from harness import LoopbackNetwork, MotoServer
 from harness.cloud_state import assert_nothing_left, live_stacks
 
@@ -37,10 +37,6 @@ def double(x: int) -> int:
     return 2 * x
 
 
-def executor(network: LoopbackNetwork, remote_cache: str, **overrides: Any) -> EC2Executor:
-    return EC2Executor(**harness_options(network.subnet_id, remote_cache, **overrides))
-
-
 def unconfigured(**options: Any) -> EC2Executor:
     """No network given (explicitly empty: the session's [executors.ec2] may hold one)."""
     options.setdefault("use_private_ip", False)  # the session's [executors.ec2] may say True
@@ -48,15 +44,14 @@ def unconfigured(**options: Any) -> EC2Executor:
 
 
 def test_happy_path_runs_the_task_and_deletes_everything(
-    loopback_network: LoopbackNetwork,
+    new_executor: NewExecutor,
     emulated_boot: Any,
     moto_reset: MotoServer,
-    remote_cache: str,
     caplog: pytest.LogCaptureFixture,
     package_log: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)  # everything: ours (via package_log), paramiko, botocore
-    ex = executor(loopback_network, remote_cache, tags={"project": "tests"})
+    ex = new_executor(tags={"project": "tests"})
     seen: dict[str, Any] = {}
     real_teardown = ex.teardown
 
@@ -86,12 +81,9 @@ def test_happy_path_runs_the_task_and_deletes_everything(
 
 
 def test_ssh_ingress_is_exactly_the_given_cidr(
-    loopback_network: LoopbackNetwork,
-    emulated_boot: Any,
-    moto_reset: MotoServer,
-    remote_cache: str,
+    new_executor: NewExecutor, emulated_boot: Any, moto_reset: MotoServer
 ) -> None:
-    ex = executor(loopback_network, remote_cache, ssh_ingress_cidr="127.0.0.1/32")
+    ex = new_executor(ssh_ingress_cidr="127.0.0.1/32")
     assert run(execute(ex, double, [1], {})) == 2
     params = {}
     for stack in (
@@ -117,8 +109,8 @@ def test_ssh_ingress_is_exactly_the_given_cidr(
 )
 def test_bad_values_found_in_aws_are_refused_before_anything_is_created(
     loopback_network: LoopbackNetwork,
+    new_executor: NewExecutor,
     moto_reset: MotoServer,
-    remote_cache: str,
     overrides: dict[str, Any],
     message: str,
 ) -> None:
@@ -126,17 +118,17 @@ def test_bad_values_found_in_aws_are_refused_before_anything_is_created(
         moto_reset.client("ec2").modify_subnet_attribute(
             SubnetId=loopback_network.subnet_id, MapPublicIpOnLaunch={"Value": False}
         )
-    ex = executor(loopback_network, remote_cache, **overrides)
+    ex = new_executor(**overrides)
     with pytest.raises(ConfigurationError, match=message):
         run(execute(ex, double, [1], {}))
     assert moto_reset.client("cloudformation").list_stacks()["StackSummaries"] == []
 
 
 def test_subnet_outside_the_given_vpc_is_refused(
-    loopback_network: LoopbackNetwork, moto_reset: MotoServer, remote_cache: str
+    new_executor: NewExecutor, moto_reset: MotoServer
 ) -> None:
     other = moto_reset.client("ec2").create_vpc(CidrBlock="10.9.0.0/16")["Vpc"]["VpcId"]
-    ex = executor(loopback_network, remote_cache, vpc=other)
+    ex = new_executor(vpc=other)
     with pytest.raises(ConfigurationError, match=f"not in the 'vpc' '{other}'"):
         run(execute(ex, double, [1], {}))
     assert moto_reset.client("cloudformation").list_stacks()["StackSummaries"] == []
@@ -144,35 +136,28 @@ def test_subnet_outside_the_given_vpc_is_refused(
 
 def test_vpc_alone_picks_its_public_subnet(
     loopback_network: LoopbackNetwork,
+    new_executor: NewExecutor,
     emulated_boot: Any,
     moto_reset: MotoServer,
-    remote_cache: str,
 ) -> None:
-    ex = executor(loopback_network, remote_cache, subnet="", vpc=loopback_network.vpc_id)
+    ex = new_executor(subnet="", vpc=loopback_network.vpc_id)
     assert run(execute(ex, double, [4], {})) == 8
     assert_nothing_left(moto_reset)
 
 
 def test_explicit_key_name_must_exist(
-    loopback_network: LoopbackNetwork,
-    moto_reset: MotoServer,
-    remote_cache: str,
-    tmp_path: Path,
+    new_executor: NewExecutor, moto_reset: MotoServer, tmp_path: Path
 ) -> None:
     key = tmp_path / "ec2_key"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-    ex = executor(loopback_network, remote_cache, ssh_key_file=str(key), key_name="absent")
+    ex = new_executor(ssh_key_file=str(key), key_name="absent")
     with pytest.raises(ConfigurationError, match="'key_name' is 'absent'"):
         run(execute(ex, double, [1], {}))
     assert moto_reset.client("cloudformation").list_stacks()["StackSummaries"] == []
 
 
 def test_user_key_file_logs_in_and_its_key_pair_is_attached(
-    loopback_network: LoopbackNetwork,
-    emulated_boot: Any,
-    moto_reset: MotoServer,
-    remote_cache: str,
-    tmp_path: Path,
+    new_executor: NewExecutor, emulated_boot: Any, moto_reset: MotoServer, tmp_path: Path
 ) -> None:
     key = tmp_path / "ec2_key"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
@@ -180,7 +165,7 @@ def test_user_key_file_logs_in_and_its_key_pair_is_attached(
     ec2.import_key_pair(
         KeyName="ec2_key", PublicKeyMaterial=(tmp_path / "ec2_key.pub").read_bytes()
     )
-    ex = executor(loopback_network, remote_cache, ssh_key_file=str(key))
+    ex = new_executor(ssh_key_file=str(key))
     assert run(execute(ex, double, [5], {})) == 10
     key_names = {
         i.get("KeyName") for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]
@@ -190,9 +175,8 @@ def test_user_key_file_logs_in_and_its_key_pair_is_attached(
 
 
 def test_no_credentials_is_refused_naming_the_problem(
-    loopback_network: LoopbackNetwork,
+    new_executor: NewExecutor,
     moto_reset: MotoServer,
-    remote_cache: str,
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
 ) -> None:
@@ -201,25 +185,21 @@ def test_no_credentials_is_refused_naming_the_problem(
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    ex = executor(loopback_network, remote_cache, credentials_file=str(tmp_path / "none"))
+    ex = new_executor(credentials_file=str(tmp_path / "none"))
     ex.credentials_file = "~/.aws/credentials"
     monkeypatch.setenv("HOME", str(tmp_path))
     with pytest.raises(CredentialsError, match="No AWS credentials were found"):
         run(execute(ex, double, [1], {}))
 
 
-def test_unknown_profile_is_refused(
-    loopback_network: LoopbackNetwork,
-    moto_reset: MotoServer,
-    remote_cache: str,
-) -> None:
-    ex = executor(loopback_network, remote_cache, profile="no-such-profile")
+def test_unknown_profile_is_refused(new_executor: NewExecutor, moto_reset: MotoServer) -> None:
+    ex = new_executor(profile="no-such-profile")
     with pytest.raises(CredentialsError, match="'no-such-profile'"):
         run(execute(ex, double, [1], {}))
 
 
 def test_credentials_rejected_by_sts(
-    loopback_network: LoopbackNetwork, remote_cache: str, monkeypatch: pytest.MonkeyPatch
+    new_executor: NewExecutor, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A second moto server that authenticates every request, as STS does, rejects our keys."""
     port = free_port()
@@ -232,7 +212,7 @@ def test_credentials_rejected_by_sts(
     try:
         monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
         _wait_for_port(port)
-        ex = executor(loopback_network, remote_cache)
+        ex = new_executor()
         with pytest.raises(CredentialsError, match="STS rejected"):
             run(execute(ex, double, [1], {}))
     finally:
@@ -253,23 +233,19 @@ def _wait_for_port(port: int) -> None:
 
 
 def test_a_creation_that_cloudformation_refuses_gives_the_reason_and_leaves_no_stack(
-    loopback_network: LoopbackNetwork,
-    moto_reset: MotoServer,
-    remote_cache: str,
+    new_executor: NewExecutor, moto_reset: MotoServer
 ) -> None:
-    ex = executor(loopback_network, remote_cache, instance_profile="missing-profile")
+    ex = new_executor(instance_profile="missing-profile")
     with pytest.raises(EC2ExecutorError, match="missing-profile"):
         run(execute(ex, double, [1], {}))
     assert live_stacks(moto_reset) == []
 
 
 def test_interrupted_while_waiting_leaves_no_stack(
-    loopback_network: LoopbackNetwork,
-    moto_reset: MotoServer,
-    remote_cache: str,
+    new_executor: NewExecutor, moto_reset: MotoServer
 ) -> None:
     """No emulated boot: SSH never answers, so the electron waits until it is cancelled."""
-    ex = executor(loopback_network, remote_cache)
+    ex = new_executor()
 
     async def cancel_while_waiting() -> None:
         task = asyncio.ensure_future(execute(ex, double, [1], {}))
@@ -288,16 +264,13 @@ def test_interrupted_while_waiting_leaves_no_stack(
 
 
 def test_ten_electrons_in_parallel_get_ten_stacks(
-    loopback_network: LoopbackNetwork,
-    emulated_boot: Any,
-    moto_reset: MotoServer,
-    remote_cache: str,
+    new_executor: NewExecutor, emulated_boot: Any, moto_reset: MotoServer
 ) -> None:
     async def ten() -> list[Any]:
         return await asyncio.gather(
             *(
                 execute(
-                    executor(loopback_network, remote_cache),
+                    new_executor(),
                     double,
                     [n],
                     {},
@@ -319,12 +292,9 @@ def test_ten_electrons_in_parallel_get_ten_stacks(
 
 
 def test_waiting_for_deletion_holds_the_electron_until_the_stack_is_gone(
-    loopback_network: LoopbackNetwork,
-    emulated_boot: Any,
-    moto_reset: MotoServer,
-    remote_cache: str,
+    new_executor: NewExecutor, emulated_boot: Any, moto_reset: MotoServer
 ) -> None:
-    ex = executor(loopback_network, remote_cache, wait_for_deletion=True)
+    ex = new_executor(wait_for_deletion=True)
     assert run(execute(ex, double, [3], {})) == 6
     assert_nothing_left(moto_reset)
 
@@ -395,13 +365,12 @@ def test_no_default_vpc_means_a_created_network(moto_reset: MotoServer, remote_c
 
 
 def test_each_phase_is_logged_with_its_time(
-    loopback_network: LoopbackNetwork,
+    new_executor: NewExecutor,
     emulated_boot: Any,
-    remote_cache: str,
     caplog: pytest.LogCaptureFixture,
     package_log: pytest.LogCaptureFixture,
 ) -> None:
-    run(execute(executor(loopback_network, remote_cache), double, [2], {}))
+    run(execute(new_executor(), double, [2], {}))
     for phase in (
         "plan",
         "template",

@@ -16,35 +16,31 @@ from typing import Any
 import cloudpickle
 import pytest
 from covalent._shared_files.exceptions import TaskRuntimeError
-from executor_support import execute, harness_options, run
+from executor_support import NewExecutor, execute, run
 from harness import LoopbackNetwork, MotoServer, free_port
 from harness.waiting import read_pid, wait_for_task, wait_until
 from remote_tasks import boom, noisy, sleepy
 
 from ec2_executor import BootstrapError, ConnectionLostError, RemoteError, TaskError
 from ec2_executor.access import ClientIdentity, KeyPair
-from ec2_executor.ec2 import EC2Executor
 from ec2_executor.remote import Endpoint, RemoteHost, TaskRun, _AckAtOnceSocket
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
 def test_stdout_and_stderr_come_back_including_child_processes(
-    loopback_network: LoopbackNetwork, emulated_boot: Any, remote_cache: str
+    new_executor: NewExecutor, emulated_boot: Any
 ) -> None:
-    ex = EC2Executor(**harness_options(loopback_network.subnet_id, remote_cache))
+    ex = new_executor()
     assert run(execute(ex, noisy, [], {})) == "done"
     assert ex.task_stdout.getvalue() == "to stdout\nfrom a child process\n"
     assert ex.task_stderr.getvalue() == "to stderr\n"
 
 
 def test_a_remote_exception_fails_the_task_with_its_traceback(
-    loopback_network: LoopbackNetwork,
-    emulated_boot: Any,
-    remote_cache: str,
-    moto_reset: MotoServer,
+    new_executor: NewExecutor, emulated_boot: Any, moto_reset: MotoServer
 ) -> None:
-    ex = EC2Executor(**harness_options(loopback_network.subnet_id, remote_cache))
+    ex = new_executor()
     # Covalent's TaskRuntimeError: the node FAILED, with the task's streams kept.
     with pytest.raises(TaskRuntimeError, match=r"^The task raised ValueError: boom \(on "):
         run(execute(ex, boom, [], {}))
@@ -58,15 +54,14 @@ def test_a_remote_exception_fails_the_task_with_its_traceback(
 
 
 def test_a_vanished_instance_fails_the_task_saying_so(
-    loopback_network: LoopbackNetwork,
+    new_executor: NewExecutor,
     emulated_boot: Any,
-    remote_cache: str,
     moto_reset: MotoServer,
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
 ) -> None:
     monkeypatch.setattr("ec2_executor.watch.INSTANCE_POLL", 0.5)
-    ex = EC2Executor(**harness_options(loopback_network.subnet_id, remote_cache))
+    ex = new_executor()
     ec2, mark = moto_reset.client("ec2"), tmp_path / "task"
 
     async def terminate_while_running() -> None:
@@ -81,21 +76,15 @@ def test_a_vanished_instance_fails_the_task_saying_so(
 
 
 def test_bootstrap_failure_is_reported_with_its_log(
-    loopback_network: LoopbackNetwork,
-    emulated_boot: Any,
-    remote_cache: str,
+    new_executor: NewExecutor, emulated_boot: Any
 ) -> None:
-    ex = EC2Executor(
-        **harness_options(loopback_network.subnet_id, remote_cache, python_version="3.99")
-    )
+    ex = new_executor(python_version="3.99")
     with pytest.raises(BootstrapError, match=r"bootstrap failed[\s\S]*3\.99"):
         run(execute(ex, noisy, [], {}))
 
 
 def test_the_connection_refuses_any_host_key_but_the_pinned_one(
-    loopback_network: LoopbackNetwork,
-    emulated_boot: Any,
-    moto_reset: MotoServer,
+    loopback_network: LoopbackNetwork, emulated_boot: Any, moto_reset: MotoServer
 ) -> None:
     from harness import render_user_data
 
@@ -160,13 +149,10 @@ class RunSpy:
 
 
 def test_one_connection_two_round_trips_and_the_warm_worker_per_task(
-    loopback_network: LoopbackNetwork,
-    emulated_boot: Any,
-    remote_cache: str,
-    monkeypatch: pytest.MonkeyPatch,
+    new_executor: NewExecutor, emulated_boot: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     spy = RunSpy(monkeypatch)
-    ex = EC2Executor(**harness_options(loopback_network.subnet_id, remote_cache))
+    ex = new_executor()
     assert run(execute(ex, noisy, [], {})) == "done"
     assert len(spy.hosts) == 1
     assert spy.hosts[0].round_trips == 2  # connect+auth, one command with the payload
@@ -177,15 +163,12 @@ def test_one_connection_two_round_trips_and_the_warm_worker_per_task(
 
 
 def test_without_a_waiting_worker_a_fresh_interpreter_runs_the_task_alike(
-    loopback_network: LoopbackNetwork,
-    emulated_boot: Any,
-    remote_cache: str,
-    monkeypatch: pytest.MonkeyPatch,
+    new_executor: NewExecutor, emulated_boot: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     spy = RunSpy(monkeypatch)
 
     def where_the_task_runs() -> dict[str, Any]:
-        ex = EC2Executor(**harness_options(loopback_network.subnet_id, remote_cache))
+        ex = new_executor()
         found: dict[str, Any] = run(execute(ex, where_am_i, [], {}))
         return found
 
@@ -210,10 +193,7 @@ def test_without_a_waiting_worker_a_fresh_interpreter_runs_the_task_alike(
 
 
 def test_a_task_whose_process_is_killed_fails_without_running_again(
-    loopback_network: LoopbackNetwork,
-    emulated_boot: Any,
-    remote_cache: str,
-    tmp_path: Path,
+    new_executor: NewExecutor, emulated_boot: Any, tmp_path: Path
 ) -> None:
     marks = tmp_path / "runs"
 
@@ -225,7 +205,7 @@ def test_a_task_whose_process_is_killed_fails_without_running_again(
         os.kill(os.getpid(), 9)
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    ex = EC2Executor(**harness_options(loopback_network.subnet_id, remote_cache))
+    ex = new_executor()
     with pytest.raises(TaskError, match="ended without a result \\(killed by signal 9"):
         run(execute(ex, count_then_die, [], {}))
     assert marks.read_text() == "ran\n"

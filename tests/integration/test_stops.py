@@ -15,8 +15,8 @@ from typing import Any
 import cloudpickle
 import pytest
 from covalent._shared_files.exceptions import TaskCancelledError
-from executor_support import execute, harness_options, run
-from harness import EmulatedBoot, LoopbackNetwork, MotoServer
+from executor_support import NewExecutor, execute, run
+from harness import EmulatedBoot, MotoServer
 from harness.cloud_state import live_instances, live_stacks
 from harness.waiting import wait_for_task
 from remote_tasks import sleepy
@@ -107,74 +107,62 @@ def cancelled_electron(ex: EC2Executor, switch: CancelSwitch, mark: Path | None 
     return time.monotonic() - switch.pulled_at
 
 
+@pytest.fixture
+def cancel_in(
+    new_executor: NewExecutor, on_phase: Callable[[str, Callable[[], None]], None]
+) -> Callable[[str], float]:
+    """Runs an electron cancelled as it logs that `phase` begins; returns the seconds from the
+    cancel to its end."""
+
+    def cancel(phase: str) -> float:
+        switch = CancelSwitch()
+        on_phase(phase, switch.pull)
+        return cancelled_electron(new_executor(), switch)
+
+    return cancel
+
+
+def nothing_live(moto: MotoServer) -> bool:
+    return live_stacks(moto) == [] and live_instances(moto) == []
+
+
 def test_a_cancel_while_planning_creates_nothing(
-    loopback_network: LoopbackNetwork,
-    moto_reset: MotoServer,
-    remote_cache: str,
-    on_phase: Callable[[str, Callable[[], None]], None],
-    monkeypatch: pytest.MonkeyPatch,
+    moto_reset: MotoServer, cancel_in: Callable[[str], float], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     slowed(monkeypatch, "ec2_executor.cloud.lookups.plan", 5)
-    switch = CancelSwitch()
-    on_phase("plan", switch.pull)
-    ex = EC2Executor(**harness_options(loopback_network.subnet_id, remote_cache))
-    assert cancelled_electron(ex, switch) < HANG_BOUND
+    assert cancel_in("plan") < HANG_BOUND
     assert moto_reset.client("cloudformation").list_stacks()["StackSummaries"] == []
 
 
 def test_a_cancel_while_the_stack_is_created_deletes_it(
-    loopback_network: LoopbackNetwork,
-    moto_reset: MotoServer,
-    remote_cache: str,
-    on_phase: Callable[[str, Callable[[], None]], None],
-    monkeypatch: pytest.MonkeyPatch,
+    moto_reset: MotoServer, cancel_in: Callable[[str], float], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     slowed(monkeypatch, "ec2_executor.cloud.stacks.Stacks.create", 2)
-    switch = CancelSwitch()
-    on_phase("create stack", switch.pull)
-    ex = EC2Executor(**harness_options(loopback_network.subnet_id, remote_cache))
-    assert cancelled_electron(ex, switch) < HANG_BOUND
+    assert cancel_in("create stack") < HANG_BOUND
     # The create landed, then was deleted:
     assert len(moto_reset.client("cloudformation").list_stacks()["StackSummaries"]) == 1
-    assert live_stacks(moto_reset) == [] and live_instances(moto_reset) == []
+    assert nothing_live(moto_reset)
 
 
 def test_a_cancel_while_waiting_for_ssh_ends_at_once(
-    loopback_network: LoopbackNetwork,
-    moto_reset: MotoServer,
-    remote_cache: str,
-    on_phase: Callable[[str, Callable[[], None]], None],
+    moto_reset: MotoServer, cancel_in: Callable[[str], float]
 ) -> None:
     """No emulated boot: SSH never answers, as while an instance boots."""
-    switch = CancelSwitch()
-    on_phase("wait for SSH", switch.pull)
-    ex = EC2Executor(**harness_options(loopback_network.subnet_id, remote_cache))
-    assert cancelled_electron(ex, switch) < HANG_BOUND
-    assert live_stacks(moto_reset) == [] and live_instances(moto_reset) == []
+    assert cancel_in("wait for SSH") < HANG_BOUND
+    assert nothing_live(moto_reset)
 
 
 def test_a_cancel_during_the_bootstrap_ends_at_once(
-    loopback_network: LoopbackNetwork,
-    emulated_boot: EmulatedBoot,
-    moto_reset: MotoServer,
-    remote_cache: str,
-    on_phase: Callable[[str, Callable[[], None]], None],
+    emulated_boot: EmulatedBoot, moto_reset: MotoServer, cancel_in: Callable[[str], float]
 ) -> None:
     emulated_boot.delays.bootstrap = 60  # the command waits for a bootstrap that has not begun
-    switch = CancelSwitch()
-    on_phase("upload, run, fetch", switch.pull)
-    ex = EC2Executor(**harness_options(loopback_network.subnet_id, remote_cache))
-    assert cancelled_electron(ex, switch) < HANG_BOUND
+    assert cancel_in("upload, run, fetch") < HANG_BOUND
     assert [r.bootstrap_returncode for r in emulated_boot.instances] == [None]
-    assert live_stacks(moto_reset) == [] and live_instances(moto_reset) == []
+    assert nothing_live(moto_reset)
 
 
 def test_a_cancel_while_the_task_runs_ends_at_once(
-    loopback_network: LoopbackNetwork,
-    emulated_boot: EmulatedBoot,
-    moto_reset: MotoServer,
-    remote_cache: str,
-    tmp_path: Path,
+    emulated_boot: EmulatedBoot, moto_reset: MotoServer, new_executor: NewExecutor, tmp_path: Path
 ) -> None:
     switch, mark = CancelSwitch(), tmp_path / "task"
 
@@ -183,15 +171,13 @@ def test_a_cancel_while_the_task_runs_ends_at_once(
         switch.pull()
 
     threading.Thread(target=cancel_once_running, daemon=True).start()
-    ex = EC2Executor(**harness_options(loopback_network.subnet_id, remote_cache))
-    assert cancelled_electron(ex, switch, mark) < HANG_BOUND
-    assert live_stacks(moto_reset) == [] and live_instances(moto_reset) == []
+    assert cancelled_electron(new_executor(), switch, mark) < HANG_BOUND
+    assert nothing_live(moto_reset)
 
 
 def test_an_instance_gone_while_waiting_for_ssh_fails_the_electron_naming_it(
-    loopback_network: LoopbackNetwork,
     moto_reset: MotoServer,
-    remote_cache: str,
+    new_executor: NewExecutor,
     on_phase: Callable[[str, Callable[[], None]], None],
 ) -> None:
     ec2 = moto_reset.client("ec2")
@@ -202,10 +188,9 @@ def test_an_instance_gone_while_waiting_for_ssh_fails_the_electron_naming_it(
         ec2.terminate_instances(InstanceIds=terminated)
 
     on_phase("wait for SSH", terminate)
-    ex = EC2Executor(**harness_options(loopback_network.subnet_id, remote_cache))
     started = time.monotonic()
     with pytest.raises(ConnectionLostError, match="is terminated") as lost:
-        run(execute(ex, sleepy, [1], {}))
+        run(execute(new_executor(), sleepy, [1], {}))
     assert time.monotonic() - started < HANG_BOUND
     assert len(terminated) == 1 and terminated[0] in str(lost.value)
     assert live_stacks(moto_reset) == []
@@ -217,11 +202,7 @@ QUICK = Keepalive(interval=0.3, timeout=5.0)
 
 
 def test_a_connection_that_stops_answering_fails_the_electron_and_deletes_its_stack(
-    loopback_network: LoopbackNetwork,
-    emulated_boot: EmulatedBoot,
-    moto_reset: MotoServer,
-    remote_cache: str,
-    tmp_path: Path,
+    emulated_boot: EmulatedBoot, moto_reset: MotoServer, new_executor: NewExecutor, tmp_path: Path
 ) -> None:
     """The instance's sshd frozen mid-task: packets go unanswered, nothing resets."""
     frozen_at: list[float] = []
@@ -233,25 +214,22 @@ def test_a_connection_that_stops_answering_fails_the_electron_and_deletes_its_st
         frozen_at.append(time.monotonic())
 
     threading.Thread(target=freeze_once_running, daemon=True).start()
-    ex = EC2Executor(**harness_options(loopback_network.subnet_id, remote_cache))
+    ex = new_executor()
     ex.keepalive = QUICK
     with pytest.raises(ConnectionLostError, match="did not answer a keepalive") as lost:
         run(execute(ex, sleepy, [600, str(mark)], {}))
     assert frozen_at and time.monotonic() - frozen_at[0] < HANG_BOUND
     instance = emulated_boot.instances[0].instance_id
     assert f"instance {instance} of stack" in str(lost.value)
-    assert live_stacks(moto_reset) == [] and live_instances(moto_reset) == []
+    assert nothing_live(moto_reset)
 
 
 def test_a_quiet_task_over_a_healthy_connection_completes(
-    loopback_network: LoopbackNetwork,
-    emulated_boot: EmulatedBoot,
-    remote_cache: str,
-    caplog: pytest.LogCaptureFixture,
+    emulated_boot: EmulatedBoot, new_executor: NewExecutor, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Prints nothing for several keepalive intervals; every keepalive is answered."""
     caplog.set_level(logging.DEBUG, logger="paramiko.transport")
-    ex = EC2Executor(**harness_options(loopback_network.subnet_id, remote_cache))
+    ex = new_executor()
     ex.keepalive = QUICK
     assert run(execute(ex, sleepy, [3.0], {})) == "woke"
     sent = caplog.text.count('Sending global request "keepalive@openssh.com"')

@@ -10,11 +10,11 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from executor_support import execute, harness_options, run
+from executor_support import NewExecutor, execute, harness_options, run
 from harness import (
     LoopbackNetwork,
     MotoServer,
@@ -45,27 +45,29 @@ def boot_delays() -> Delays:
     return Delays(boot=BOOT_SECONDS)
 
 
-@contextlib.contextmanager
-def _timed_cloud(
-    moto: MotoServer, monkeypatch: pytest.MonkeyPatch, timeline: Timeline
-) -> Iterator[TimedCloud]:
-    with TimedCloud(moto.url, timeline) as cloud:
-        monkeypatch.setenv("AWS_ENDPOINT_URL", cloud.url)  # the executor's AWS is the proxy
-        yield cloud
+Timed = Callable[[Timeline], contextlib.AbstractContextManager[TimedCloud]]
+
+
+@pytest.fixture
+def timed(moto_reset: MotoServer, monkeypatch: pytest.MonkeyPatch) -> Timed:
+    """The timed cloud in front of moto, as the executor's AWS, for a block."""
+
+    @contextlib.contextmanager
+    def in_front(timeline: Timeline) -> Iterator[TimedCloud]:
+        with TimedCloud(moto_reset.url, timeline) as cloud:
+            monkeypatch.setenv("AWS_ENDPOINT_URL", cloud.url)
+            yield cloud
+
+    return in_front
 
 
 def test_the_task_runs_before_the_stack_completes(
-    loopback_network: LoopbackNetwork,
-    emulated_boot: EmulatedBoot,
-    moto_reset: MotoServer,
-    monkeypatch: pytest.MonkeyPatch,
-    remote_cache: str,
+    emulated_boot: EmulatedBoot, moto_reset: MotoServer, timed: Timed, new_executor: NewExecutor
 ) -> None:
     timeline = Timeline(instance_after=1.0, complete_after=60.0)
-    with _timed_cloud(moto_reset, monkeypatch, timeline) as cloud:
-        ex = EC2Executor(**harness_options(loopback_network.subnet_id, remote_cache))
+    with timed(timeline) as cloud:
         started = time.monotonic()
-        assert run(execute(ex, pow, [2, 10], {}, dispatch_id="early")) == 1024
+        assert run(execute(new_executor(), pow, [2, 10], {}, dispatch_id="early")) == 1024
         took = time.monotonic() - started
         # The whole electron, task included, happened while the stack was still creating.
         assert cloud.completed_at(stack_name("early", 0)) is None
@@ -113,18 +115,16 @@ def test_the_shipped_policy_grants_what_the_wait_for_an_unfinished_stack_calls(
 
 
 def test_a_stack_that_fails_after_ssh_answered_fails_the_electron(
-    loopback_network: LoopbackNetwork,
     emulated_boot: EmulatedBoot,
     moto_reset: MotoServer,
-    monkeypatch: pytest.MonkeyPatch,
+    timed: Timed,
+    new_executor: NewExecutor,
     remote_cache: str,
 ) -> None:
-    timeline = Timeline(instance_after=1.0, complete_after=120.0, fail_after=12.0)
-    with _timed_cloud(moto_reset, monkeypatch, timeline):
-        ex = EC2Executor(**harness_options(loopback_network.subnet_id, remote_cache))
+    with timed(Timeline(instance_after=1.0, complete_after=120.0, fail_after=12.0)):
         started = time.monotonic()
         with pytest.raises(StackCreationError) as failed:
-            run(execute(ex, time.sleep, [90], {}, dispatch_id="late-failure"))
+            run(execute(new_executor(), time.sleep, [90], {}, dispatch_id="late-failure"))
         took = time.monotonic() - started
     assert "Instance" in str(failed.value) and FAIL_REASON in str(failed.value)
     assert emulated_boot.booted_count == 1
@@ -149,12 +149,12 @@ def test_a_stock_image_pays_the_installs_and_a_baked_one_is_found_and_does_not(
     loopback_network: LoopbackNetwork,
     emulated_boot: EmulatedBoot,
     moto_reset: MotoServer,
-    monkeypatch: pytest.MonkeyPatch,
+    timed: Timed,
     remote_cache: str,
 ) -> None:
     emulated_boot.delays.install = AWS.install
     options = harness_options(loopback_network.subnet_id, remote_cache)
-    with _timed_cloud(moto_reset, monkeypatch, AWS.timeline()):
+    with timed(AWS.timeline()):
         stock, started = _task_start_on_a_new_instance(
             emulated_boot, EC2Executor(**options), "stock"
         )
