@@ -10,6 +10,7 @@ import os
 import socket
 import sysconfig
 import time
+from collections.abc import Callable
 from typing import Any
 
 import boto3
@@ -26,7 +27,6 @@ from harness import (
     NetworkGuard,
     NetworkGuardError,
     UserDataError,
-    create_loopback_network,
     current_site_packages,
     parse_user_data,
     render_user_data,
@@ -231,18 +231,33 @@ def keys() -> tuple[KeyPair, KeyPair]:
     return KeyPair.generate("host"), KeyPair.generate("client")
 
 
+Launch = Callable[..., list[str]]
+
+
+@pytest.fixture
+def launch(
+    moto_server: MotoServer, loopback_network: LoopbackNetwork, keys: tuple[KeyPair, KeyPair]
+) -> Launch:
+    """Runs `count` instances in the loopback subnet whose user data holds `keys` (host, client);
+    keywords go to `render_user_data`. Returns their ids."""
+    host_key, client_key = keys
+
+    def run(count: int = 1, **user_data: Any) -> list[str]:
+        user_data.setdefault("host_key_pem", host_key.private_openssh)
+        text = render_user_data(authorized_keys=[client_key.public_openssh], **user_data)
+        return _launch(moto_server.client("ec2"), loopback_network, text, count)
+
+    return run
+
+
 def test_boot_ssh_and_terminate(
     moto_server: MotoServer,
-    loopback_network: LoopbackNetwork,
     emulated_boot: EmulatedBoot,
     keys: tuple[KeyPair, KeyPair],
+    launch: Launch,
 ) -> None:
     host_key, client_key = keys
-    ec2 = moto_server.client("ec2")
-    user_data = render_user_data(
-        authorized_keys=[client_key.public_openssh], host_key_pem=host_key.private_openssh
-    )
-    (instance_id,) = _launch(ec2, loopback_network, user_data)
+    (instance_id,) = launch()
 
     instance = emulated_boot.wait_booted(instance_id, timeout=30)
     assert instance.private_ip == "127.0.2.4"
@@ -263,7 +278,7 @@ def test_boot_ssh_and_terminate(
         orphan = int(_run(client, "nohup sleep 300 >/dev/null 2>&1 & echo $!"))
     assert alive(orphan)
 
-    ec2.terminate_instances(InstanceIds=[instance_id])
+    moto_server.client("ec2").terminate_instances(InstanceIds=[instance_id])
     emulated_boot.wait_stopped(instance_id, timeout=10)
     assert instance.sshd.poll() is not None
     assert emulated_boot.stopped_count == 1
@@ -273,16 +288,10 @@ def test_boot_ssh_and_terminate(
 
 
 def test_wrong_host_key_is_rejected(
-    moto_server: MotoServer,
-    loopback_network: LoopbackNetwork,
-    emulated_boot: EmulatedBoot,
-    keys: tuple[KeyPair, KeyPair],
+    emulated_boot: EmulatedBoot, keys: tuple[KeyPair, KeyPair], launch: Launch
 ) -> None:
     host_key, client_key = keys
-    user_data = render_user_data(
-        authorized_keys=[client_key.public_openssh], host_key_pem=host_key.private_openssh
-    )
-    (instance_id,) = _launch(moto_server.client("ec2"), loopback_network, user_data)
+    (instance_id,) = launch()
     instance = emulated_boot.wait_booted(instance_id)
     assert instance.port is not None
     impostor = KeyPair.generate("impostor")
@@ -295,16 +304,9 @@ def test_wrong_host_key_is_rejected(
 
 
 def test_two_instances_and_moto_reset_stop_everything(
-    moto_server: MotoServer,
-    loopback_network: LoopbackNetwork,
-    emulated_boot: EmulatedBoot,
-    keys: tuple[KeyPair, KeyPair],
+    moto_server: MotoServer, emulated_boot: EmulatedBoot, launch: Launch
 ) -> None:
-    host_key, client_key = keys
-    user_data = render_user_data(
-        authorized_keys=[client_key.public_openssh], host_key_pem=host_key.private_openssh
-    )
-    ids = _launch(moto_server.client("ec2"), loopback_network, user_data, count=2)
+    ids = launch(count=2)
     instances = [emulated_boot.wait_booted(instance_id) for instance_id in ids]
     assert {i.private_ip for i in instances} == {"127.0.2.4", "127.0.2.5"}
     assert emulated_boot.running_count == 2
@@ -317,17 +319,11 @@ def test_two_instances_and_moto_reset_stop_everything(
 
 
 def test_a_held_boot_resets_connections_until_released(
-    moto_server: MotoServer,
-    loopback_network: LoopbackNetwork,
-    emulated_boot: EmulatedBoot,
-    keys: tuple[KeyPair, KeyPair],
+    emulated_boot: EmulatedBoot, keys: tuple[KeyPair, KeyPair], launch: Launch
 ) -> None:
     host_key, client_key = keys
     hold = emulated_boot.hold()
-    user_data = render_user_data(
-        authorized_keys=[client_key.public_openssh], host_key_pem=host_key.private_openssh
-    )
-    (instance_id,) = _launch(moto_server.client("ec2"), loopback_network, user_data)
+    (instance_id,) = launch()
     held = emulated_boot.log.wait_for(instance_id, lambda r: r.held, 30, "held")
     assert held.port is not None
     knock = socket.create_connection((held.private_ip, held.port), timeout=10)
@@ -343,7 +339,7 @@ def test_a_held_boot_resets_connections_until_released(
 
 
 def test_python_path_reaches_bootstrap_and_sessions(
-    moto_reset: MotoServer, keys: tuple[KeyPair, KeyPair]
+    moto_server: MotoServer, keys: tuple[KeyPair, KeyPair], launch: Launch
 ) -> None:
     host_key, client_key = keys
     script = (
@@ -351,16 +347,8 @@ def test_python_path_reaches_bootstrap_and_sessions(
         'while [ $# -gt 0 ]; do [ "$1" = --prefix ] && prefix=$2; shift; done\n'
         'echo "$PYTHONPATH" > "$prefix/ready"\n'
     )
-    user_data = render_user_data(
-        authorized_keys=[client_key.public_openssh],
-        host_key_pem=host_key.private_openssh,
-        port=2022,
-        bootstrap_script=script,
-    )
-    ec2 = moto_reset.client("ec2")
-    network = create_loopback_network(ec2)
-    with EmulatedBoot(moto_reset.url, image=Image(python_path="/emulated/site-packages")) as boot:
-        (instance_id,) = _launch(ec2, network, user_data)
+    with EmulatedBoot(moto_server.url, image=Image(python_path="/emulated/site-packages")) as boot:
+        (instance_id,) = launch(port=2022, bootstrap_script=script)
         instance = boot.wait_bootstrap(instance_id)
         assert instance.ready_file.read_text() == "/emulated/site-packages\n"
         with _ssh(instance.private_ip, 2022, client_key, host_key) as client:
@@ -369,17 +357,8 @@ def test_python_path_reaches_bootstrap_and_sessions(
     assert boot.errors == []
 
 
-def test_sshd_failure_is_reported(
-    moto_server: MotoServer,
-    loopback_network: LoopbackNetwork,
-    emulated_boot: EmulatedBoot,
-    keys: tuple[KeyPair, KeyPair],
-) -> None:
-    _, client_key = keys
-    user_data = render_user_data(
-        authorized_keys=[client_key.public_openssh], host_key_pem=FAKE_HOST_KEY
-    )
-    (instance_id,) = _launch(moto_server.client("ec2"), loopback_network, user_data)
+def test_sshd_failure_is_reported(emulated_boot: EmulatedBoot, launch: Launch) -> None:
+    (instance_id,) = launch(host_key_pem=FAKE_HOST_KEY)
     with pytest.raises(BootError, match=r"sshd on 127\.0\.2\.4:2222 exited") as error:
         emulated_boot.wait_booted(instance_id)
     assert "host key" in str(error.value).lower()  # the log tail is in the message
