@@ -270,10 +270,6 @@ class EmulatedBoot:
         """Wait until the instance's bootstrap process has exited (`bootstrap_returncode`)."""
         return self.log.wait_bootstrap(instance_id, timeout)
 
-    def wait_seen(self, timeout: float = 60.0) -> BootedInstance:
-        """The first instance the harness saw running (waiting for one if none yet)."""
-        return self.log.wait_any(lambda _: True, timeout, "seen running")
-
     # -- what tests use: faults ---------------------------------------------------------------
 
     def freeze_sshd(self, instance_id: str) -> list[int]:

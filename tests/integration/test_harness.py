@@ -31,6 +31,7 @@ from harness import (
     parse_user_data,
     render_user_data,
 )
+from harness.moto_watch import Seen, Sightings, gone_reason
 from harness.processes import alive
 
 FAKE_HOST_KEY = (
@@ -364,6 +365,17 @@ def test_sshd_failure_is_reported(emulated_boot: EmulatedBoot, launch: Launch) -
     assert "host key" in str(error.value).lower()  # the log tail is in the message
     assert len(emulated_boot.clear_errors()) == 1
     assert emulated_boot.booted_count == 0
+
+
+def test_an_instance_boots_once_it_has_run_for_the_boot_delay() -> None:
+    sightings = Sightings()
+    states = {"i-1": Seen("running", "127.0.2.4"), "i-2": Seen("pending", None)}
+    assert sightings.due(states, set(), delay=1.0, now=10.0) == []  # first seen now
+    assert sightings.due(states, set(), delay=1.0, now=11.0) == [("i-1", "127.0.2.4")]
+    assert sightings.due(states, {"i-1"}, delay=1.0, now=12.0) == []  # booted already
+    assert gone_reason(states["i-1"]) is None
+    assert gone_reason(Seen("terminated", None)) == "instance is terminated"
+    assert gone_reason(None) == "no longer known to moto (reset?)"
 
 
 def test_current_site_packages_makes_the_project_importable() -> None:
