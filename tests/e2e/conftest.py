@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_support import E2E_IDLE_SECONDS
+from e2e_support import E2E, E2E_IDLE_SECONDS
 from harness import (
     BootedInstance,
     EmulatedBoot,
@@ -181,3 +181,13 @@ def emulated_boot(
     """Boots every instance moto runs during the test (no moto reset: the network is shared)."""
     with booting(moto_server.url, image=boot_image, base_dir=tmp_path / "instances") as boot:
         yield boot
+
+
+@pytest.fixture
+def e2e(
+    covalent_server: CovalentServer,
+    emulated_boot: EmulatedBoot,
+    moto_server: MotoServer,
+    local_settings: dict[str, Any],
+) -> E2E:
+    return E2E(covalent_server, emulated_boot, moto_server, local_settings)

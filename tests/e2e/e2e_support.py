@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import importlib.metadata
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness import KeyPair, MotoServer
+from harness import EmulatedBoot, KeyPair, MotoServer
 from harness.cloud_state import assert_nothing_left
 from harness.covalent_server import CovalentServer
 
@@ -14,6 +15,37 @@ __all__ = ["assert_nothing_left"]  # the same check as the integration tests'
 
 E2E_IDLE_SECONDS = 20
 """The Covalent server's expiry of an idle warm instance (`EC2_EXECUTOR_IDLE_SECONDS`)."""
+RESULT_TIMEOUT = 300.0
+"""How long a dispatch may take to end (a loaded machine boots slowly)."""
+
+
+@dataclass(frozen=True)
+class E2E:
+    """What an end-to-end test works with: the Covalent server it dispatches to, the emulated
+    boot of its instances, moto, and the local settings of an `EC2Executor` built in the test."""
+
+    server: CovalentServer
+    boot: EmulatedBoot
+    moto: MotoServer
+    settings: dict[str, Any]
+
+    def executor(self, **overrides: Any) -> Any:
+        """`ct.executor.EC2Executor` with the local settings (a port of its own)."""
+        import covalent as ct  # not at import: conftest points covalent at temporary dirs first
+
+        return ct.executor.EC2Executor(**{**self.settings, **overrides})
+
+    def run(self, workflow: Any, *args: Any) -> Any:
+        """Dispatch the lattice and return its final result."""
+        import covalent as ct
+
+        return self.result(ct.dispatch(workflow)(*args))
+
+    def result(self, dispatch_id: str) -> Any:
+        return self.server.wait_for_result(dispatch_id, RESULT_TIMEOUT)
+
+    def assert_nothing_left(self) -> None:
+        assert_nothing_left(self.moto)
 
 
 def installed_version(distribution: str) -> str:

@@ -12,16 +12,15 @@ from typing import Any
 import cloudpickle
 import covalent as ct
 import pytest
-from e2e_support import assert_nothing_left, node_result
-from harness import EmulatedBoot, MotoServer
+from e2e_support import E2E, RESULT_TIMEOUT, node_result
+from harness import MotoServer
 from harness.covalent_server import CovalentServer
+from harness.waiting import wait_until
 
 from ec2_executor.cloud.stacks import stack_name
 
 pytestmark = pytest.mark.e2e
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
-
-RESULT_TIMEOUT = 300.0
 
 
 def node_ids(result: Any) -> dict[str, int]:
@@ -58,6 +57,9 @@ def hold(started: str, release: str) -> int:
     return 1
 
 
+held = ct.electron(hold, executor="local")
+
+
 class Gate:
     """The files a `hold` task and the test meet at."""
 
@@ -69,29 +71,28 @@ class Gate:
         return str(self.started), str(self.release)
 
     def wait_started(self) -> None:
-        deadline = time.monotonic() + 120
-        while not self.started.exists():
-            assert time.monotonic() < deadline, "the holding task never started"
-            time.sleep(0.1)
+        wait_until(self.started.exists, 120, "the holding task's start")
 
     def open(self) -> None:
         self.release.touch()
+
+    def cancelled_while_held(self, workflow: Any) -> str:
+        """Dispatch `workflow(started, release)`, cancel it while its `held` task waits, then
+        let that task finish. Returns the dispatch id."""
+        dispatch_id: str = ct.dispatch(workflow)(*self.args)
+        self.wait_started()
+        ct.cancel(dispatch_id)
+        self.open()
+        return dispatch_id
 
 
 # --- cancelled before it started ------------------------------------------------------------
 
 
 def test_a_task_cancelled_before_it_started_is_cancelled_and_creates_nothing(
-    covalent_server: CovalentServer,
-    emulated_boot: EmulatedBoot,
-    moto_server: MotoServer,
-    local_settings: dict[str, Any],
-    tmp_path: Path,
+    e2e: E2E, tmp_path: Path
 ) -> None:
-    gate = Gate(tmp_path)
-    held = ct.electron(hold, executor="local")
-
-    @ct.electron(executor=ct.executor.EC2Executor(**local_settings))
+    @ct.electron(executor=e2e.executor())
     def after(x: int) -> int:
         return x + 1
 
@@ -99,28 +100,17 @@ def test_a_task_cancelled_before_it_started_is_cancelled_and_creates_nothing(
     def workflow(started: str, release: str) -> int:
         return after(held(started, release))
 
-    dispatch_id = ct.dispatch(workflow)(*gate.args)
-    gate.wait_started()
-    ct.cancel(dispatch_id)
-    gate.open()
-    result = covalent_server.wait_for_result(dispatch_id, RESULT_TIMEOUT)
+    result = e2e.result(Gate(tmp_path).cancelled_while_held(workflow))
 
     assert str(node_result(result, "after")["status"]) == "CANCELLED", result
     assert str(result.status) == "CANCELLED"
-    assert stacks_of(moto_server, dispatch_id) == []
-    assert emulated_boot.instances == []
+    assert stacks_of(e2e.moto, result.dispatch_id) == []
+    assert e2e.boot.instances == []
 
 
-def test_one_of_several_cancelled_before_it_started(
-    covalent_server: CovalentServer,
-    emulated_boot: EmulatedBoot,
-    moto_server: MotoServer,
-    local_settings: dict[str, Any],
-    tmp_path: Path,
-) -> None:
+def test_one_of_several_cancelled_before_it_started(e2e: E2E, tmp_path: Path) -> None:
     gate = Gate(tmp_path)
-    held = ct.electron(hold, executor="local")
-    on_ec2 = ct.executor.EC2Executor(**local_settings)
+    on_ec2 = e2e.executor()
 
     @ct.electron(executor=on_ec2)
     def first(x: int) -> int:
@@ -144,31 +134,22 @@ def test_one_of_several_cancelled_before_it_started(
     ids = node_ids(ct.get_result(dispatch_id, wait=False))
     ct.cancel(dispatch_id, task_ids=[ids["second"]])
     gate.open()
-    result = covalent_server.wait_for_result(dispatch_id, RESULT_TIMEOUT)
+    result = e2e.result(dispatch_id)
 
     statuses = {
         name: str(node_result(result, name)["status"]) for name in ("first", "second", "third")
     }
     assert statuses == {"first": "COMPLETED", "second": "CANCELLED", "third": "COMPLETED"}
     assert str(result.status) == "CANCELLED"
-    assert stacks_of(moto_server, dispatch_id) == sorted(
+    assert stacks_of(e2e.moto, dispatch_id) == sorted(
         stack_name(dispatch_id, ids[name]) for name in ("first", "third")
     )
-    assert len(emulated_boot.instances) == 2
-    assert_nothing_left(moto_server)
+    assert len(e2e.boot.instances) == 2
+    e2e.assert_nothing_left()
 
 
-def test_a_task_in_a_sublattice_cancelled_before_it_started(
-    covalent_server: CovalentServer,
-    emulated_boot: EmulatedBoot,
-    moto_server: MotoServer,
-    local_settings: dict[str, Any],
-    tmp_path: Path,
-) -> None:
-    gate = Gate(tmp_path)
-    held = ct.electron(hold, executor="local")
-
-    @ct.electron(executor=ct.executor.EC2Executor(**local_settings))
+def test_a_task_in_a_sublattice_cancelled_before_it_started(e2e: E2E, tmp_path: Path) -> None:
+    @ct.electron(executor=e2e.executor())
     def after(x: int) -> int:
         return x + 1
 
@@ -181,20 +162,16 @@ def test_a_task_in_a_sublattice_cancelled_before_it_started(
     def workflow(started: str, release: str) -> int:
         return inner(started, release)
 
-    dispatch_id = ct.dispatch(workflow)(*gate.args)
-    gate.wait_started()
-    ct.cancel(dispatch_id)
-    gate.open()
-    result = covalent_server.wait_for_result(dispatch_id, RESULT_TIMEOUT)
+    result = e2e.result(Gate(tmp_path).cancelled_while_held(workflow))
 
     graph = result.lattice.transport_graph
     sub_id = graph.get_node_value(node_ids(result)[":sublattice:inner"], "sub_dispatch_id")
-    sub = covalent_server.wait_for_result(sub_id, RESULT_TIMEOUT)
+    sub = e2e.result(sub_id)
     assert str(node_result(sub, "after")["status"]) == "CANCELLED", sub
     assert str(sub.status) == "CANCELLED"
     assert str(result.status) == "CANCELLED"
-    assert stacks_of(moto_server, sub_id) == []
-    assert emulated_boot.instances == []
+    assert stacks_of(e2e.moto, sub_id) == []
+    assert e2e.boot.instances == []
 
 
 # --- Covalent's helper nodes ----------------------------------------------------------------
@@ -205,13 +182,8 @@ class Box:
         self.value = value
 
 
-def test_helper_nodes_get_no_instance(
-    covalent_server: CovalentServer,
-    emulated_boot: EmulatedBoot,
-    moto_server: MotoServer,
-    local_settings: dict[str, Any],
-) -> None:
-    on_ec2 = ct.executor.EC2Executor(**local_settings)
+def test_helper_nodes_get_no_instance(e2e: E2E) -> None:
+    on_ec2 = e2e.executor()
 
     @ct.electron(executor=on_ec2)
     def make() -> dict[str, Any]:
@@ -227,8 +199,8 @@ def test_helper_nodes_get_no_instance(
         one, two = made["pair"]  # unpacking, item access
         return total([one, two, made["box"].value], {"k": made["pair"]})  # attribute, list, dict
 
-    dispatch_id = ct.dispatch(workflow)()
-    result = covalent_server.wait_for_result(dispatch_id, RESULT_TIMEOUT)
+    result = e2e.run(workflow)
+    dispatch_id = result.dispatch_id
 
     assert str(result.status) == "COMPLETED", result.error
     assert result.result == 9
@@ -240,23 +212,18 @@ def test_helper_nodes_get_no_instance(
     assert any("()[" in name for name in helpers), helpers
     for node, name in helper_nodes(result).items():
         assert str(result.get_node_result(node)["status"]) == "COMPLETED", name
-    assert stacks_of(moto_server, dispatch_id) == sorted(
+    assert stacks_of(e2e.moto, dispatch_id) == sorted(
         stack_name(dispatch_id, ids[name]) for name in ("make", "total")
     )
-    assert len(emulated_boot.instances) == 2
-    assert_nothing_left(moto_server)
+    assert len(e2e.boot.instances) == 2
+    e2e.assert_nothing_left()
 
 
 # --- a task's failure, with its streams ----------------------------------------------------
 
 
-def test_a_result_that_cannot_be_pickled_fails_the_electron_saying_so(
-    covalent_server: CovalentServer,
-    emulated_boot: EmulatedBoot,
-    moto_server: MotoServer,
-    local_settings: dict[str, Any],
-) -> None:
-    @ct.electron(executor=ct.executor.EC2Executor(**local_settings))
+def test_a_result_that_cannot_be_pickled_fails_the_electron_saying_so(e2e: E2E) -> None:
+    @ct.electron(executor=e2e.executor())
     def locked() -> Any:
         import threading
 
@@ -267,21 +234,19 @@ def test_a_result_that_cannot_be_pickled_fails_the_electron_saying_so(
     def workflow() -> Any:
         return locked()
 
-    result = covalent_server.wait_for_result(ct.dispatch(workflow)(), RESULT_TIMEOUT)
+    result = e2e.run(workflow)
 
     node = node_result(result, "locked")
     assert str(node["status"]) == "FAILED"
     assert node["stdout"] == "made a lock\n"
     assert "TypeError: cannot pickle '_thread.lock' object" in (node["stderr"] or ""), node
-    assert_nothing_left(moto_server)
+    e2e.assert_nothing_left()
 
 
 # --- Covalent's own error-reporting contract (its functional test error_reporting_test.py) --
 
 
-def test_a_task_that_raises_keeps_its_streams_as_on_covalent_s_own_executors(
-    covalent_server: CovalentServer, emulated_boot: EmulatedBoot, moto_server: MotoServer
-) -> None:
+def test_a_task_that_raises_keeps_its_streams_as_on_covalent_s_own_executors(e2e: E2E) -> None:
     """Covalent's `test_task_runtime_error_reporting`, with executor="ec2" for both tasks."""
 
     @ct.electron(executor="ec2")
@@ -299,7 +264,7 @@ def test_a_task_that_raises_keeps_its_streams_as_on_covalent_s_own_executors(
         failing_task_0()
         failing_task_1()
 
-    result = covalent_server.wait_for_result(ct.dispatch(workflow)(), RESULT_TIMEOUT)
+    result = e2e.run(workflow)
 
     assert str(result.status) == "FAILED"
     graph = result.lattice.transport_graph
@@ -310,7 +275,7 @@ def test_a_task_that_raises_keeps_its_streams_as_on_covalent_s_own_executors(
     assert "RuntimeError: Error 0" in stderr, stderr
     assert str(graph.get_node_value(1, "status")) == "COMPLETED"
     assert graph.get_node_value(1, "stdout") == "Hello from Task 1\n"
-    assert_nothing_left(moto_server)
+    e2e.assert_nothing_left()
 
 
 def test_an_unknown_executor_is_covalent_s_error(covalent_server: CovalentServer) -> None:

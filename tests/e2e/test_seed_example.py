@@ -11,12 +11,9 @@ The workflow's code is the page's, line for line.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
-from e2e_support import assert_nothing_left, run_seed_example
-from harness import EmulatedBoot, MotoServer
-from harness.covalent_server import CovalentServer
+from e2e_support import E2E, run_seed_example
 
 pytestmark = pytest.mark.e2e
 
@@ -24,16 +21,8 @@ pytestmark = pytest.mark.e2e
 # --- the test --------------------------------------------------------------------------------
 
 
-def test_seed_usage_example(
-    covalent_server: CovalentServer,
-    emulated_boot: EmulatedBoot,
-    moto_server: MotoServer,
-    local_settings: dict[str, Any],
-    tmp_path: Path,
-) -> None:
-    score = run_seed_example(
-        covalent_server, moto_server, tmp_path / "ec2_key", local_settings, timeout=300
-    )
+def test_seed_usage_example(e2e: E2E, tmp_path: Path) -> None:
+    score = run_seed_example(e2e.server, e2e.moto, tmp_path / "ec2_key", e2e.settings, timeout=300)
     print(score)
-    assert [record.booted for record in emulated_boot.instances] == [True]
-    assert_nothing_left(moto_server)
+    assert [record.booted for record in e2e.boot.instances] == [True]
+    e2e.assert_nothing_left()

@@ -6,14 +6,12 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
 import cloudpickle
 import covalent as ct
 import pytest
-from e2e_support import E2E_IDLE_SECONDS, assert_nothing_left
-from harness import EmulatedBoot, MotoServer
-from harness.covalent_server import CovalentServer
+from e2e_support import E2E, E2E_IDLE_SECONDS, RESULT_TIMEOUT
+from harness import MotoServer
 from harness.processes import alive
 from harness.waiting import wait_for_task, wait_until
 from integration.remote_tasks import sleepy
@@ -22,7 +20,8 @@ pytestmark = pytest.mark.e2e
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
-RESULT_TIMEOUT = 300.0
+SLOW_BOOT = 600
+"""`provision_timeout` of these electrons: a loaded machine boots slowly."""
 
 
 def _dispatch_stacks(moto: MotoServer, dispatch_id: str) -> list[tuple[str, str]]:
@@ -34,14 +33,8 @@ def _dispatch_stacks(moto: MotoServer, dispatch_id: str) -> list[tuple[str, str]
     ]
 
 
-def test_five_electrons_in_a_row_share_one_warm_instance(
-    covalent_server: CovalentServer,
-    emulated_boot: EmulatedBoot,
-    moto_server: MotoServer,
-    local_settings: dict[str, Any],
-) -> None:
-    settings = {**local_settings, "provision_timeout": 600}  # a loaded machine boots slowly
-    warm = ct.executor.EC2Executor(**settings, keep_warm_minutes=5)
+def test_five_electrons_in_a_row_share_one_warm_instance(e2e: E2E) -> None:
+    warm = e2e.executor(keep_warm_minutes=5, provision_timeout=SLOW_BOOT)
 
     @ct.electron(executor=warm)
     def step(seen: str) -> str:
@@ -60,27 +53,21 @@ def test_five_electrons_in_a_row_share_one_warm_instance(
         return seen
 
     dispatch_id = ct.dispatch(workflow)()
-    result = covalent_server.wait_for_result(dispatch_id, RESULT_TIMEOUT)
+    result = e2e.result(dispatch_id)
 
     assert str(result.status) == "COMPLETED", result.error
     pairs = [pair.split(":") for pair in result.result.split()]
     pids, parents = [p for p, _ in pairs], [q for _, q in pairs]
     assert len(set(pids)) == 5 and len(set(parents)) == 1
-    assert len(_dispatch_stacks(moto_server, dispatch_id)) == 1
-    assert [record.booted for record in emulated_boot.instances] == [True]
-    _wait_for_the_idle_expiry(moto_server, emulated_boot, dispatch_id)
+    assert len(_dispatch_stacks(e2e.moto, dispatch_id)) == 1
+    assert [record.booted for record in e2e.boot.instances] == [True]
+    _wait_for_the_idle_expiry(e2e, dispatch_id)
 
 
 def test_cancel_on_a_warm_instance_kills_the_task_and_lends_the_instance_again(
-    covalent_server: CovalentServer,
-    emulated_boot: EmulatedBoot,
-    moto_server: MotoServer,
-    local_settings: dict[str, Any],
-    tmp_path: Path,
+    e2e: E2E, tmp_path: Path
 ) -> None:
-    warm = ct.executor.EC2Executor(
-        **{**local_settings, "provision_timeout": 600}, keep_warm_minutes=5
-    )
+    warm = e2e.executor(keep_warm_minutes=5, provision_timeout=SLOW_BOOT)
     mark = tmp_path / "task"  # the emulated instance is this machine
 
     @ct.electron(executor=warm)
@@ -103,26 +90,27 @@ def test_cancel_on_a_warm_instance_kills_the_task_and_lends_the_instance_again(
     task = wait_for_task(mark, RESULT_TIMEOUT)
 
     ct.cancel(first)
-    cancelled = covalent_server.wait_for_result(first, RESULT_TIMEOUT)
+    cancelled = e2e.result(first)
     assert str(cancelled.status) == "CANCELLED"
     assert not alive(task)
     # The kill was confirmed, so the instance went back to the pool: the next dispatch runs on
     # it, without a stack of its own.
     second = ct.dispatch(quick)()
-    result = covalent_server.wait_for_result(second, RESULT_TIMEOUT)
+    result = e2e.result(second)
     assert str(result.status) == "COMPLETED", result.error
-    assert _dispatch_stacks(moto_server, second) == []
-    assert [record.booted for record in emulated_boot.instances] == [True]
-    _wait_for_the_idle_expiry(moto_server, emulated_boot, first)
+    assert _dispatch_stacks(e2e.moto, second) == []
+    assert [record.booted for record in e2e.boot.instances] == [True]
+    _wait_for_the_idle_expiry(e2e, first)
 
 
-def _wait_for_the_idle_expiry(moto: MotoServer, boot: EmulatedBoot, dispatch_id: str) -> None:
+def _wait_for_the_idle_expiry(e2e: E2E, dispatch_id: str) -> None:
     """The server deletes the idle stack once it expires; then nothing is left."""
 
     def deleted() -> bool:
-        return all(status == "DELETE_COMPLETE" for _, status in _dispatch_stacks(moto, dispatch_id))
+        stacks = _dispatch_stacks(e2e.moto, dispatch_id)
+        return all(status == "DELETE_COMPLETE" for _, status in stacks)
 
     what = f"the deletion of the idle stack of {dispatch_id}"
     wait_until(deleted, E2E_IDLE_SECONDS + 120, what, interval=1.0)
-    boot.wait_stopped(boot.instances[0].instance_id, timeout=30)
-    assert_nothing_left(moto)
+    e2e.boot.wait_stopped(e2e.boot.instances[0].instance_id, timeout=30)
+    e2e.assert_nothing_left()
