@@ -48,6 +48,11 @@ _FAILED = pytest.StashKey[bool]()
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    if "covalent" in sys.modules:  # it has read the user's config already: isolation too late
+        raise pytest.UsageError(
+            "covalent was imported before tests/e2e/conftest.py could point it at temporary "
+            "directories; import it lazily in conftest files and the harness"
+        )
     base = Path(tempfile.mkdtemp(prefix="ec2-e2e-covalent-"))
     stack = contextlib.ExitStack()
     stack.callback(_remove_unless_failed, config, base)
@@ -61,8 +66,9 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    _, stack = config.stash[_ISOLATION]
-    stack.close()
+    isolation = config.stash.get(_ISOLATION, None)  # None: pytest_configure refused
+    if isolation is not None:
+        isolation[1].close()
 
 
 def _remove_unless_failed(config: pytest.Config, base: Path) -> None:
