@@ -11,15 +11,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from executor_support import execute, harness_options, run
-from harness import LoopbackNetwork, MotoServer
-from harness.boot import EmulatedBoot
+from executor_support import NewExecutor, execute, run
+from harness import MotoServer
+from harness.boot import Delays, EmulatedBoot
 from harness.cloud_state import assert_nothing_left
 from harness.timed_cloud import AwsSeconds, RateLimits, TimedCloud
 
 from ec2_executor.cloud import aws, pacing, stacks
 from ec2_executor.cloud.stacks import stack_name
-from ec2_executor.ec2 import EC2Executor
 
 AWS = AwsSeconds().scaled(0.1)
 """The published timeline, 10 times shorter: the instance after 0.5 s, sshd 2 s after
@@ -28,8 +27,8 @@ BURST = 12
 
 
 @pytest.fixture
-def boot_delay() -> float:
-    return AWS.boot
+def boot_delays() -> Delays:
+    return Delays(boot=AWS.boot)
 
 
 @contextlib.contextmanager
@@ -42,13 +41,11 @@ def _limited_cloud(
         yield cloud
 
 
-def _burst(network: LoopbackNetwork, remote_cache: str, dispatch_id: str) -> list[Any]:
+def _burst(new_executor: NewExecutor, dispatch_id: str) -> list[Any]:
     """`BURST` electrons at once, as one lattice's fan-out; each returns its node id squared."""
 
     async def electrons() -> list[Any]:
-        executors = [
-            EC2Executor(**harness_options(network.subnet_id, remote_cache)) for _ in range(BURST)
-        ]
+        executors = [new_executor() for _ in range(BURST)]
         return await asyncio.gather(
             *(
                 execute(ex, pow, [node, 2], {}, dispatch_id=dispatch_id, node_id=node)
@@ -61,23 +58,22 @@ def _burst(network: LoopbackNetwork, remote_cache: str, dispatch_id: str) -> lis
 
 
 def test_a_burst_of_electrons_is_paced_under_the_limits_and_every_one_completes(
-    loopback_network: LoopbackNetwork,
+    new_executor: NewExecutor,
     emulated_boot: EmulatedBoot,
     moto_reset: MotoServer,
     monkeypatch: pytest.MonkeyPatch,
-    remote_cache: str,
 ) -> None:
     expected = [node**2 for node in range(BURST)]
     # Unpaced (as before the pacer), the same burst overdraws CloudFormation's buckets.
     with monkeypatch.context() as unpaced:
         unpaced.setattr(pacing, "ENABLED", False)
         with _limited_cloud(moto_reset, unpaced) as cloud:
-            _burst(loopback_network, remote_cache, "unpaced")
+            _burst(new_executor, "unpaced")
             unpaced_throttles = cloud.throttled()
     assert unpaced_throttles, "the control burst drew no throttling: the test proves nothing"
 
     with _limited_cloud(moto_reset, monkeypatch) as cloud:
-        results = _burst(loopback_network, remote_cache, "paced")
+        results = _burst(new_executor, "paced")
         throttles = cloud.throttled()
         creates = [c.at for c in cloud.calls if c.action == "CreateStack"]
     assert results == expected
@@ -88,11 +84,10 @@ def test_a_burst_of_electrons_is_paced_under_the_limits_and_every_one_completes(
 
 @pytest.mark.parametrize("idempotent", [True, False], ids=["as-cloudformation", "already-exists"])
 def test_a_create_stack_retried_after_it_went_through_makes_one_stack(
-    loopback_network: LoopbackNetwork,
+    new_executor: NewExecutor,
     emulated_boot: EmulatedBoot,
     moto_reset: MotoServer,
     monkeypatch: pytest.MonkeyPatch,
-    remote_cache: str,
     idempotent: bool,
 ) -> None:
     """The first CreateStack reaches CloudFormation, and its answer is lost to a throttle. The
@@ -100,7 +95,7 @@ def test_a_create_stack_retried_after_it_went_through_makes_one_stack(
     that says AlreadyExists instead shows the token in the stack's creation events."""
     settings = {"throttle_applied": {"CreateStack": 1}, "idempotent_create": idempotent}
     with _limited_cloud(moto_reset, monkeypatch, **settings) as cloud:
-        ex = EC2Executor(**harness_options(loopback_network.subnet_id, remote_cache))
+        ex = new_executor()
         assert run(execute(ex, pow, [3, 3], {}, dispatch_id="retried-create")) == 27
         answers = cloud.answers("CreateStack")
     expected = "idempotent" if idempotent else "AlreadyExistsException"
@@ -112,11 +107,10 @@ def test_a_create_stack_retried_after_it_went_through_makes_one_stack(
 
 
 def test_a_throttled_delete_stack_goes_on_until_the_stack_is_gone(
-    loopback_network: LoopbackNetwork,
+    new_executor: NewExecutor,
     emulated_boot: EmulatedBoot,
     moto_reset: MotoServer,
     monkeypatch: pytest.MonkeyPatch,
-    remote_cache: str,
 ) -> None:
     """DeleteStack is throttled longer than botocore retries it (patience 0 here: its tries
     alone), and the executor sends it again until CloudFormation takes it."""
@@ -124,10 +118,9 @@ def test_a_throttled_delete_stack_goes_on_until_the_stack_is_gone(
     monkeypatch.setattr(pacing, "BACKOFF_BASE", 0.01)
     monkeypatch.setattr(stacks, "THROTTLED_FIRST", 0.1)
     throttles = 10  # botocore's 9 tries, then one of the executor's own
-    options = harness_options(loopback_network.subnet_id, remote_cache, wait_for_deletion=True)
     throttled = {"DeleteStack": throttles}
     with _limited_cloud(moto_reset, monkeypatch, throttle_first=throttled) as cloud:
-        ex = EC2Executor(**options)
+        ex = new_executor(wait_for_deletion=True)
         assert run(execute(ex, pow, [2, 5], {}, dispatch_id="slow-delete")) == 32
         answers = cloud.answers("DeleteStack")
     assert answers == ["Throttling"] * throttles + ["moto"]
