@@ -27,16 +27,13 @@ ALLOWED_LINT_WARNINGS: dict[str, str] = {}
 """cfn-lint warning rule id -> why the template accepts it. None so far."""
 
 NAG_MIN_REASON_CHARS = 10  # cdk-nag refuses shorter suppression reasons
-
-
-def _shape_id(shape: StackShape) -> str:
-    return shape.network.value
+SHAPE_IDS = [shape.key for shape in ALL_SHAPES]
 
 
 # --- cfn-lint -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("shape", ALL_SHAPES, ids=_shape_id)
+@pytest.mark.parametrize("shape", ALL_SHAPES, ids=SHAPE_IDS)
 def test_cfn_lint_finds_no_errors(template_cache: Path, shape: StackShape) -> None:
     body = template_for(shape)
     matches = lint(body, config=ManualArgs(regions=LINT_REGIONS))
@@ -82,7 +79,7 @@ def nag_reports(tmp_path_factory: pytest.TempPathFactory) -> dict[StackShape, li
     return reports
 
 
-@pytest.mark.parametrize("shape", ALL_SHAPES, ids=_shape_id)
+@pytest.mark.parametrize("shape", ALL_SHAPES, ids=SHAPE_IDS)
 def test_nag_finds_nothing_unsuppressed(
     nag_reports: dict[StackShape, list[dict[str, str]]], shape: StackShape
 ) -> None:
