@@ -14,12 +14,12 @@ T = TypeVar("T")
 def wait_until(
     found: Callable[[], T | None], timeout: float, what: str, *, interval: float = 0.1
 ) -> T:
-    """`found()`'s first answer that is neither None nor False; AssertionError naming `what`
-    once `timeout` seconds have passed without one."""
+    """`found()`'s first true answer; AssertionError naming `what` once `timeout` seconds have
+    passed without one."""
     deadline = time.monotonic() + timeout
     while True:
         answer = found()
-        if answer is not None and answer is not False:
+        if answer:
             return answer
         assert time.monotonic() < deadline, f"{what}: not within {timeout:.0f} s"
         time.sleep(interval)

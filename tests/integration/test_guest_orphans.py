@@ -9,10 +9,11 @@ import time
 from pathlib import Path
 
 import pytest
-from dispatchers import dispatcher, wait_for
+from dispatchers import dispatcher
 from executor_support import guest_options, run
 from harness import GuestBoot, GuestInstance, GuestNetwork, LoopbackNetwork, MotoServer
 from harness.cloud_state import live_stacks
+from harness.waiting import wait_until
 
 from ec2_executor import sweep
 from ec2_executor.options import build
@@ -35,10 +36,10 @@ def test_a_guest_whose_dispatcher_is_killed_mid_task_powers_itself_off(
     )
     other = dispatcher(tmp_path, options, "guest-orphan")
     try:
-        wait_for(lambda: bool(guest_boot.guests), 120, "the guest")
+        wait_until(lambda: bool(guest_boot.guests), 120, "the guest")
         [guest] = guest_boot.guests
         guest_boot.wait_ready(guest.instance_id)
-        wait_for(lambda: (guest.prefix / "worker" / "busy").exists(), 120, "the task")
+        wait_until(lambda: (guest.prefix / "worker" / "busy").exists(), 120, "the task")
     finally:
         other.send_signal(signal.SIGKILL)
         other.wait()
@@ -54,7 +55,7 @@ def test_a_guest_whose_dispatcher_is_killed_mid_task_powers_itself_off(
 
     sweep.forget()
     assert stack in run(sweep.sweep(build(options)))
-    wait_for(lambda: stack not in live_stacks(moto_server), 60, "the orphan's stack to go")
+    wait_until(lambda: stack not in live_stacks(moto_server), 60, "the orphan's stack to go")
 
 
 def _power_off_reason(guest: GuestInstance, timeout: float) -> str:

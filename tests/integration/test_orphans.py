@@ -19,10 +19,11 @@ from typing import Any
 import cloudpickle
 import pytest
 from click.testing import CliRunner
-from dispatchers import dispatcher, wait_for
+from dispatchers import dispatcher
 from executor_support import execute, harness_options, run
 from harness import EmulatedBoot, LoopbackNetwork, MotoServer
 from harness.cloud_state import assert_nothing_left, instances_in, live_stacks
+from harness.waiting import wait_until
 from remote_tasks import sleepy
 
 from cdk_stacks.parameters import StackParameters
@@ -146,9 +147,9 @@ def test_the_watch_counts_from_its_start_until_a_first_connection(watch: Any) ->
 
 def running_task(boot: EmulatedBoot, remote_cache: str) -> str:
     """The instance id once a task runs on it (its directory holds the payload)."""
-    wait_for(lambda: boot.booted_count == 1, 120, "the other dispatcher's instance")
+    wait_until(lambda: boot.booted_count == 1, 120, "the other dispatcher's instance")
     [instance] = boot.instances
-    wait_for(lambda: list(Path(remote_cache).glob("*/payload.pkl")), 60, "the task")
+    wait_until(lambda: list(Path(remote_cache).glob("*/payload.pkl")), 60, "the task")
     return instance.instance_id
 
 
@@ -209,7 +210,7 @@ def test_a_dispatcher_killed_mid_task_leaves_nothing_behind(
 
     assert run(next_electron()) == [stack]
     assert f"sweep: deleting stack {stack}" in package_log.text
-    wait_for(lambda: not live_stacks(moto_reset), 60, "the orphan's stack to go")
+    wait_until(lambda: not live_stacks(moto_reset), 60, "the orphan's stack to go")
     assert_nothing_left(moto_reset)
 
 
@@ -225,7 +226,7 @@ def test_cleanup_without_all_sweeps_an_orphan_but_not_a_live_electron(
     options = harness_options(loopback_network.subnet_id, remote_cache)
     dead, alive = (dispatcher(tmp_path, options, d) for d in ("dead", "alive"))
     try:
-        wait_for(lambda: len(list(Path(remote_cache).glob("*/payload.pkl"))) == 2, 180, "tasks")
+        wait_until(lambda: len(list(Path(remote_cache).glob("*/payload.pkl"))) == 2, 180, "tasks")
         dead.send_signal(signal.SIGKILL)
         dead.wait()
         orphan, live = stack_name("dead", 0), stack_name("alive", 0)
@@ -299,7 +300,7 @@ def test_a_warm_instance_whose_process_died_powers_off_and_is_swept(
     other = dispatcher(tmp_path, options, "warm", seconds=0, linger=600)
     try:
         log = tmp_path / "warm.log"
-        wait_for(lambda: "woke" in log.read_text(), 180, "the warm electron")
+        wait_until(lambda: "woke" in log.read_text(), 180, "the warm electron")
         [instance] = emulated_boot.instances
         time.sleep(ORPHAN_SECONDS + 2)  # idle, and owned all along
         assert not (instance.prefix / "poweroff").exists()
@@ -311,7 +312,7 @@ def test_a_warm_instance_whose_process_died_powers_off_and_is_swept(
     [stack] = live_stacks(moto_reset)
     sweep.forget()
     assert run(sweep.sweep(build(options))) == [stack]
-    wait_for(lambda: not live_stacks(moto_reset), 60, "the orphan's stack to go")
+    wait_until(lambda: not live_stacks(moto_reset), 60, "the orphan's stack to go")
     assert_nothing_left(moto_reset)
 
 
@@ -346,7 +347,7 @@ def test_a_created_vpc_orphan_is_swept_up_to_the_deletion_request(
         Parameters=parameters.to_cloudformation(declared=frozenset(json.loads(body)["Parameters"])),
         Tags=tags,  # type: ignore[arg-type]
     )
-    wait_for(lambda: _status(cfn, name) == "CREATE_COMPLETE", 60, "the stack")
+    wait_until(lambda: _status(cfn, name) == "CREATE_COMPLETE", 60, "the stack")
     outputs = cfn.describe_stacks(StackName=name)["Stacks"][0]["Outputs"]
     instance = next(o["OutputValue"] for o in outputs if o["OutputKey"] == "InstanceId")
     moto_reset.client("ec2").terminate_instances(InstanceIds=[instance])
@@ -384,5 +385,5 @@ def test_a_dead_owner_on_this_machine_is_proven_gone_before_its_instance_ends(
     [row] = json.loads(cli("list", "--json").output)
     assert row["state"] == "orphan: owner gone"
     assert f"deleted {row['name']}" in cli("cleanup", "--yes").output
-    wait_for(lambda: not instances_in(moto_reset, "pending", "running"), 60, "the instance")
+    wait_until(lambda: not instances_in(moto_reset, "pending", "running"), 60, "the instance")
     assert_nothing_left(moto_reset)
