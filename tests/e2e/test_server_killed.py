@@ -7,7 +7,6 @@ import contextlib
 import os
 import signal
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,8 @@ from harness.covalent_server import (
     client_isolation,
     point_client_at,
 )
+from harness.waiting import wait_for_task, wait_until
+from integration.remote_tasks import sleepy
 
 pytestmark = pytest.mark.e2e
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -55,10 +56,7 @@ def sigkill(server: CovalentServer) -> None:
     for pid in server.processes():
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 30
-    while server.processes():
-        assert time.monotonic() < deadline, "the server outlived SIGKILL"
-        time.sleep(0.2)
+    wait_until(lambda: not server.processes(), 30, "the server's end after SIGKILL")
 
 
 @pytest.mark.parametrize(
@@ -74,17 +72,16 @@ def test_a_server_killed_mid_task_leaves_nothing_once_started_again(
     paths = CovalentPaths.create(tmp_path / "covalent")
 
     @ct.electron(executor=ct.executor.EC2Executor(**local_settings))
-    def sleeper() -> str:
-        time.sleep(600)
-        return "woke"
+    def sleeper(mark: str) -> str:
+        return sleepy(600, mark)
 
     @ct.electron(executor=ct.executor.EC2Executor(**local_settings))
     def quick() -> int:
         return 1
 
     @ct.lattice
-    def long_one() -> str:
-        return sleeper()
+    def long_one(mark: str) -> str:
+        return sleeper(mark)
 
     @ct.lattice
     def short_one() -> int:
@@ -92,12 +89,9 @@ def test_a_server_killed_mid_task_leaves_nothing_once_started_again(
 
     with own_server(paths, moto_server, local_settings) as start:
         first = start()
-        ct.dispatch(long_one)()
-        deadline = time.monotonic() + 180
-        while not any(r.bootstrap_done.is_set() for r in emulated_boot.instances):
-            assert time.monotonic() < deadline, "the electron's instance never booted"
-            time.sleep(0.5)
-        time.sleep(3)  # the task is running on the instance now
+        mark = tmp_path / "task"
+        ct.dispatch(long_one)(str(mark))
+        wait_for_task(mark, 180)  # the task is running on the instance now
         [orphan] = live_stacks(moto_server)
         [instance] = emulated_boot.instances
         sigkill(first)
@@ -108,8 +102,5 @@ def test_a_server_killed_mid_task_leaves_nothing_once_started_again(
         second = start()
         result = second.wait_for_result(ct.dispatch(short_one)(), 300)
         assert str(result.status) == "COMPLETED", second.log_tail()
-        deadline = time.monotonic() + 60
-        while orphan in live_stacks(moto_server):
-            assert time.monotonic() < deadline, f"{orphan} was not swept"
-            time.sleep(0.5)
+        wait_until(lambda: orphan not in live_stacks(moto_server), 60, f"the sweep of {orphan}")
     assert_nothing_left(moto_server)
