@@ -386,9 +386,7 @@ class Selection:
     is_flag=True,
     help="Without a filter, also delete stacks whose electron may still be running.",
 )
-@click.option(
-    "--idle", is_flag=True, help="Only warm stacks that are idle, and orphans."
-)
+@click.option("--idle", is_flag=True, help="Only warm stacks that are idle, and orphans.")
 @click.option("--dry-run", is_flag=True, help="Show what would be deleted; delete nothing.")
 @click.option(
     "--json", "as_json", is_flag=True, help="Machine-readable output (needs --yes or --dry-run)."
