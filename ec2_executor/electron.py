@@ -165,6 +165,8 @@ class Electron:
         keepalive: Keepalive = DEFAULT_KEEPALIVE,
     ) -> None:
         self.options = options
+        self.aws = AWS(options)
+        """The electron's one gateway to AWS (its clients are shared by the process)."""
         self.pace = pace or Pace()
         self.keepalive = keepalive
         self.dispatch_id = str(task_metadata["dispatch_id"])
@@ -190,7 +192,7 @@ class Electron:
 
     @property
     def stacks(self) -> Stacks:
-        return Stacks(AWS(self.options).cloudformation)
+        return Stacks(self.aws.cloudformation)
 
     async def create_stack(self, template: str, parameters: StackParameters) -> str:
         """Send `CreateStack`; the call runs on even if this coroutine is cancelled, and
@@ -318,7 +320,7 @@ async def launch(electron: Electron) -> Launched:
     options, phases = electron.options, electron.phases
     deadline = Deadline(options.provision_timeout)
     with phases.phase("plan"):
-        plan = await run_blocking(lookups.plan, AWS(options), options, spread_key=electron.name)
+        plan = await run_blocking(lookups.plan, electron.aws, options, spread_key=electron.name)
     log.info("%s: image: %s", electron.name, plan.image.why)
     parameters = stack_parameters(options, plan, electron.host_key)
     with phases.phase("template"):
@@ -369,7 +371,7 @@ async def wait_for_instance(
     """The instance's id and addresses as soon as CloudFormation has launched it, and the wait
     for CREATE_COMPLETE, which goes on (None when the stack had completed already)."""
     stacks, name, events = electron.stacks, electron.name, electron.events
-    instances = Instances(AWS(electron.options).ec2)
+    instances = Instances(electron.aws.ec2)
     need_public = not electron.options.use_private_ip
     completed = False
 

@@ -11,26 +11,24 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import contextlib
 import functools
 import os
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ec2_executor import redact
 from ec2_executor.access import ClientIdentity, KeyPair
 from ec2_executor.blocking import in_background, submit_blocking
-from ec2_executor.cloud.aws import AWS
+from ec2_executor.cloud.aws import AWS, aws_errors
 from ec2_executor.cloud.stacks import (
     EventLog,
     StackOutputs,
     Stacks,
     delete_stack,
 )
-from ec2_executor.errors import EC2ExecutorError, StackDeletionError
+from ec2_executor.errors import AWSError, CredentialsError, EC2ExecutorError, StackDeletionError
 from ec2_executor.logs import log
 from ec2_executor.options import Options
 from ec2_executor.remote import RemoteHost
@@ -147,19 +145,16 @@ def tag_state(instance: WarmInstance, state: str) -> None:
     """Record the instance's state on it, in the background (for `ec2-executor list`)."""
 
     def tag() -> None:
-        with contextlib.suppress(EC2ExecutorError, OSError):
-            AWS(instance.options).ec2.create_tags(
-                Resources=[instance.outputs.instance_id], Tags=[{"Key": TAG_STATE, "Value": state}]
-            )
+        try:  # a hint for `list`: an AWS refusal is logged, never fails an electron
+            with aws_errors(f"tagging instance {instance.outputs.instance_id}"):
+                AWS(instance.options).ec2.create_tags(
+                    Resources=[instance.outputs.instance_id],
+                    Tags=[{"Key": TAG_STATE, "Value": state}],
+                )
+        except (AWSError, CredentialsError) as exc:
+            log.debug("%s: %s", instance.stack_name, exc)
 
-    submit_blocking(_quietly, tag)
-
-
-def _quietly(fn: Callable[[], None]) -> None:
-    try:
-        fn()
-    except Exception as exc:  # noqa: BLE001  (a tag is a hint for `list`; never fail for it)
-        log.debug("could not tag an instance: %s", exc)
+    submit_blocking(tag)
 
 
 def retire_soon(instance: WarmInstance, reason: str) -> None:
