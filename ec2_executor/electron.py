@@ -165,8 +165,6 @@ class Electron:
         keepalive: Keepalive = DEFAULT_KEEPALIVE,
     ) -> None:
         self.options = options
-        self.aws = AWS(options)
-        """The electron's one gateway to AWS (its clients are shared by the process)."""
         self.pace = pace or Pace()
         self.keepalive = keepalive
         self.dispatch_id = str(task_metadata["dispatch_id"])
@@ -185,6 +183,12 @@ class Electron:
         if on is not None:  # teardown deletes that stack by name if it is not kept
             self._create_call = concurrent.futures.Future()
             self._create_call.set_result(on.name)
+
+    @functools.cached_property
+    def aws(self) -> AWS:
+        """The electron's one gateway to AWS, made on first use (its clients are shared by the
+        process)."""
+        return AWS(self.options)
 
     def job_handle(self) -> dict[str, Any]:
         """All a fresh executor needs to cancel this electron (Covalent rebuilds it to cancel)."""

@@ -125,9 +125,9 @@ def test_bake_list_and_delete_from_the_command_line(
     assert listed.returncode == 0, listed.stderr
     assert made.image.image_id in listed.stdout and "covalent" in listed.stdout
     snapshots = made.image.snapshots
-    deleted = cli("--delete", made.image.image_id)
+    deleted = cli("--delete", made.image.image_id, "--yes")
     assert deleted.returncode == 0, deleted.stderr
     assert _baked(moto_reset) == []
     remaining = moto_reset.client("ec2").describe_snapshots(OwnerIds=["self"])["Snapshots"]
     assert not {s["SnapshotId"] for s in remaining} & set(snapshots)
-    assert cli("--delete", made.image.image_id).returncode == 2  # no such baked image
+    assert cli("--delete", made.image.image_id, "--yes").returncode == 1  # no such baked image
