@@ -213,6 +213,7 @@ def _check_user_data(user_data: bytes, keys: Keys) -> None:
     assert spec.bootstrap_args == (
         "--python", python, "--covalent", covalent, "--cloudpickle", cloudpickle,
         "--user", "ec2-user", "--idle-minutes", "0",
+        "--orphan-minutes", "10", "--ssh-port", str(SSH_PORT),
     )  # fmt: skip
 
 
