@@ -129,7 +129,8 @@ def test_the_watch_powers_off_once_the_owner_is_gone_and_not_after_a_blip(watch:
     gone = time.monotonic()
     w.wait_powered_off(timeout=15)
     waited = time.monotonic() - gone
-    assert 3.0 < waited < 7.0, waited
+    # The watch counts whole seconds of /proc/uptime: it may end up to a second early.
+    assert 2.5 < waited < 7.0, waited
     time.sleep(0.5)
     assert w.ran.exists()  # the power-off command ran, once the file was written
     assert "owner connected" in w.close()
@@ -138,7 +139,7 @@ def test_the_watch_powers_off_once_the_owner_is_gone_and_not_after_a_blip(watch:
 def test_the_watch_counts_from_its_start_until_a_first_connection(watch: Any) -> None:
     w = watch(3)
     lived = w.wait_powered_off(timeout=15)
-    assert 2.5 < lived < 7.0, lived
+    assert 1.5 < lived < 7.0, lived  # whole seconds of /proc/uptime, as above
     assert "no connection from the owner for 3 s" in (w.prefix / "poweroff").read_text()
 
 
