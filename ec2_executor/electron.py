@@ -117,10 +117,12 @@ class Launched:
     """The stack's wait for CREATE_COMPLETE, which goes on while the task starts; None once
     the stack completed before it was handed over."""
 
-    def raise_if_stack_failed(self) -> None:
-        """The stack's `StackCreationError` once it has failed; a no-op before."""
+    def raise_if_stack_failed(self, host: Host) -> None:
+        """Once the stack has failed: close the host's connection (ending a command that waits
+        on it) and raise the stack's `StackCreationError`; a no-op before."""
         failure = _failure(self.completion)
         if failure is not None:
+            host.close()
             raise failure
 
 
@@ -456,9 +458,7 @@ async def _connect(electron: Electron, launched: Launched, host: Host) -> None:
     remote, where = host.remote, host.remote.endpoint
 
     async def attempt() -> bool | None:
-        if _failure(launched.completion) is not None:
-            host.close()
-            launched.raise_if_stack_failed()
+        launched.raise_if_stack_failed(host)
         return await run_blocking(remote.try_connect) or None
 
     with electron.phases.phase("wait for SSH"):
@@ -513,9 +513,7 @@ async def _unless_the_stack_fails(launched: Launched, host: Host) -> TaskRun:
     completion = launched.completion
     while not running.done():
         if completion is None or completion.done():
-            if _failure(completion) is not None:
-                host.close()
-                launched.raise_if_stack_failed()
+            launched.raise_if_stack_failed(host)
             break
         waits: set[asyncio.Future[Any]] = {running, completion}
         await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
