@@ -54,6 +54,10 @@ class CapacityError(StackCreationError):
     """No zone (and no market the options allow) had capacity for the instance type."""
 
 
+class VcpuLimitError(StackCreationError):
+    """The launch met the account's regional vCPU quota: no other zone can help."""
+
+
 class StackDeletionError(StackError):
     """A stack could not be deleted and may still bill; `ec2-executor cleanup` removes it."""
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from cdk_stacks.parameters import StackParameters
-from ec2_executor.errors import CapacityError, StackCreationError
+from ec2_executor.errors import CapacityError, StackCreationError, VcpuLimitError
 from ec2_executor.logs import log
 
 T = TypeVar("T")
@@ -38,6 +38,16 @@ _SPOT_REFUSALS = re.compile(
     r"|SpotMaxPriceTooLow|price-too-low",
     re.IGNORECASE,
 )
+
+# The account's vCPU quota is regional: another zone would meet the same limit.
+_VCPU_LIMIT = re.compile(
+    r"VcpuLimitExceeded|more vCPU capacity than your current vCPU limit", re.IGNORECASE
+)
+
+
+def vcpu_limit(reason: str) -> bool:
+    """Whether a launch failed on the account's regional vCPU quota."""
+    return bool(_VCPU_LIMIT.search(reason))
 
 
 class Refusal(enum.Enum):
@@ -122,6 +132,8 @@ async def first_that_fits(
         try:
             return await launch(attempt)
         except StackCreationError as exc:
+            if vcpu_limit(str(exc)):  # the caller removes the stack, as for any other failure
+                raise VcpuLimitError(str(exc), stack_name=name) from exc
             why = refusal(str(exc))
             if why is None:
                 raise
