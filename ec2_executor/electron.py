@@ -1,15 +1,17 @@
 """One electron as a pipeline of typed steps. Holds no Covalent code.
 
     Options ──plan──> Plan ──stack_parameters──> StackParameters ──launch──> Launched
-            ──new_host──> Host ──run_task (connects the host)──> TaskOutcome
+            ──new_host──> Host ──run_task (connects the host unless launch did)──> TaskOutcome
     teardown: Electron.destroy(launched, host)
 
 `plan` checks everything it can before anything is created; `stack_parameters` is pure;
-`launch` creates the stack and returns as soon as its instance has an address (Covalent's
-setup), while the stack goes on completing in `Launched.completion`; `run_task` is Covalent's
-run. A stack that fails at any point before the task's result is in fails the electron. Each
-step returns what the next one needs; `Electron` holds the electron's identity and the
-in-flight `CreateStack`, which teardown must wait for.
+`launch` creates the stack and returns once its instance answers SSH (Covalent's setup), while
+the stack goes on completing in `Launched.completion`; `run_task` is Covalent's run. Until the
+instance answers, a capacity failure (the launch refused, or the instance lost after it had
+its address) moves the electron to the next zone (`capacity.first_that_fits`); after it, a
+stack that fails before the task's result is in fails the electron. Each step returns what the
+next one needs; `Electron` holds the electron's identity and the in-flight `CreateStack`,
+which teardown must wait for.
 """
 
 from __future__ import annotations
@@ -116,6 +118,9 @@ class Launched:
     completion: asyncio.Future[StackOutputs] | None = None
     """The stack's wait for CREATE_COMPLETE, which goes on while the task starts; None once
     the stack completed before it was handed over."""
+    host: Host | None = None
+    """The connection `launch` opened once the instance answered SSH (None on a warm
+    instance, whose host the lease holds)."""
 
     def raise_if_stack_failed(self, host: Host) -> None:
         """Once the stack has failed: close the host's connection (ending a command that waits
@@ -231,8 +236,9 @@ class Electron:
 
     async def destroy(self, launched: Launched | None, host: Host | None) -> None:
         """Delete whatever setup created, however far it got; say so loudly if it stays."""
-        if host is not None:
-            host.close()
+        for opened in (host, launched.host if launched else None):
+            if opened is not None:
+                opened.close()
         if launched is not None and launched.completion is not None:
             launched.completion.cancel()
             _failure(launched.completion)  # retrieved: reported already, or moot by now
@@ -322,9 +328,9 @@ def check_user_data(template: str, parameters: list[dict[str, str]], options: Op
 
 
 async def launch(electron: Electron) -> Launched:
-    """Plan, create the electron's stack, and return once its instance has an address."""
+    """Plan, create the electron's stack, and return once its instance answers SSH; a zone
+    without capacity, found before that, moves the electron to the next zone."""
     options, phases = electron.options, electron.phases
-    deadline = Deadline(options.provision_timeout)
     with phases.phase("plan"):
         plan = await run_blocking(lookups.plan, electron.aws, options, spread_key=electron.name)
     log.info("%s: image: %s", electron.name, plan.image.why)
@@ -332,14 +338,18 @@ async def launch(electron: Electron) -> Launched:
     with phases.phase("template"):
         template = await run_blocking(stack_template, plan.network.shape)
 
-    async def attempt(where: capacity.Attempt) -> Launched:
+    async def attempt(where: capacity.Attempt, deadline: Deadline) -> Launched:
         placed = capacity.placed(parameters, where)
-        return await _create_and_wait(electron, template, placed, plan.identity, deadline)
+        launched = await _create_and_wait(electron, template, placed, plan.identity, deadline)
+        return await _answering(electron, launched)
 
     async def clear() -> None:  # a refused stack goes, so its name is free for the next try
         with phases.phase("delete stack"):
             await delete_and_wait(
-                electron.stacks, electron.name, deadline=deadline, events=electron.events
+                electron.stacks,
+                electron.name,
+                deadline=Deadline(DELETE_TIMEOUT),
+                events=electron.events,
             )
 
     return await capacity.first_that_fits(
@@ -348,7 +358,24 @@ async def launch(electron: Electron) -> Launched:
         clear=clear,
         name=electron.name,
         instance_type=options.instance_type,
+        provision_timeout=options.provision_timeout,
     )
+
+
+async def _answering(electron: Electron, launched: Launched) -> Launched:
+    """`launched` with its host connected. A stack that fails first (an instance that EC2
+    terminated for lack of capacity, say) raises its `StackCreationError`, with nothing of
+    this attempt left running here."""
+    host = new_host(electron, launched)
+    try:
+        await _connect(electron, launched, host)
+    except BaseException:
+        host.close()
+        if launched.completion is not None:
+            launched.completion.cancel()
+            _failure(launched.completion)  # retrieved: the error raised here says it
+        raise
+    return dataclasses.replace(launched, host=host)
 
 
 async def _create_and_wait(
@@ -441,8 +468,10 @@ def endpoint(options: Options, outputs: StackOutputs, stack: str) -> Endpoint:
 
 
 def new_host(electron: Electron, launched: Launched) -> Host:
-    """The electron's one SSH connection to its instance, pinned to its host key; it opens in
-    `run_task`."""
+    """The electron's one SSH connection to its instance, pinned to its host key: the one
+    `launch` opened, else a new one, which opens in `run_task`."""
+    if launched.host is not None:
+        return launched.host
     remote = RemoteHost(
         endpoint(electron.options, launched.outputs, electron.name),
         launched.identity,
