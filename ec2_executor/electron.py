@@ -5,11 +5,11 @@
     teardown: Electron.destroy(launched, host)
 
 `plan` checks everything it can before anything is created; `stack_parameters` is pure;
-`launch` creates the stack and returns once its instance answers SSH (Covalent's setup), while
-the stack goes on completing in `Launched.completion`; `run_task` is Covalent's run. Until the
-instance answers, a capacity failure (the launch refused, or the instance lost after it had
-its address) moves the electron to the next zone (`capacity.first_that_fits`); after it, a
-stack that fails before the task's result is in fails the electron. Each step returns what the
+`launch` creates the stack and returns once its instance answers SSH or the stack is complete
+(Covalent's setup), while the stack goes on completing in `Launched.completion`; `run_task` is
+Covalent's run. Until then, a capacity failure (the launch refused, or the instance lost after
+it had its address) moves the electron to the next zone (`capacity.first_that_fits`); after
+it, a stack that fails before the task's result is in fails the electron. Each step returns what the
 next one needs; `Electron` holds the electron's identity and the in-flight `CreateStack`,
 which teardown must wait for.
 """
@@ -25,6 +25,7 @@ import importlib.metadata
 import json
 import math
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -83,6 +84,8 @@ LOOK_DEADLINE = 20.0
 task goes on unjudged; the watcher looks again a few seconds later."""
 INSTANCE_LOGICAL_ID = "Instance"
 """The instance's logical id in `ElectronStack`'s template."""
+LOOK_EVERY = 5.0
+"""Seconds between two looks at a launching instance while its SSH does not answer."""
 
 
 @dataclass(frozen=True)
@@ -328,8 +331,9 @@ def check_user_data(template: str, parameters: list[dict[str, str]], options: Op
 
 
 async def launch(electron: Electron) -> Launched:
-    """Plan, create the electron's stack, and return once its instance answers SSH; a zone
-    without capacity, found before that, moves the electron to the next zone."""
+    """Plan, create the electron's stack, and return once its instance answers SSH or the stack
+    is complete; a zone without capacity, found before that, moves the electron to the next
+    zone."""
     options, phases = electron.options, electron.phases
     with phases.phase("plan"):
         plan = await run_blocking(lookups.plan, electron.aws, options, spread_key=electron.name)
@@ -363,12 +367,15 @@ async def launch(electron: Electron) -> Launched:
 
 
 async def _answering(electron: Electron, launched: Launched) -> Launched:
-    """`launched` with its host connected. A stack that fails first (an instance that EC2
-    terminated for lack of capacity, say) raises its `StackCreationError`, with nothing of
-    this attempt left running here."""
+    """`launched` with its host connected, while the stack is still in progress. A stack that
+    fails first (an instance that EC2 terminated for lack of capacity, say) raises its
+    `StackCreationError`, with nothing of this attempt left running here. A complete stack's
+    instance is running and can no longer fail for capacity: `run_task` connects it."""
+    if launched.completion is None:
+        return launched
     host = new_host(electron, launched)
     try:
-        await _connect(electron, launched, host)
+        await _connect(electron, launched, host, check=_lost_for_capacity(electron, launched))
     except BaseException:
         host.close()
         if launched.completion is not None:
@@ -482,12 +489,49 @@ def new_host(electron: Electron, launched: Launched) -> Host:
     return Host(remote=remote, task_dir=task_dir(electron))
 
 
-async def _connect(electron: Electron, launched: Launched, host: Host) -> None:
-    """Open the host's connection once the instance answers with its pinned key."""
+def _lost_for_capacity(electron: Electron, launched: Launched) -> Callable[[], Awaitable[None]]:
+    """A look at the launching instance, at most every `LOOK_EVERY` seconds, that raises a
+    `StackCreationError` once EC2 has terminated it for lack of capacity (its state reason),
+    without waiting for CloudFormation to say so."""
+    instances, instance_id = Instances(electron.aws.ec2), launched.outputs.instance_id
+    next_look = time.monotonic() + LOOK_EVERY
+
+    async def check() -> None:
+        nonlocal next_look
+        if time.monotonic() < next_look:
+            return
+        next_look = time.monotonic() + LOOK_EVERY
+        try:
+            found = await run_blocking(instances.get, instance_id)
+        except EC2ExecutorError as exc:  # no answer is no verdict: look again later
+            log.debug("%s: could not look at %s: %s", electron.name, instance_id, exc)
+            return
+        if found is None or found.live or capacity.refusal(found.state_reason) is None:
+            return
+        raise StackCreationError(
+            f"Stack {electron.name!r}: instance {instance_id} is {found.state} before it "
+            f"answered SSH: {found.state_reason}",
+            stack_name=electron.name,
+        )
+
+    return check
+
+
+async def _connect(
+    electron: Electron,
+    launched: Launched,
+    host: Host,
+    *,
+    check: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """Open the host's connection once the instance answers with its pinned key; `check` runs
+    before each try (and may raise)."""
     remote, where = host.remote, host.remote.endpoint
 
     async def attempt() -> bool | None:
         launched.raise_if_stack_failed(host)
+        if check is not None:
+            await check()
         return await run_blocking(remote.try_connect) or None
 
     with electron.phases.phase("wait for SSH"):

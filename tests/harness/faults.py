@@ -306,3 +306,17 @@ def _spot_requested(backend: Any, launch_template: dict[str, Any]) -> bool:
     data = backend.get_launch_template(template_id).latest_version().data
     market = data.get("InstanceMarketOptions") or {}
     return str(market.get("MarketType", "")).lower() == "spot"
+
+
+def terminate_for_capacity(instance_id: str, account_id: str = "123456789012") -> None:
+    """Terminate a launching instance in moto (in this process) as EC2 does when it finds no
+    room for it after all: state terminated, with EC2's capacity state reason."""
+    from moto.ec2.models import ec2_backends
+    from moto.ec2.models.instances import StateReason
+
+    from .moto import REGION
+
+    instance = ec2_backends[account_id][REGION].get_instance(instance_id)
+    instance.terminate()
+    text = aws_texts.INSUFFICIENT_CAPACITY_STATE.text
+    instance.state_reason = StateReason(text, text.split(":", 1)[0])

@@ -28,6 +28,7 @@ from harness.faults import (
     access_denied,
     capacity_refused,
     fault_proxy,
+    terminate_for_capacity,
 )
 from harness.timed_cloud import TimedCloud, Timeline
 
@@ -265,7 +266,9 @@ def test_spot_fallback_falls_back_to_on_demand_at_the_spot_quota(
     assert_nothing_left(moto_reset)
 
 
+@pytest.mark.parametrize("told_by", ["cloudformation", "the instance's state"])
 def test_a_capacity_failure_after_the_instance_had_its_address_moves_to_the_next_zone(
+    told_by: str,
     loopback_network: LoopbackNetwork,
     emulated_boot: EmulatedBoot,
     moto_reset: MotoServer,
@@ -274,8 +277,9 @@ def test_a_capacity_failure_after_the_instance_had_its_address_moves_to_the_next
     package_log: pytest.LogCaptureFixture,
 ) -> None:
     """EC2 launched the instance, which got its address, then terminated it for lack of
-    capacity: CloudFormation's instance did not stabilise. The executor, still waiting for SSH,
-    deletes that stack and launches in the next zone; nothing of the failed attempt is left."""
+    capacity. The executor, still waiting for SSH, learns it from CloudFormation (the instance
+    did not stabilise) or from the instance's state reason, whichever comes first; it deletes
+    that stack and launches in the next zone; nothing of the failed attempt is left."""
     subnets = two_zone_vpc(moto_reset, loopback_network)
     dispatch = dispatch_starting_in("us-east-1a", list(subnets))
     name = stack_name(dispatch, 0)
@@ -289,8 +293,11 @@ def test_a_capacity_failure_after_the_instance_had_its_address_moves_to_the_next
         ex = in_vpc(loopback_network, remote_cache)
         electron = pool.submit(run, execute(ex, double, [21], {}, dispatch_id=dispatch))
         first = emulated_boot.wait_knocked()  # the executor had its address and tried SSH
-        state = aws_texts.INSUFFICIENT_CAPACITY_STATE
-        cloud.fail(name, aws_texts.did_not_stabilize(first.instance_id, state))
+        if told_by == "cloudformation":
+            state = aws_texts.INSUFFICIENT_CAPACITY_STATE
+            cloud.fail(name, aws_texts.did_not_stabilize(first.instance_id, state))
+        else:
+            terminate_for_capacity(first.instance_id)
         emulated_boot.wait_stopped(first.instance_id, timeout=60)  # its stack is deleted
         held.release()
         assert electron.result(timeout=300) == 42
