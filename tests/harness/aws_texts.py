@@ -97,6 +97,13 @@ NOT_CAPACITY = [
         "Server.InternalError: An internal error caused the instance to terminate during launch.",
         "https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_StateReason.html",
     ),
+    Ec2Text(  # an interruption, not a launch EC2 found no room for
+        "other",
+        "Server.SpotInstanceTermination: The instance was terminated because the number of Spot "
+        "requests with a maximum price equal to or higher than the Spot price exceeded available "
+        "capacity or because of an increase in the Spot price.",
+        "https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_StateReason.html",
+    ),
 ]
 
 HANDLER_FORMAT_SOURCE = (
