@@ -9,9 +9,9 @@
 (Covalent's setup), while the stack goes on completing in `Launched.completion`; `run_task` is
 Covalent's run. Until then, a capacity failure (the launch refused, or the instance lost after
 it had its address) moves the electron to the next zone (`capacity.first_that_fits`); after
-it, a stack that fails before the task's result is in fails the electron. Each step returns what the
-next one needs; `Electron` holds the electron's identity and the in-flight `CreateStack`,
-which teardown must wait for.
+it, a stack that fails before the task's result is in fails the electron. Each step returns
+what the next one needs; `Electron` holds the electron's identity and the in-flight
+`CreateStack`, which teardown must wait for.
 """
 
 from __future__ import annotations

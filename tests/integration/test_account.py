@@ -224,7 +224,8 @@ def test_no_capacity_anywhere_names_every_zone_tried_and_leaves_no_stack(
     for zone, subnet in subnets.items():  # each zone with EC2's reason, as CloudFormation said it
         assert (
             f"{zone} ({subnet}) on-demand: no capacity in this zone (We currently do not have "
-            f"sufficient t3.micro capacity in the Availability Zone you requested ({zone}).)"
+            f"sufficient {ex.instance_type} capacity in the Availability Zone you requested "
+            f"({zone}).)"
         ) in message
     assert "spot='fallback'" in message
     assert sorted(z for z, _, _ in plan.launches) == sorted(subnets)
