@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from .boot import BootedInstance, BootError, EmulatedBoot
-from .moto import REGION, LoopbackNetwork
+from .moto import REGION, LoopbackNetwork, route_out
 from .netguard import NetworkGuard
 from .processes import alive
 from .userdata import parse_user_data
@@ -364,6 +364,7 @@ def create_guest_subnet(ec2: Any, network: GuestNetwork) -> LoopbackNetwork:
     subnet_id = ec2.create_subnet(
         VpcId=vpc_id, CidrBlock=str(network.subnet), AvailabilityZone=f"{REGION}a"
     )["Subnet"]["SubnetId"]
+    route_out(ec2, vpc_id)  # in moto only: the guests' own network reaches nothing
     return LoopbackNetwork(
         vpc_id=vpc_id,
         subnet_id=subnet_id,
