@@ -172,12 +172,13 @@ class MotoServer:
         reset_moto(self.url)
 
     def client(self, service: str, **kwargs: Any) -> Any:
-        """A boto3 client for this server that does not depend on the process environment."""
+        """A boto3 client for this server that does not depend on the process environment
+        (`endpoint_url` may name a proxy in front of it)."""
         kwargs.setdefault("region_name", REGION)
+        kwargs.setdefault("endpoint_url", self.url)
         session: Any = boto3.session.Session()
         return session.client(
             service,
-            endpoint_url=self.url,
             aws_access_key_id=self.keys.access_key_id,
             aws_secret_access_key=self.keys.secret_access_key,
             **kwargs,

@@ -225,3 +225,28 @@ def test_doctor_fails_the_network_without_a_way_out_and_warns_of_one_it_cannot_j
     done = _doctor(tmp_path, *flags)
     lines = [line for line in done.stdout.splitlines() if "network" in line]
     assert lines[0].startswith("ok") and lines[1].startswith("warn") and "cannot judge" in lines[1]
+
+
+@pytest.mark.parametrize("variable", ["HTTPS_PROXY", "https_proxy"])
+def test_behind_a_proxy_ssh_ingress_is_asked_for_never_detected(
+    moto_reset: MotoServer, monkeypatch: pytest.MonkeyPatch, variable: str
+) -> None:
+    for name in ("HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(variable, "http://user:secret@127.0.0.1:9")  # nothing listens there
+    options = _options(subnet="", use_private_ip=False, ssh_ingress_cidr="")
+    with pytest.raises(ConfigurationError) as refused:
+        _plan(options)
+    message = str(refused.value)
+    assert "'ssh_ingress_cidr'" in message and "http://127.0.0.1:9" in message
+    assert "secret" not in message  # the proxy's credentials stay out of the error
+    live = moto_reset.client("cloudformation").list_stacks()["StackSummaries"]
+    assert live == []  # refused before any resource
+
+
+def test_an_explicit_ingress_needs_no_detection_behind_a_proxy(
+    moto_reset: MotoServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    options = _options(subnet="", use_private_ip=False, ssh_ingress_cidr="198.51.100.7/32")
+    assert _plan(options).network.ingress_cidr == "198.51.100.7/32"
