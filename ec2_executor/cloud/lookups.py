@@ -1,7 +1,7 @@
 """The plan of one electron: every check and choice that needs AWS but creates nothing.
 
-Credentials, instance type, image, key pair, network and SSH ingress are settled here, so a bad
-option is refused before any resource exists.
+Credentials, instance type, image, key pair, network, SSH ingress and the network's way out
+(`egress`) are settled here, so a bad option is refused before any resource exists.
 """
 
 from __future__ import annotations
