@@ -71,13 +71,13 @@ def _bake_image(moto: MotoServer, options: Options) -> str:
     versions = lookups.Versions.installed(options.python_version)
     recipe: Recipe = lookups.recipe(versions, "x86_64", volume_size=options.volume_size)
     tags = [{"Key": k, "Value": v} for k, v in recipe.tags().items()]
-    return str(
-        ec2.create_image(
-            InstanceId=instance["InstanceId"],
-            Name="baked-for-egress",
-            TagSpecifications=[{"ResourceType": "image", "Tags": tags}],
-        )["ImageId"]
-    )
+    image = ec2.create_image(
+        InstanceId=instance["InstanceId"],
+        Name="baked-for-egress",
+        TagSpecifications=[{"ResourceType": "image", "Tags": tags}],
+    )["ImageId"]
+    ec2.terminate_instances(InstanceIds=[instance["InstanceId"]])  # no later boot sees it run
+    return str(image)
 
 
 def test_a_subnet_with_no_default_route_is_refused_for_the_stock_image(vpc: Vpc) -> None:

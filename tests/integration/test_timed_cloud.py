@@ -12,6 +12,7 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from executor_support import NewExecutor, execute, harness_options, run
@@ -204,19 +205,21 @@ def test_the_timed_cloud_reports_the_instance_resource_as_cloudformation_does(
     with TimedCloud(moto_reset.url, timeline) as cloud:
         cfn = moto_reset.client("cloudformation", endpoint_url=cloud.url)
         cfn.create_stack(StackName="timed-resource", TemplateBody=json.dumps(body))
-        if status is None:
-            with pytest.raises(
-                cfn.exceptions.ClientError, match="Resource Instance does not exist"
-            ):
-                cfn.describe_stack_resource(
-                    StackName="timed-resource", LogicalResourceId="Instance"
-                )
-            return
-        found = cfn.describe_stack_resource(
-            StackName="timed-resource", LogicalResourceId="Instance"
-        )
-        detail = found["StackResourceDetail"]
-        assert detail["ResourceStatus"] == status
-        assert detail["PhysicalResourceId"].startswith("i-")
-        (listed,) = cfn.describe_stack_resources(StackName="timed-resource")["StackResources"]
-        assert listed["ResourceStatus"] == status
+        try:
+            _check_instance_resource(cfn, status)
+        finally:  # its instance would otherwise run on, for the next module's boots to see
+            moto_reset.client("cloudformation").delete_stack(StackName="timed-resource")
+    assert live_stacks(moto_reset) == []
+
+
+def _check_instance_resource(cfn: Any, status: str | None) -> None:
+    if status is None:
+        with pytest.raises(cfn.exceptions.ClientError, match="Resource Instance does not exist"):
+            cfn.describe_stack_resource(StackName="timed-resource", LogicalResourceId="Instance")
+        return
+    found = cfn.describe_stack_resource(StackName="timed-resource", LogicalResourceId="Instance")
+    detail = found["StackResourceDetail"]
+    assert detail["ResourceStatus"] == status
+    assert detail["PhysicalResourceId"].startswith("i-")
+    (listed,) = cfn.describe_stack_resources(StackName="timed-resource")["StackResources"]
+    assert listed["ResourceStatus"] == status
