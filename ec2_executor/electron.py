@@ -338,6 +338,8 @@ async def launch(electron: Electron) -> Launched:
     with phases.phase("plan"):
         plan = await run_blocking(lookups.plan, electron.aws, options, spread_key=electron.name)
     log.info("%s: image: %s", electron.name, plan.image.why)
+    for warning in plan.warnings:
+        log.warning("%s: %s", electron.name, warning)
     parameters = stack_parameters(options, plan, electron.host_key)
     with phases.phase("template"):
         template = await run_blocking(stack_template, plan.network.shape)

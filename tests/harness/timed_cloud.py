@@ -6,6 +6,9 @@ reports CREATE_COMPLETE only later. The proxy replays that timeline on moto's an
 the moment each CreateStack came through:
 
 - before `instance_after`, DescribeStackResource on the instance says it does not exist yet;
+  from then until the stack completes it names the instance, CREATE_IN_PROGRESS (moto's
+  instance is CREATE_COMPLETE from the start; CloudFormation's is in progress until it has
+  stabilised, just before the stack completes), and CREATE_FAILED once the stack fails;
 - before `complete_after`, DescribeStacks reports CREATE_IN_PROGRESS, without outputs;
 - from `fail_after` (when set), the stack reports ROLLBACK_IN_PROGRESS and its events a
   CREATE_FAILED instance with `FAIL_REASON`; `fail(stack, reason)` does the same to one stack
@@ -261,6 +264,12 @@ class TimedCloud:
             answer = self._stack_status(stack, answer)
         elif stack and status == 200 and action == "DescribeStackEvents":
             answer = self._stack_events(stack, answer)
+        elif (
+            stack
+            and status == 200
+            and action in ("DescribeStackResource", "DescribeStackResources")
+        ):
+            answer = self._resource_status(stack, answer)
         if self._count_down(self.throttle_applied, action):
             return self._throttle(request, service, action)  # applied, and answered "throttled"
         self._log(service, action, _code(status, answer))
@@ -367,6 +376,27 @@ class TimedCloud:
             return member[0].replace(b"<member>", b"<member>" + carried, 1)
 
         return re.sub(rb"<member>.*?</member>", tag, answer, flags=re.S)
+
+    def _resource_status(self, stack: _Stack, answer: bytes) -> bytes:
+        """The instance's status as CloudFormation reports it while the stack is creating."""
+        if self._failed(stack):
+            shown = b"CREATE_FAILED"
+        elif self._age(stack) < self.timeline.complete_after:
+            shown = b"CREATE_IN_PROGRESS"
+        else:
+            return answer
+
+        def status(member: re.Match[bytes]) -> bytes:
+            if f"<LogicalResourceId>{INSTANCE}</LogicalResourceId>".encode() not in member[0]:
+                return member[0]
+            return re.sub(
+                rb"<ResourceStatus>CREATE_COMPLETE</ResourceStatus>",
+                b"<ResourceStatus>" + shown + b"</ResourceStatus>",
+                member[0],
+            )
+
+        pattern = rb"<(StackResourceDetail|member)>.*?</\1>"
+        return re.sub(pattern, status, answer, flags=re.S)
 
     def _stack_status(self, stack: _Stack, answer: bytes) -> bytes:
         if b"<StackStatus>CREATE_COMPLETE</StackStatus>" not in answer:
