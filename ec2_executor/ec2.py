@@ -83,6 +83,7 @@ class EC2Executor(AsyncBaseExecutor):
         keep_warm_minutes: int | None = None,
         use_baked_image: bool | None = None,
         orphan_minutes: int | None = None,
+        spot_retries: int | None = None,
         **kwargs: Any,
     ) -> None:
         explicit = {k: v for k, v in locals().items() if k in opts.OPTION_NAMES}
