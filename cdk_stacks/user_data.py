@@ -104,7 +104,7 @@ write_files:
 {_write_file_entries(files)}bootcmd:
   - systemd-run --on-active=${{MaxLifetimeMinutes}}min --timer-property=DefaultDependencies=no --timer-property=AccuracySec=1s --unit=ec2-executor-lifetime systemctl poweroff || shutdown -P +${{MaxLifetimeMinutes}}
 runcmd:
-  - [{BOOTSTRAP_PATH}, --python, "${{PythonVersion}}", --covalent, "${{CovalentVersion}}", --cloudpickle, "${{CloudpickleVersion}}", --user, "${{SshUser}}", --idle-minutes, "${{IdleMinutes}}", --orphan-minutes, "${{OrphanMinutes}}", --ssh-port, "${{SshPort}}"]
+  - [{BOOTSTRAP_PATH}, --python, "${{PythonVersion}}", --covalent, "${{CovalentVersion}}", --cloudpickle, "${{CloudpickleVersion}}", --user, "${{SshUser}}", --idle-minutes, "${{IdleMinutes}}", --orphan-minutes, "${{OrphanMinutes}}", --ssh-port, "${{SshPort}}", --spot, "${{UseSpot}}"]
 """  # noqa: E501
 
 

@@ -207,6 +207,8 @@ def test_keep_warm_defaults_to_zero_and_takes_config_strings() -> None:
     ("spot", "given", "reruns"),
     [("fallback", None, 1), (True, None, 0), (False, None, 0), (True, "2", 2), ("fallback", 0, 0)],
 )
-def test_spot_retries_follow_the_market_unless_set(spot: object, given: object, reruns: int) -> None:
+def test_spot_retries_follow_the_market_unless_set(
+    spot: object, given: object, reruns: int
+) -> None:
     assert build({"spot": spot, "spot_retries": given}).reruns_on_reclaim == reruns
     assert defaults()["spot_retries"] == ""  # unset in the config: the market's default
