@@ -30,7 +30,7 @@ NOTICE_PATH = "/latest/meta-data/spot/instance-action"
 class _Handler(http.server.BaseHTTPRequestHandler):
     server: _Server
 
-    def do_PUT(self) -> None:  # noqa: N802  (http.server's naming)
+    def do_PUT(self) -> None:
         if not self.path.endswith(TOKEN_PATH) or not self.headers.get(
             "X-aws-ec2-metadata-token-ttl-seconds"
         ):
@@ -38,7 +38,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         self._answer(200, self.server.token.encode())
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         if self.headers.get("X-aws-ec2-metadata-token") != self.server.token:
             self._answer(401, b"")
             return
@@ -59,7 +59,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: object) -> None:
         pass
 
 
