@@ -212,6 +212,7 @@ class EC2Executor(AsyncBaseExecutor):
         await self._set_job_handle(electron.job_handle())
         launch = pipeline.launch(electron, order)
         self._launched = await self._watched(launch, _not_yet, on_stop=_nothing_to_stop)
+        log.info("%s: the rerun runs in %s", electron.name, electron.placed or "its stack")
 
     async def _watched(
         self,

@@ -46,7 +46,7 @@ http_request() {
 # METHOD PATH HEADER to the metadata endpoint, under a deadline: the watch never hangs here.
 metadata_call() {
   timeout 3 bash -c "$(declare -f http_request); http_request \"\$@\"" _ \
-    "$md_host" "$md_port" "$1" "$md_base$2" "$3"
+    "$md_host" "$md_port" "$1" "$md_base$2" "$3" 2>/dev/null
 }
 # The notice, once: {"action": "terminate", "time": "2026-01-01T12:02:00Z"} (404 before).
 spot_notice() {

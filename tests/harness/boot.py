@@ -14,6 +14,9 @@ product's user data, inside a temporary directory per instance and without touch
   `write_files` file) with the same arguments plus `--prefix <instance dir>/opt`, in the
   background, its output going to `<instance dir>/cloud-init-output.log`.
 
+The instance's spot notice watch asks the harness's metadata stand-in (`metadata.py`), at a path
+of its own (`<url>/<instance id>`), never 169.254.169.254.
+
 `bootcmd` (which arms `shutdown`) is never run, and the bootstrap's idle power-off runs a command
 that does nothing (`EC2_EXECUTOR_POWEROFF`); the harness honours the file it writes
 (`<prefix>/poweroff`) as EC2 would a power-off with `InstanceInitiatedShutdownBehavior:
