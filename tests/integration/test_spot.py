@@ -17,6 +17,7 @@ from typing import Any
 import cloudpickle
 import pytest
 from click.testing import CliRunner
+from covalent._shared_files.exceptions import TaskCancelledError
 from executor_support import NewExecutor, execute, run
 from harness import EmulatedBoot, MotoServer
 from harness.cloud_state import assert_nothing_left
@@ -26,6 +27,7 @@ from remote_tasks import announce
 from ec2_executor import SpotInterruptionError
 from ec2_executor.cli.main import main
 from ec2_executor.cli.states import INTERRUPTED
+from ec2_executor.logs import log
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -134,4 +136,50 @@ def test_without_retries_the_electron_fails_naming_the_reclaim_and_the_notice(
     run(scenario())
     assert [row["state"] for row in listed] == [INTERRUPTED]
     assert len(emulated_boot.instances) == 1  # no rerun
+    assert_nothing_left(moto_reset)
+
+
+class _CancelOnRerun(logging.Handler):
+    """Covalent's cancel flag, raised as the electron logs that it runs the task again."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.pulled = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.pulled = self.pulled or "runs again from the start" in record.getMessage()
+
+    async def __call__(self) -> bool:
+        return self.pulled
+
+
+def test_a_cancel_during_the_rerun_ends_it(
+    new_executor: NewExecutor,
+    emulated_boot: EmulatedBoot,
+    moto_reset: MotoServer,
+    package_log: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    monkeypatch.setattr("ec2_executor.watch.INSTANCE_POLL", 0.5)
+    monkeypatch.setattr("ec2_executor.watch.CANCEL_POLL", 0.2)
+    package_log.set_level(logging.INFO)
+    ex = new_executor(spot="fallback")
+    cancel = _CancelOnRerun()
+    ex._cancel_requested = cancel  # type: ignore[method-assign]
+    log.addHandler(cancel)
+    marks, go = tmp_path / "run", tmp_path / "go"
+
+    async def scenario() -> None:
+        task = asyncio.ensure_future(execute(ex, run_until, [str(marks), str(go)], {}))
+        await _reclaim_once_noticed(emulated_boot, moto_reset, Path(f"{marks}.1"), package_log)
+        with pytest.raises(TaskCancelledError):
+            await task
+
+    try:
+        run(scenario())
+    finally:
+        log.removeHandler(cancel)
+    assert cancel.pulled
+    assert not Path(f"{marks}.2").exists()  # the rerun's task never ran
     assert_nothing_left(moto_reset)
