@@ -43,8 +43,17 @@ def package_file(name: str) -> Path:
 
 
 def instance_files() -> dict[str, str]:
-    """The instance's files by name, read from the package."""
-    return {name: package_file(name).read_text() for name in INSTANCE_FILES}
+    """The instance's files by name, read from the package; the shell scripts go without their
+    comment lines (the package keeps them): user data is capped at 16 KB."""
+    return {name: _shipped(name, package_file(name).read_text()) for name in INSTANCE_FILES}
+
+
+# A line that is only a comment (not the `#!` line): nothing a running script reads.
+_COMMENT_LINE = re.compile(r"^[ \t]*#(?!!).*\n", re.M)
+
+
+def _shipped(name: str, text: str) -> str:
+    return _COMMENT_LINE.sub("", text) if name.endswith(".sh") else text
 
 
 def _gzip_base64(text: str) -> str:
@@ -104,7 +113,7 @@ write_files:
 {_write_file_entries(files)}bootcmd:
   - systemd-run --on-active=${{MaxLifetimeMinutes}}min --timer-property=DefaultDependencies=no --timer-property=AccuracySec=1s --unit=ec2-executor-lifetime systemctl poweroff || shutdown -P +${{MaxLifetimeMinutes}}
 runcmd:
-  - [{BOOTSTRAP_PATH}, --python, "${{PythonVersion}}", --covalent, "${{CovalentVersion}}", --cloudpickle, "${{CloudpickleVersion}}", --user, "${{SshUser}}", --idle-minutes, "${{IdleMinutes}}", --orphan-minutes, "${{OrphanMinutes}}", --ssh-port, "${{SshPort}}"]
+  - [{BOOTSTRAP_PATH}, --python, "${{PythonVersion}}", --covalent, "${{CovalentVersion}}", --cloudpickle, "${{CloudpickleVersion}}", --user, "${{SshUser}}", --idle-minutes, "${{IdleMinutes}}", --orphan-minutes, "${{OrphanMinutes}}", --ssh-port, "${{SshPort}}", --spot, "${{UseSpot}}"]
 """  # noqa: E501
 
 

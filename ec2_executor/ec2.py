@@ -7,6 +7,7 @@ down in `electron.py` (the cloud side) and `remote.py` (the SSH side).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import sys
 import traceback
@@ -19,13 +20,14 @@ from covalent.executor.base import AsyncBaseExecutor
 from covalent.executor.schemas import TaskUpdate
 
 from ec2_executor import electron as pipeline
-from ec2_executor import helper_nodes, sweep, warm
+from ec2_executor import helper_nodes, spot, sweep, warm
 from ec2_executor import options as opts
 from ec2_executor.blocking import run_blocking
+from ec2_executor.cloud.capacity import Attempt, Placement
 from ec2_executor.cloud.stacks import stack_name
 from ec2_executor.config import config_section
 from ec2_executor.electron import Electron, Host, Launched, TaskOutcome, cleanup_from_handle
-from ec2_executor.errors import ConnectionLostError, TaskError
+from ec2_executor.errors import ConnectionLostError, SpotInterruptionError, TaskError
 from ec2_executor.logs import log
 from ec2_executor.remote import DEFAULT_KEEPALIVE, Keepalive
 from ec2_executor.watch import CancelRequested, watched
@@ -83,6 +85,7 @@ class EC2Executor(AsyncBaseExecutor):
         keep_warm_minutes: int | None = None,
         use_baked_image: bool | None = None,
         orphan_minutes: int | None = None,
+        spot_retries: int | None = None,
         **kwargs: Any,
     ) -> None:
         explicit = {k: v for k, v in locals().items() if k in opts.OPTION_NAMES}
@@ -136,15 +139,80 @@ class EC2Executor(AsyncBaseExecutor):
             return await self._run_helper(self._helper, args, kwargs)
         if await self._cancel_requested():
             raise TaskCancelledError("The task was cancelled before it started.")
+        runs: list[spot.Run] = []
+        while True:
+            try:
+                outcome = await self._run_once((function, args, kwargs))
+                break
+            except SpotInterruptionError as exc:
+                market = self._reclaimed(runs, exc)
+            await self._rerun(
+                task_metadata, functools.partial(spot.rerun_order, spot=market, runs=runs)
+            )
+        return self._report(outcome)
+
+    async def _run_once(self, task: tuple[Any, list[Any], dict[str, Any]]) -> TaskOutcome:
+        """One run of the task on the electron's instance, watched."""
         electron, launched, lease = self._electron, self._launched, self._lease
         self._host = host = lease.host(electron) or pipeline.new_host(electron, launched)
         with lease.running(electron.name):
-            outcome = await self._watched(
-                pipeline.run_task(electron, launched, host, (function, args, kwargs)),
+            return await self._watched(
+                pipeline.run_task(electron, launched, host, task),
                 functools.partial(pipeline.instance_gone, electron, launched.outputs),
                 on_stop=functools.partial(lease.stop, host),
             )
-        return self._report(outcome)
+
+    def _reclaimed(self, runs: list[spot.Run], error: SpotInterruptionError) -> bool:
+        """Log the reclaimed run and say on which market the next one goes; raise the final
+        error, listing every run, when no rerun is left."""
+        electron, options = self._electron, self._electron.options
+        where = electron.placed
+        runs.append(
+            spot.Run(
+                zone=where.placement.zone if where else "",
+                spot=where.spot if where else options.spot_first,
+                reason=spot.run_reason(electron.notice),
+            )
+        )
+        reruns = options.reruns_on_reclaim
+        market = spot.next_market(options.spot, reruns, runs)
+        if market is None:
+            raise SpotInterruptionError(
+                spot.final_text(electron.name, reruns, runs, str(error))
+            ) from error
+        log.warning(
+            "%s: run %d in %s; the task runs again from the start on a new %s instance "
+            "(rerun %d of 'spot_retries' %d): %s",
+            electron.name,
+            len(runs),
+            runs[-1],
+            "spot" if market else "on-demand",
+            len(runs),
+            reruns,
+            error,
+        )
+        return market
+
+    async def _rerun(
+        self,
+        task_metadata: dict[str, Any],
+        order: Callable[[list[Placement]], list[Attempt]],
+    ) -> None:
+        """Delete the reclaimed run's stack (waiting: its name is needed again, and nothing of
+        it may stay), then launch a new one; a cancel meanwhile ends the electron."""
+        old = self._electron
+        old.options = dataclasses.replace(old.options, wait_for_deletion=True)
+        await old.destroy(self.__dict__.pop("_launched", None), self.__dict__.pop("_host", None))
+        self._lease.instance = None  # a reclaimed warm instance went with its stack
+        self._electron = electron = Electron(
+            self._options(), task_metadata, keepalive=self.keepalive
+        )
+        if await self._cancelled():
+            raise TaskCancelledError(f"{electron.name} was cancelled before its rerun.")
+        await self._set_job_handle(electron.job_handle())
+        launch = pipeline.launch(electron, order)
+        self._launched = await self._watched(launch, _not_yet, on_stop=_nothing_to_stop)
+        log.info("%s: the rerun runs in %s", electron.name, electron.placed or "its stack")
 
     async def _watched(
         self,

@@ -33,12 +33,12 @@ import cloudpickle
 
 from cdk_stacks.parameters import StackParameters, tag_parameters
 from cdk_stacks.user_data import USER_DATA_LIMIT, user_data_size
-from ec2_executor import owner, redact
+from ec2_executor import owner, redact, spot
 from ec2_executor.access import ClientIdentity, KeyPair
 from ec2_executor.blocking import Deadline, poll, run_blocking, submit_blocking
 from ec2_executor.cloud import capacity, lookups
 from ec2_executor.cloud.aws import AWS, error_code
-from ec2_executor.cloud.instances import LIVE_STATES, Instance, Instances, instance_state
+from ec2_executor.cloud.instances import LIVE_STATES, Instance, Instances, instance_seen
 from ec2_executor.cloud.lookups import Plan
 from ec2_executor.cloud.permissions import ACCESS_DENIED
 from ec2_executor.cloud.stacks import (
@@ -60,6 +60,7 @@ from ec2_executor.errors import (
     ConnectionLostError,
     EC2ExecutorError,
     RemoteError,
+    SpotInterruptionError,
     StackCreationError,
     TemplateError,
 )
@@ -189,6 +190,10 @@ class Electron:
         redact.hide(self.host_key.private_base64())  # until the stack is gone
         self.ends_at = on.ends_at if on else time.monotonic() + options.max_lifetime_minutes * 60
         """When the instance's lifetime watchdog ends it, at the latest."""
+        self.placed: capacity.Attempt | None = None
+        """Where the stack's instance was launched (zone and market); None on an existing one."""
+        self.notice: spot.Notice | None = None
+        """The spot interruption notice the instance relayed, once one came."""
         self._create_call: concurrent.futures.Future[str] | None = None
         if on is not None:  # teardown deletes that stack by name if it is not kept
             self._create_call = concurrent.futures.Future()
@@ -330,10 +335,14 @@ def check_user_data(template: str, parameters: list[dict[str, str]], options: Op
     )
 
 
-async def launch(electron: Electron) -> Launched:
+async def launch(
+    electron: Electron,
+    rerun: Callable[[list[capacity.Placement]], list[capacity.Attempt]] | None = None,
+) -> Launched:
     """Plan, create the electron's stack, and return once its instance answers SSH or the stack
     is complete; a zone without capacity, found before that, moves the electron to the next
-    zone."""
+    zone. `rerun` orders the launch attempts of a rerun after a spot reclaim
+    (`spot.rerun_order`)."""
     options, phases = electron.options, electron.phases
     with phases.phase("plan"):
         plan = await run_blocking(lookups.plan, electron.aws, options, spread_key=electron.name)
@@ -345,6 +354,7 @@ async def launch(electron: Electron) -> Launched:
         template = await run_blocking(stack_template, plan.network.shape)
 
     async def attempt(where: capacity.Attempt, deadline: Deadline) -> Launched:
+        electron.placed = where
         placed = capacity.placed(parameters, where)
         launched = await _create_and_wait(electron, template, placed, plan.identity, deadline)
         return await _answering(electron, launched)
@@ -358,8 +368,9 @@ async def launch(electron: Electron) -> Launched:
                 events=electron.events,
             )
 
+    placements = list(plan.network.placements)
     return await capacity.first_that_fits(
-        capacity.attempts(plan.network.placements, options.spot),
+        rerun(placements) if rerun else capacity.attempts(placements, options.spot),
         attempt,
         clear=clear,
         name=electron.name,
@@ -508,11 +519,11 @@ def _lost_for_capacity(electron: Electron, launched: Launched) -> Callable[[], A
         except EC2ExecutorError as exc:  # no answer is no verdict: look again later
             log.debug("%s: could not look at %s: %s", electron.name, instance_id, exc)
             return
-        if found is None or found.live or capacity.refusal(found.state_reason) is None:
+        if found is None or found.live or capacity.refusal(found.state_message) is None:
             return
         raise StackCreationError(
             f"Stack {electron.name!r}: instance {instance_id} is {found.state} before it "
-            f"answered SSH: {found.state_reason}",
+            f"answered SSH: {found.state_message}",
             stack_name=electron.name,
         )
 
@@ -562,10 +573,15 @@ async def run_task(
                 cloudpickle.dumps(task),
                 remote_dir=host.task_dir,
                 bootstrap_timeout=launched.deadline.remaining,
+                on_line=functools.partial(_heard, electron),
             )
         )
         done = await _unless_the_stack_fails(launched, host)
         envelope = cloudpickle.loads(done.envelope)
+        if envelope["error"] and done.notice and done.notice.sigterm_at:
+            # It failed once the notice's SIGTERM came: interrupted, not a failure of its own.
+            host.reusable = False
+            raise SpotInterruptionError(spot.interrupted_task_text(host.remote.where, done.notice))
         # The task's process ended and its result came back whole; one that raised is a failed
         # electron, and a failed electron's instance is not lent again.
         host.reusable = not envelope["error"]
@@ -578,6 +594,22 @@ async def run_task(
         traceback=envelope["traceback"],
         error=envelope["error"],
     )
+
+
+def _heard(electron: Electron, line: str) -> None:
+    """A line the task's command said while it ran: a spot notice is logged at once (it may be
+    the last word from the instance)."""
+    notice = spot.notice_in(line)
+    if notice is not None and electron.notice is None:
+        electron.notice = notice
+        log.warning(
+            "%s: spot interruption notice: EC2 will %s the instance at %s (noticed at %s); "
+            "the task gets SIGTERM 30 s before",
+            electron.name,
+            notice.action,
+            notice.at,
+            notice.seen,
+        )
 
 
 async def _unless_the_stack_fails(launched: Launched, host: Host) -> TaskRun:
@@ -597,14 +629,20 @@ async def _unless_the_stack_fails(launched: Launched, host: Host) -> TaskRun:
 
 async def instance_gone(electron: Electron, outputs: StackOutputs) -> ConnectionLostError | None:
     """The error to fail with once the instance no longer runs, else None (for `watch`)."""
-    state = await instance_state(
+    seen = await instance_seen(
         electron.options, outputs.instance_id, deadline=LOOK_DEADLINE, label=electron.name
     )
-    if state is None:  # no definite answer: only a definite one fails a task
+    if seen is None:  # no definite answer: only a definite one fails a task
         log.warning("%s: the instance's state is unknown; the task goes on", electron.name)
         return None
+    state = seen.state
     if state in LIVE_STATES:
         return None
+    if seen.state_reason == spot.RECLAIMED or electron.notice is not None:
+        where = f"{outputs.instance_id} of stack {electron.name!r}"
+        return SpotInterruptionError(
+            spot.reclaimed_text(where, electron.notice, seen.state_reason or state)
+        )
     return ConnectionLostError(
         f"Instance {outputs.instance_id} of stack {electron.name!r} is {state}: it went away "
         f"before the task ended (a spot interruption, 'max_lifetime_minutes' reached, or "

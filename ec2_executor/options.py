@@ -95,6 +95,9 @@ class Options:
     orphan_minutes: int = 10
     """The instance powers itself off (and terminates) after this many minutes without its
     dispatcher's SSH connection: the dispatcher process died, slept or lost the network."""
+    spot_retries: int | None = None
+    """Times a task whose spot instance EC2 reclaimed runs again from the start, on a new
+    instance; None: 1 with spot="fallback", 0 otherwise (`reruns_on_reclaim`)."""
 
     def __post_init__(self) -> None:
         for check in _CHECKS:
@@ -104,6 +107,14 @@ class Options:
     def spot_first(self) -> bool:
         """Whether the first attempt asks for spot capacity."""
         return self.spot is True or self.spot == SPOT_FALLBACK
+
+    @property
+    def reruns_on_reclaim(self) -> int:
+        """`spot_retries`, or its default for the market: 1 under "fallback" (the rerun goes
+        on-demand), 0 under spot=True (the rerun would meet the same market)."""
+        if self.spot_retries is not None:
+            return self.spot_retries
+        return 1 if self.spot == SPOT_FALLBACK else 0
 
     @property
     def key_file(self) -> Path | None:
@@ -164,6 +175,7 @@ def defaults() -> dict[str, Any]:
     """The defaults, as Covalent writes them into `[executors.ec2]`."""
     result = Options().as_dict()
     result["python_version"] = ""  # resolved per dispatcher, not frozen into the config file
+    result["spot_retries"] = ""  # follows 'spot' unless set
     return result
 
 
@@ -180,8 +192,9 @@ def resolve(explicit: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str,
 def build(values: Mapping[str, Any]) -> Options:
     """Options from plain values (e.g. an executor's attributes); unknown keys are ignored."""
     known = {name: values[name] for name in OPTION_NAMES if name in values}
-    if not known.get("python_version"):
-        known.pop("python_version", None)
+    for by_default in ("python_version", "spot_retries"):  # "": the default's own rule
+        if known.get(by_default) in ("", None):
+            known.pop(by_default, None)
     known = {name: _coerce(name, value) for name, value in known.items()}
     return Options(**known)
 
@@ -195,6 +208,8 @@ def _coerce(name: str, value: Any) -> Any:
         if isinstance(value, str) and value.lower() not in _BOOL_WORDS:
             return value  # refused by its check, which names the choices
         kind = "bool"
+    if kind == "int | None":
+        kind = "int"
     try:
         if kind == "int" and not isinstance(value, bool):
             return int(value)
@@ -239,6 +254,8 @@ BOUNDS: dict[str, tuple[int, int, str]] = {
     "orphan_minutes": (2, 24 * 60, "minutes"),
 }
 """Whole-number options: (low, high, unit). Within their stack parameters' bounds (tested)."""
+SPOT_RETRIES = (0, 5)
+"""Bounds of `spot_retries`: each rerun starts the task again from the start."""
 PARAMETER_OF_OPTION = {
     "volume_size": "VolumeSize",
     "ssh_port": "SshPort",
@@ -257,6 +274,16 @@ def _check_numbers(o: Options) -> None:
                 f"{unit}".rstrip()
                 + "."
             )
+    retries = o.spot_retries
+    low, high = SPOT_RETRIES
+    if retries is not None and (
+        isinstance(retries, bool) or not isinstance(retries, int) or not low <= retries <= high
+    ):
+        raise ConfigurationError(
+            f"Option 'spot_retries' is {retries!r}; use a whole number from {low} to {high} "
+            f"(reruns of a task whose spot instance EC2 reclaimed), or leave it unset for 1 "
+            f"with spot='fallback' and 0 with spot=True."
+        )
     if not o.provision_timeout > 0:
         raise ConfigurationError(
             f"Option 'provision_timeout' is {o.provision_timeout!r}; use a number of seconds "

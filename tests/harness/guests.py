@@ -28,6 +28,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -49,6 +50,13 @@ RUN_SCRIPT = HERE / "guest_run.sh"
 GUEST_RANGE = ipaddress.IPv4Network("10.251.0.0/16")
 """Each test run takes a free /24 of it (bridge `ec2g<N>`, subnet 10.251.N.0/24)."""
 GUEST_PREFIX = "/opt/ec2-executor"
+GUEST_METADATA_PORT = 8169
+"""Where a guest's spot notice watch asks for the notice: its own loopback, on this port (a
+stand-in that `metadata_stand_in` starts), never 169.254.169.254."""
+SYSTEM_CONF = f"""[Manager]
+DefaultEnvironment=EC2_EXECUTOR_METADATA=http://127.0.0.1:{GUEST_METADATA_PORT}
+"""
+"""The guest's systemd drop-in: every service, cloud-init's bootstrap too, gets the setting."""
 
 
 def guest_support() -> str | None:
@@ -246,9 +254,11 @@ class GuestBoot(EmulatedBoot):
         (seed / "meta-data").write_text(
             f"instance-id: {record.instance_id}\nlocal-hostname: {hostname}\n"
         )
+        conf = record.workdir / "system.conf"
+        conf.write_text(SYSTEM_CONF)
         netns = self.network.attach(record.private_ip)
         command = [str(RUN_SCRIPT), "start", record.name, str(self.rootfs), netns, str(seed)]
-        command += ["writable"] if self.writable else []
+        command += [str(conf)] + (["writable"] if self.writable else [])
         with open(record.sshd_log, "ab") as console:
             record.nspawn = subprocess.Popen(
                 command,
@@ -314,6 +324,25 @@ class GuestBoot(EmulatedBoot):
             self.network.detach(record.private_ip)
         if record.name:
             _script(str(RUN_SCRIPT), "clean", record.name)
+
+
+@contextlib.contextmanager
+def metadata_stand_in(guest: GuestInstance, notices: Path) -> Iterator[None]:
+    """The spot notice's stand-in (tests/harness/metadata.py) inside the guest's network
+    namespace, on its own loopback; `metadata.issue_notice(notices, ...)` issues the notice."""
+    notices.mkdir(parents=True, exist_ok=True)
+    command = ["ip", "netns", "exec", guest.name, sys.executable, "-m", "harness.metadata"]
+    server = subprocess.Popen(
+        [*command, str(GUEST_METADATA_PORT), str(notices)],
+        cwd=HERE.parent,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        yield
+    finally:
+        server.terminate()
+        server.wait(30)
 
 
 def _answers_ssh(address: str, port: int) -> bool:

@@ -184,6 +184,20 @@ class MotoServer:
             **kwargs,
         )
 
+    def reclaim_spot(self, instance_id: str) -> None:
+        """What EC2 does to a spot instance it takes back: terminate it, its state reason
+        `Server.SpotInstanceTermination` (moto's TerminateInstances says the user did it). For
+        a server in this process (`start`): the reason is set in moto's own model."""
+        from moto.backends import get_backend
+        from moto.core.models import DEFAULT_ACCOUNT_ID
+        from moto.ec2.models.instances import StateReason
+
+        backend = get_backend("ec2")[DEFAULT_ACCOUNT_ID][REGION]
+        backend.terminate_instances([instance_id])
+        code = "Server.SpotInstanceTermination"
+        instance = backend.get_instance(instance_id)
+        instance.state_reason = StateReason(f"{code}: Spot instance termination", code)
+
     def environment(self, config_dir: Path) -> dict[str, str]:
         """Make (and remember in `env`) the boto3 environment for this server."""
         self.env = aws_environment(self.url, config_dir, self.keys)
