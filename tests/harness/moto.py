@@ -125,11 +125,30 @@ def drop_no_value_list_items() -> None:
     parsing.clean_json = clean_json
 
 
+def answer_ebs_default_kms_key_id() -> None:
+    """Give moto's EC2 the GetEbsDefaultKmsKeyId it lacks (it has ModifyEbsDefaultKmsKeyId):
+    the key ModifyEbsDefaultKmsKeyId set, else "alias/aws/ebs", as AWS answers an account
+    that never set one. Patched in this process, where the threaded moto server runs."""
+    from moto.core.responses import ActionResult
+    from moto.ec2.responses.elastic_block_store import ElasticBlockStore
+
+    def get_ebs_default_kms_key_id(self: Any) -> ActionResult:
+        self.error_on_dryrun()
+        return ActionResult({"KmsKeyId": self.ec2_backend.default_kms_key_id or "alias/aws/ebs"})
+
+    ElasticBlockStore.get_ebs_default_kms_key_id = get_ebs_default_kms_key_id  # type: ignore[attr-defined]
+
+
+def fidelity_fixes() -> None:
+    drop_no_value_list_items()
+    answer_ebs_default_kms_key_id()
+
+
 def serve_in_this_process(argv: list[str]) -> None:
     """`python -m harness.moto -H HOST -p PORT`: moto's own server, with the fidelity fix."""
     from moto.server import main
 
-    drop_no_value_list_items()
+    fidelity_fixes()
     main(argv)
 
 
@@ -149,7 +168,7 @@ class MotoServer:
     @classmethod
     def start(cls, port: int = 0) -> MotoServer:
         """Start a server on `port` (0: a free port) and wait until it accepts requests."""
-        drop_no_value_list_items()
+        fidelity_fixes()
         # One line per request otherwise; keep warnings and errors.
         logging.getLogger("werkzeug").setLevel(logging.WARNING)
         server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
