@@ -137,8 +137,13 @@ def test_policy_command_prints_the_shipped_policy_and_the_readme_shows_it() -> N
     assert printed == shipped
     readme = (REPO / "README.md").read_text()
     section = readme.split("## Permissions", 1)[1].split("\n## ", 1)[0]
-    block = section.split("```json", 1)[1].split("```", 1)[0]
-    assert json.loads(block) == shipped
+    blocks = [json.loads(b.split("```", 1)[0]) for b in section.split("```json")[1:]]
+    assert blocks[0] == shipped
+    # With a CloudFormation service role: the user's policy, then the role's, in that order.
+    for holder, block in zip(("user-with-role", "cloudformation-role"), blocks[1:], strict=True):
+        done = cli("policy", "--for", holder)
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout) == block, holder
     actions = {a for s in shipped["Statement"] for a in s["Action"]}
     for needed in (
         "cloudformation:CreateStack",
