@@ -137,12 +137,18 @@ def test_the_service_role_policy_holds_every_handler_permission(template_cache: 
 
 
 @cache
+def offline_client(service: str) -> Any:
+    """A client only to read its service's model: it never sends a request."""
+    session = boto3.session.Session(region_name="us-east-1")
+    return session.client(service, aws_access_key_id="x", aws_secret_access_key="x")  # type: ignore[call-overload]
+
+
+@cache
 def operations() -> dict[str, str]:
     """Each client method name of the scanned services -> its IAM action."""
-    session = boto3.session.Session(region_name="us-east-1")
     names: dict[str, str] = {}
     for service in SERVICES:
-        meta = session.client(service, aws_access_key_id="x", aws_secret_access_key="x").meta
+        meta = offline_client(service).meta
         for method, operation in meta.method_to_api_mapping.items():
             assert method not in names, f"{method} is an operation of two services"
             names[method] = f"{service}:{operation}"
@@ -151,10 +157,9 @@ def operations() -> dict[str, str]:
 
 def waiter_actions(name: str) -> set[str]:
     """The action a waiter polls (found in every service, as a waiter name is not unique)."""
-    session = boto3.session.Session(region_name="us-east-1")
     found = set()
     for service in SERVICES:
-        client = session.client(service, aws_access_key_id="x", aws_secret_access_key="x")
+        client = offline_client(service)
         if name in client.waiter_names:
             found.add(f"{service}:{client.get_waiter(name).config.operation}")
     return found
