@@ -139,9 +139,34 @@ def answer_ebs_default_kms_key_id() -> None:
     ElasticBlockStore.get_ebs_default_kms_key_id = get_ebs_default_kms_key_id  # type: ignore[attr-defined]
 
 
+def tag_snapshots_of_create_image() -> None:
+    """Make moto's CreateImage take a "snapshot" tag specification and tag the image's
+    snapshot with it, as AWS does (moto raises NotImplementedError). Idempotent."""
+    from moto.ec2.models.amis import AmiBackend
+
+    original = AmiBackend.create_image
+    if getattr(original, "tags_snapshots", False):
+        return
+
+    def create_image(
+        self: Any, instance_id: str, name: str, description: str, tag_specifications: Any
+    ) -> Any:
+        ours = [t for t in tag_specifications if t.get("ResourceType") == "snapshot"]
+        rest = [t for t in tag_specifications if t.get("ResourceType") != "snapshot"]
+        image = original(self, instance_id, name, description, tag_specifications=rest)
+        for spec in ours:
+            for tag in spec.get("Tags", []):
+                image.ebs_snapshot.add_tag(tag["Key"], tag["Value"])
+        return image
+
+    create_image.tags_snapshots = True  # type: ignore[attr-defined]
+    AmiBackend.create_image = create_image  # type: ignore[method-assign]
+
+
 def fidelity_fixes() -> None:
     drop_no_value_list_items()
     answer_ebs_default_kms_key_id()
+    tag_snapshots_of_create_image()
 
 
 def serve_in_this_process(argv: list[str]) -> None:
