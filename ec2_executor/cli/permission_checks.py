@@ -143,9 +143,10 @@ def _probes(aws: AWS, options: Options, template: str, launch: Launch) -> dict[s
         if service != "ec2" or operation in _NO_DRY_RUN:
             continue
         model = ec2.meta.service_model.operation_model(operation)
-        if "DryRun" not in model.input_shape.members:  # reads such as GetEbs... have none
-            probes[action] = Probe(getattr(ec2, _snake(operation)))
-            continue
+        if "DryRun" not in model.input_shape.members:
+            if operation.startswith(("Describe", "Get")):  # a read without a dry run: read
+                probes[action] = Probe(getattr(ec2, _snake(operation)))
+            continue  # a change without a dry run cannot be tried without effect
         arguments = _dry_run_arguments(model, operation)
         if operation == "RunInstances":
             arguments = _run_instances(options, launch)
@@ -197,6 +198,10 @@ def _dry_run_arguments(model: Any, operation: str) -> dict[str, Any]:
         arguments["GroupId"] = _FAKE["GroupId"]
     if operation == "DeleteLaunchTemplate":
         arguments["LaunchTemplateName"] = PROBE_NAME
+    if operation == "DescribeInstanceAttribute":
+        arguments["Attribute"] = "instanceType"
+    if operation == "DescribeVpcAttribute":
+        arguments["Attribute"] = "enableDnsSupport"
     return arguments
 
 
