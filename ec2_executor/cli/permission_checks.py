@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
+from botocore.parsers import ResponseParserError
 
 from cdk_stacks.parameters import AL2023_SSM_PARAMETER
 from ec2_executor.cloud.aws import AWS, aws_errors, error_code
@@ -345,5 +346,5 @@ def _quietly(read: Callable[[], str]) -> str:
     """A value for the dry run, or '' when it cannot be read (the probe then says so)."""
     try:
         return read()
-    except (ClientError, BotoCoreError, EC2ExecutorError, LookupError):
+    except (ClientError, BotoCoreError, ResponseParserError, EC2ExecutorError, LookupError):
         return ""

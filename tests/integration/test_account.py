@@ -190,6 +190,9 @@ def test_doctor_lists_each_missing_permission_and_creates_nothing(
     assert ec2.describe_instances()["Reservations"] == []
     assert ec2.describe_launch_templates()["LaunchTemplates"] == []
     assert live_stacks(moto_reset) == []
+    # Every EC2 call that reached moto itself (no dry run) was a read.
+    carried_out = {a for service, a, code in proxy.calls if service == "ec2" and code == "moto"}
+    assert carried_out and all(a.startswith(("Describe", "Get")) for a in carried_out), carried_out
 
 
 def test_doctor_dry_runs_run_instances_as_the_stack_sends_it(
