@@ -129,7 +129,7 @@ def _allowed(probe: Probe) -> tuple[bool | None, str]:
         if code in ACCESS_DENIED:
             return False, str(exc.response.get("Error", {}).get("Message", ""))
         return (True, "") if code in probe.proof else (None, code or "no error code")
-    except BotoCoreError as exc:
+    except (BotoCoreError, ResponseParserError) as exc:  # no answer, or not AWS's
         return None, type(exc).__name__
     return True, ""
 
