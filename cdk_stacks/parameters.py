@@ -18,6 +18,9 @@ IPV4_CIDR_PATTERN = r"^(\d{1,3}\.){3}\d{1,3}/(\d|[12]\d|3[0-2])$"
 TAG_SLOTS = 16
 """Stack tags the launch template copies to the network interface and spot request (stack tags
 do not reach them): the executor's own six and up to ten of the user's."""
+LAUNCH_TEMPLATE_TAG = "ec2-executor:stack"
+"""The launch template's own tag, its stack's name: its type takes no stack tags, and the
+IAM policy allows deleting a launch template only with this tag."""
 
 Value = str | int | bool
 

@@ -77,6 +77,7 @@ class EC2Executor(AsyncBaseExecutor):
         create_vpc: bool | None = None,
         spot: bool | str | None = None,
         instance_profile: str | None = None,
+        cloudformation_role: str | None = None,
         wait_for_deletion: bool | None = None,
         max_lifetime_minutes: int | None = None,
         provision_timeout: float | None = None,

@@ -238,6 +238,7 @@ class Electron:
             tags=tags,
             timeout_minutes=max(5, math.ceil(self.options.provision_timeout / 60)),
             token=request_token(),  # one per attempt: a capacity failover's is a new stack
+            role_arn=self.options.cloudformation_role,
         )
         # Shielded: cancelling a wrapped future cancels the call itself if it has not started.
         return await asyncio.shield(asyncio.wrap_future(self._create_call))

@@ -22,6 +22,8 @@ _STACK_TAG_KEY = re.compile(r"^[\w .:/=+@-]{1,127}$")
 _STACK_TAG_VALUE = re.compile(r"^[\w .:/=+@-]{1,255}$")
 # A Linux login name that is also safe inside the cloud-config's quoted YAML strings.
 _USERNAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+_ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/([\w+=,.@-]+/)*[\w+=,.@-]{1,64}$")
+"""An IAM role ARN, its path included (IAM's own pattern for names and paths)."""
 RESERVED_TAG_PREFIX = "ec2-executor:"
 MAX_EXTRA_TAGS = 10
 """Extra tags the launch template carries to the volume, network interface and spot request
@@ -76,6 +78,9 @@ class Options:
     has spot capacity)."""
     instance_profile: str = ""
     """Existing IAM instance profile name for the task's own AWS access."""
+    cloudformation_role: str = ""
+    """ARN of a CloudFormation service role that creates and deletes the stack's resources
+    (CreateStack's `RoleARN`); empty: CloudFormation acts with the caller's own rights."""
     wait_for_deletion: bool = False
     """Hold the electron until its stack is deleted; by default deletion is verified after."""
     max_lifetime_minutes: int = 120
@@ -343,6 +348,18 @@ def _check_ids(o: Options) -> None:
             )
 
 
+def _check_role(o: Options) -> None:
+    if o.cloudformation_role and not (
+        isinstance(o.cloudformation_role, str) and _ROLE_ARN.match(o.cloudformation_role)
+    ):
+        raise ConfigurationError(
+            f"Option 'cloudformation_role' is {o.cloudformation_role!r}, which is not an IAM "
+            f"role ARN; use one like 'arn:aws:iam::123456789012:role/ec2-executor-cloudformation' "
+            f'(README, "Permissions"), or leave it empty for CloudFormation to act with your '
+            f"own rights."
+        )
+
+
 def _check_spot(o: Options) -> None:
     if not isinstance(o.spot, bool) and o.spot != SPOT_FALLBACK:
         raise ConfigurationError(
@@ -398,6 +415,7 @@ _CHECKS = (
     _check_python,
     _check_ids,
     _check_spot,
+    _check_role,
     _check_username,
     _check_tags,
 )

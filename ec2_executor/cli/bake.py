@@ -88,7 +88,11 @@ def _create_image(ec2: EC2Client, instance_id: str, recipe: Recipe, stack: str) 
             InstanceId=instance_id,
             Name=name,
             Description=f"ec2-executor baked image (from stack {stack})",
-            TagSpecifications=[{"ResourceType": "image", "Tags": tags}],
+            # Snapshots tagged as they are made: the policy deletes only tagged ones.
+            TagSpecifications=[
+                {"ResourceType": "image", "Tags": tags},
+                {"ResourceType": "snapshot", "Tags": tags},
+            ],
         )["ImageId"]
     log.info("bake: %s is being made from %s", image_id, instance_id)
     try:

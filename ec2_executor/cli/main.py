@@ -28,13 +28,18 @@ from cdk_stacks.templates import cache_path
 from ec2_executor import options as opts
 from ec2_executor.blocking import Deadline
 from ec2_executor.cli import bake as baking
-from ec2_executor.cli.permission_checks import check_permissions
+from ec2_executor.cli.permission_checks import (
+    Launch,
+    check_permissions,
+    ebs_encryption,
+    launch_shape,
+)
 from ec2_executor.cli.states import BUSY, IDLE, ORPHANS, instance_states, stack_summary
 from ec2_executor.cloud import egress, images, lookups
 from ec2_executor.cloud.aws import AWS, aws_errors
 from ec2_executor.cloud.lookups import architecture, key_pair_name
 from ec2_executor.cloud.network import NetworkPlan, ingress_cidr, plan_network
-from ec2_executor.cloud.permissions import policy_text
+from ec2_executor.cloud.permissions import POLICY_FILES, policy_text
 from ec2_executor.cloud.stacks import (
     DELETE_TIMEOUT,
     EventLog,
@@ -505,7 +510,16 @@ async def _delete_all(
 
 
 @main.command()
-def policy() -> None:
+@click.option(
+    "--for",
+    "holder",
+    type=click.Choice(list(POLICY_FILES)),
+    default="user",
+    show_default=True,
+    help="user: CloudFormation acts with the user's rights; user-with-role: the user's policy "
+    "when 'cloudformation_role' is set; cloudformation-role: that role's policy.",
+)
+def policy(holder: str) -> None:
     """Print the IAM policy the executor needs (README, "Permissions").
 
     \b
@@ -513,8 +527,9 @@ def policy() -> None:
       ec2-executor policy > ec2-executor-policy.json
       aws iam create-policy --policy-name ec2-executor \\
         --policy-document file://ec2-executor-policy.json
+      ec2-executor policy --for cloudformation-role > role-policy.json
     """
-    click.echo(policy_text().rstrip())
+    click.echo(policy_text(holder).rstrip())
 
 
 # --- bake -------------------------------------------------------------------------------
@@ -647,17 +662,21 @@ def _check_aws(checks: Checks, options: opts.Options) -> None:
     if options.ssh_key_file:
         checks.run("key pair", lambda: _key_pair(aws, options))
     cidr = checks.run("SSH ingress", lambda: _ingress(options))
+    plan = None
     if cidr:
         resolved = dataclasses.replace(options, ssh_ingress_cidr=cidr.split()[0])
         installs = image.installs if image is not None else True
-        network = checks.run("network", lambda: _network(aws, resolved, installs), str_of=_where)
-        for warning in network.warnings if network is not None else ():
+        plan = checks.run("network", lambda: _network(aws, resolved, installs), str_of=_where)
+        for warning in plan.warnings if plan is not None else ():
             checks.warn("network", warning)
     checks.run(
         "stacks",
         lambda: f"{len(Stacks(aws.cloudformation).list_ours())} ec2-executor stack(s) exist now",
     )
-    checks.run("permissions", lambda: _permissions(aws, options))
+    checks.run("EBS encryption", lambda: ebs_encryption(aws.ec2))
+    checks.run(
+        "permissions", lambda: _permissions(aws, options, launch_shape(aws, options, image, plan))
+    )
 
 
 T = TypeVar("T")
@@ -731,9 +750,9 @@ def _where(plan: NetworkPlan) -> str:
     return f"{where}; SSH open to {plan.ingress_cidr} only"
 
 
-def _permissions(aws: AWS, options: opts.Options) -> str:
+def _permissions(aws: AWS, options: opts.Options, launch: Launch) -> str:
     template = stack_template(StackShape(network=NetworkMode.EXISTING))
-    report = check_permissions(aws, options, template=template)
+    report = check_permissions(aws, options, template=template, launch=launch)
     unchecked = f"; not checked (no dry run, or no answer): {', '.join(report.unchecked)}"
     if report.missing:
         raise PermissionsMissing(

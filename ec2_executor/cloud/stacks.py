@@ -128,8 +128,11 @@ class Stacks:
         tags: list[dict[str, str]],
         timeout_minutes: int,
         token: str,
+        role_arn: str = "",
     ) -> str:
-        """The new stack's id. `token` (from `request_token`) makes a retry of this call safe."""
+        """The new stack's id. `token` (from `request_token`) makes a retry of this call safe;
+        `role_arn`, a CloudFormation service role, creates (and later deletes) the resources."""
+        role: dict[str, Any] = {"RoleARN": role_arn} if role_arn else {}
         try:
             with aws_errors(f"creating stack {name!r}"):
                 return str(
@@ -141,6 +144,7 @@ class Stacks:
                         OnFailure="DELETE",
                         TimeoutInMinutes=timeout_minutes,
                         ClientRequestToken=token,
+                        **role,
                     )["StackId"]
                 )
         except AWSError as exc:

@@ -33,6 +33,7 @@ IN_KEY: frozenset[str] = frozenset(
         "create_vpc",
         "spot",
         "instance_profile",
+        "cloudformation_role",  # the rights the stack is created and deleted with
         "max_lifetime_minutes",
         "tags",
         "python_version",

@@ -127,12 +127,56 @@ def drop_no_value_list_items() -> None:
     parsing.clean_json = clean_json
 
 
+def answer_ebs_default_kms_key_id() -> None:
+    """Give moto's EC2 the GetEbsDefaultKmsKeyId it lacks (it has ModifyEbsDefaultKmsKeyId):
+    the key ModifyEbsDefaultKmsKeyId set, else "alias/aws/ebs", as AWS answers an account
+    that never set one. Patched in this process, where the threaded moto server runs."""
+    from moto.core.responses import ActionResult
+    from moto.ec2.responses.elastic_block_store import ElasticBlockStore
+
+    def get_ebs_default_kms_key_id(self: Any) -> ActionResult:
+        self.error_on_dryrun()
+        return ActionResult({"KmsKeyId": self.ec2_backend.default_kms_key_id or "alias/aws/ebs"})
+
+    ElasticBlockStore.get_ebs_default_kms_key_id = get_ebs_default_kms_key_id  # type: ignore[attr-defined]
+
+
+def tag_snapshots_of_create_image() -> None:
+    """Make moto's CreateImage take a "snapshot" tag specification and tag the image's
+    snapshot with it, as AWS does (moto raises NotImplementedError). Idempotent."""
+    from moto.ec2.models.amis import AmiBackend
+
+    original = AmiBackend.create_image
+    if getattr(original, "tags_snapshots", False):
+        return
+
+    def create_image(
+        self: Any, instance_id: str, name: str, description: str, tag_specifications: Any
+    ) -> Any:
+        ours = [t for t in tag_specifications if t.get("ResourceType") == "snapshot"]
+        rest = [t for t in tag_specifications if t.get("ResourceType") != "snapshot"]
+        image = original(self, instance_id, name, description, tag_specifications=rest)
+        for spec in ours:
+            for tag in spec.get("Tags", []):
+                image.ebs_snapshot.add_tag(tag["Key"], tag["Value"])
+        return image
+
+    create_image.tags_snapshots = True  # type: ignore[attr-defined]
+    AmiBackend.create_image = create_image  # type: ignore[method-assign]
+
+
+def fidelity_fixes() -> None:
+    drop_no_value_list_items()
+    answer_ebs_default_kms_key_id()
+    tag_snapshots_of_create_image()
+    make_moto_strict()
+
+
 def serve_in_this_process(argv: list[str]) -> None:
     """`python -m harness.moto -H HOST -p PORT`: moto's own server, with the fidelity fix."""
     from moto.server import main
 
-    drop_no_value_list_items()
-    make_moto_strict()
+    fidelity_fixes()
     main(argv)
 
 
@@ -152,8 +196,7 @@ class MotoServer:
     @classmethod
     def start(cls, port: int = 0) -> MotoServer:
         """Start a server on `port` (0: a free port) and wait until it accepts requests."""
-        drop_no_value_list_items()
-        make_moto_strict()
+        fidelity_fixes()
         # One line per request otherwise; keep warnings and errors.
         logging.getLogger("werkzeug").setLevel(logging.WARNING)
         server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)

@@ -141,8 +141,13 @@ def test_policy_command_prints_the_shipped_policy_and_the_readme_shows_it() -> N
     assert printed == shipped
     readme = (REPO / "README.md").read_text()
     section = readme.split("## Permissions", 1)[1].split("\n## ", 1)[0]
-    block = section.split("```json", 1)[1].split("```", 1)[0]
-    assert json.loads(block) == shipped
+    blocks = [json.loads(b.split("```", 1)[0]) for b in section.split("```json")[1:]]
+    assert blocks[0] == shipped
+    # With a CloudFormation service role: the user's policy, then the role's, in that order.
+    for holder, block in zip(("user-with-role", "cloudformation-role"), blocks[1:], strict=True):
+        done = cli("policy", "--for", holder)
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout) == block, holder
     actions = {a for s in shipped["Statement"] for a in s["Action"]}
     for needed in (
         "cloudformation:CreateStack",
@@ -189,6 +194,131 @@ def test_doctor_lists_each_missing_permission_and_creates_nothing(
     assert ec2.describe_instances()["Reservations"] == []
     assert ec2.describe_launch_templates()["LaunchTemplates"] == []
     assert live_stacks(moto_reset) == []
+    # Every EC2 call that reached moto itself (no dry run) was a read.
+    carried_out = {a for service, a, code in proxy.calls if service == "ec2" and code == "moto"}
+    assert carried_out and all(a.startswith(("Describe", "Get")) for a in carried_out), carried_out
+
+
+def test_doctor_dry_runs_run_instances_as_the_stack_sends_it(
+    loopback_network: LoopbackNetwork,
+    proxy: FaultProxy,
+    moto_reset: MotoServer,
+    template_cache: Path,
+    tmp_path: Path,
+) -> None:
+    """RunInstances is refused only when the dry run carries the stack's request: the subnet,
+    the VPC's default group, the encrypted gp3 root volume, IMDSv2, the instance profile, spot,
+    and tags on the instance; doctor must then name RunInstances."""
+    ec2 = moto_reset.client("ec2")
+    (default_group,) = ec2.describe_security_groups(
+        Filters=[
+            {"Name": "vpc-id", "Values": [loopback_network.vpc_id]},
+            {"Name": "group-name", "Values": ["default"]},
+        ]
+    )["SecurityGroups"]
+
+    def the_stacks_request(p: dict[str, str]) -> bool:
+        return (
+            p.get("DryRun") == "true"
+            and p.get("SubnetId") == loopback_network.subnet_id
+            and p.get("SecurityGroupId.1") == default_group["GroupId"]
+            and p.get("BlockDeviceMapping.1.Ebs.Encrypted") == "true"
+            and p.get("BlockDeviceMapping.1.Ebs.VolumeType") == "gp3"
+            and p.get("MetadataOptions.HttpTokens") == "required"
+            and p.get("IamInstanceProfile.Name") == "task-profile"
+            and p.get("InstanceMarketOptions.MarketType") == "spot"
+            and p.get("TagSpecification.1.ResourceType") == "instance"
+            and p.get("ImageId", "").startswith("ami-")
+        )
+
+    proxy.add(access_denied("ec2", "RunInstances", when=the_stacks_request))
+    flags = ["-o", f"subnet={loopback_network.subnet_id}", "-o", "use_private_ip=true"]
+    flags += ["-o", "ssh_ingress_cidr=127.0.0.1/32", "-o", "instance_profile=task-profile"]
+    flags += ["-o", "spot=true"]
+    refused = cli("doctor", *flags, config_dir=tmp_path)
+    line = next(x for x in refused.stdout.splitlines() if "permissions" in x)
+    assert line.startswith("FAIL"), refused.stdout + refused.stderr
+    assert line.split("missing: ", 1)[1].split(";", 1)[0] == "ec2:RunInstances"
+
+
+def test_doctor_counts_an_answer_that_proves_nothing_as_unchecked(
+    loopback_network: LoopbackNetwork,
+    proxy: FaultProxy,
+    moto_reset: MotoServer,
+    template_cache: Path,
+    tmp_path: Path,
+) -> None:
+    """A dry run answered with something other than DryRunOperation or a refusal (here the
+    fake instance id not found) is neither granted nor missing."""
+    proxy.add(
+        Fault(
+            "ec2",
+            "TerminateInstances",
+            "InvalidInstanceID.NotFound",
+            "The instance ID 'i-0123456789abcdef0' does not exist",
+            status=400,
+        )
+    )
+    flags = ["-o", f"subnet={loopback_network.subnet_id}", "-o", "use_private_ip=true"]
+    flags += ["-o", "ssh_ingress_cidr=127.0.0.1/32"]
+    done = cli("doctor", *flags, config_dir=tmp_path)
+    line = next(x for x in done.stdout.splitlines() if "permissions" in x)
+    assert line.startswith("ok"), done.stdout + done.stderr
+    unchecked = line.split("not checked (no dry run, or no answer): ", 1)[1]
+    assert "ec2:TerminateInstances (InvalidInstanceID.NotFound)" in unchecked
+
+
+def test_doctor_says_when_the_default_ebs_key_needs_kms_grants(
+    loopback_network: LoopbackNetwork, moto_reset: MotoServer, tmp_path: Path
+) -> None:
+    flags = ["-o", f"subnet={loopback_network.subnet_id}", "-o", "use_private_ip=true"]
+    flags += ["-o", "ssh_ingress_cidr=127.0.0.1/32"]
+    aws_managed = cli("doctor", *flags, config_dir=tmp_path)
+    line = next(x for x in aws_managed.stdout.splitlines() if "EBS encryption" in x)
+    assert line.startswith("ok") and "AWS managed (alias/aws/ebs)" in line, line
+    assert "kms:CreateGrant" not in line
+
+    key = moto_reset.client("kms").create_key()["KeyMetadata"]["Arn"]
+    ec2 = moto_reset.client("ec2")
+    ec2.enable_ebs_encryption_by_default()
+    ec2.modify_ebs_default_kms_key_id(KmsKeyId=key)
+    customer = cli("doctor", *flags, config_dir=tmp_path)
+    line = next(x for x in customer.stdout.splitlines() if "EBS encryption" in x)
+    assert "encryption by default on" in line and f"the default key {key} is customer" in line
+    assert "kms:CreateGrant" in line and "Permissions" in line
+
+
+def test_cloudformation_role_is_the_stacks_role(
+    loopback_network: LoopbackNetwork,
+    moto_reset: MotoServer,
+    remote_cache: str,
+    emulated_boot: Any,
+) -> None:
+    """CreateStack carries `cloudformation_role` as RoleARN: the stack records it."""
+    role = "arn:aws:iam::123456789012:role/ec2-executor-cloudformation"
+    options = harness_options(loopback_network.subnet_id, remote_cache)
+    ex = EC2Executor(**options, cloudformation_role=role, wait_for_deletion=True)
+    assert run(execute(ex, double, [21], {}, dispatch_id="role")) == 42
+    cloudformation = moto_reset.client("cloudformation")
+    (summary,) = [  # deleted by now: found by its id, as AWS keeps deleted stacks a while
+        s
+        for s in cloudformation.list_stacks()["StackSummaries"]
+        if s["StackName"] == stack_name("role", 0)
+    ]
+    (stack,) = cloudformation.describe_stacks(StackName=summary["StackId"])["Stacks"]
+    assert stack["RoleARN"] == role
+
+
+def test_a_bad_cloudformation_role_is_refused_before_any_resource(
+    loopback_network: LoopbackNetwork, moto_reset: MotoServer, remote_cache: str
+) -> None:
+    options = harness_options(loopback_network.subnet_id, remote_cache)
+    with pytest.raises(ConfigurationError) as refused:  # refused as the executor is built
+        EC2Executor(**options, cloudformation_role="ec2-executor-cloudformation")
+    message = str(refused.value)
+    assert "'cloudformation_role'" in message and "'ec2-executor-cloudformation'" in message
+    assert "arn:aws:iam::123456789012:role/" in message
+    assert moto_reset.client("cloudformation").list_stacks()["StackSummaries"] == []
 
 
 # --- capacity -----------------------------------------------------------------------------

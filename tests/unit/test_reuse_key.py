@@ -38,6 +38,7 @@ _CHANGED: dict[str, Any] = {
     "create_vpc": True,
     "spot": True,
     "instance_profile": "role",
+    "cloudformation_role": "arn:aws:iam::123456789012:role/cfn",
     "max_lifetime_minutes": 60,
     "tags": {"team": "x"},
     "python_version": "3.99",
