@@ -38,6 +38,7 @@ IN_KEY: frozenset[str] = frozenset(
         "python_version",
         "keep_warm_minutes",  # the instance's own idle power-off is a stack parameter
         "orphan_minutes",  # so is its power-off once its dispatcher is gone
+        "budget_usd",  # it shortens the instance's lifetime, a stack parameter
     }
 )
 """Options that change the stack, the instance or how it is reached."""

@@ -43,6 +43,7 @@ _CHANGED: dict[str, Any] = {
     "python_version": "3.99",
     "keep_warm_minutes": 7,
     "orphan_minutes": 30,
+    "budget_usd": 0.5,
     "remote_cache": "/tmp/elsewhere",
     "wait_for_deletion": True,
     "provision_timeout": 60.0,
