@@ -40,6 +40,7 @@ from ec2_executor.cloud.lookups import Plan
 from ec2_executor.cloud.permissions import ACCESS_DENIED
 from ec2_executor.cloud.stacks import (
     DELETE_TIMEOUT,
+    TAG_RATE,
     EventLog,
     StackOutputs,
     Stacks,
@@ -228,6 +229,9 @@ class Electron:
         parameters = StackParameters(
             **{**parameters, **tag_parameters([(t["Key"], t["Value"]) for t in tags])}
         )
+        hourly = self.meter.rate.usd_per_hour if self.meter.rate else None
+        if hourly is not None:  # for `ec2-executor list`
+            tags = [*tags, {"Key": TAG_RATE, "Value": f"{hourly:.6f}"}]
         values = parameters.to_cloudformation(declared=_declared(template))
         check_user_data(template, values, self.options)
         self._create_call = submit_blocking(
