@@ -127,7 +127,7 @@ def product(region: str, instance_type: str, usd: float) -> dict[str, Any]:
                         f"{sku}.JRTCKXETXF.6YS6EN2CT7": {
                             "unit": "Hrs",
                             "endRange": "Inf",
-                            "description": f"${usd} per On Demand Linux {instance_type} Instance Hour",
+                            "description": f"${usd} per On Demand Linux {instance_type} Hour",
                             "appliesTo": [],
                             "rateCode": f"{sku}.JRTCKXETXF.6YS6EN2CT7",
                             "beginRange": "0",
