@@ -17,8 +17,8 @@ import cloudpickle
 import pytest
 from click.testing import CliRunner
 from covalent._shared_files.exceptions import TaskRuntimeError
-from executor_support import NewExecutor, execute, run
-from harness import MotoServer, free_port, patched_environ
+from executor_support import NewExecutor, execute, harness_options, run
+from harness import LoopbackNetwork, MotoServer, free_port, patched_environ
 from harness.cloud_state import assert_nothing_left, live_stacks
 from harness.moto import REGION
 from harness.price_list import PriceListStandIn
@@ -27,6 +27,7 @@ from ec2_executor import ConfigurationError
 from ec2_executor.cli.main import main
 from ec2_executor.cloud.aws import AWS
 from ec2_executor.cost import prices, record
+from ec2_executor.ec2 import EC2Executor
 from ec2_executor.options import Options
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -301,3 +302,48 @@ def test_cost_sums_the_record_over_the_period(cost_record: Path) -> None:
     table = CliRunner().invoke(main, ["cost", "--since", "1d"], prog_name="ec2-executor")
     assert "Total $0.6250 for 3 charge(s)" in table.output
     assert "1 charge(s) had no known price" in table.output
+
+
+# --- warm instances -----------------------------------------------------------------------------
+
+
+def test_on_a_warm_instance_each_electron_pays_its_time_and_the_idle_is_the_pools(
+    loopback_network: LoopbackNetwork,
+    remote_cache: str,
+    emulated_boot: Any,
+    moto_reset: MotoServer,
+    price_list: PriceListStandIn,
+    cost_record: Path,
+    package_log: pytest.LogCaptureFixture,
+) -> None:
+    from ec2_executor.warm.pool import POOL, retire_all_idle
+
+    # One set of options (one SSH port): one reuse key.
+    options = harness_options(loopback_network.subnet_id, remote_cache, keep_warm_minutes=5)
+    POOL.idle_seconds = 600.0  # never expires mid-test: the retirement below ends it
+
+    async def two_then_retire() -> None:
+        for node in (0, 1):
+            ex = EC2Executor(**options, wait_for_deletion=True)
+            assert await execute(ex, double, [node], {}, node_id=node) == 2 * node
+        await retire_all_idle()
+
+    try:
+        run(two_then_retire())
+    finally:
+        POOL.idle_seconds = None
+    charges = list(record.charges(path=cost_record))
+    electrons = [c for c in charges if c.kind == record.ELECTRON]
+    idle = [c for c in charges if c.kind == record.POOL]
+    assert len(electrons) == 2 and len(idle) == 2  # lent once, then retired
+    first, second = electrons
+    assert first.startup_seconds is not None  # it launched the instance
+    assert second.startup_seconds is None  # it was lent one
+    assert {c.stack for c in charges} == {first.stack}  # one instance for all
+    for charge in charges:
+        tolerance = HOURLY * 0.001 / 3600  # seconds are recorded to the millisecond
+        assert charge.usd == pytest.approx(HOURLY * charge.seconds / 3600, abs=tolerance)
+    messages = {r.getMessage() for r in package_log.records}
+    assert len([m for m in messages if ": done (" in m and "cost $" in m]) == 2
+    assert any("warm pool idle, cost $" in m for m in messages)
+    assert_nothing_left(moto_reset)
