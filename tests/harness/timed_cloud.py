@@ -8,7 +8,9 @@ the moment each CreateStack came through:
 - before `instance_after`, DescribeStackResource on the instance says it does not exist yet;
 - before `complete_after`, DescribeStacks reports CREATE_IN_PROGRESS, without outputs;
 - from `fail_after` (when set), the stack reports ROLLBACK_IN_PROGRESS and its events a
-  CREATE_FAILED instance with `FAIL_REASON`;
+  CREATE_FAILED instance with `FAIL_REASON`; `fail(stack, reason)` does the same to one stack
+  from the moment it is called, with `reason` (such as `aws_texts.did_not_stabilize`: the
+  instance launched, then EC2 terminated it for lack of capacity);
 - an action named in `refuse` is answered with that AWS error code, and never reaches moto.
 
 It can also limit calls as AWS does (`limits`, off by default): a token bucket per action,
@@ -34,6 +36,7 @@ import threading
 import time
 import urllib.parse
 import uuid
+import xml.sax.saxutils
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -152,6 +155,8 @@ class _Stack:
     created: float
     reported_complete_at: float | None = None
     token: str = ""
+    failure: str = ""
+    """The CREATE_FAILED reason `fail` gave this stack ('' while it has not failed)."""
 
 
 @dataclass
@@ -211,6 +216,12 @@ class TimedCloud:
         with self._lock:
             stack = self._stacks.get(stack_name)
             return stack.reported_complete_at if stack else None
+
+    def fail(self, stack_name: str, reason: str) -> None:
+        """From now on, the stack last created under `stack_name` fails with `reason` (a stack
+        created later under the name does not)."""
+        with self._lock:
+            self._stacks[stack_name].failure = reason
 
     def throttled(self, action: str | None = None) -> list[Call]:
         """The calls (of `action`, or all) answered with a throttling error."""
@@ -340,7 +351,7 @@ class TimedCloud:
 
     def _failed(self, stack: _Stack) -> bool:
         fail_after = self.timeline.fail_after
-        return fail_after is not None and self._age(stack) >= fail_after
+        return bool(stack.failure) or (fail_after is not None and self._age(stack) >= fail_after)
 
     def _stack_events(self, stack: _Stack, answer: bytes) -> bytes:
         if self._failed(stack):
@@ -396,13 +407,14 @@ def _error(code: str, message: str, *, xmlns: str = "") -> bytes:
 
 def _failed_event(stack: _Stack) -> bytes:
     stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    reason = xml.sax.saxutils.escape(stack.failure or FAIL_REASON)
     return (
         f"<member><StackName>{stack.name}</StackName><EventId>{uuid.uuid4()}</EventId>"
         f"<LogicalResourceId>{INSTANCE}</LogicalResourceId>"
         f"<PhysicalResourceId>i-timed</PhysicalResourceId>"
         f"<ResourceType>AWS::EC2::Instance</ResourceType><Timestamp>{stamp}</Timestamp>"
         f"<ResourceStatus>CREATE_FAILED</ResourceStatus>"
-        f"<ResourceStatusReason>{FAIL_REASON}</ResourceStatusReason></member>"
+        f"<ResourceStatusReason>{reason}</ResourceStatusReason></member>"
     ).encode()
 
 
