@@ -81,7 +81,10 @@ def test_a_spent_budget_powers_the_guest_off_and_fails_the_electron_naming_it(
     assert parameters["LifetimeLimit"] == "budget_usd"
     [guest] = guest_boot.guests
     stopped = guest_boot.wait_stopped(guest.instance_id, timeout=120)
-    assert stopped.stop_reason == "the guest powered itself off"
+    # The electron fails as soon as the power-off drops its connection (nothing else touched
+    # the instance, and not before the budget's minute: `lived` below); its teardown's deletion
+    # may then terminate the instance in moto before the guest has finished powering off.
+    assert stopped.stop_reason in ("the guest powered itself off", "instance is terminated")
     lived = failed_at[0] - guest.seen_running_at
     assert 55 < lived < 150, lived  # the timer's minute from the guest's boot, then noticed
     assert not live_stacks(moto_server)
