@@ -125,6 +125,13 @@ PARAMETERS: tuple[Parameter, ...] = (
         max_value=7 * 24 * 60,
     ),
     Parameter(
+        name="LifetimeLimit",
+        description="The option that set MaxLifetimeMinutes; the power-off names it.",
+        default="max_lifetime_minutes",
+        pattern="^(max_lifetime_minutes|budget_usd)$",
+        constraint="must be max_lifetime_minutes or budget_usd",
+    ),
+    Parameter(
         name="IdleMinutes",
         description="The instance powers off after this many minutes without a task; 0: never.",
         type="Number",

@@ -78,7 +78,9 @@ def cloud_config_template(files: dict[str, str]) -> str:
 
     Host key and port go into an sshd drop-in written before sshd starts (cloud-init's first
     stage runs before sshd), so the only key sshd ever offers is the pinned one. The lifetime
-    watchdog is armed in `bootcmd`, the earliest hook, so it holds even if the bootstrap hangs.
+    watchdog is armed in `bootcmd`, the earliest hook, so it holds even if the bootstrap hangs;
+    it powers off for `max_lifetime_minutes` or for `budget_usd` (`LifetimeLimit` says which,
+    in `poweroff` beside the bootstrap, as the idle and orphan power-offs do).
     On Debian and Ubuntu that hook runs before `sysinit.target`: a timer with its default
     dependencies would wait for that target while cloud-init waits for the timer (a boot that
     never ends), hence `DefaultDependencies=no`; `AccuracySec` makes it fire within a second
@@ -111,7 +113,7 @@ write_files:
       ClientAliveInterval 15
       ClientAliveCountMax 4
 {_write_file_entries(files)}bootcmd:
-  - systemd-run --on-active=${{MaxLifetimeMinutes}}min --timer-property=DefaultDependencies=no --timer-property=AccuracySec=1s --unit=ec2-executor-lifetime systemctl poweroff || shutdown -P +${{MaxLifetimeMinutes}}
+  - systemd-run --on-active=${{MaxLifetimeMinutes}}min --timer-property=DefaultDependencies=no --timer-property=AccuracySec=1s --unit=ec2-executor-lifetime sh -c 'echo "$(date -u +%FT%TZ) ${{LifetimeLimit}} reached, powering off" >{INSTANCE_DIR}/poweroff; systemctl poweroff' || shutdown -P +${{MaxLifetimeMinutes}}
 runcmd:
   - [{BOOTSTRAP_PATH}, --python, "${{PythonVersion}}", --covalent, "${{CovalentVersion}}", --cloudpickle, "${{CloudpickleVersion}}", --user, "${{SshUser}}", --idle-minutes, "${{IdleMinutes}}", --orphan-minutes, "${{OrphanMinutes}}", --ssh-port, "${{SshPort}}", --spot, "${{UseSpot}}"]
 """  # noqa: E501

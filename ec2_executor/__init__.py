@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 from ec2_executor.errors import (
     AWSError,
     BootstrapError,
+    BudgetSpentError,
     CapacityError,
     ConfigurationError,
     ConnectionLostError,
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AWSError",
     "BootstrapError",
+    "BudgetSpentError",
     "CapacityError",
     "ConfigurationError",
     "ConnectionLostError",

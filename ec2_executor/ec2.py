@@ -7,11 +7,12 @@ down in `electron.py` (the cloud side) and `remote.py` (the SSH side).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import sys
 import traceback
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
 from covalent._shared_files.exceptions import TaskCancelledError, TaskRuntimeError
@@ -87,6 +88,7 @@ class EC2Executor(AsyncBaseExecutor):
         use_baked_image: bool | None = None,
         orphan_minutes: int | None = None,
         spot_retries: int | None = None,
+        budget_usd: float | None = None,
         **kwargs: Any,
     ) -> None:
         explicit = {k: v for k, v in locals().items() if k in opts.OPTION_NAMES}
@@ -130,7 +132,8 @@ class EC2Executor(AsyncBaseExecutor):
         launched = lease.launched  # on the leased warm instance, or on a stack of its own:
         if launched is None:
             launch = pipeline.launch(self._electron)
-            launched = await self._watched(launch, _not_yet, on_stop=_nothing_to_stop)
+            with _costed(self._electron):
+                launched = await self._watched(launch, _not_yet, on_stop=_nothing_to_stop)
         self._launched = launched
 
     async def run(
@@ -150,18 +153,25 @@ class EC2Executor(AsyncBaseExecutor):
             await self._rerun(
                 task_metadata, functools.partial(spot.rerun_order, spot=market, runs=runs)
             )
-        return self._report(outcome)
+        with _costed(self._electron):
+            return self._report(outcome)
 
     async def _run_once(self, task: tuple[Any, list[Any], dict[str, Any]]) -> TaskOutcome:
         """One run of the task on the electron's instance, watched."""
         electron, launched, lease = self._electron, self._launched, self._lease
         self._host = host = lease.host(electron) or pipeline.new_host(electron, launched)
-        with lease.running(electron.name):
-            return await self._watched(
-                pipeline.run_task(electron, launched, host, task),
-                functools.partial(pipeline.instance_gone, electron, launched.outputs),
-                on_stop=functools.partial(lease.stop, host),
-            )
+        with _costed(electron), lease.running(electron.name):
+            try:
+                return await self._watched(
+                    pipeline.run_task(electron, launched, host, task),
+                    functools.partial(pipeline.instance_gone, electron, launched.outputs),
+                    on_stop=functools.partial(lease.stop, host),
+                )
+            except ConnectionLostError as exc:  # the budget's power-off drops the connection
+                spent = electron.budget_spent(launched.outputs.instance_id)
+                if spent is None:
+                    raise
+                raise spent from exc
 
     def _reclaimed(self, runs: list[spot.Run], error: SpotInterruptionError) -> bool:
         """Log the reclaimed run and say on which market the next one goes; raise the final
@@ -314,6 +324,17 @@ class EC2Executor(AsyncBaseExecutor):
             # still deletes the stack, which ends the task; asking again is enough.
             log.warning("Covalent did not say whether the task was cancelled: %r", exc)
             return False
+
+
+@contextlib.contextmanager
+def _costed(electron: Electron) -> Iterator[None]:
+    """A failed electron's error ends with what its instance has cost so far."""
+    try:
+        yield
+    except Exception as exc:
+        if exc.args and isinstance(exc.args[0], str):
+            exc.args = (f"{exc.args[0]} [{electron.meter.summary()}]", *exc.args[1:])
+        raise
 
 
 async def _not_yet() -> ConnectionLostError | None:

@@ -43,6 +43,7 @@ from ec2_executor.cloud.lookups import Plan
 from ec2_executor.cloud.permissions import ACCESS_DENIED
 from ec2_executor.cloud.stacks import (
     DELETE_TIMEOUT,
+    TAG_RATE,
     EventLog,
     StackOutputs,
     Stacks,
@@ -55,7 +56,11 @@ from ec2_executor.cloud.stacks import (
     stack_template,
     wait_for_creation,
 )
+from ec2_executor.cost import budget as budgets
+from ec2_executor.cost import prices, record
+from ec2_executor.cost.meter import Meter
 from ec2_executor.errors import (
+    BudgetSpentError,
     ConfigurationError,
     ConnectionLostError,
     EC2ExecutorError,
@@ -160,6 +165,9 @@ class ExistingStack:
     host_key: KeyPair
     ends_at: float
     """`time.monotonic()` when the instance's lifetime watchdog ends it."""
+    rate: prices.Rate | None = None
+    """What the instance costs per hour, for the electrons that use it."""
+    budget: budgets.Budget | None = None
 
 
 class Electron:
@@ -194,6 +202,12 @@ class Electron:
         """Where the stack's instance was launched (zone and market); None on an existing one."""
         self.notice: spot.Notice | None = None
         """The spot interruption notice the instance relayed, once one came."""
+        self.meter = Meter()
+        """The instance's cost while this electron uses it (on a warm one, from now)."""
+        self.budget = on.budget if on else None
+        """The checked `budget_usd` the instance's lifetime was set from, if any."""
+        if on is not None:
+            self.meter.start(on.rate)
         self._create_call: concurrent.futures.Future[str] | None = None
         if on is not None:  # teardown deletes that stack by name if it is not kept
             self._create_call = concurrent.futures.Future()
@@ -228,6 +242,9 @@ class Electron:
         parameters = StackParameters(
             **{**parameters, **tag_parameters([(t["Key"], t["Value"]) for t in tags])}
         )
+        hourly = self.meter.rate.usd_per_hour if self.meter.rate else None
+        if hourly is not None:  # for `ec2-executor list`
+            tags = [*tags, {"Key": TAG_RATE, "Value": f"{hourly:.6f}"}]
         values = parameters.to_cloudformation(declared=_declared(template))
         check_user_data(template, values, self.options)
         self._create_call = submit_blocking(
@@ -268,9 +285,40 @@ class Electron:
                 self.name,
                 events=self.events,
                 wait=self.options.wait_for_deletion,
-                done=functools.partial(redact.unhide, self.host_key.private_base64()),
+                done=self._deleted,
             )
-        log.info("%s: done (%s)", self.name, self.phases.summary())
+        log.info("%s: done (%s; %s)", self.name, self.phases.summary(), self.meter.summary())
+
+    def _deleted(self) -> None:
+        """The wait for the stack's deletion ended: the instance's charge ends with it."""
+        redact.unhide(self.host_key.private_base64())
+        background = self.meter.ended is None and not self.options.wait_for_deletion
+        self.record_charge()
+        if background:
+            log.info("%s: deletion verified; %s", self.name, self.meter.summary())
+
+    def record_charge(self) -> None:
+        """Stop the meter and add the electron's charge to the local record (once)."""
+        if self.meter.started is None or self.meter.ended is not None:
+            return
+        startup = record.startup_of(self.phases.seconds)
+        record.add(
+            self.meter.charge(
+                kind=record.ELECTRON, stack=self.name, task=self.task_name, startup_seconds=startup
+            )
+        )
+
+    def budget_spent(self, instance_id: str) -> BudgetSpentError | None:
+        """The error to fail with when the budget's lifetime has passed, else None."""
+        budget = self.budget
+        if budget is None or not budget.limited or time.monotonic() < self.ends_at:
+            return None
+        return BudgetSpentError(
+            f"Stack {self.name!r}: the budget of {budget} was spent: it buys {budget.minutes} "
+            f"min, and instance {instance_id} powered itself off at "
+            f"{time.strftime('%H:%M:%S UTC', time.gmtime())}, {self.meter.seconds:.0f} s after "
+            f"its launch. Raise 'budget_usd' for a longer task."
+        )
 
 
 def _failure(completion: asyncio.Future[StackOutputs] | None) -> BaseException | None:
@@ -302,6 +350,7 @@ def stack_parameters(options: Options, plan: Plan, host_key: KeyPair) -> StackPa
         SshPort=options.ssh_port,
         SshUser=options.username,
         MaxLifetimeMinutes=options.max_lifetime_minutes,
+        LifetimeLimit="max_lifetime_minutes",
         UseSpot=options.spot_first,  # each capacity attempt sets its own market
         IdleMinutes=options.keep_warm_minutes,
         OrphanMinutes=options.orphan_minutes,
@@ -350,13 +399,20 @@ async def launch(
     log.info("%s: image: %s", electron.name, plan.image.why)
     for warning in plan.warnings:
         log.warning("%s: %s", electron.name, warning)
+    placements = list(plan.network.placements)
+    tried = rerun(placements) if rerun else capacity.attempts(placements, options.spot)
+    pricing = asyncio.ensure_future(run_blocking(market_rates, electron.aws, options, plan, tried))
     parameters = stack_parameters(options, plan, electron.host_key)
     with phases.phase("template"):
         template = await run_blocking(stack_template, plan.network.shape)
+    rates = await pricing  # looked up while the template was made (cached after the first)
+    if options.budget_usd:  # before anything is created
+        parameters = with_budget(electron, parameters, rates)
 
     async def attempt(where: capacity.Attempt, deadline: Deadline) -> Launched:
         electron.placed = where
         placed = capacity.placed(parameters, where)
+        electron.meter.start(rates[where.spot])  # a refused attempt launched nothing
         launched = await _create_and_wait(electron, template, placed, plan.identity, deadline)
         return await _answering(electron, launched)
 
@@ -369,14 +425,51 @@ async def launch(
                 events=electron.events,
             )
 
-    placements = list(plan.network.placements)
-    return await capacity.first_that_fits(
-        rerun(placements) if rerun else capacity.attempts(placements, options.spot),
+    launched = await capacity.first_that_fits(
+        tried,
         attempt,
         clear=clear,
         name=electron.name,
         instance_type=options.instance_type,
         provision_timeout=options.provision_timeout,
+    )
+    log.info("%s: price %s", electron.name, electron.meter.rate)
+    return launched
+
+
+def market_rates(
+    aws: AWS, options: Options, plan: Plan, tried: list[capacity.Attempt]
+) -> dict[bool, prices.Rate]:
+    """The instance's hourly rate on each market the attempts may use (by `spot`)."""
+    zones = {a.spot: a.placement.zone for a in tried}
+    return {
+        spot: prices.rate(
+            aws,
+            options.instance_type,
+            spot=spot,
+            zone=zone if len({a.placement.zone for a in tried}) == 1 else "",
+            volume_gib=options.volume_size,
+            public_ip=plan.network.public_ip,
+        )
+        for spot, zone in zones.items()
+    }
+
+
+def with_budget(
+    electron: Electron, parameters: StackParameters, rates: dict[bool, prices.Rate]
+) -> StackParameters:
+    """The lifetime `budget_usd` buys at the dearest market the attempts may use, or a
+    `ConfigurationError` when it cannot pay for the instance's start."""
+    options = electron.options
+    dearest = max(rates.values(), key=lambda r: r.usd_per_hour or float("inf"))
+    budget = budgets.check(options.budget_usd, dearest, options.max_lifetime_minutes)
+    electron.budget = budget
+    log.info("%s: budget %s: the instance lives %d min", electron.name, budget, budget.minutes)
+    if not budget.limited:
+        return parameters
+    electron.ends_at = min(electron.ends_at, time.monotonic() + budget.minutes * 60)
+    return StackParameters(
+        **{**parameters, "MaxLifetimeMinutes": budget.minutes, "LifetimeLimit": "budget_usd"}
     )
 
 
@@ -639,6 +732,9 @@ async def instance_gone(electron: Electron, outputs: StackOutputs) -> Connection
     state = seen.state
     if state in LIVE_STATES:
         return None
+    spent = electron.budget_spent(outputs.instance_id)
+    if spent is not None:
+        return spent
     if seen.state_reason == spot.RECLAIMED or electron.notice is not None:
         where = f"{outputs.instance_id} of stack {electron.name!r}"
         return SpotInterruptionError(

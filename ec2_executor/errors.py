@@ -79,5 +79,10 @@ class SpotInterruptionError(ConnectionLostError):
     after retries, every attempt with its zone, market and reason."""
 
 
+class BudgetSpentError(ConnectionLostError):
+    """The instance powered itself off when `budget_usd` was spent; the message names the
+    budget, the price and the time."""
+
+
 class TaskError(EC2ExecutorError):
     """The task raised, or its result could not come back; the message names the type."""

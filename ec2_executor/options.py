@@ -103,6 +103,9 @@ class Options:
     spot_retries: int | None = None
     """Times a task whose spot instance EC2 reclaimed runs again from the start, on a new
     instance; None: 1 with spot="fallback", 0 otherwise (`reruns_on_reclaim`)."""
+    budget_usd: float = 0.0
+    """USD the electron's instance may cost; it powers itself off when they are spent (its
+    lifetime shortened from `max_lifetime_minutes`). 0: no budget."""
 
     def __post_init__(self) -> None:
         for check in _CHECKS:
@@ -296,6 +299,21 @@ def _check_numbers(o: Options) -> None:
         )
 
 
+BUDGET_BOUNDS = (0.0001, 100_000.0)
+"""`budget_usd`, when set: from a hundredth of a cent to a sum no electron should reach."""
+
+
+def _check_budget(o: Options) -> None:
+    low, high = BUDGET_BOUNDS
+    value = o.budget_usd
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if not number or not (value == 0 or low <= value <= high):
+        raise ConfigurationError(
+            f"Option 'budget_usd' is {value!r}; use a number of US dollars from {low} to "
+            f"{high:.0f}, or 0 for no budget."
+        )
+
+
 def _check_cidr(o: Options) -> None:
     if not o.ssh_ingress_cidr:
         return
@@ -410,6 +428,7 @@ _CHECKS = (
     _check_instance_type,
     _check_region,
     _check_numbers,
+    _check_budget,
     _check_cidr,
     _check_keys,
     _check_python,

@@ -48,6 +48,7 @@ from ec2_executor.cloud.stacks import (
     stack_template,
 )
 from ec2_executor.config import config_file, config_section
+from ec2_executor.cost import record
 from ec2_executor.errors import ConfigurationError, EC2ExecutorError
 
 if TYPE_CHECKING:
@@ -64,7 +65,10 @@ LIST_COLUMNS = (
     "age",
     "instance_type",
     "state",
+    "rate",
+    "cost",
 )
+COST_COLUMNS = ("region", "instance_type", "market", "kind", "charges", "hours", "usd")
 CLEANUP_COLUMNS = ("name", "dispatch_id", "node_id", "status", "age", "state")
 IMAGE_COLUMNS = ("image", "name", "created", "state", "contents")
 """The tables' columns; --json prints every field of the rows instead."""
@@ -284,6 +288,10 @@ def _summaries(stacks: Stacks, aws: AWS) -> list[dict[str, Any]]:
         row["age_seconds"] = int((now - created).total_seconds()) if created else None
         row["age"] = _human(row["age_seconds"])
         row["state"] = states[row["name"]]
+        hourly, age = row["usd_per_hour"], row["age_seconds"]
+        row["cost_usd"] = None if hourly is None or age is None else hourly * age / 3600.0
+        row["rate"] = "?" if hourly is None else f"${hourly:.4f}/h"
+        row["cost"] = "?" if row["cost_usd"] is None else f"${row['cost_usd']:.4f}"
         rows.append(row)
     return rows
 
@@ -333,6 +341,59 @@ def confirmed(question: str, *, yes: bool) -> bool:
         ) from exc
     click.echo(NOTHING_DELETED)
     return False
+
+
+# --- cost -------------------------------------------------------------------------------
+
+
+def _age_option_required(_ctx: click.Context, _param: click.Parameter, value: str) -> Any:
+    return parse_age(value)
+
+
+@main.command(name="cost")
+@click.option(
+    "--since",
+    default="30d",
+    show_default=True,
+    callback=_age_option_required,
+    help="How far back: an age like 12h, 7d.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def cost(since: timedelta, as_json: bool) -> None:
+    """What this machine's electrons cost, from the executor's local record: each electron's
+    instance (launch to termination, public IPv4, gp3 volume) and the warm pool's idle time.
+
+    \b
+    Example:
+      ec2-executor cost --since 7d
+      ec2-executor cost --since 24h --json | jq .total_usd
+    """
+    start = datetime.now(UTC) - since
+    found = list(record.charges(since=start))
+    rows = record.totals(found)
+    total = sum(float(r["usd"]) for r in rows)
+    unpriced = sum(int(r["unpriced"]) for r in rows)
+    if as_json:
+        summary = {
+            "since": start.isoformat(timespec="seconds"),
+            "record": str(record.record_path()),
+            "charges": len(found),
+            "total_usd": total,
+            "unpriced": unpriced,
+            "rows": rows,
+        }
+        click.echo(json.dumps(summary, indent=2))
+        return
+    if not rows:
+        click.echo(f"No charges since {start:%Y-%m-%d %H:%M} UTC in {record.record_path()}.")
+        return
+    shown = [{**r, "hours": f"{r['hours']:.3f}", "usd": f"${r['usd']:.4f}"} for r in rows]
+    _table(shown, COST_COLUMNS)
+    unknown = f"; {unpriced} charge(s) had no known price" if unpriced else ""
+    click.echo(
+        f"Total ${total:.4f} for {len(found)} charge(s) since {start:%Y-%m-%d %H:%M} UTC"
+        f"{unknown} (record: {record.record_path()})."
+    )
 
 
 # --- cleanup ----------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from ec2_executor.cloud.stacks import (
     TAG_INSTANCE_TYPE,
     TAG_NODE,
     TAG_OWNER,
+    TAG_RATE,
     StackOutputs,
     tag_value,
 )
@@ -77,4 +78,12 @@ def stack_summary(stack: Mapping[str, Any]) -> dict[str, Any]:
         "instance_type": tag_value(stack, TAG_INSTANCE_TYPE) or "",
         "owner": tag_value(stack, TAG_OWNER) or "-",
         "instance_id": StackOutputs.from_stack(stack).instance_id,
+        "usd_per_hour": _number(tag_value(stack, TAG_RATE)),
     }
+
+
+def _number(text: str | None) -> float | None:
+    try:
+        return float(text) if text else None
+    except ValueError:
+        return None

@@ -42,6 +42,9 @@ TAG_CREATED = "ec2-executor:created-at"
 TAG_INSTANCE_TYPE = "ec2-executor:instance-type"
 TAG_OWNER = "ec2-executor:owner"
 """The dispatcher process that created the stack (`owner.owner_id()`)."""
+TAG_RATE = "ec2-executor:usd-per-hour"
+"""What the stack's instance costs per hour, as the executor priced it at launch (stack tags
+only: the launch template's tag slots are the user's)."""
 _MAX_NAME = 128
 _DIGEST = 10
 _FAILED_CREATE = {

@@ -157,6 +157,8 @@ def test_policy_command_prints_the_shipped_policy_and_the_readme_shows_it() -> N
         "cloudformation:DeleteStack",
         "ssm:GetParameters",
         "iam:PassRole",
+        "pricing:GetProducts",
+        "ec2:DescribeSpotPriceHistory",
         "ec2:RunInstances",
     ):
         assert needed in actions

@@ -35,7 +35,7 @@ PACKAGE = REPO / "ec2_executor"
 EXCLUSIONS = PACKAGE / "cloud" / "handler-permission-exclusions.json"
 SCHEMAS = Path(cfnlint.__file__).parent / "data" / "schemas"
 HANDLERS = ("create", "read", "delete")
-SERVICES = ("cloudformation", "ec2", "iam", "kms", "ssm", "sts")
+SERVICES = ("cloudformation", "ec2", "iam", "kms", "pricing", "ssm", "sts")
 """The services whose client methods the scan recognises."""
 DESTRUCTIVE = ("Delete", "Terminate", "Deregister", "Detach", "Disassociate", "Revoke")
 TAGGING = ("ec2:CreateTags", "ec2:DeleteTags")

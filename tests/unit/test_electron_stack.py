@@ -802,6 +802,14 @@ def test_bootcmd_arms_the_lifetime_poweroff(cloud_config: dict[str, Any]) -> Non
     assert all(("poweroff" in c or "shutdown" in c) for c in armed)
 
 
+def test_the_lifetime_poweroff_says_which_option_set_it(cloud_config: dict[str, Any]) -> None:
+    """The timer is `max_lifetime_minutes`' or `budget_usd`'s (LifetimeLimit): its power-off
+    writes which into `poweroff`, as the idle and orphan power-offs do."""
+    [timer] = [c for c in cloud_config["bootcmd"] if isinstance(c, str) and "systemd-run" in c]
+    assert "max_lifetime_minutes reached, powering off" in timer
+    assert ">/opt/ec2-executor/poweroff; systemctl poweroff" in timer
+
+
 def test_lifetime_timer_does_not_wait_for_sysinit(cloud_config: dict[str, Any]) -> None:
     """On Debian/Ubuntu `bootcmd` runs before sysinit.target: a timer with default
     dependencies would deadlock the boot (tests/guest proves it on a real boot)."""

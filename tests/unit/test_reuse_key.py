@@ -45,6 +45,7 @@ _CHANGED: dict[str, Any] = {
     "keep_warm_minutes": 7,
     "orphan_minutes": 30,
     "spot_retries": 2,
+    "budget_usd": 0.5,
     "remote_cache": "/tmp/elsewhere",
     "wait_for_deletion": True,
     "provision_timeout": 60.0,
