@@ -17,7 +17,12 @@ import covalent as ct
 import pytest
 from e2e_support import assert_nothing_left
 from harness import EmulatedBoot, Image, MotoServer, booting
-from harness.covalent_server import CovalentPaths, CovalentServer, point_client_at
+from harness.covalent_server import (
+    CovalentPaths,
+    CovalentServer,
+    client_isolation,
+    point_client_at,
+)
 from harness.timed_cloud import AwsSeconds, RateLimits, TimedCloud
 from harness.waiting import wait_until
 
@@ -61,11 +66,12 @@ def sweep_server(
     }
     server = CovalentServer.start(paths, env=env, executors={"ec2": ec2_settings}, log_level="info")
     try:
-        point_client_at(server)
-        yield server
+        with client_isolation(paths):
+            point_client_at(server)
+            yield server
     finally:
-        point_client_at(covalent_server)
         server.stop()
+        point_client_at(covalent_server)
 
 
 @pytest.fixture
