@@ -1,15 +1,17 @@
 """One electron as a pipeline of typed steps. Holds no Covalent code.
 
     Options ──plan──> Plan ──stack_parameters──> StackParameters ──launch──> Launched
-            ──new_host──> Host ──run_task (connects the host)──> TaskOutcome
+            ──new_host──> Host ──run_task (connects the host unless launch did)──> TaskOutcome
     teardown: Electron.destroy(launched, host)
 
 `plan` checks everything it can before anything is created; `stack_parameters` is pure;
-`launch` creates the stack and returns as soon as its instance has an address (Covalent's
-setup), while the stack goes on completing in `Launched.completion`; `run_task` is Covalent's
-run. A stack that fails at any point before the task's result is in fails the electron. Each
-step returns what the next one needs; `Electron` holds the electron's identity and the
-in-flight `CreateStack`, which teardown must wait for.
+`launch` creates the stack and returns once its instance answers SSH or the stack is complete
+(Covalent's setup), while the stack goes on completing in `Launched.completion`; `run_task` is
+Covalent's run. Until then, a capacity failure (the launch refused, or the instance lost after
+it had its address) moves the electron to the next zone (`capacity.first_that_fits`); after
+it, a stack that fails before the task's result is in fails the electron. Each step returns
+what the next one needs; `Electron` holds the electron's identity and the in-flight
+`CreateStack`, which teardown must wait for.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import importlib.metadata
 import json
 import math
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -82,6 +85,8 @@ T = TypeVar("T")
 LOOK_DEADLINE = 20.0
 """How long one look at the instance may retry (throttling, expired credentials) before the
 task goes on unjudged; the watcher looks again a few seconds later."""
+LOOK_EVERY = 5.0
+"""Seconds between two looks at a launching instance while its SSH does not answer."""
 
 
 @dataclass(frozen=True)
@@ -117,6 +122,9 @@ class Launched:
     completion: asyncio.Future[StackOutputs] | None = None
     """The stack's wait for CREATE_COMPLETE, which goes on while the task starts; None once
     the stack completed before it was handed over."""
+    host: Host | None = None
+    """The connection `launch` opened once the instance answered SSH (None on a warm
+    instance, whose host the lease holds)."""
 
     def raise_if_stack_failed(self, host: Host) -> None:
         """Once the stack has failed: close the host's connection (ending a command that waits
@@ -261,8 +269,9 @@ class Electron:
 
     async def destroy(self, launched: Launched | None, host: Host | None) -> None:
         """Delete whatever setup created, however far it got; say so loudly if it stays."""
-        if host is not None:
-            host.close()
+        for opened in (host, launched.host if launched else None):
+            if opened is not None:
+                opened.close()
         if launched is not None and launched.completion is not None:
             launched.completion.cancel()
             _failure(launched.completion)  # retrieved: reported already, or moot by now
@@ -383,30 +392,36 @@ def check_user_data(template: str, parameters: list[dict[str, str]], options: Op
 
 
 async def launch(electron: Electron) -> Launched:
-    """Plan, create the electron's stack, and return once its instance has an address."""
+    """Plan, create the electron's stack, and return once its instance answers SSH or the stack
+    is complete; a zone without capacity, found before that, moves the electron to the next
+    zone."""
     options, phases = electron.options, electron.phases
-    deadline = Deadline(options.provision_timeout)  # again once the queue let us through
     with phases.phase("plan"):
         plan = await run_blocking(lookups.plan, electron.aws, options, spread_key=electron.name)
     log.info("%s: image: %s", electron.name, plan.image.why)
+    for warning in plan.warnings:
+        log.warning("%s: %s", electron.name, warning)
     parameters = stack_parameters(options, plan, electron.host_key)
     with phases.phase("template"):
         template = await run_blocking(stack_template, plan.network.shape)
 
-    async def attempt(where: capacity.Attempt) -> Launched:
+    async def attempt(where: capacity.Attempt, deadline: Deadline) -> Launched:
         placed = capacity.placed(parameters, where)
-        return await _create_and_wait(electron, template, placed, plan.identity, deadline)
+        launched = await _create_and_wait(electron, template, placed, plan.identity, deadline)
+        return await _answering(electron, launched)
 
     async def clear() -> None:  # a refused stack goes, so its name is free for the next try
         with phases.phase("delete stack"):
             await delete_and_wait(
-                electron.stacks, electron.name, deadline=deadline, events=electron.events
+                electron.stacks,
+                electron.name,
+                deadline=Deadline(DELETE_TIMEOUT),
+                events=electron.events,
             )
 
     with phases.phase("queue"):
         await electron.take_slot()
-    while True:
-        deadline = Deadline(options.provision_timeout)  # the time in the queue is not counted
+    while True:  # each attempt's 'provision_timeout' starts after the time in the queue
         try:
             return await capacity.first_that_fits(
                 capacity.attempts(plan.network.placements, options.spot),
@@ -414,12 +429,32 @@ async def launch(electron: Electron) -> Launched:
                 clear=clear,
                 name=electron.name,
                 instance_type=options.instance_type,
+                provision_timeout=options.provision_timeout,
             )
         except VcpuLimitError as refused:
             await clear()
             electron.forget_stack()
             with phases.phase("queue"):
                 await electron.retake_slot(refused)
+
+
+async def _answering(electron: Electron, launched: Launched) -> Launched:
+    """`launched` with its host connected, while the stack is still in progress. A stack that
+    fails first (an instance that EC2 terminated for lack of capacity, say) raises its
+    `StackCreationError`, with nothing of this attempt left running here. A complete stack's
+    instance is running and can no longer fail for capacity: `run_task` connects it."""
+    if launched.completion is None:
+        return launched
+    host = new_host(electron, launched)
+    try:
+        await _connect(electron, launched, host, check=_lost_for_capacity(electron, launched))
+    except BaseException:
+        host.close()
+        if launched.completion is not None:
+            launched.completion.cancel()
+            _failure(launched.completion)  # retrieved: the error raised here says it
+        raise
+    return dataclasses.replace(launched, host=host)
 
 
 async def _create_and_wait(
@@ -509,8 +544,10 @@ def endpoint(options: Options, outputs: StackOutputs, stack: str) -> Endpoint:
 
 
 def new_host(electron: Electron, launched: Launched) -> Host:
-    """The electron's one SSH connection to its instance, pinned to its host key; it opens in
-    `run_task`."""
+    """The electron's one SSH connection to its instance, pinned to its host key: the one
+    `launch` opened, else a new one, which opens in `run_task`."""
+    if launched.host is not None:
+        return launched.host
     remote = RemoteHost(
         endpoint(electron.options, launched.outputs, electron.name),
         launched.identity,
@@ -521,12 +558,49 @@ def new_host(electron: Electron, launched: Launched) -> Host:
     return Host(remote=remote, task_dir=task_dir(electron))
 
 
-async def _connect(electron: Electron, launched: Launched, host: Host) -> None:
-    """Open the host's connection once the instance answers with its pinned key."""
+def _lost_for_capacity(electron: Electron, launched: Launched) -> Callable[[], Awaitable[None]]:
+    """A look at the launching instance, at most every `LOOK_EVERY` seconds, that raises a
+    `StackCreationError` once EC2 has terminated it for lack of capacity (its state reason),
+    without waiting for CloudFormation to say so."""
+    instances, instance_id = Instances(electron.aws.ec2), launched.outputs.instance_id
+    next_look = time.monotonic() + LOOK_EVERY
+
+    async def check() -> None:
+        nonlocal next_look
+        if time.monotonic() < next_look:
+            return
+        next_look = time.monotonic() + LOOK_EVERY
+        try:
+            found = await instances.watched(instance_id)  # read with every other electron's
+        except EC2ExecutorError as exc:  # no answer is no verdict: look again later
+            log.debug("%s: could not look at %s: %s", electron.name, instance_id, exc)
+            return
+        if found is None or found.live or capacity.refusal(found.state_reason) is None:
+            return
+        raise StackCreationError(
+            f"Stack {electron.name!r}: instance {instance_id} is {found.state} before it "
+            f"answered SSH: {found.state_reason}",
+            stack_name=electron.name,
+        )
+
+    return check
+
+
+async def _connect(
+    electron: Electron,
+    launched: Launched,
+    host: Host,
+    *,
+    check: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """Open the host's connection once the instance answers with its pinned key; `check` runs
+    before each try (and may raise)."""
     remote, where = host.remote, host.remote.endpoint
 
     async def attempt() -> bool | None:
         launched.raise_if_stack_failed(host)
+        if check is not None:
+            await check()
         return await run_blocking(remote.try_connect) or None
 
     with electron.phases.phase("wait for SSH"):

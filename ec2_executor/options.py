@@ -81,7 +81,8 @@ class Options:
     max_lifetime_minutes: int = 120
     """The instance powers itself off (and terminates) after this, whatever happens here."""
     provision_timeout: float = 900.0
-    """Seconds allowed for the stack, SSH and the bootstrap to be ready."""
+    """Seconds allowed for the stack, SSH and the bootstrap to be ready, per zone tried (a
+    capacity failover takes at most `capacity.FAILOVER_ROUNDS` times this in all)."""
     tags: Mapping[str, str] = field(default_factory=dict)
     """Extra tags for the stack and everything in it."""
     python_version: str = field(default_factory=dispatcher_python)

@@ -47,7 +47,7 @@ async def bake(options: Options, *, pip: tuple[str, ...] = (), force: bool = Fal
     ec2 = AWS(options).ec2
     arch = await run_blocking(lookups.architecture, ec2, options)
     versions = lookups.Versions.installed(options.python_version)
-    recipe = lookups.recipe(versions, arch, pip)
+    recipe = lookups.recipe(versions, arch, pip, volume_size=options.volume_size)
     if not force:
         found = await run_blocking(baked_images, ec2, {TAG + "key": recipe.key})
         if found:

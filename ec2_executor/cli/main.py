@@ -30,10 +30,10 @@ from ec2_executor.blocking import Deadline
 from ec2_executor.cli import bake as baking
 from ec2_executor.cli.permission_checks import check_permissions
 from ec2_executor.cli.states import BUSY, IDLE, ORPHANS, instance_states, stack_summary
-from ec2_executor.cloud import images, lookups
+from ec2_executor.cloud import egress, images, lookups
 from ec2_executor.cloud.aws import AWS, aws_errors
 from ec2_executor.cloud.lookups import architecture, key_pair_name
-from ec2_executor.cloud.network import ingress_cidr, plan_network
+from ec2_executor.cloud.network import NetworkPlan, ingress_cidr, plan_network
 from ec2_executor.cloud.permissions import policy_text
 from ec2_executor.cloud.stacks import (
     DELETE_TIMEOUT,
@@ -641,14 +641,18 @@ def _check_aws(checks: Checks, options: opts.Options) -> None:
         lambda: architecture(aws.ec2, options),
         str_of=lambda arch: f"{options.instance_type} ({arch})",
     )
+    image = None
     if arch is not None:
-        checks.run("image", lambda: _image(aws, options, arch))
+        image = checks.run("image", lambda: _image(aws, options, arch), str_of=lambda i: i.why)
     if options.ssh_key_file:
         checks.run("key pair", lambda: _key_pair(aws, options))
     cidr = checks.run("SSH ingress", lambda: _ingress(options))
     if cidr:
         resolved = dataclasses.replace(options, ssh_ingress_cidr=cidr.split()[0])
-        checks.run("network", lambda: _network(aws, resolved))
+        installs = image.installs if image is not None else True
+        network = checks.run("network", lambda: _network(aws, resolved, installs), str_of=_where)
+        for warning in network.warnings if network is not None else ():
+            checks.warn("network", warning)
     checks.run(
         "stacks",
         lambda: f"{len(Stacks(aws.cloudformation).list_ours())} ec2-executor stack(s) exist now",
@@ -696,9 +700,9 @@ def _valid(_: object) -> str:
     return "valid"
 
 
-def _image(aws: AWS, options: opts.Options, arch: str) -> str:
+def _image(aws: AWS, options: opts.Options, arch: str) -> lookups.Image:
     versions = lookups.Versions.installed(options.python_version)
-    return lookups.image(aws.ec2, options, arch, versions).why
+    return lookups.image(aws.ec2, options, arch, versions)
 
 
 def _ingress(options: opts.Options) -> str:
@@ -713,8 +717,12 @@ def _key_pair(aws: AWS, options: opts.Options) -> str:
     return f"{options.ssh_key_file} readable; {attached}"
 
 
-def _network(aws: AWS, options: opts.Options) -> str:
-    plan = plan_network(aws.ec2, options)
+def _network(aws: AWS, options: opts.Options, installs: bool) -> NetworkPlan:
+    """The network an electron would get, with the way out checked as its plan checks it."""
+    return egress.checked(aws.ec2, plan_network(aws.ec2, options), installs=installs)
+
+
+def _where(plan: NetworkPlan) -> str:
     where = (
         f"subnet {plan.subnet_id} in {plan.vpc_id}"
         if plan.subnet_id

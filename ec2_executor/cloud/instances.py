@@ -34,6 +34,9 @@ class Instance:
     private_ip: str = ""
     public_ip: str = ""
     tags: Mapping[str, str] | None = None
+    state_reason: str = ""
+    """EC2's message for the last state change, such as "Server.InsufficientInstanceCapacity:
+    ..." for an instance terminated during launch ('' when EC2 gives none)."""
 
     @classmethod
     def from_ec2(cls, found: Mapping[str, Any]) -> Instance:
@@ -43,6 +46,7 @@ class Instance:
             private_ip=str(found.get("PrivateIpAddress", "")),
             public_ip=str(found.get("PublicIpAddress", "")),
             tags={t["Key"]: t["Value"] for t in found.get("Tags", [])},
+            state_reason=str((found.get("StateReason") or {}).get("Message", "")),
         )
 
     @property

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from .boot import BootedInstance, BootError, EmulatedBoot
-from .moto import REGION, LoopbackNetwork
+from .moto import REGION, LoopbackNetwork, route_out
 from .netguard import NetworkGuard
 from .processes import alive
 from .userdata import parse_user_data
@@ -170,9 +170,13 @@ class GuestBoot(EmulatedBoot):
         base_dir: Path | None = None,
         boot_timeout: float = 180.0,
         stop_timeout: float = 60.0,
+        writable: bool = False,
     ) -> None:
         super().__init__(endpoint_url, base_dir=base_dir, poll_interval=0.5)
         self.rootfs = image
+        self.writable = writable
+        """Boot `image` itself, keeping what the guests write (`writable_root` makes one);
+        else each guest writes to a throw-away overlay."""
         self.network = network
         self.boot_timeout = boot_timeout
         self.stop_timeout = stop_timeout
@@ -244,6 +248,7 @@ class GuestBoot(EmulatedBoot):
         )
         netns = self.network.attach(record.private_ip)
         command = [str(RUN_SCRIPT), "start", record.name, str(self.rootfs), netns, str(seed)]
+        command += ["writable"] if self.writable else []
         with open(record.sshd_log, "ab") as console:
             record.nspawn = subprocess.Popen(
                 command,
@@ -339,6 +344,22 @@ def _read(path: Path) -> str:
 
 
 @contextlib.contextmanager
+def writable_root(image: Path, workdir: Path) -> Iterator[Path]:
+    """A root to boot with `GuestBoot(writable=True)`: an overlay over the cached `image`
+    (which stays untouched), whose writes land in `workdir/upper` and outlive the guest, so
+    another guest can boot from what the first one left."""
+    upper, work, merged = workdir / "upper", workdir / "work", workdir / "root"
+    for directory in (upper, work, merged):
+        directory.mkdir(parents=True)
+    layers = f"lowerdir={image},upperdir={upper},workdir={work}"
+    _script("mount", "-t", "overlay", "overlay", "-o", layers, str(merged))
+    try:
+        yield merged
+    finally:
+        _script("umount", str(merged))
+
+
+@contextlib.contextmanager
 def guest_booting(
     moto_url: str, *, image: Path, network: GuestNetwork, base_dir: Path
 ) -> Iterator[GuestBoot]:
@@ -359,11 +380,27 @@ def describe(record: BootedInstance) -> str:
 
 def create_guest_subnet(ec2: Any, network: GuestNetwork) -> LoopbackNetwork:
     """A VPC over `GUEST_RANGE` and a subnet on the bridge's /24: moto gives its instances
-    10.251.N.4, .5, ..., the addresses the guests then get."""
-    vpc_id = ec2.create_vpc(CidrBlock=str(GUEST_RANGE))["Vpc"]["VpcId"]
-    subnet_id = ec2.create_subnet(
-        VpcId=vpc_id, CidrBlock=str(network.subnet), AvailabilityZone=f"{REGION}a"
-    )["Subnet"]["SubnetId"]
+    10.251.N.4, .5, ..., the addresses the guests then get. Both are reused when moto has them
+    already (one VPC for every guest network: moto, like AWS, allows 5 VPCs per region)."""
+    vpcs = ec2.describe_vpcs(Filters=[{"Name": "cidr", "Values": [str(GUEST_RANGE)]}])["Vpcs"]
+    if vpcs:
+        vpc_id = vpcs[0]["VpcId"]
+    else:
+        vpc_id = ec2.create_vpc(CidrBlock=str(GUEST_RANGE))["Vpc"]["VpcId"]
+        route_out(ec2, vpc_id)  # in moto only: the guests' own network reaches nothing
+    subnets = ec2.describe_subnets(
+        Filters=[
+            {"Name": "vpc-id", "Values": [vpc_id]},
+            {"Name": "cidr-block", "Values": [str(network.subnet)]},
+        ]
+    )["Subnets"]
+    subnet_id = (
+        subnets[0]["SubnetId"]
+        if subnets
+        else ec2.create_subnet(
+            VpcId=vpc_id, CidrBlock=str(network.subnet), AvailabilityZone=f"{REGION}a"
+        )["Subnet"]["SubnetId"]
+    )
     return LoopbackNetwork(
         vpc_id=vpc_id,
         subnet_id=subnet_id,

@@ -14,6 +14,8 @@ from typing import Any
 import boto3
 from moto.server import ThreadedMotoServer
 
+from .strict import make_moto_strict
+
 REGION = "us-east-1"
 
 LOOPBACK_VPC_CIDR = "127.0.0.0/16"
@@ -130,6 +132,7 @@ def serve_in_this_process(argv: list[str]) -> None:
     from moto.server import main
 
     drop_no_value_list_items()
+    make_moto_strict()
     main(argv)
 
 
@@ -150,6 +153,7 @@ class MotoServer:
     def start(cls, port: int = 0) -> MotoServer:
         """Start a server on `port` (0: a free port) and wait until it accepts requests."""
         drop_no_value_list_items()
+        make_moto_strict()
         # One line per request otherwise; keep warnings and errors.
         logging.getLogger("werkzeug").setLevel(logging.WARNING)
         server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
@@ -168,12 +172,13 @@ class MotoServer:
         reset_moto(self.url)
 
     def client(self, service: str, **kwargs: Any) -> Any:
-        """A boto3 client for this server that does not depend on the process environment."""
+        """A boto3 client for this server that does not depend on the process environment
+        (`endpoint_url` may name a proxy in front of it)."""
         kwargs.setdefault("region_name", REGION)
+        kwargs.setdefault("endpoint_url", self.url)
         session: Any = boto3.session.Session()
         return session.client(
             service,
-            endpoint_url=self.url,
             aws_access_key_id=self.keys.access_key_id,
             aws_secret_access_key=self.keys.secret_access_key,
             **kwargs,
@@ -199,14 +204,31 @@ def create_loopback_network(ec2: Any) -> LoopbackNetwork:
     """Create the loopback VPC (127.0.0.0/16) and subnet (127.0.2.0/24, public IPs on launch).
 
     moto hands out private IPs from the subnet in order, from .4 on (127.0.2.4, .5, ...), so every
-    instance launched in this subnet has an address that Linux routes to `lo`.
+    instance launched in this subnet has an address that Linux routes to `lo`. Like a public
+    subnet on AWS, its VPC routes out through an internet gateway.
     """
     vpc_id = ec2.create_vpc(CidrBlock=LOOPBACK_VPC_CIDR)["Vpc"]["VpcId"]
     subnet_id = ec2.create_subnet(
         VpcId=vpc_id, CidrBlock=LOOPBACK_SUBNET_CIDR, AvailabilityZone=f"{REGION}a"
     )["Subnet"]["SubnetId"]
     ec2.modify_subnet_attribute(SubnetId=subnet_id, MapPublicIpOnLaunch={"Value": True})
+    route_out(ec2, vpc_id)
     return LoopbackNetwork(vpc_id=vpc_id, subnet_id=subnet_id)
+
+
+def route_out(ec2: Any, vpc_id: str) -> str:
+    """An internet gateway for `vpc_id` and the route 0.0.0.0/0 to it in the VPC's main route
+    table, as a public subnet has on AWS; returns the gateway's id."""
+    gateway = ec2.create_internet_gateway()["InternetGateway"]["InternetGatewayId"]
+    ec2.attach_internet_gateway(InternetGatewayId=gateway, VpcId=vpc_id)
+    main = ec2.describe_route_tables(
+        Filters=[
+            {"Name": "vpc-id", "Values": [vpc_id]},
+            {"Name": "association.main", "Values": ["true"]},
+        ]
+    )["RouteTables"][0]["RouteTableId"]
+    ec2.create_route(RouteTableId=main, DestinationCidrBlock="0.0.0.0/0", GatewayId=gateway)
+    return str(gateway)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ executor: the executor's own boto3 calls meet AWS's error responses.
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import subprocess
@@ -17,8 +18,9 @@ from typing import Any
 import cloudpickle
 import pytest
 from executor_support import execute, harness_options, run
-from harness import LoopbackNetwork, MotoServer
-from harness.cloud_state import live_stacks
+from harness import LoopbackNetwork, MotoServer, aws_texts
+from harness.boot import EmulatedBoot
+from harness.cloud_state import assert_nothing_left, instances_in, live_stacks
 from harness.faults import (
     CapacityPlan,
     Fault,
@@ -26,7 +28,9 @@ from harness.faults import (
     access_denied,
     capacity_refused,
     fault_proxy,
+    terminate_for_capacity,
 )
+from harness.timed_cloud import TimedCloud, Timeline
 
 from ec2_executor import (
     CapacityError,
@@ -217,8 +221,12 @@ def test_no_capacity_anywhere_names_every_zone_tried_and_leaves_no_stack(
         with pytest.raises(CapacityError) as refused:
             run(execute(ex, double, [1], {}, dispatch_id="nowhere"))
     message = str(refused.value)
-    for zone, subnet in subnets.items():
-        assert f"{zone} ({subnet}) on-demand" in message
+    for zone, subnet in subnets.items():  # each zone with EC2's reason, as CloudFormation said it
+        assert (
+            f"{zone} ({subnet}) on-demand: no capacity in this zone (We currently do not have "
+            f"sufficient {ex.instance_type} capacity in the Availability Zone you requested "
+            f"({zone}).)"
+        ) in message
     assert "spot='fallback'" in message
     assert sorted(z for z, _, _ in plan.launches) == sorted(subnets)
     assert live_stacks(moto_reset) == []
@@ -238,6 +246,77 @@ def test_spot_fallback_tries_spot_in_every_zone_then_on_demand(
     assert sorted(spot_tries) == [(z, True, "refused") for z in sorted(subnets)]
     assert plan.launches[-1][1:] == (False, "launched")
     assert live_stacks(moto_reset) == []
+
+
+def test_spot_fallback_falls_back_to_on_demand_at_the_spot_quota(
+    loopback_network: LoopbackNetwork,
+    emulated_boot: Any,
+    moto_reset: MotoServer,
+    remote_cache: str,
+    package_log: pytest.LogCaptureFixture,
+) -> None:
+    """EC2's "Max spot instance count exceeded", as CloudFormation quotes it (no error code):
+    the quota is the account's, so no other zone is tried on spot; on-demand is."""
+    subnets = two_zone_vpc(moto_reset, loopback_network)
+    dispatch = dispatch_starting_in("us-east-1a", list(subnets))
+    with capacity_refused(CapacityPlan(spot_quota=True)) as plan:
+        ex = in_vpc(loopback_network, remote_cache, spot="fallback")
+        assert run(execute(ex, double, [5], {}, dispatch_id=dispatch)) == 10
+    assert plan.launches == [("us-east-1a", True, "refused"), ("us-east-1a", False, "launched")]
+    assert aws_texts.SPOT_QUOTA.text in package_log.text
+    assert_nothing_left(moto_reset)
+
+
+@pytest.mark.parametrize("told_by", ["cloudformation", "the instance's state"])
+def test_a_capacity_failure_after_the_instance_had_its_address_moves_to_the_next_zone(
+    told_by: str,
+    loopback_network: LoopbackNetwork,
+    emulated_boot: EmulatedBoot,
+    moto_reset: MotoServer,
+    remote_cache: str,
+    monkeypatch: pytest.MonkeyPatch,
+    package_log: pytest.LogCaptureFixture,
+) -> None:
+    """EC2 launched the instance, which got its address, then terminated it for lack of
+    capacity. The executor, still waiting for SSH, learns it from CloudFormation (the instance
+    did not stabilise) or from the instance's state reason, whichever comes first; it deletes
+    that stack and launches in the next zone; nothing of the failed attempt is left."""
+    subnets = two_zone_vpc(moto_reset, loopback_network)
+    dispatch = dispatch_starting_in("us-east-1a", list(subnets))
+    name = stack_name(dispatch, 0)
+    held = emulated_boot.hold()  # the first instance never answers SSH, as on EC2
+    timeline = Timeline(instance_after=0.0, complete_after=300.0)  # still creating
+    with (
+        TimedCloud(moto_reset.url, timeline) as cloud,
+        concurrent.futures.ThreadPoolExecutor(1) as pool,
+    ):
+        monkeypatch.setenv("AWS_ENDPOINT_URL", cloud.url)
+        ex = in_vpc(loopback_network, remote_cache)
+        electron = pool.submit(run, execute(ex, double, [21], {}, dispatch_id=dispatch))
+        first = emulated_boot.wait_knocked()  # the executor had its address and tried SSH
+        if told_by == "cloudformation":
+            state = aws_texts.INSUFFICIENT_CAPACITY_STATE
+            cloud.fail(name, aws_texts.did_not_stabilize(first.instance_id, state))
+        else:
+            terminate_for_capacity(first.instance_id)
+        emulated_boot.wait_stopped(first.instance_id, timeout=60)  # its stack is deleted
+        held.release()
+        assert electron.result(timeout=300) == 42
+    assert cloud.answers("CreateStack") == ["moto", "moto"]
+    (second,) = [i for i in emulated_boot.instances if i.instance_id != first.instance_id]
+    ec2 = moto_reset.client("ec2")
+    placed = ec2.describe_instances(InstanceIds=[first.instance_id, second.instance_id])
+    subnet_of = {
+        i["InstanceId"]: i["SubnetId"] for r in placed["Reservations"] for i in r["Instances"]
+    }
+    assert subnet_of == {
+        first.instance_id: subnets["us-east-1a"],
+        second.instance_id: subnets["us-east-1b"],
+    }
+    assert first.instance_id in instances_in(moto_reset, "terminated")
+    assert "Server.InsufficientInstanceCapacity" in package_log.text
+    assert "trying elsewhere" in package_log.text
+    assert_nothing_left(moto_reset)
 
 
 def test_spot_only_does_not_fall_back(
