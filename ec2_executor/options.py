@@ -106,6 +106,9 @@ class Options:
     budget_usd: float = 0.0
     """USD the electron's instance may cost; it powers itself off when they are spent (its
     lifetime shortened from `max_lifetime_minutes`). 0: no budget."""
+    max_concurrent_instances: int = 0
+    """Instances this process's electrons hold at once in the account and region; the others
+    wait for one to end. 0: no cap (the account's vCPU quota still queues them)."""
 
     def __post_init__(self) -> None:
         for check in _CHECKS:
@@ -264,6 +267,8 @@ BOUNDS: dict[str, tuple[int, int, str]] = {
 """Whole-number options: (low, high, unit). Within their stack parameters' bounds (tested)."""
 SPOT_RETRIES = (0, 5)
 """Bounds of `spot_retries`: each rerun starts the task again from the start."""
+MAX_CONCURRENT = 10_000
+"""The highest `max_concurrent_instances`: far above any account's vCPU quota."""
 PARAMETER_OF_OPTION = {
     "volume_size": "VolumeSize",
     "ssh_port": "SshPort",
@@ -291,6 +296,12 @@ def _check_numbers(o: Options) -> None:
             f"Option 'spot_retries' is {retries!r}; use a whole number from {low} to {high} "
             f"(reruns of a task whose spot instance EC2 reclaimed), or leave it unset for 1 "
             f"with spot='fallback' and 0 with spot=True."
+        )
+    cap = o.max_concurrent_instances
+    if isinstance(cap, bool) or not isinstance(cap, int) or not 0 <= cap <= MAX_CONCURRENT:
+        raise ConfigurationError(
+            f"Option 'max_concurrent_instances' is {cap!r}; use a whole number from 1 to "
+            f"{MAX_CONCURRENT}, or 0 for no cap."
         )
     if not o.provision_timeout > 0:
         raise ConfigurationError(

@@ -159,11 +159,8 @@ def _probes(aws: AWS, options: Options, template: str, launch: Launch) -> dict[s
         "cloudformation:DescribeStackEvents": Probe(
             lambda: cloudformation.describe_stack_events(StackName=never), absent
         ),
-        "cloudformation:DescribeStackResource": Probe(
-            lambda: cloudformation.describe_stack_resource(
-                StackName=never, LogicalResourceId="Instance"
-            ),
-            absent,
+        "cloudformation:ListStacks": Probe(
+            lambda: cloudformation.list_stacks(StackStatusFilter=["CREATE_IN_PROGRESS"])
         ),
         "cloudformation:ValidateTemplate": Probe(
             lambda: cloudformation.validate_template(TemplateBody=template)

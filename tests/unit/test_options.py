@@ -106,6 +106,9 @@ def test_key_name_defaults_to_the_key_file_stem(tmp_path: Path) -> None:
         ({"spot_retries": -1}, "'spot_retries'", "0 to 5"),
         ({"spot_retries": 6}, "'spot_retries'", "0 to 5"),
         ({"spot_retries": "often"}, "'spot_retries'", "[executors.ec2]"),
+        ({"max_concurrent_instances": -1}, "'max_concurrent_instances'", "0 for no cap"),
+        ({"max_concurrent_instances": 10_001}, "'max_concurrent_instances'", "1 to 10000"),
+        ({"max_concurrent_instances": "many"}, "'max_concurrent_instances'", "[executors.ec2]"),
     ],
 )
 def test_bad_values_are_refused_naming_the_key_and_the_fix(
