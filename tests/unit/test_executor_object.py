@@ -21,6 +21,7 @@ def test_public_surface_is_pinned() -> None:
     assert sorted(ec2_executor.__all__) == [
         "AWSError",
         "BootstrapError",
+        "BudgetSpentError",
         "CapacityError",
         "ConfigurationError",
         "ConnectionLostError",

@@ -82,4 +82,5 @@ def test_summary_reads_the_tags() -> None:
         "instance_type": "t3.micro",
         "owner": "-",  # made before stacks carried their owner
         "instance_id": "i-0abc",
+        "usd_per_hour": None,  # made before stacks carried their rate
     }
