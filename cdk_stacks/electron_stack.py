@@ -9,6 +9,7 @@ from aws_cdk import aws_ec2 as ec2
 from constructs import Construct
 
 from cdk_stacks.parameters import (
+    LAUNCH_TEMPLATE_TAG,
     PARAMETERS,
     TAG_SLOTS,
     Parameter,
@@ -213,6 +214,17 @@ class ElectronStack(cdk.Stack):
             self,
             "LaunchTemplate",
             launch_template_data=ec2.CfnLaunchTemplate.LaunchTemplateDataProperty(),
+        )
+        # The launch template gets no stack tags (its type takes none): this tag lets the
+        # policy allow deleting only the stacks' own launch templates.
+        template.add_property_override(
+            "TagSpecifications",
+            [
+                {
+                    "ResourceType": "launch-template",
+                    "Tags": [{"Key": LAUNCH_TEMPLATE_TAG, "Value": {"Ref": "AWS::StackName"}}],
+                }
+            ],
         )
         # Raw CloudFormation: the conditional parts are not expressible as typed properties.
         template.add_property_override(

@@ -18,6 +18,9 @@ IPV4_CIDR_PATTERN = r"^(\d{1,3}\.){3}\d{1,3}/(\d|[12]\d|3[0-2])$"
 TAG_SLOTS = 16
 """Stack tags the launch template copies to the network interface and spot request (stack tags
 do not reach them): the executor's own six and up to ten of the user's."""
+LAUNCH_TEMPLATE_TAG = "ec2-executor:stack"
+"""The launch template's own tag, its stack's name: its type takes no stack tags, and the
+IAM policy allows deleting a launch template only with this tag."""
 
 Value = str | int | bool
 
@@ -120,6 +123,13 @@ PARAMETERS: tuple[Parameter, ...] = (
         default=120,
         min_value=1,
         max_value=7 * 24 * 60,
+    ),
+    Parameter(
+        name="LifetimeLimit",
+        description="The option that set MaxLifetimeMinutes; the power-off names it.",
+        default="max_lifetime_minutes",
+        pattern="^(max_lifetime_minutes|budget_usd)$",
+        constraint="must be max_lifetime_minutes or budget_usd",
     ),
     Parameter(
         name="IdleMinutes",

@@ -43,8 +43,17 @@ def package_file(name: str) -> Path:
 
 
 def instance_files() -> dict[str, str]:
-    """The instance's files by name, read from the package."""
-    return {name: package_file(name).read_text() for name in INSTANCE_FILES}
+    """The instance's files by name, read from the package; the shell scripts go without their
+    comment lines (the package keeps them): user data is capped at 16 KB."""
+    return {name: _shipped(name, package_file(name).read_text()) for name in INSTANCE_FILES}
+
+
+# A line that is only a comment (not the `#!` line): nothing a running script reads.
+_COMMENT_LINE = re.compile(r"^[ \t]*#(?!!).*\n", re.M)
+
+
+def _shipped(name: str, text: str) -> str:
+    return _COMMENT_LINE.sub("", text) if name.endswith(".sh") else text
 
 
 def _gzip_base64(text: str) -> str:
@@ -69,7 +78,9 @@ def cloud_config_template(files: dict[str, str]) -> str:
 
     Host key and port go into an sshd drop-in written before sshd starts (cloud-init's first
     stage runs before sshd), so the only key sshd ever offers is the pinned one. The lifetime
-    watchdog is armed in `bootcmd`, the earliest hook, so it holds even if the bootstrap hangs.
+    watchdog is armed in `bootcmd`, the earliest hook, so it holds even if the bootstrap hangs;
+    it powers off for `max_lifetime_minutes` or for `budget_usd` (`LifetimeLimit` says which,
+    in `poweroff` beside the bootstrap, as the idle and orphan power-offs do).
     On Debian and Ubuntu that hook runs before `sysinit.target`: a timer with its default
     dependencies would wait for that target while cloud-init waits for the timer (a boot that
     never ends), hence `DefaultDependencies=no`; `AccuracySec` makes it fire within a second
@@ -102,9 +113,9 @@ write_files:
       ClientAliveInterval 15
       ClientAliveCountMax 4
 {_write_file_entries(files)}bootcmd:
-  - systemd-run --on-active=${{MaxLifetimeMinutes}}min --timer-property=DefaultDependencies=no --timer-property=AccuracySec=1s --unit=ec2-executor-lifetime systemctl poweroff || shutdown -P +${{MaxLifetimeMinutes}}
+  - systemd-run --on-active=${{MaxLifetimeMinutes}}min --timer-property=DefaultDependencies=no --timer-property=AccuracySec=1s --unit=ec2-executor-lifetime sh -c 'echo "$(date -u +%FT%TZ) ${{LifetimeLimit}} reached, powering off" >{INSTANCE_DIR}/poweroff; systemctl poweroff' || shutdown -P +${{MaxLifetimeMinutes}}
 runcmd:
-  - [{BOOTSTRAP_PATH}, --python, "${{PythonVersion}}", --covalent, "${{CovalentVersion}}", --cloudpickle, "${{CloudpickleVersion}}", --user, "${{SshUser}}", --idle-minutes, "${{IdleMinutes}}", --orphan-minutes, "${{OrphanMinutes}}", --ssh-port, "${{SshPort}}"]
+  - [{BOOTSTRAP_PATH}, --python, "${{PythonVersion}}", --covalent, "${{CovalentVersion}}", --cloudpickle, "${{CloudpickleVersion}}", --user, "${{SshUser}}", --idle-minutes, "${{IdleMinutes}}", --orphan-minutes, "${{OrphanMinutes}}", --ssh-port, "${{SshPort}}", --spot, "${{UseSpot}}"]
 """  # noqa: E501
 
 

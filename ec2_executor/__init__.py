@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 from ec2_executor.errors import (
     AWSError,
     BootstrapError,
+    BudgetSpentError,
     CapacityError,
     ConfigurationError,
     ConnectionLostError,
@@ -14,6 +15,7 @@ from ec2_executor.errors import (
     EC2ExecutorError,
     PermissionDeniedError,
     RemoteError,
+    SpotInterruptionError,
     StackCreationError,
     StackDeletionError,
     TaskError,
@@ -25,6 +27,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AWSError",
     "BootstrapError",
+    "BudgetSpentError",
     "CapacityError",
     "ConfigurationError",
     "ConnectionLostError",
@@ -33,6 +36,7 @@ __all__ = [
     "EC2ExecutorError",
     "PermissionDeniedError",
     "RemoteError",
+    "SpotInterruptionError",
     "StackCreationError",
     "StackDeletionError",
     "TaskError",

@@ -7,10 +7,12 @@ down in `electron.py` (the cloud side) and `remote.py` (the SSH side).
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
 import sys
 import traceback
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
 from covalent._shared_files.exceptions import TaskCancelledError, TaskRuntimeError
@@ -19,13 +21,14 @@ from covalent.executor.base import AsyncBaseExecutor
 from covalent.executor.schemas import TaskUpdate
 
 from ec2_executor import electron as pipeline
-from ec2_executor import helper_nodes, sweep, warm
+from ec2_executor import helper_nodes, spot, sweep, warm
 from ec2_executor import options as opts
 from ec2_executor.blocking import run_blocking
+from ec2_executor.cloud.capacity import Attempt, Placement
 from ec2_executor.cloud.stacks import stack_name
 from ec2_executor.config import config_section
 from ec2_executor.electron import Electron, Host, Launched, TaskOutcome, cleanup_from_handle
-from ec2_executor.errors import ConnectionLostError, TaskError
+from ec2_executor.errors import ConnectionLostError, SpotInterruptionError, TaskError
 from ec2_executor.logs import log
 from ec2_executor.remote import DEFAULT_KEEPALIVE, Keepalive
 from ec2_executor.watch import CancelRequested, watched
@@ -75,6 +78,7 @@ class EC2Executor(AsyncBaseExecutor):
         create_vpc: bool | None = None,
         spot: bool | str | None = None,
         instance_profile: str | None = None,
+        cloudformation_role: str | None = None,
         wait_for_deletion: bool | None = None,
         max_lifetime_minutes: int | None = None,
         provision_timeout: float | None = None,
@@ -83,6 +87,8 @@ class EC2Executor(AsyncBaseExecutor):
         keep_warm_minutes: int | None = None,
         use_baked_image: bool | None = None,
         orphan_minutes: int | None = None,
+        spot_retries: int | None = None,
+        budget_usd: float | None = None,
         **kwargs: Any,
     ) -> None:
         explicit = {k: v for k, v in locals().items() if k in opts.OPTION_NAMES}
@@ -126,7 +132,8 @@ class EC2Executor(AsyncBaseExecutor):
         launched = lease.launched  # on the leased warm instance, or on a stack of its own:
         if launched is None:
             launch = pipeline.launch(self._electron)
-            launched = await self._watched(launch, _not_yet, on_stop=_nothing_to_stop)
+            with _costed(self._electron):
+                launched = await self._watched(launch, _not_yet, on_stop=_nothing_to_stop)
         self._launched = launched
 
     async def run(
@@ -136,15 +143,87 @@ class EC2Executor(AsyncBaseExecutor):
             return await self._run_helper(self._helper, args, kwargs)
         if await self._cancel_requested():
             raise TaskCancelledError("The task was cancelled before it started.")
+        runs: list[spot.Run] = []
+        while True:
+            try:
+                outcome = await self._run_once((function, args, kwargs))
+                break
+            except SpotInterruptionError as exc:
+                market = self._reclaimed(runs, exc)
+            await self._rerun(
+                task_metadata, functools.partial(spot.rerun_order, spot=market, runs=runs)
+            )
+        with _costed(self._electron):
+            return self._report(outcome)
+
+    async def _run_once(self, task: tuple[Any, list[Any], dict[str, Any]]) -> TaskOutcome:
+        """One run of the task on the electron's instance, watched."""
         electron, launched, lease = self._electron, self._launched, self._lease
         self._host = host = lease.host(electron) or pipeline.new_host(electron, launched)
-        with lease.running(electron.name):
-            outcome = await self._watched(
-                pipeline.run_task(electron, launched, host, (function, args, kwargs)),
-                functools.partial(pipeline.instance_gone, electron, launched.outputs),
-                on_stop=functools.partial(lease.stop, host),
+        with _costed(electron), lease.running(electron.name):
+            try:
+                return await self._watched(
+                    pipeline.run_task(electron, launched, host, task),
+                    functools.partial(pipeline.instance_gone, electron, launched.outputs),
+                    on_stop=functools.partial(lease.stop, host),
+                )
+            except ConnectionLostError as exc:  # the budget's power-off drops the connection
+                spent = electron.budget_spent(launched.outputs.instance_id)
+                if spent is None:
+                    raise
+                raise spent from exc
+
+    def _reclaimed(self, runs: list[spot.Run], error: SpotInterruptionError) -> bool:
+        """Log the reclaimed run and say on which market the next one goes; raise the final
+        error, listing every run, when no rerun is left."""
+        electron, options = self._electron, self._electron.options
+        where = electron.placed
+        runs.append(
+            spot.Run(
+                zone=where.placement.zone if where else "",
+                spot=where.spot if where else options.spot_first,
+                reason=spot.run_reason(electron.notice),
             )
-        return self._report(outcome)
+        )
+        reruns = options.reruns_on_reclaim
+        market = spot.next_market(options.spot, reruns, runs)
+        if market is None:
+            raise SpotInterruptionError(
+                spot.final_text(electron.name, reruns, runs, str(error))
+            ) from error
+        log.warning(
+            "%s: run %d in %s; the task runs again from the start on a new %s instance "
+            "(rerun %d of 'spot_retries' %d): %s",
+            electron.name,
+            len(runs),
+            runs[-1],
+            "spot" if market else "on-demand",
+            len(runs),
+            reruns,
+            error,
+        )
+        return market
+
+    async def _rerun(
+        self,
+        task_metadata: dict[str, Any],
+        order: Callable[[list[Placement]], list[Attempt]],
+    ) -> None:
+        """Delete the reclaimed run's stack (waiting: its name is needed again, and nothing of
+        it may stay), then launch a new one; a cancel meanwhile ends the electron."""
+        old = self._electron
+        old.options = dataclasses.replace(old.options, wait_for_deletion=True)
+        await old.destroy(self.__dict__.pop("_launched", None), self.__dict__.pop("_host", None))
+        self._lease.instance = None  # a reclaimed warm instance went with its stack
+        self._electron = electron = Electron(
+            self._options(), task_metadata, keepalive=self.keepalive
+        )
+        if await self._cancelled():
+            raise TaskCancelledError(f"{electron.name} was cancelled before its rerun.")
+        await self._set_job_handle(electron.job_handle())
+        launch = pipeline.launch(electron, order)
+        self._launched = await self._watched(launch, _not_yet, on_stop=_nothing_to_stop)
+        log.info("%s: the rerun runs in %s", electron.name, electron.placed or "its stack")
 
     async def _watched(
         self,
@@ -245,6 +324,17 @@ class EC2Executor(AsyncBaseExecutor):
             # still deletes the stack, which ends the task; asking again is enough.
             log.warning("Covalent did not say whether the task was cancelled: %r", exc)
             return False
+
+
+@contextlib.contextmanager
+def _costed(electron: Electron) -> Iterator[None]:
+    """A failed electron's error ends with what its instance has cost so far."""
+    try:
+        yield
+    except Exception as exc:
+        if exc.args and isinstance(exc.args[0], str):
+            exc.args = (f"{exc.args[0]} [{electron.meter.summary()}]", *exc.args[1:])
+        raise
 
 
 async def _not_yet() -> ConnectionLostError | None:

@@ -1,15 +1,17 @@
 """One electron as a pipeline of typed steps. Holds no Covalent code.
 
     Options ──plan──> Plan ──stack_parameters──> StackParameters ──launch──> Launched
-            ──new_host──> Host ──run_task (connects the host)──> TaskOutcome
+            ──new_host──> Host ──run_task (connects the host unless launch did)──> TaskOutcome
     teardown: Electron.destroy(launched, host)
 
 `plan` checks everything it can before anything is created; `stack_parameters` is pure;
-`launch` creates the stack and returns as soon as its instance has an address (Covalent's
-setup), while the stack goes on completing in `Launched.completion`; `run_task` is Covalent's
-run. A stack that fails at any point before the task's result is in fails the electron. Each
-step returns what the next one needs; `Electron` holds the electron's identity and the
-in-flight `CreateStack`, which teardown must wait for.
+`launch` creates the stack and returns once its instance answers SSH or the stack is complete
+(Covalent's setup), while the stack goes on completing in `Launched.completion`; `run_task` is
+Covalent's run. Until then, a capacity failure (the launch refused, or the instance lost after
+it had its address) moves the electron to the next zone (`capacity.first_that_fits`); after
+it, a stack that fails before the task's result is in fails the electron. Each step returns
+what the next one needs; `Electron` holds the electron's identity and the in-flight
+`CreateStack`, which teardown must wait for.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import importlib.metadata
 import json
 import math
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -30,16 +33,17 @@ import cloudpickle
 
 from cdk_stacks.parameters import StackParameters, tag_parameters
 from cdk_stacks.user_data import USER_DATA_LIMIT, user_data_size
-from ec2_executor import owner, redact
+from ec2_executor import owner, redact, spot
 from ec2_executor.access import ClientIdentity, KeyPair
 from ec2_executor.blocking import Deadline, poll, run_blocking, submit_blocking
 from ec2_executor.cloud import capacity, lookups
 from ec2_executor.cloud.aws import AWS, error_code
-from ec2_executor.cloud.instances import LIVE_STATES, Instance, Instances, instance_state
+from ec2_executor.cloud.instances import LIVE_STATES, Instance, Instances, instance_seen
 from ec2_executor.cloud.lookups import Plan
 from ec2_executor.cloud.permissions import ACCESS_DENIED
 from ec2_executor.cloud.stacks import (
     DELETE_TIMEOUT,
+    TAG_RATE,
     EventLog,
     StackOutputs,
     Stacks,
@@ -52,11 +56,16 @@ from ec2_executor.cloud.stacks import (
     stack_template,
     wait_for_creation,
 )
+from ec2_executor.cost import budget as budgets
+from ec2_executor.cost import prices, record
+from ec2_executor.cost.meter import Meter
 from ec2_executor.errors import (
+    BudgetSpentError,
     ConfigurationError,
     ConnectionLostError,
     EC2ExecutorError,
     RemoteError,
+    SpotInterruptionError,
     StackCreationError,
     TemplateError,
 )
@@ -81,6 +90,8 @@ LOOK_DEADLINE = 20.0
 task goes on unjudged; the watcher looks again a few seconds later."""
 INSTANCE_LOGICAL_ID = "Instance"
 """The instance's logical id in `ElectronStack`'s template."""
+LOOK_EVERY = 5.0
+"""Seconds between two looks at a launching instance while its SSH does not answer."""
 
 
 @dataclass(frozen=True)
@@ -116,6 +127,9 @@ class Launched:
     completion: asyncio.Future[StackOutputs] | None = None
     """The stack's wait for CREATE_COMPLETE, which goes on while the task starts; None once
     the stack completed before it was handed over."""
+    host: Host | None = None
+    """The connection `launch` opened once the instance answered SSH (None on a warm
+    instance, whose host the lease holds)."""
 
     def raise_if_stack_failed(self, host: Host) -> None:
         """Once the stack has failed: close the host's connection (ending a command that waits
@@ -151,6 +165,9 @@ class ExistingStack:
     host_key: KeyPair
     ends_at: float
     """`time.monotonic()` when the instance's lifetime watchdog ends it."""
+    rate: prices.Rate | None = None
+    """What the instance costs per hour, for the electrons that use it."""
+    budget: budgets.Budget | None = None
 
 
 class Electron:
@@ -181,6 +198,16 @@ class Electron:
         redact.hide(self.host_key.private_base64())  # until the stack is gone
         self.ends_at = on.ends_at if on else time.monotonic() + options.max_lifetime_minutes * 60
         """When the instance's lifetime watchdog ends it, at the latest."""
+        self.placed: capacity.Attempt | None = None
+        """Where the stack's instance was launched (zone and market); None on an existing one."""
+        self.notice: spot.Notice | None = None
+        """The spot interruption notice the instance relayed, once one came."""
+        self.meter = Meter()
+        """The instance's cost while this electron uses it (on a warm one, from now)."""
+        self.budget = on.budget if on else None
+        """The checked `budget_usd` the instance's lifetime was set from, if any."""
+        if on is not None:
+            self.meter.start(on.rate)
         self._create_call: concurrent.futures.Future[str] | None = None
         if on is not None:  # teardown deletes that stack by name if it is not kept
             self._create_call = concurrent.futures.Future()
@@ -215,6 +242,9 @@ class Electron:
         parameters = StackParameters(
             **{**parameters, **tag_parameters([(t["Key"], t["Value"]) for t in tags])}
         )
+        hourly = self.meter.rate.usd_per_hour if self.meter.rate else None
+        if hourly is not None:  # for `ec2-executor list`
+            tags = [*tags, {"Key": TAG_RATE, "Value": f"{hourly:.6f}"}]
         values = parameters.to_cloudformation(declared=_declared(template))
         check_user_data(template, values, self.options)
         self._create_call = submit_blocking(
@@ -225,14 +255,16 @@ class Electron:
             tags=tags,
             timeout_minutes=max(5, math.ceil(self.options.provision_timeout / 60)),
             token=request_token(),  # one per attempt: a capacity failover's is a new stack
+            role_arn=self.options.cloudformation_role,
         )
         # Shielded: cancelling a wrapped future cancels the call itself if it has not started.
         return await asyncio.shield(asyncio.wrap_future(self._create_call))
 
     async def destroy(self, launched: Launched | None, host: Host | None) -> None:
         """Delete whatever setup created, however far it got; say so loudly if it stays."""
-        if host is not None:
-            host.close()
+        for opened in (host, launched.host if launched else None):
+            if opened is not None:
+                opened.close()
         if launched is not None and launched.completion is not None:
             launched.completion.cancel()
             _failure(launched.completion)  # retrieved: reported already, or moot by now
@@ -253,9 +285,40 @@ class Electron:
                 self.name,
                 events=self.events,
                 wait=self.options.wait_for_deletion,
-                done=functools.partial(redact.unhide, self.host_key.private_base64()),
+                done=self._deleted,
             )
-        log.info("%s: done (%s)", self.name, self.phases.summary())
+        log.info("%s: done (%s; %s)", self.name, self.phases.summary(), self.meter.summary())
+
+    def _deleted(self) -> None:
+        """The wait for the stack's deletion ended: the instance's charge ends with it."""
+        redact.unhide(self.host_key.private_base64())
+        background = self.meter.ended is None and not self.options.wait_for_deletion
+        self.record_charge()
+        if background:
+            log.info("%s: deletion verified; %s", self.name, self.meter.summary())
+
+    def record_charge(self) -> None:
+        """Stop the meter and add the electron's charge to the local record (once)."""
+        if self.meter.started is None or self.meter.ended is not None:
+            return
+        startup = record.startup_of(self.phases.seconds)
+        record.add(
+            self.meter.charge(
+                kind=record.ELECTRON, stack=self.name, task=self.task_name, startup_seconds=startup
+            )
+        )
+
+    def budget_spent(self, instance_id: str) -> BudgetSpentError | None:
+        """The error to fail with when the budget's lifetime has passed, else None."""
+        budget = self.budget
+        if budget is None or not budget.limited or time.monotonic() < self.ends_at:
+            return None
+        return BudgetSpentError(
+            f"Stack {self.name!r}: the budget of {budget} was spent: it buys {budget.minutes} "
+            f"min, and instance {instance_id} powered itself off at "
+            f"{time.strftime('%H:%M:%S UTC', time.gmtime())}, {self.meter.seconds:.0f} s after "
+            f"its launch. Raise 'budget_usd' for a longer task."
+        )
 
 
 def _failure(completion: asyncio.Future[StackOutputs] | None) -> BaseException | None:
@@ -287,6 +350,7 @@ def stack_parameters(options: Options, plan: Plan, host_key: KeyPair) -> StackPa
         SshPort=options.ssh_port,
         SshUser=options.username,
         MaxLifetimeMinutes=options.max_lifetime_minutes,
+        LifetimeLimit="max_lifetime_minutes",
         UseSpot=options.spot_first,  # each capacity attempt sets its own market
         IdleMinutes=options.keep_warm_minutes,
         OrphanMinutes=options.orphan_minutes,
@@ -321,34 +385,111 @@ def check_user_data(template: str, parameters: list[dict[str, str]], options: Op
     )
 
 
-async def launch(electron: Electron) -> Launched:
-    """Plan, create the electron's stack, and return once its instance has an address."""
+async def launch(
+    electron: Electron,
+    rerun: Callable[[list[capacity.Placement]], list[capacity.Attempt]] | None = None,
+) -> Launched:
+    """Plan, create the electron's stack, and return once its instance answers SSH or the stack
+    is complete; a zone without capacity, found before that, moves the electron to the next
+    zone. `rerun` orders the launch attempts of a rerun after a spot reclaim
+    (`spot.rerun_order`)."""
     options, phases = electron.options, electron.phases
-    deadline = Deadline(options.provision_timeout)
     with phases.phase("plan"):
         plan = await run_blocking(lookups.plan, electron.aws, options, spread_key=electron.name)
     log.info("%s: image: %s", electron.name, plan.image.why)
+    for warning in plan.warnings:
+        log.warning("%s: %s", electron.name, warning)
+    placements = list(plan.network.placements)
+    tried = rerun(placements) if rerun else capacity.attempts(placements, options.spot)
+    pricing = asyncio.ensure_future(run_blocking(market_rates, electron.aws, options, plan, tried))
     parameters = stack_parameters(options, plan, electron.host_key)
     with phases.phase("template"):
         template = await run_blocking(stack_template, plan.network.shape)
+    rates = await pricing  # looked up while the template was made (cached after the first)
+    if options.budget_usd:  # before anything is created
+        parameters = with_budget(electron, parameters, rates)
 
-    async def attempt(where: capacity.Attempt) -> Launched:
+    async def attempt(where: capacity.Attempt, deadline: Deadline) -> Launched:
+        electron.placed = where
         placed = capacity.placed(parameters, where)
-        return await _create_and_wait(electron, template, placed, plan.identity, deadline)
+        electron.meter.start(rates[where.spot])  # a refused attempt launched nothing
+        launched = await _create_and_wait(electron, template, placed, plan.identity, deadline)
+        return await _answering(electron, launched)
 
     async def clear() -> None:  # a refused stack goes, so its name is free for the next try
         with phases.phase("delete stack"):
             await delete_and_wait(
-                electron.stacks, electron.name, deadline=deadline, events=electron.events
+                electron.stacks,
+                electron.name,
+                deadline=Deadline(DELETE_TIMEOUT),
+                events=electron.events,
             )
 
-    return await capacity.first_that_fits(
-        capacity.attempts(plan.network.placements, options.spot),
+    launched = await capacity.first_that_fits(
+        tried,
         attempt,
         clear=clear,
         name=electron.name,
         instance_type=options.instance_type,
+        provision_timeout=options.provision_timeout,
     )
+    log.info("%s: price %s", electron.name, electron.meter.rate)
+    return launched
+
+
+def market_rates(
+    aws: AWS, options: Options, plan: Plan, tried: list[capacity.Attempt]
+) -> dict[bool, prices.Rate]:
+    """The instance's hourly rate on each market the attempts may use (by `spot`)."""
+    zones = {a.spot: a.placement.zone for a in tried}
+    return {
+        spot: prices.rate(
+            aws,
+            options.instance_type,
+            spot=spot,
+            zone=zone if len({a.placement.zone for a in tried}) == 1 else "",
+            volume_gib=options.volume_size,
+            public_ip=plan.network.public_ip,
+        )
+        for spot, zone in zones.items()
+    }
+
+
+def with_budget(
+    electron: Electron, parameters: StackParameters, rates: dict[bool, prices.Rate]
+) -> StackParameters:
+    """The lifetime `budget_usd` buys at the dearest market the attempts may use, or a
+    `ConfigurationError` when it cannot pay for the instance's start."""
+    options = electron.options
+    dearest = max(rates.values(), key=lambda r: r.usd_per_hour or float("inf"))
+    budget = budgets.check(options.budget_usd, dearest, options.max_lifetime_minutes)
+    electron.budget = budget
+    log.info("%s: budget %s: the instance lives %d min", electron.name, budget, budget.minutes)
+    if not budget.limited:
+        return parameters
+    electron.ends_at = min(electron.ends_at, time.monotonic() + budget.minutes * 60)
+    return StackParameters(
+        **{**parameters, "MaxLifetimeMinutes": budget.minutes, "LifetimeLimit": "budget_usd"}
+    )
+
+
+async def _answering(electron: Electron, launched: Launched) -> Launched:
+    """`launched` with its host connected, while the stack is still in progress. A stack that
+    fails first (an instance that EC2 terminated for lack of capacity, say) raises its
+    `StackCreationError`, with nothing of this attempt left running here. A complete stack's
+    instance is running and can no longer fail for capacity: `run_task` connects it."""
+    if launched.completion is None:
+        return launched
+    host = new_host(electron, launched)
+    try:
+        await _connect(electron, launched, host, check=_lost_for_capacity(electron, launched))
+    except BaseException:
+        host.close()
+        if launched.completion is not None:
+            launched.completion.cancel()
+            _failure(launched.completion)  # retrieved: the error raised here says it
+        raise
+    return dataclasses.replace(launched, host=host)
 
 
 async def _create_and_wait(
@@ -441,8 +582,10 @@ def endpoint(options: Options, outputs: StackOutputs, stack: str) -> Endpoint:
 
 
 def new_host(electron: Electron, launched: Launched) -> Host:
-    """The electron's one SSH connection to its instance, pinned to its host key; it opens in
-    `run_task`."""
+    """The electron's one SSH connection to its instance, pinned to its host key: the one
+    `launch` opened, else a new one, which opens in `run_task`."""
+    if launched.host is not None:
+        return launched.host
     remote = RemoteHost(
         endpoint(electron.options, launched.outputs, electron.name),
         launched.identity,
@@ -453,12 +596,49 @@ def new_host(electron: Electron, launched: Launched) -> Host:
     return Host(remote=remote, task_dir=task_dir(electron))
 
 
-async def _connect(electron: Electron, launched: Launched, host: Host) -> None:
-    """Open the host's connection once the instance answers with its pinned key."""
+def _lost_for_capacity(electron: Electron, launched: Launched) -> Callable[[], Awaitable[None]]:
+    """A look at the launching instance, at most every `LOOK_EVERY` seconds, that raises a
+    `StackCreationError` once EC2 has terminated it for lack of capacity (its state reason),
+    without waiting for CloudFormation to say so."""
+    instances, instance_id = Instances(electron.aws.ec2), launched.outputs.instance_id
+    next_look = time.monotonic() + LOOK_EVERY
+
+    async def check() -> None:
+        nonlocal next_look
+        if time.monotonic() < next_look:
+            return
+        next_look = time.monotonic() + LOOK_EVERY
+        try:
+            found = await run_blocking(instances.get, instance_id)
+        except EC2ExecutorError as exc:  # no answer is no verdict: look again later
+            log.debug("%s: could not look at %s: %s", electron.name, instance_id, exc)
+            return
+        if found is None or found.live or capacity.refusal(found.state_message) is None:
+            return
+        raise StackCreationError(
+            f"Stack {electron.name!r}: instance {instance_id} is {found.state} before it "
+            f"answered SSH: {found.state_message}",
+            stack_name=electron.name,
+        )
+
+    return check
+
+
+async def _connect(
+    electron: Electron,
+    launched: Launched,
+    host: Host,
+    *,
+    check: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """Open the host's connection once the instance answers with its pinned key; `check` runs
+    before each try (and may raise)."""
     remote, where = host.remote, host.remote.endpoint
 
     async def attempt() -> bool | None:
         launched.raise_if_stack_failed(host)
+        if check is not None:
+            await check()
         return await run_blocking(remote.try_connect) or None
 
     with electron.phases.phase("wait for SSH"):
@@ -487,10 +667,15 @@ async def run_task(
                 cloudpickle.dumps(task),
                 remote_dir=host.task_dir,
                 bootstrap_timeout=launched.deadline.remaining,
+                on_line=functools.partial(_heard, electron),
             )
         )
         done = await _unless_the_stack_fails(launched, host)
         envelope = cloudpickle.loads(done.envelope)
+        if envelope["error"] and done.notice and done.notice.sigterm_at:
+            # It failed once the notice's SIGTERM came: interrupted, not a failure of its own.
+            host.reusable = False
+            raise SpotInterruptionError(spot.interrupted_task_text(host.remote.where, done.notice))
         # The task's process ended and its result came back whole; one that raised is a failed
         # electron, and a failed electron's instance is not lent again.
         host.reusable = not envelope["error"]
@@ -503,6 +688,22 @@ async def run_task(
         traceback=envelope["traceback"],
         error=envelope["error"],
     )
+
+
+def _heard(electron: Electron, line: str) -> None:
+    """A line the task's command said while it ran: a spot notice is logged at once (it may be
+    the last word from the instance)."""
+    notice = spot.notice_in(line)
+    if notice is not None and electron.notice is None:
+        electron.notice = notice
+        log.warning(
+            "%s: spot interruption notice: EC2 will %s the instance at %s (noticed at %s); "
+            "the task gets SIGTERM 30 s before",
+            electron.name,
+            notice.action,
+            notice.at,
+            notice.seen,
+        )
 
 
 async def _unless_the_stack_fails(launched: Launched, host: Host) -> TaskRun:
@@ -522,14 +723,23 @@ async def _unless_the_stack_fails(launched: Launched, host: Host) -> TaskRun:
 
 async def instance_gone(electron: Electron, outputs: StackOutputs) -> ConnectionLostError | None:
     """The error to fail with once the instance no longer runs, else None (for `watch`)."""
-    state = await instance_state(
+    seen = await instance_seen(
         electron.options, outputs.instance_id, deadline=LOOK_DEADLINE, label=electron.name
     )
-    if state is None:  # no definite answer: only a definite one fails a task
+    if seen is None:  # no definite answer: only a definite one fails a task
         log.warning("%s: the instance's state is unknown; the task goes on", electron.name)
         return None
+    state = seen.state
     if state in LIVE_STATES:
         return None
+    spent = electron.budget_spent(outputs.instance_id)
+    if spent is not None:
+        return spent
+    if seen.state_reason == spot.RECLAIMED or electron.notice is not None:
+        where = f"{outputs.instance_id} of stack {electron.name!r}"
+        return SpotInterruptionError(
+            spot.reclaimed_text(where, electron.notice, seen.state_reason or state)
+        )
     return ConnectionLostError(
         f"Instance {outputs.instance_id} of stack {electron.name!r} is {state}: it went away "
         f"before the task ended (a spot interruption, 'max_lifetime_minutes' reached, or "

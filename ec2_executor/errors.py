@@ -74,5 +74,15 @@ class ConnectionLostError(RemoteError):
     """The SSH connection dropped or the instance vanished while the task ran."""
 
 
+class SpotInterruptionError(ConnectionLostError):
+    """EC2 reclaimed the electron's spot instance; the message gives the notice's time and,
+    after retries, every attempt with its zone, market and reason."""
+
+
+class BudgetSpentError(ConnectionLostError):
+    """The instance powered itself off when `budget_usd` was spent; the message names the
+    budget, the price and the time."""
+
+
 class TaskError(EC2ExecutorError):
     """The task raised, or its result could not come back; the message names the type."""

@@ -22,6 +22,8 @@ _STACK_TAG_KEY = re.compile(r"^[\w .:/=+@-]{1,127}$")
 _STACK_TAG_VALUE = re.compile(r"^[\w .:/=+@-]{1,255}$")
 # A Linux login name that is also safe inside the cloud-config's quoted YAML strings.
 _USERNAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+_ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/([\w+=,.@-]+/)*[\w+=,.@-]{1,64}$")
+"""An IAM role ARN, its path included (IAM's own pattern for names and paths)."""
 RESERVED_TAG_PREFIX = "ec2-executor:"
 MAX_EXTRA_TAGS = 10
 """Extra tags the launch template carries to the volume, network interface and spot request
@@ -76,12 +78,16 @@ class Options:
     has spot capacity)."""
     instance_profile: str = ""
     """Existing IAM instance profile name for the task's own AWS access."""
+    cloudformation_role: str = ""
+    """ARN of a CloudFormation service role that creates and deletes the stack's resources
+    (CreateStack's `RoleARN`); empty: CloudFormation acts with the caller's own rights."""
     wait_for_deletion: bool = False
     """Hold the electron until its stack is deleted; by default deletion is verified after."""
     max_lifetime_minutes: int = 120
     """The instance powers itself off (and terminates) after this, whatever happens here."""
     provision_timeout: float = 900.0
-    """Seconds allowed for the stack, SSH and the bootstrap to be ready."""
+    """Seconds allowed for the stack, SSH and the bootstrap to be ready, per zone tried (a
+    capacity failover takes at most `capacity.FAILOVER_ROUNDS` times this in all)."""
     tags: Mapping[str, str] = field(default_factory=dict)
     """Extra tags for the stack and everything in it."""
     python_version: str = field(default_factory=dispatcher_python)
@@ -94,6 +100,12 @@ class Options:
     orphan_minutes: int = 10
     """The instance powers itself off (and terminates) after this many minutes without its
     dispatcher's SSH connection: the dispatcher process died, slept or lost the network."""
+    spot_retries: int | None = None
+    """Times a task whose spot instance EC2 reclaimed runs again from the start, on a new
+    instance; None: 1 with spot="fallback", 0 otherwise (`reruns_on_reclaim`)."""
+    budget_usd: float = 0.0
+    """USD the electron's instance may cost; it powers itself off when they are spent (its
+    lifetime shortened from `max_lifetime_minutes`). 0: no budget."""
 
     def __post_init__(self) -> None:
         for check in _CHECKS:
@@ -103,6 +115,14 @@ class Options:
     def spot_first(self) -> bool:
         """Whether the first attempt asks for spot capacity."""
         return self.spot is True or self.spot == SPOT_FALLBACK
+
+    @property
+    def reruns_on_reclaim(self) -> int:
+        """`spot_retries`, or its default for the market: 1 under "fallback" (the rerun goes
+        on-demand), 0 under spot=True (the rerun would meet the same market)."""
+        if self.spot_retries is not None:
+            return self.spot_retries
+        return 1 if self.spot == SPOT_FALLBACK else 0
 
     @property
     def key_file(self) -> Path | None:
@@ -163,6 +183,7 @@ def defaults() -> dict[str, Any]:
     """The defaults, as Covalent writes them into `[executors.ec2]`."""
     result = Options().as_dict()
     result["python_version"] = ""  # resolved per dispatcher, not frozen into the config file
+    result["spot_retries"] = ""  # follows 'spot' unless set
     return result
 
 
@@ -179,8 +200,9 @@ def resolve(explicit: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str,
 def build(values: Mapping[str, Any]) -> Options:
     """Options from plain values (e.g. an executor's attributes); unknown keys are ignored."""
     known = {name: values[name] for name in OPTION_NAMES if name in values}
-    if not known.get("python_version"):
-        known.pop("python_version", None)
+    for by_default in ("python_version", "spot_retries"):  # "": the default's own rule
+        if known.get(by_default) in ("", None):
+            known.pop(by_default, None)
     known = {name: _coerce(name, value) for name, value in known.items()}
     return Options(**known)
 
@@ -194,6 +216,8 @@ def _coerce(name: str, value: Any) -> Any:
         if isinstance(value, str) and value.lower() not in _BOOL_WORDS:
             return value  # refused by its check, which names the choices
         kind = "bool"
+    if kind == "int | None":
+        kind = "int"
     try:
         if kind == "int" and not isinstance(value, bool):
             return int(value)
@@ -238,6 +262,8 @@ BOUNDS: dict[str, tuple[int, int, str]] = {
     "orphan_minutes": (2, 24 * 60, "minutes"),
 }
 """Whole-number options: (low, high, unit). Within their stack parameters' bounds (tested)."""
+SPOT_RETRIES = (0, 5)
+"""Bounds of `spot_retries`: each rerun starts the task again from the start."""
 PARAMETER_OF_OPTION = {
     "volume_size": "VolumeSize",
     "ssh_port": "SshPort",
@@ -256,10 +282,35 @@ def _check_numbers(o: Options) -> None:
                 f"{unit}".rstrip()
                 + "."
             )
+    retries = o.spot_retries
+    low, high = SPOT_RETRIES
+    if retries is not None and (
+        isinstance(retries, bool) or not isinstance(retries, int) or not low <= retries <= high
+    ):
+        raise ConfigurationError(
+            f"Option 'spot_retries' is {retries!r}; use a whole number from {low} to {high} "
+            f"(reruns of a task whose spot instance EC2 reclaimed), or leave it unset for 1 "
+            f"with spot='fallback' and 0 with spot=True."
+        )
     if not o.provision_timeout > 0:
         raise ConfigurationError(
             f"Option 'provision_timeout' is {o.provision_timeout!r}; use a number of seconds "
             f"above 0 (the default is 900)."
+        )
+
+
+BUDGET_BOUNDS = (0.0001, 100_000.0)
+"""`budget_usd`, when set: from a hundredth of a cent to a sum no electron should reach."""
+
+
+def _check_budget(o: Options) -> None:
+    low, high = BUDGET_BOUNDS
+    value = o.budget_usd
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if not number or not (value == 0 or low <= value <= high):
+        raise ConfigurationError(
+            f"Option 'budget_usd' is {value!r}; use a number of US dollars from {low} to "
+            f"{high:.0f}, or 0 for no budget."
         )
 
 
@@ -315,6 +366,18 @@ def _check_ids(o: Options) -> None:
             )
 
 
+def _check_role(o: Options) -> None:
+    if o.cloudformation_role and not (
+        isinstance(o.cloudformation_role, str) and _ROLE_ARN.match(o.cloudformation_role)
+    ):
+        raise ConfigurationError(
+            f"Option 'cloudformation_role' is {o.cloudformation_role!r}, which is not an IAM "
+            f"role ARN; use one like 'arn:aws:iam::123456789012:role/ec2-executor-cloudformation' "
+            f'(README, "Permissions"), or leave it empty for CloudFormation to act with your '
+            f"own rights."
+        )
+
+
 def _check_spot(o: Options) -> None:
     if not isinstance(o.spot, bool) and o.spot != SPOT_FALLBACK:
         raise ConfigurationError(
@@ -365,11 +428,13 @@ _CHECKS = (
     _check_instance_type,
     _check_region,
     _check_numbers,
+    _check_budget,
     _check_cidr,
     _check_keys,
     _check_python,
     _check_ids,
     _check_spot,
+    _check_role,
     _check_username,
     _check_tags,
 )

@@ -10,6 +10,7 @@ envelope to stdout. paramiko's errors become the package's here, and only here.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import shlex
 import socket
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 import paramiko
 from fabric import Config, Connection
 
+from ec2_executor import spot
 from ec2_executor.access import ClientIdentity
 from ec2_executor.blocking import run_blocking
 from ec2_executor.errors import (
@@ -27,6 +29,7 @@ from ec2_executor.errors import (
     ConnectionLostError,
     EC2ExecutorError,
     RemoteError,
+    SpotInterruptionError,
     TaskError,
 )
 from ec2_executor.instance.protocol import MARK, Exit
@@ -53,6 +56,8 @@ class TaskRun:
     """Seconds the command waited on the instance for the bootstrap to finish."""
     warm: bool
     """Whether the bootstrap's warm worker ran the task (else a fresh interpreter did)."""
+    notice: spot.Notice | None = None
+    """The spot interruption notice the instance relayed while the task ran, if one came."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -194,11 +199,19 @@ class RemoteHost:
     def where(self) -> str:
         return self.endpoint.name or self.endpoint.host
 
-    def run_task(self, payload: bytes, *, remote_dir: str, bootstrap_timeout: float) -> TaskRun:
-        """Upload the payload, wait for the bootstrap, run the task, fetch its envelope."""
+    def run_task(
+        self,
+        payload: bytes,
+        *,
+        remote_dir: str,
+        bootstrap_timeout: float,
+        on_line: Callable[[str], None] | None = None,
+    ) -> TaskRun:
+        """Upload the payload, wait for the bootstrap, run the task, fetch its envelope.
+        `on_line` hears each line the command says itself (`MARK`) as it comes."""
         ticks = max(1, int(bootstrap_timeout * 10))
         command = f'exec bash "{RUN_TASK}" {shell_path(remote_dir)} {ticks}'
-        status, out, err = self.execute(command, stdin=payload)
+        status, out, err = self.execute(command, stdin=payload, on_line=on_line)
         if status != Exit.OK or not out:
             raise task_failure(self.where, status, out, err.decode(errors="replace"))
         messages = err.decode(errors="replace")
@@ -207,10 +220,18 @@ class RemoteHost:
             envelope=out,
             bootstrap_wait=_seconds(waited[2]) - _seconds(waited[1]) if waited else 0.0,
             warm=f"{MARK} warm worker" in messages,
+            notice=spot.notice_in(messages),
         )
 
-    def execute(self, command: str, *, stdin: bytes = b"") -> tuple[int, bytes, bytes]:
-        """Run one command; a dropped connection becomes `ConnectionLostError`."""
+    def execute(
+        self,
+        command: str,
+        *,
+        stdin: bytes = b"",
+        on_line: Callable[[str], None] | None = None,
+    ) -> tuple[int, bytes, bytes]:
+        """Run one command; a dropped connection becomes `ConnectionLostError`. With
+        `on_line`, its stderr is read as it comes, and each of its lines handed over."""
         if not self._connection.is_connected:
             raise self._lost() or ConnectionLostError(
                 f"The SSH connection to {self.where} is closed."
@@ -219,11 +240,12 @@ class RemoteHost:
         try:
             with self._connection.create_session() as channel:
                 channel.exec_command(command)
+                said = _LineReader(channel.recv_stderr, on_line) if on_line else None
                 for start in range(0, len(stdin), _CHUNK):
                     channel.sendall(stdin[start : start + _CHUNK])
                 channel.shutdown_write()
                 out = _read_all(channel.recv)
-                err = _read_all(channel.recv_stderr)
+                err = said.join() if said else _read_all(channel.recv_stderr)
                 status = channel.recv_exit_status()
         except (OSError, EOFError, paramiko.SSHException) as exc:
             raise self._lost() or ConnectionLostError(
@@ -302,6 +324,30 @@ def _seconds(stamp: str) -> float:
     return float(stamp.replace(",", "."))
 
 
+class _LineReader:
+    """Reads a stream on a thread of its own, handing each line over as it comes (a spot
+    interruption notice must not wait for the task's end)."""
+
+    def __init__(self, recv: Callable[[int], bytes], on_line: Callable[[str], None]) -> None:
+        self._recv, self._on_line = recv, on_line
+        self._chunks: list[bytes] = []
+        self._thread = threading.Thread(target=self._run, name="ec2-executor-stderr", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        pending = b""
+        with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
+            while chunk := self._recv(_CHUNK):
+                self._chunks.append(chunk)
+                *lines, pending = (pending + chunk).split(b"\n")
+                for line in lines:
+                    self._on_line(line.decode(errors="replace"))
+
+    def join(self) -> bytes:
+        self._thread.join()
+        return b"".join(self._chunks)
+
+
 def _read_all(recv: Callable[[int], bytes]) -> bytes:
     chunks = []
     while chunk := recv(_CHUNK):
@@ -329,6 +375,9 @@ def shell_path(path: str) -> str:
 def task_failure(where: str, status: int, out: bytes, messages: str) -> EC2ExecutorError:
     """The error for each way run-task.sh can end without a result (`protocol.Exit`)."""
     said = messages.split(MARK, 1)[-1].strip()
+    notice = spot.notice_in(messages)
+    if notice is not None and notice.sigterm_at:  # the notice's SIGTERM ended the task
+        return SpotInterruptionError(spot.interrupted_task_text(where, notice))
     if status in (Exit.BOOTSTRAP_FAILED, Exit.BOOTSTRAP_TIMED_OUT):
         what = (
             "failed" if status == Exit.BOOTSTRAP_FAILED else "did not finish in 'provision_timeout'"

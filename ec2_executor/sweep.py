@@ -38,13 +38,13 @@ def orphans(
 ) -> list[Mapping[str, Any]]:
     """The stacks proven orphaned, and not `ours`: their instance ended, or their owner is
     proven dead on this machine (pure, given the states). `ours`: this process's id."""
-    from ec2_executor.cli.states import GONE, OWNER_GONE  # the states' one definition
+    from ec2_executor.cli.states import ORPHANS  # the states' one definition
 
     ours = ours or owner.owner_id()
     return [
         s
         for s in stacks
-        if states.get(s["StackName"]) in (GONE, OWNER_GONE)
+        if states.get(s["StackName"]) in ORPHANS
         and tag_value(s, TAG_OWNER) != ours
         and not str(s["StackStatus"]).startswith("DELETE")
     ]

@@ -5,7 +5,7 @@ stack's creation, the wait for SSH, the bootstrap and the task itself all end wi
 `CANCEL_POLL` seconds of a cancel, and within `INSTANCE_POLL` of the instance going away.
 
 Is the instance still there? That is asked for hours, maybe, while a task runs, and a task must
-not fail because the question could not be answered: `cloud.instances.instance_state` gives
+not fail because the question could not be answered: `cloud.instances.instance_seen` gives
 only a definite answer, or None.
 """
 

@@ -34,6 +34,9 @@ from seed_example import installed_pins, make_experiment
 
 # What `ec2_executor.phases` logs at INFO, through Covalent's logger, into the server's log.
 PHASE = re.compile(r"(ec2-executor-\S+): (.+) took ([\d.]+)s")
+# Its cost lines: the timing line ("done (...; cost ...)") and, once the deletion verified in
+# the background completes, the final figure ("deletion verified; cost ...").
+COST = re.compile(r"(ec2-executor-\S+): (?:done \(.*?; |deletion verified; )(cost .*)$", re.M)
 
 
 # --- running it ------------------------------------------------------------------------------
@@ -78,6 +81,27 @@ def print_phases(server: CovalentServer) -> None:
         print(f"  {name:<20} {seconds:7.2f}s")
 
 
+def costs_in(log: str) -> dict[str, str]:
+    """Each stack's latest cost line: the final one once its deletion was verified."""
+    return {stack: cost for stack, cost in COST.findall(log)}
+
+
+def print_cost(server: CovalentServer, heading: str) -> None:
+    costs = costs_in(server.paths.server_log.read_text(errors="replace"))
+    if not costs:
+        raise SystemExit(
+            "the Covalent server's log names no electron's cost ('<stack>: done (...; cost "
+            f"...)'); its end:\n{server.log_tail(20)}"
+        )
+    print(f"\n{heading}")
+    total = 0.0
+    for stack, cost in costs.items():
+        print(f"  {stack}: {cost}")
+        usd = re.match(r"cost \$([\d.]+)", cost)
+        total += float(usd[1]) if usd else 0.0
+    print(f"  total: ${total:.4f}")
+
+
 def run_local(base: Path, paths: CovalentPaths) -> None:
     import covalent as ct
 
@@ -106,6 +130,11 @@ def run_local(base: Path, paths: CovalentPaths) -> None:
         executor = ct.executor.EC2Executor(instance_type="t2.micro", volume_size=8, **settings)
         dispatch(server, executor, installed_pins("numpy", "scikit-learn"))
         print_phases(server)
+        print_cost(
+            server,
+            "what the same run would have cost on AWS (the instance for the time it took here, "
+            "its public IPv4 address and its gp3 volume, at the prices said):",
+        )
         left = [
             s
             for s in moto.client("cloudformation").list_stacks()["StackSummaries"]
@@ -125,6 +154,7 @@ def run_aws(paths: CovalentPaths) -> None:
         executor = ct.executor.EC2Executor(instance_type="t2.micro", volume_size=8)
         dispatch(server, executor, ct.DepsPip(packages=["numpy", "scikit-learn"]))
         print_phases(server)
+        print_cost(server, "what the run cost on AWS (an estimate, at the prices said):")
 
 
 def aws_configured() -> bool:

@@ -47,7 +47,7 @@ async def bake(options: Options, *, pip: tuple[str, ...] = (), force: bool = Fal
     ec2 = AWS(options).ec2
     arch = await run_blocking(lookups.architecture, ec2, options)
     versions = lookups.Versions.installed(options.python_version)
-    recipe = lookups.recipe(versions, arch, pip)
+    recipe = lookups.recipe(versions, arch, pip, volume_size=options.volume_size)
     if not force:
         found = await run_blocking(baked_images, ec2, {TAG + "key": recipe.key})
         if found:
@@ -88,7 +88,11 @@ def _create_image(ec2: EC2Client, instance_id: str, recipe: Recipe, stack: str) 
             InstanceId=instance_id,
             Name=name,
             Description=f"ec2-executor baked image (from stack {stack})",
-            TagSpecifications=[{"ResourceType": "image", "Tags": tags}],
+            # Snapshots tagged as they are made: the policy deletes only tagged ones.
+            TagSpecifications=[
+                {"ResourceType": "image", "Tags": tags},
+                {"ResourceType": "snapshot", "Tags": tags},
+            ],
         )["ImageId"]
     log.info("bake: %s is being made from %s", image_id, instance_id)
     try:

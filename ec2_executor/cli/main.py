@@ -28,13 +28,18 @@ from cdk_stacks.templates import cache_path
 from ec2_executor import options as opts
 from ec2_executor.blocking import Deadline
 from ec2_executor.cli import bake as baking
-from ec2_executor.cli.permission_checks import check_permissions
+from ec2_executor.cli.permission_checks import (
+    Launch,
+    check_permissions,
+    ebs_encryption,
+    launch_shape,
+)
 from ec2_executor.cli.states import BUSY, IDLE, ORPHANS, instance_states, stack_summary
-from ec2_executor.cloud import images, lookups
+from ec2_executor.cloud import egress, images, lookups
 from ec2_executor.cloud.aws import AWS, aws_errors
 from ec2_executor.cloud.lookups import architecture, key_pair_name
-from ec2_executor.cloud.network import ingress_cidr, plan_network
-from ec2_executor.cloud.permissions import policy_text
+from ec2_executor.cloud.network import NetworkPlan, ingress_cidr, plan_network
+from ec2_executor.cloud.permissions import POLICY_FILES, policy_text
 from ec2_executor.cloud.stacks import (
     DELETE_TIMEOUT,
     EventLog,
@@ -43,6 +48,7 @@ from ec2_executor.cloud.stacks import (
     stack_template,
 )
 from ec2_executor.config import config_file, config_section
+from ec2_executor.cost import record
 from ec2_executor.errors import ConfigurationError, EC2ExecutorError
 
 if TYPE_CHECKING:
@@ -59,7 +65,10 @@ LIST_COLUMNS = (
     "age",
     "instance_type",
     "state",
+    "rate",
+    "cost",
 )
+COST_COLUMNS = ("region", "instance_type", "market", "kind", "charges", "hours", "usd")
 CLEANUP_COLUMNS = ("name", "dispatch_id", "node_id", "status", "age", "state")
 IMAGE_COLUMNS = ("image", "name", "created", "state", "contents")
 """The tables' columns; --json prints every field of the rows instead."""
@@ -279,6 +288,10 @@ def _summaries(stacks: Stacks, aws: AWS) -> list[dict[str, Any]]:
         row["age_seconds"] = int((now - created).total_seconds()) if created else None
         row["age"] = _human(row["age_seconds"])
         row["state"] = states[row["name"]]
+        hourly, age = row["usd_per_hour"], row["age_seconds"]
+        row["cost_usd"] = None if hourly is None or age is None else hourly * age / 3600.0
+        row["rate"] = "?" if hourly is None else f"${hourly:.4f}/h"
+        row["cost"] = "?" if row["cost_usd"] is None else f"${row['cost_usd']:.4f}"
         rows.append(row)
     return rows
 
@@ -328,6 +341,59 @@ def confirmed(question: str, *, yes: bool) -> bool:
         ) from exc
     click.echo(NOTHING_DELETED)
     return False
+
+
+# --- cost -------------------------------------------------------------------------------
+
+
+def _age_option_required(_ctx: click.Context, _param: click.Parameter, value: str) -> Any:
+    return parse_age(value)
+
+
+@main.command(name="cost")
+@click.option(
+    "--since",
+    default="30d",
+    show_default=True,
+    callback=_age_option_required,
+    help="How far back: an age like 12h, 7d.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def cost(since: timedelta, as_json: bool) -> None:
+    """What this machine's electrons cost, from the executor's local record: each electron's
+    instance (launch to termination, public IPv4, gp3 volume) and the warm pool's idle time.
+
+    \b
+    Example:
+      ec2-executor cost --since 7d
+      ec2-executor cost --since 24h --json | jq .total_usd
+    """
+    start = datetime.now(UTC) - since
+    found = list(record.charges(since=start))
+    rows = record.totals(found)
+    total = sum(float(r["usd"]) for r in rows)
+    unpriced = sum(int(r["unpriced"]) for r in rows)
+    if as_json:
+        summary = {
+            "since": start.isoformat(timespec="seconds"),
+            "record": str(record.record_path()),
+            "charges": len(found),
+            "total_usd": total,
+            "unpriced": unpriced,
+            "rows": rows,
+        }
+        click.echo(json.dumps(summary, indent=2))
+        return
+    if not rows:
+        click.echo(f"No charges since {start:%Y-%m-%d %H:%M} UTC in {record.record_path()}.")
+        return
+    shown = [{**r, "hours": f"{r['hours']:.3f}", "usd": f"${r['usd']:.4f}"} for r in rows]
+    _table(shown, COST_COLUMNS)
+    unknown = f"; {unpriced} charge(s) had no known price" if unpriced else ""
+    click.echo(
+        f"Total ${total:.4f} for {len(found)} charge(s) since {start:%Y-%m-%d %H:%M} UTC"
+        f"{unknown} (record: {record.record_path()})."
+    )
 
 
 # --- cleanup ----------------------------------------------------------------------------
@@ -505,7 +571,16 @@ async def _delete_all(
 
 
 @main.command()
-def policy() -> None:
+@click.option(
+    "--for",
+    "holder",
+    type=click.Choice(list(POLICY_FILES)),
+    default="user",
+    show_default=True,
+    help="user: CloudFormation acts with the user's rights; user-with-role: the user's policy "
+    "when 'cloudformation_role' is set; cloudformation-role: that role's policy.",
+)
+def policy(holder: str) -> None:
     """Print the IAM policy the executor needs (README, "Permissions").
 
     \b
@@ -513,8 +588,9 @@ def policy() -> None:
       ec2-executor policy > ec2-executor-policy.json
       aws iam create-policy --policy-name ec2-executor \\
         --policy-document file://ec2-executor-policy.json
+      ec2-executor policy --for cloudformation-role > role-policy.json
     """
-    click.echo(policy_text().rstrip())
+    click.echo(policy_text(holder).rstrip())
 
 
 # --- bake -------------------------------------------------------------------------------
@@ -641,19 +717,27 @@ def _check_aws(checks: Checks, options: opts.Options) -> None:
         lambda: architecture(aws.ec2, options),
         str_of=lambda arch: f"{options.instance_type} ({arch})",
     )
+    image = None
     if arch is not None:
-        checks.run("image", lambda: _image(aws, options, arch))
+        image = checks.run("image", lambda: _image(aws, options, arch), str_of=lambda i: i.why)
     if options.ssh_key_file:
         checks.run("key pair", lambda: _key_pair(aws, options))
     cidr = checks.run("SSH ingress", lambda: _ingress(options))
+    plan = None
     if cidr:
         resolved = dataclasses.replace(options, ssh_ingress_cidr=cidr.split()[0])
-        checks.run("network", lambda: _network(aws, resolved))
+        installs = image.installs if image is not None else True
+        plan = checks.run("network", lambda: _network(aws, resolved, installs), str_of=_where)
+        for warning in plan.warnings if plan is not None else ():
+            checks.warn("network", warning)
     checks.run(
         "stacks",
         lambda: f"{len(Stacks(aws.cloudformation).list_ours())} ec2-executor stack(s) exist now",
     )
-    checks.run("permissions", lambda: _permissions(aws, options))
+    checks.run("EBS encryption", lambda: ebs_encryption(aws.ec2))
+    checks.run(
+        "permissions", lambda: _permissions(aws, options, launch_shape(aws, options, image, plan))
+    )
 
 
 T = TypeVar("T")
@@ -696,9 +780,9 @@ def _valid(_: object) -> str:
     return "valid"
 
 
-def _image(aws: AWS, options: opts.Options, arch: str) -> str:
+def _image(aws: AWS, options: opts.Options, arch: str) -> lookups.Image:
     versions = lookups.Versions.installed(options.python_version)
-    return lookups.image(aws.ec2, options, arch, versions).why
+    return lookups.image(aws.ec2, options, arch, versions)
 
 
 def _ingress(options: opts.Options) -> str:
@@ -713,8 +797,12 @@ def _key_pair(aws: AWS, options: opts.Options) -> str:
     return f"{options.ssh_key_file} readable; {attached}"
 
 
-def _network(aws: AWS, options: opts.Options) -> str:
-    plan = plan_network(aws.ec2, options)
+def _network(aws: AWS, options: opts.Options, installs: bool) -> NetworkPlan:
+    """The network an electron would get, with the way out checked as its plan checks it."""
+    return egress.checked(aws.ec2, plan_network(aws.ec2, options), installs=installs)
+
+
+def _where(plan: NetworkPlan) -> str:
     where = (
         f"subnet {plan.subnet_id} in {plan.vpc_id}"
         if plan.subnet_id
@@ -723,9 +811,9 @@ def _network(aws: AWS, options: opts.Options) -> str:
     return f"{where}; SSH open to {plan.ingress_cidr} only"
 
 
-def _permissions(aws: AWS, options: opts.Options) -> str:
+def _permissions(aws: AWS, options: opts.Options, launch: Launch) -> str:
     template = stack_template(StackShape(network=NetworkMode.EXISTING))
-    report = check_permissions(aws, options, template=template)
+    report = check_permissions(aws, options, template=template, launch=launch)
     unchecked = f"; not checked (no dry run, or no answer): {', '.join(report.unchecked)}"
     if report.missing:
         raise PermissionsMissing(

@@ -16,10 +16,12 @@ from ec2_executor.cloud.stacks import (
     TAG_INSTANCE_TYPE,
     TAG_NODE,
     TAG_OWNER,
+    TAG_RATE,
     StackOutputs,
     tag_value,
 )
 from ec2_executor.owner import known_gone
+from ec2_executor.spot import RECLAIMED
 from ec2_executor.warm.pool import TAG_STATE
 
 if TYPE_CHECKING:
@@ -31,14 +33,17 @@ OWNER_GONE = "orphan: owner gone"
 (`owner.known_gone`): it powers itself off after `orphan_minutes`; the stack may go now."""
 GONE = "orphan: instance gone"
 """Nothing runs on the stack any more: `cleanup` and the sweep delete it without --all."""
+INTERRUPTED = "interrupted: spot instance reclaimed"
+"""EC2 reclaimed the instance from the spot market (its state reason says so); the electron
+reruns elsewhere or fails saying so, and deletes the stack. Shown until the stack is gone."""
 BUSY = "running a task"
-ORPHANS = frozenset({GONE, OWNER_GONE})
+ORPHANS = frozenset({GONE, OWNER_GONE, INTERRUPTED})
 
 
 def instance_states(ec2: EC2Client, stacks: list[Mapping[str, Any]]) -> dict[str, str]:
     """Stack name -> "running a task", "idle since ...", an orphan's state (`GONE`,
-    `OWNER_GONE`) or the stack's own progress ("creating", "deleting") while it has no instance
-    to speak of."""
+    `OWNER_GONE`, `INTERRUPTED`) or the stack's own progress ("creating", "deleting") while it
+    has no instance to speak of."""
     ids = {s["StackName"]: StackOutputs.from_stack(s).instance_id for s in stacks}
     found = Instances(ec2).by_id([i for i in ids.values() if i])
     states: dict[str, str] = {}
@@ -49,6 +54,8 @@ def instance_states(ec2: EC2Client, stacks: list[Mapping[str, Any]]) -> dict[str
             states[name] = "deleting"
         elif not ids[name]:
             states[name] = "creating" if status.endswith("IN_PROGRESS") else GONE
+        elif instance is not None and instance.state_reason == RECLAIMED:
+            states[name] = INTERRUPTED
         elif instance is None or not instance.live:
             states[name] = GONE
         elif known_gone(tag_value(stack, TAG_OWNER) or ""):
@@ -71,4 +78,12 @@ def stack_summary(stack: Mapping[str, Any]) -> dict[str, Any]:
         "instance_type": tag_value(stack, TAG_INSTANCE_TYPE) or "",
         "owner": tag_value(stack, TAG_OWNER) or "-",
         "instance_id": StackOutputs.from_stack(stack).instance_id,
+        "usd_per_hour": _number(tag_value(stack, TAG_RATE)),
     }
+
+
+def _number(text: str | None) -> float | None:
+    try:
+        return float(text) if text else None
+    except ValueError:
+        return None

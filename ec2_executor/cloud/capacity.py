@@ -1,9 +1,13 @@
 """Where to launch when a zone has no capacity: the other zones, then (if asked) on-demand.
 
-EC2 refuses a launch for lack of capacity per zone (`InsufficientInstanceCapacity`, no spot
-capacity, a type "not supported in your requested Availability Zone"). CloudFormation reports
-that as the instance's CREATE_FAILED reason. This module decides which zones to try, in which
-order, and whether a failure is worth another zone; the electron supplies the launch itself.
+EC2 refuses a launch for lack of capacity per zone (no room for the type, no spot capacity, a
+type "not supported in your requested Availability Zone"), or takes it and then terminates the
+instance during launch (state reason `Server.InsufficientInstanceCapacity`). CloudFormation
+reports either as the instance's CREATE_FAILED reason, quoting EC2's text without its error
+code: `Resource handler returned message: "<EC2's text> (Service: Ec2, Status Code: 500,
+Request ID: ...)" (RequestToken: ..., HandlerErrorCode: ...)`. This module decides which zones
+to try, in which order, and whether a failure is worth another zone; the electron supplies the
+launch itself.
 """
 
 from __future__ import annotations
@@ -16,15 +20,19 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from cdk_stacks.parameters import StackParameters
+from ec2_executor.blocking import Deadline
 from ec2_executor.errors import CapacityError, StackCreationError, VcpuLimitError
 from ec2_executor.logs import log
 
 T = TypeVar("T")
 
-# CloudFormation quotes EC2's message, and sometimes its code; match either.
+# EC2's texts as CloudFormation quotes them (and the codes, which older reasons carried).
+# `Server.InsufficientInstanceCapacity` is the state reason of an instance terminated during
+# launch, which CloudFormation quotes when the instance does not stabilise.
 _ZONE_REFUSALS = re.compile(
     r"InsufficientInstanceCapacity|InsufficientCapacity|InsufficientHostCapacity"
     r"|do not have sufficient .{0,40}capacity"
+    r"|insufficient capacity available to satisfy the launch request"
     r"|no Spot capacity available|capacity-not-available|capacity-oversubscribed"
     r"|not supported in your requested Availability Zone"
     r"|Error Code: Unsupported\b",
@@ -114,23 +122,57 @@ def placed(parameters: StackParameters, attempt: Attempt) -> StackParameters:
     return StackParameters(**placed)
 
 
+FAILOVER_ROUNDS = 3
+"""The failover as a whole may take this many times 'provision_timeout': each attempt gets the
+whole 'provision_timeout', and a new attempt starts only while the budget holds one more."""
+
+
+def failover_budget(provision_timeout: float) -> Deadline:
+    return Deadline(FAILOVER_ROUNDS * provision_timeout)
+
+
+_QUOTED = re.compile(r'Resource handler returned message: "(?P<text>.*?)(?: \(Service: |"|$)')
+_FIRST_SENTENCE = re.compile(r"^.*?\)?\.(?=\s|$)")
+_STATE = re.compile(r"\. Current state: [\w-]+\. Reason: ")
+
+
+def ec2_message(reason: str) -> str:
+    """EC2's own words in a CREATE_FAILED reason (its first sentence), without
+    CloudFormation's wrapping; the reason itself when it has no quote."""
+    found = _QUOTED.search(reason)
+    text = found["text"] if found else reason.rsplit(": ", 1)[-1]
+    text = _STATE.sub(": ", text)  # an instance that did not stabilise: keep EC2's reason
+    first = _FIRST_SENTENCE.match(text)
+    return (first[0] if first else text).strip()
+
+
 async def first_that_fits(
     tried_in_order: Sequence[Attempt],
-    launch: Callable[[Attempt], Awaitable[T]],
+    launch: Callable[[Attempt, Deadline], Awaitable[T]],
     *,
     clear: Callable[[], Awaitable[None]],
     name: str,
     instance_type: str,
+    provision_timeout: float,
+    budget: Deadline | None = None,
 ) -> T:
-    """`launch` each attempt until one succeeds. A capacity refusal moves on to the next
-    attempt once `clear` has removed the failed stack; any other failure is raised as is."""
+    """`launch` each attempt, with a deadline of its own, until one succeeds. A capacity
+    refusal, early or late, moves on to the next attempt once `clear` has removed the failed
+    stack; any other failure is raised as is. No attempt starts once `budget` (by default
+    `failover_budget`) has less than `provision_timeout` left; the final error names every
+    zone tried with EC2's reason, and those left untried."""
+    budget = budget or failover_budget(provision_timeout)
     tried: list[str] = []
+    untried: list[str] = []
     spot_refused = False
     for attempt in tried_in_order:
         if attempt.spot and spot_refused:
             continue
+        if tried and budget.remaining < provision_timeout:
+            untried.append(str(attempt))
+            continue
         try:
-            return await launch(attempt)
+            return await launch(attempt, Deadline(provision_timeout))
         except StackCreationError as exc:
             if vcpu_limit(str(exc)):  # the caller removes the stack, as for any other failure
                 raise VcpuLimitError(str(exc), stack_name=name) from exc
@@ -138,14 +180,20 @@ async def first_that_fits(
             if why is None:
                 raise
             spot_refused = spot_refused or (why is Refusal.SPOT and attempt.spot)
-            tried.append(f"{attempt}: {why.value}")
+            tried.append(f"{attempt}: {why.value} ({ec2_message(str(exc))})")
             log.warning(
                 "%s: %s refused %s (%s); trying elsewhere", name, attempt, instance_type, exc
             )
             await clear()
+    ran_out = (
+        f" The failover's time budget ({FAILOVER_ROUNDS} x 'provision_timeout') ran out before "
+        f"{'; '.join(untried)}."
+        if untried
+        else ""
+    )
     raise CapacityError(
         f"Stack {name!r}: no zone had capacity for {instance_type!r}; tried "
-        f"{'; '.join(tried) or 'nothing'}. Try again later, another 'instance_type' or "
+        f"{'; '.join(tried) or 'nothing'}.{ran_out} Try again later, another 'instance_type' or "
         f"'region', or spot='fallback' to fall back to on-demand.",
         stack_name=name,
     )

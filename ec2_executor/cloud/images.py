@@ -1,9 +1,10 @@
 """Baked images: the bootstrap done once, ahead of time, and found again by what went in.
 
 A baked image is tagged with its recipe (Python minor, covalent, cloudpickle, architecture,
-extra pip packages, and the instance files' own version). An electron without `ami` uses the
-newest baked image whose recipe meets its needs (any extra packages are a bonus), so the
-bootstrap finds everything in place and only starts the warm worker.
+extra pip packages, the instance files' own version and the root volume's size). An electron
+without `ami` uses the newest baked image whose recipe meets its needs (any extra packages are a
+bonus) and whose snapshot fits its `volume_size` (EC2 refuses a root volume smaller than the
+image's snapshot), so the bootstrap finds everything in place and only starts the warm worker.
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ class Recipe:
     pip: tuple[str, ...] = ()
     files: str = ""
     """`instance_files_version()` of the package that baked it."""
+    volume_size: int = 0
+    """GiB of the root volume baked (the snapshot's size): an electron's `volume_size` must be
+    at least this. Not a need: any image that fits serves."""
 
     @property
     def key(self) -> str:
@@ -62,8 +66,10 @@ class Recipe:
         }
 
     def needs(self) -> dict[str, str]:
-        """The tags an image must carry to serve an electron of this recipe (pip aside)."""
-        return {k: v for k, v in self.tags().items() if k not in (TAG + "pip", TAG + "key")}
+        """The tags an image must carry to serve an electron of this recipe (pip and the
+        volume's size aside: extra packages are a bonus, and a smaller snapshot fits)."""
+        aside = (TAG + "pip", TAG + "key", TAG + "volume_size")
+        return {k: v for k, v in self.tags().items() if k not in aside}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -74,9 +80,17 @@ class BakedImage:
     state: str
     tags: Mapping[str, str]
     snapshots: tuple[str, ...]
+    root_device: str = ""
+    root_size: int = 0
+    """GiB of the root device's snapshot, as the image's block device mapping gives it."""
 
     @classmethod
     def from_ec2(cls, image: Mapping[str, Any]) -> BakedImage:
+        mappings = image.get("BlockDeviceMappings", [])
+        root_device = image.get("RootDeviceName", "")
+        root: Mapping[str, Any] = next(
+            (m for m in mappings if m.get("DeviceName") == root_device), {}
+        )
         return cls(
             image_id=image["ImageId"],
             name=image.get("Name", ""),
@@ -84,18 +98,29 @@ class BakedImage:
             state=image.get("State", ""),
             tags={t["Key"]: t["Value"] for t in image.get("Tags", [])},
             snapshots=tuple(
-                m["Ebs"]["SnapshotId"]
-                for m in image.get("BlockDeviceMappings", [])
-                if m.get("Ebs", {}).get("SnapshotId")
+                m["Ebs"]["SnapshotId"] for m in mappings if m.get("Ebs", {}).get("SnapshotId")
             ),
+            root_device=root_device,
+            root_size=int(root.get("Ebs", {}).get("VolumeSize") or 0),
         )
+
+    @property
+    def volume_size(self) -> int:
+        """The smallest root volume (GiB) an instance of the image may have: its snapshot's
+        size, or the recipe's record of it (the larger, should they differ)."""
+        recorded = self.tags.get(TAG + "volume_size", "")
+        return max(self.root_size, int(recorded) if recorded.isdigit() else 0)
+
+    def fits(self, volume_size: int) -> bool:
+        return self.volume_size <= volume_size
 
     def recipe_text(self) -> str:
         t = {k.removeprefix(TAG): v for k, v in self.tags.items() if k.startswith(TAG)}
         extra = f", pip: {t['pip']}" if t.get("pip") else ""
+        size = f", root {self.volume_size} GiB" if self.volume_size else ""
         return (
             f"python {t.get('python', '?')}, covalent {t.get('covalent', '?')}, cloudpickle "
-            f"{t.get('cloudpickle', '?')}, {t.get('arch', '?')}{extra}"
+            f"{t.get('cloudpickle', '?')}, {t.get('arch', '?')}{extra}{size}"
         )
 
 
@@ -109,10 +134,22 @@ def baked_images(ec2: EC2Client, tags: Mapping[str, str] | None = None) -> list[
     return sorted(images, key=lambda i: i.created, reverse=True)
 
 
-def newest_match(ec2: EC2Client, recipe: Recipe) -> BakedImage | None:
-    """The newest available baked image that serves `recipe`'s electrons."""
+@dataclass(frozen=True)
+class Match:
+    """The baked image an electron gets, and the newest one it could not take for its size."""
+
+    image: BakedImage | None
+    too_large: BakedImage | None = None
+    """The newest matching image whose snapshot is larger than the electron's volume."""
+
+
+def newest_match(ec2: EC2Client, recipe: Recipe) -> Match:
+    """The newest available baked image that serves `recipe`'s electrons and fits their root
+    volume (`recipe.volume_size`)."""
     usable = [i for i in baked_images(ec2, recipe.needs()) if i.state == "available"]
-    return usable[0] if usable else None
+    fitting = [i for i in usable if i.fits(recipe.volume_size)]
+    larger = [i for i in usable if not i.fits(recipe.volume_size)]
+    return Match(image=fitting[0] if fitting else None, too_large=larger[0] if larger else None)
 
 
 def delete_image(ec2: EC2Client, image_id: str, snapshots: tuple[str, ...]) -> None:

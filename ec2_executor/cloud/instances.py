@@ -29,6 +29,11 @@ class Instance:
     private_ip: str = ""
     public_ip: str = ""
     tags: Mapping[str, str] | None = None
+    state_reason: str = ""
+    """EC2's code for the last state change, e.g. `Server.SpotInstanceTermination`."""
+    state_message: str = ""
+    """EC2's message for it, such as "Server.InsufficientInstanceCapacity: ..." for an instance
+    terminated during launch ('' when EC2 gives none)."""
 
     @classmethod
     def from_ec2(cls, found: Mapping[str, Any]) -> Instance:
@@ -38,6 +43,8 @@ class Instance:
             private_ip=str(found.get("PrivateIpAddress", "")),
             public_ip=str(found.get("PublicIpAddress", "")),
             tags={t["Key"]: t["Value"] for t in found.get("Tags", [])},
+            state_reason=str((found.get("StateReason") or {}).get("Code", "")),
+            state_message=str((found.get("StateReason") or {}).get("Message", "")),
         )
 
     @property
@@ -102,17 +109,16 @@ _EXPIRED = frozenset(
 )
 
 
-async def instance_state(
+async def instance_seen(
     options: Options, instance_id: str, *, deadline: float = ANSWER_DEADLINE, label: str = ""
-) -> str | None:
-    """The instance's state (`GONE` if EC2 does not know it), or None if no answer came."""
+) -> Instance | None:
+    """The instance (state `GONE` if EC2 does not know it), or None if no answer came."""
 
-    def read() -> str:
+    def read() -> Instance:
         ec2 = AWS(options).client("ec2", max_attempts=2)  # the retries are ours, under a deadline
-        found = Instances(ec2).get(instance_id)
-        return found.state if found else GONE
+        return Instances(ec2).get(instance_id) or Instance(instance_id, GONE)
 
-    async def look() -> str | None:
+    async def look() -> Instance | None:
         try:
             return await run_blocking(read)
         except (AWSError, CredentialsError) as exc:

@@ -1,7 +1,7 @@
 """The plan of one electron: every check and choice that needs AWS but creates nothing.
 
-Credentials, instance type, image, key pair, network and SSH ingress are settled here, so a bad
-option is refused before any resource exists.
+Credentials, instance type, image, key pair, network, SSH ingress and the network's way out
+(`egress`) are settled here, so a bad option is refused before any resource exists.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from cdk_stacks.parameters import AL2023_SSM_PARAMETER, DEFAULT_ROOT_DEVICE
 from ec2_executor.access import ClientIdentity, client_identity
+from ec2_executor.cloud import egress
 from ec2_executor.cloud.aws import AWS, aws_errors
 from ec2_executor.cloud.images import Recipe, instance_files_version, newest_match
 from ec2_executor.cloud.network import NetworkPlan, plan_network
@@ -27,6 +28,9 @@ class Image:
     latest_ami_parameter: str
     image_id: str = ""
     root_device: str = DEFAULT_ROOT_DEVICE
+    installs: bool = True
+    """The bootstrap installs Python and packages (the stock image), so the subnet needs a way
+    out; a baked image has them, and a given `ami` may (the bootstrap then skips installs)."""
     why: str = ""
     """Which image, and why: the plan logs it."""
 
@@ -56,6 +60,11 @@ class Plan:
     network: NetworkPlan
     versions: Versions
 
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """What may go wrong that the plan could not rule out (logged as warnings)."""
+        return self.network.warnings
+
 
 def plan(aws: AWS, options: Options, *, spread_key: str = "") -> Plan:
     """Every check that can refuse the options, in the order a user would fix them.
@@ -69,11 +78,12 @@ def plan(aws: AWS, options: Options, *, spread_key: str = "") -> Plan:
     versions = Versions.installed(options.python_version)
     chosen_image = image(ec2, options, arch, versions)
     key_name = key_pair_name(ec2, options)
+    network = plan_network(ec2, options, spread_key=spread_key)
     return Plan(
         identity=identity,
         image=chosen_image,
         key_name=key_name,
-        network=plan_network(ec2, options, spread_key=spread_key),
+        network=egress.checked(ec2, network, installs=chosen_image.installs),
         versions=versions,
     )
 
@@ -98,7 +108,8 @@ def image(ec2: EC2Client, options: Options, arch: str, versions: Versions) -> Im
     """`ami` when given; else the newest baked image that fits, else the stock image."""
     latest = AL2023_SSM_PARAMETER.format(arch=arch)
     if not options.ami:
-        return _baked_or_stock(ec2, options, recipe(versions, arch), latest)
+        needs = recipe(versions, arch, volume_size=options.volume_size)
+        return _baked_or_stock(ec2, options, needs, latest)
     try:
         with aws_errors(f"looking up image {options.ami!r}"):
             images = ec2.describe_images(ImageIds=[options.ami])["Images"]
@@ -121,12 +132,14 @@ def image(ec2: EC2Client, options: Options, arch: str, versions: Versions) -> Im
         latest_ami_parameter=latest,
         image_id=options.ami,
         root_device=found.get("RootDeviceName") or DEFAULT_ROOT_DEVICE,
+        installs=False,
         why="given as 'ami'",
     )
 
 
-def recipe(versions: Versions, arch: str, pip: tuple[str, ...] = ()) -> Recipe:
-    """What a baked image must hold for an electron (and what `bake` puts in)."""
+def recipe(versions: Versions, arch: str, pip: tuple[str, ...] = (), *, volume_size: int) -> Recipe:
+    """What a baked image must hold for an electron (and what `bake` puts in), and the root
+    volume it has (or is baked on)."""
     return Recipe(
         python=versions.python,
         covalent=versions.covalent,
@@ -134,6 +147,7 @@ def recipe(versions: Versions, arch: str, pip: tuple[str, ...] = ()) -> Recipe:
         arch=arch,
         pip=pip,
         files=instance_files_version(),
+        volume_size=volume_size,
     )
 
 
@@ -141,7 +155,19 @@ def _baked_or_stock(ec2: EC2Client, options: Options, needs: Recipe, latest: str
     stock = "Amazon Linux 2023 (stock; the bootstrap installs Python, covalent and cloudpickle)"
     if not options.use_baked_image:
         return Image(latest_ami_parameter=latest, why=f"{stock}: use_baked_image=False")
-    baked = newest_match(ec2, needs)
+    match = newest_match(ec2, needs)
+    baked, larger = match.image, match.too_large
+    if baked is None and larger is not None:
+        return Image(
+            latest_ami_parameter=latest,
+            why=(
+                f"{stock}: baked image {larger.image_id} ({larger.name}) matches, but its "
+                f"{larger.volume_size} GiB snapshot is larger than 'volume_size' "
+                f"{needs.volume_size} (EC2 refuses a root volume smaller than the image's "
+                f"snapshot); set volume_size={larger.volume_size} to use it, or bake one at "
+                f"this size ('ec2-executor bake -o volume_size={needs.volume_size}')"
+            ),
+        )
     if baked is None:
         return Image(
             latest_ami_parameter=latest,
@@ -150,7 +176,12 @@ def _baked_or_stock(ec2: EC2Client, options: Options, needs: Recipe, latest: str
     return Image(
         latest_ami_parameter=latest,
         image_id=baked.image_id,
-        why=f"baked {baked.name} ({baked.recipe_text()}), the newest that matches",
+        root_device=baked.root_device or DEFAULT_ROOT_DEVICE,
+        installs=False,
+        why=(
+            f"baked {baked.name} ({baked.recipe_text()}), the newest that matches and fits "
+            f"'volume_size' {needs.volume_size}"
+        ),
     )
 
 

@@ -9,6 +9,7 @@ VPC has neither cost. `create_vpc=True` asks for the created network anyway.
 from __future__ import annotations
 
 import ipaddress
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,6 +38,8 @@ class NetworkPlan:
     placements: tuple[Placement, ...] = ()
     """Where to launch, in the order to try: the chosen subnet first, then the VPC's other
     zones that offer the instance type (or the zones for a created subnet)."""
+    warnings: tuple[str, ...] = ()
+    """What may go wrong that the executor cannot judge (the plan logs them)."""
 
 
 def plan_network(ec2: EC2Client, options: Options, *, spread_key: str = "") -> NetworkPlan:
@@ -195,7 +198,18 @@ def ingress_cidr(options: Options, *, vpc_cidr: Callable[[], str] = str) -> str:
 
 
 def detect_public_ip(timeout: float = 3.0) -> str:
-    """This machine's public IPv4 address as AWS sees it. Never falls back to 0.0.0.0/0."""
+    """This machine's public IPv4 address as AWS sees it. Never falls back to 0.0.0.0/0.
+
+    Never through an HTTPS proxy: the lookup would see the proxy's address, while SSH
+    (paramiko) goes direct, so ingress would admit the proxy and not this machine."""
+    proxy = https_proxy()
+    if proxy:
+        raise ConfigurationError(
+            f"An HTTPS proxy is set ({proxy}), so this machine's public address cannot be "
+            f"detected: {IP_CHECK_URL} would see the proxy's, while SSH goes direct. Set "
+            f"'ssh_ingress_cidr' to the address range the instance sees this machine's SSH "
+            f"come from, like '203.0.113.7/32'."
+        )
     try:
         with urllib.request.urlopen(IP_CHECK_URL, timeout=timeout) as response:
             text = response.read(64).decode().strip()
@@ -206,3 +220,14 @@ def detect_public_ip(timeout: float = 3.0) -> str:
             f"set 'ssh_ingress_cidr' to the address range that reaches the instance, like "
             f"'203.0.113.7/32'."
         ) from exc
+
+
+def https_proxy() -> str:
+    """The proxy urllib would send the address lookup through ('' for none), without its
+    credentials."""
+    proxy = urllib.request.getproxies().get("https", "")
+    host = urllib.parse.urlsplit(IP_CHECK_URL).hostname or ""
+    if not proxy or urllib.request.proxy_bypass(host):
+        return ""
+    parts = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+    return f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")

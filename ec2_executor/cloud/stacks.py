@@ -42,6 +42,9 @@ TAG_CREATED = "ec2-executor:created-at"
 TAG_INSTANCE_TYPE = "ec2-executor:instance-type"
 TAG_OWNER = "ec2-executor:owner"
 """The dispatcher process that created the stack (`owner.owner_id()`)."""
+TAG_RATE = "ec2-executor:usd-per-hour"
+"""What the stack's instance costs per hour, as the executor priced it at launch (stack tags
+only: the launch template's tag slots are the user's)."""
 _MAX_NAME = 128
 _DIGEST = 10
 _FAILED_CREATE = {
@@ -128,8 +131,11 @@ class Stacks:
         tags: list[dict[str, str]],
         timeout_minutes: int,
         token: str,
+        role_arn: str = "",
     ) -> str:
-        """The new stack's id. `token` (from `request_token`) makes a retry of this call safe."""
+        """The new stack's id. `token` (from `request_token`) makes a retry of this call safe;
+        `role_arn`, a CloudFormation service role, creates (and later deletes) the resources."""
+        role: dict[str, Any] = {"RoleARN": role_arn} if role_arn else {}
         try:
             with aws_errors(f"creating stack {name!r}"):
                 return str(
@@ -141,6 +147,7 @@ class Stacks:
                         OnFailure="DELETE",
                         TimeoutInMinutes=timeout_minutes,
                         ClientRequestToken=token,
+                        **role,
                     )["StackId"]
                 )
         except AWSError as exc:

@@ -5,16 +5,17 @@
 # EC2_EXECUTOR_BOOTSTRAP_OFFLINE=1 skips package-manager/uv installs (for tests).
 # --idle-minutes N > 0 starts idle-watch.sh: the instance powers off after N minutes plus a
 # 2-minute grace without a task (EC2_EXECUTOR_IDLE_SECONDS replaces both, for tests).
-# --orphan-minutes N > 0 starts owner-watch.sh (EC2_EXECUTOR_ORPHAN_SECONDS replaces N).
+# --orphan-minutes N > 0 starts owner-watch.sh (EC2_EXECUTOR_ORPHAN_SECONDS replaces N);
+# --spot true makes it watch for the spot interruption notice too.
 set -euo pipefail
 umask 022
-PY='' COV='' CP='' RUN_USER='' IDLE=0 ORPHAN=0 PORT=22 BAD=''
+PY='' COV='' CP='' RUN_USER='' IDLE=0 ORPHAN=0 PORT=22 SPOT=false BAD=''
 PREFIX=${EC2_EXECUTOR_PREFIX:-/opt/ec2-executor}
 while [ $# -gt 0 ]; do
   case $1 in
     --python) PY=${2-} ;; --covalent) COV=${2-} ;; --cloudpickle) CP=${2-} ;;
     --user) RUN_USER=${2-} ;; --prefix) PREFIX=${2-} ;; --idle-minutes) IDLE=${2-} ;;
-    --orphan-minutes) ORPHAN=${2-} ;; --ssh-port) PORT=${2-} ;;
+    --orphan-minutes) ORPHAN=${2-} ;; --ssh-port) PORT=${2-} ;; --spot) SPOT=${2-} ;;
     *) BAD=${BAD:-"unknown argument '$1'"}; shift; continue ;;
   esac
   shift $(($# > 1 ? 2 : 1))
@@ -88,13 +89,15 @@ start_idle_watchdog() {
   log "idle power-off after $limit s without a task (pid $!)"
 }
 
-# The orphan power-off, before anything that may hang.
+# The orphan power-off (and, on spot, the interruption notice's watch), before anything that
+# may hang.
 start_owner_watchdog() {
-  local limit=${EC2_EXECUTOR_ORPHAN_SECONDS:-$((ORPHAN * 60))}
+  local limit=${EC2_EXECUTOR_ORPHAN_SECONDS:-$((ORPHAN * 60))} spot=''
   STEP=orphan
   [ "$ORPHAN" -gt 0 ] && [ -f "$HERE/owner-watch.sh" ] || return 0
-  setsid bash "$HERE/owner-watch.sh" "$PREFIX" "$limit" "$PORT" </dev/null >>"$PREFIX/owner.log" 2>&1 3>&- 9>&- &
-  log "power-off after $limit s with no connection to port $PORT (pid $!)"
+  [ "$SPOT" != true ] || spot=spot
+  setsid bash "$HERE/owner-watch.sh" "$PREFIX" "$limit" "$PORT" $spot </dev/null >>"$PREFIX/owner.log" 2>&1 3>&- 9>&- &
+  log "power-off after $limit s with no connection to port $PORT${spot:+; watching for the spot interruption notice} (pid $!)"
 }
 [ -z "$BAD" ] || fail "usage: $BAD"
 [[ $IDLE =~ ^[0-9]+$ ]] || fail "usage: --idle-minutes must be a whole number, got '$IDLE'"

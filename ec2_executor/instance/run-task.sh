@@ -11,6 +11,9 @@
 #   run-task.sh --check       exit 0 when the bootstrap is done and the warm worker lives, else 7
 #   run-task.sh --kill TASK_DIR   kill the task's processes; prints "killed" once they are gone,
 #     exit 8 when one is still alive
+# While the task runs, a spot interruption notice (PREFIX/spot-notice, from owner-watch.sh) is
+# said at once on stderr, and the task's process group gets SIGTERM 30 s before the instance
+# ends, so that it can checkpoint (ec2_executor/spot.py reads both lines).
 set -uo pipefail
 mark='ec2-executor:' p=${0%/*}
 w=$p/worker
@@ -54,6 +57,24 @@ done
 if [ -z "$py" ]; then echo "$mark timed out"; tail -n 40 "$p/bootstrap.log" 2>/dev/null; exit 4; fi
 # The executor splits this wait off as the "bootstrap" phase ($EPOCHREALTIME: bash 5).
 echo "$mark bootstrap waited $t0 $EPOCHREALTIME" >&2
+
+# The notice's relay. Its waits hold none of the session's streams, so that once it is killed
+# (on exit) the command's end reaches the executor at once.
+relay() {
+  local at action seen end wait task
+  until [ -s "$p/spot-notice" ]; do sleep 0.5 2>/dev/null; done
+  read -r at action seen <"$p/spot-notice"
+  echo "$mark spot interruption notice at $seen: $action at $at" >&2
+  end=$(date -d "$at" +%s 2>/dev/null) || end=$(($(date +%s) + 120))
+  wait=$((end - 30 - $(date +%s)))
+  [ "$wait" -le 0 ] || sleep "$wait" 2>/dev/null
+  task=$(cat "$d/pid" 2>/dev/null) || return 0
+  echo "$mark spot: sent SIGTERM to the task at $(date -u +%FT%TZ), 30 s before $at" >&2
+  kill -TERM -- "-$task" 2>/dev/null || kill -TERM "$task" 2>/dev/null
+}
+relay </dev/null >/dev/null &
+relay_pid=$!
+trap 'kill "$relay_pid" 2>/dev/null' EXIT
 
 # The warm worker's FIFOs are opened read-write, so no open blocks; a dead worker is noticed
 # within a second, and the task is then not run a second time. Lines on `done` name their

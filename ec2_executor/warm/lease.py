@@ -63,7 +63,7 @@ class Lease:
     def stack(self) -> ExistingStack | None:
         """The warm instance's stack, for the electron to run on; None: create one."""
         i = self.instance
-        return ExistingStack(i.stack_name, i.host_key, i.ends_at) if i else None
+        return ExistingStack(i.stack_name, i.host_key, i.ends_at, i.rate, i.budget) if i else None
 
     @property
     def launched(self) -> Launched | None:
@@ -122,10 +122,18 @@ class Lease:
             host_key=electron.host_key,
             remote=host.remote,
             ends_at=electron.ends_at,
+            rate=electron.meter.rate,
+            budget=electron.budget,
         )
         instance.remote = host.remote
+        electron.record_charge()  # the electron pays for its own time; the idle is the pool's
         self.pool.give_back(instance)
-        log.info("%s: done (%s)", electron.task_name, electron.phases.summary())
+        log.info(
+            "%s: done (%s; %s)",
+            electron.task_name,
+            electron.phases.summary(),
+            electron.meter.summary(),
+        )
         return True
 
 

@@ -28,6 +28,10 @@ from ec2_executor.cloud.stacks import (
     Stacks,
     delete_stack,
 )
+from ec2_executor.cost import record
+from ec2_executor.cost.budget import Budget
+from ec2_executor.cost.meter import Meter
+from ec2_executor.cost.prices import Rate
 from ec2_executor.errors import AWSError, CredentialsError, EC2ExecutorError, StackDeletionError
 from ec2_executor.logs import log
 from ec2_executor.options import Options
@@ -56,6 +60,9 @@ class WarmInstance:
     remote: RemoteHost
     ends_at: float
     """`time.monotonic()` when `max_lifetime_minutes` ends the instance."""
+    rate: Rate | None = None
+    """What the instance costs per hour."""
+    budget: Budget | None = None
     idle_since: float = field(default_factory=time.time)
     timer: asyncio.TimerHandle | None = None
 
@@ -86,6 +93,7 @@ class Pool:
                     instance.timer = None
                 if instance.ends_at - time.monotonic() > LIFETIME_MARGIN:
                     tag_state(instance, "busy")
+                    charge_idle(instance)
                     return instance
                 retire_soon(instance, "its 'max_lifetime_minutes' is nearly over")
         return None
@@ -173,10 +181,25 @@ async def retire(instance: WarmInstance, reason: str, *, wait: bool = False) -> 
             name,
             events=EventLog(name),
             wait=wait or instance.options.wait_for_deletion,
-            done=functools.partial(redact.unhide, instance.host_key.private_base64()),
+            done=functools.partial(_deleted, instance),
         )
     except StackDeletionError as exc:
         log.error("%s", exc)
+
+
+def charge_idle(instance: WarmInstance) -> None:
+    """Log and record the instance's idle time since `idle_since` as the pool's; the next
+    charge starts now."""
+    meter = Meter()
+    meter.start(instance.rate, at=instance.idle_since)
+    record.add(meter.charge(kind=record.POOL, stack=instance.stack_name, task=""))
+    instance.idle_since = time.time()
+    log.info("%s: warm pool idle, %s", instance.stack_name, meter.summary())
+
+
+def _deleted(instance: WarmInstance) -> None:
+    redact.unhide(instance.host_key.private_base64())
+    charge_idle(instance)
 
 
 async def retire_all_idle(pool: Pool = POOL) -> None:

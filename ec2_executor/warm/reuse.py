@@ -33,11 +33,14 @@ IN_KEY: frozenset[str] = frozenset(
         "create_vpc",
         "spot",
         "instance_profile",
+        "cloudformation_role",  # the rights the stack is created and deleted with
         "max_lifetime_minutes",
         "tags",
         "python_version",
         "keep_warm_minutes",  # the instance's own idle power-off is a stack parameter
         "orphan_minutes",  # so is its power-off once its dispatcher is gone
+        "spot_retries",  # what a reclaimed instance's electron does next
+        "budget_usd",  # it shortens the instance's lifetime, a stack parameter
     }
 )
 """Options that change the stack, the instance or how it is reached."""

@@ -60,4 +60,10 @@ def test_the_demo_prints_a_score_and_its_phases_and_leaves_nothing(tmp_path: Pat
     phases = phases_section(done.stdout)
     assert set(PHASES) <= set(phases), phases
     assert "stacks left behind: 0" in done.stdout
+    # What the same run would have cost on AWS: the electron's cost line, priced at t2.micro's
+    # on-demand rate (the catalog's: moto has no Price List API), and a total.
+    cost = done.stdout.split("what the same run would have cost on AWS", 1)[1]
+    assert re.search(r"ec2-executor-\S+: cost \$\d+\.\d{4}", cost), cost
+    assert "t2.micro on-demand $0.0116/h (catalog of " in cost
+    assert re.search(r"^  total: \$\d+\.\d{4}$", cost, re.M), cost
     assert list(scratch.iterdir()) == []  # the demo removed what it made

@@ -28,6 +28,7 @@ from .guests import (
     guest_booting,
     guest_network,
     guest_support,
+    writable_root,
 )
 from .moto import (
     AWS_ENV_UNSET,
@@ -80,4 +81,5 @@ __all__ = [
     "patched_environ",
     "render_user_data",
     "reset_moto",
+    "writable_root",
 ]

@@ -14,6 +14,9 @@ product's user data, inside a temporary directory per instance and without touch
   `write_files` file) with the same arguments plus `--prefix <instance dir>/opt`, in the
   background, its output going to `<instance dir>/cloud-init-output.log`.
 
+The instance's spot notice watch asks the harness's metadata stand-in (`metadata.py`), at a path
+of its own (`<url>/<instance id>`), never 169.254.169.254.
+
 `bootcmd` (which arms `shutdown`) is never run, and the bootstrap's idle power-off runs a command
 that does nothing (`EC2_EXECUTOR_POWEROFF`); the harness honours the file it writes
 (`<prefix>/poweroff`) as EC2 would a power-off with `InstanceInitiatedShutdownBehavior:
@@ -54,6 +57,7 @@ from . import instance_processes as processes
 from .boot_log import BootedInstance, BootError, BootLog
 from .hold import Doorman, Hold
 from .instance_dir import MARKER_ENV, prepare, session_env
+from .metadata import MetadataStandIn
 from .moto import TESTING_KEYS, Keys
 from .moto_watch import MotoInstances, Poller, Seen, Sightings, gone_reason
 from .userdata import UserDataError, parse_user_data
@@ -191,6 +195,8 @@ class EmulatedBoot:
         self._poll_lock = threading.RLock()
         self._hold: Hold | None = None
         self._doormen: dict[str, Doorman] = {}
+        self.metadata: MetadataStandIn | None = None
+        """The instances' metadata endpoint (their spot notices), once started."""
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -200,6 +206,7 @@ class EmulatedBoot:
         if self.base_dir is None:
             self.base_dir = Path(tempfile.mkdtemp(prefix="ec2-harness-"))
         self.base_dir.mkdir(parents=True, exist_ok=True)
+        self.metadata = MetadataStandIn(self.base_dir / "metadata-notices")
         self.cloud.connect()
         self._poller.start()
         return self
@@ -210,6 +217,8 @@ class EmulatedBoot:
         with self._poll_lock:
             for record in self.instances:
                 self._stop_instance(record, "harness stopped")
+        if self.metadata is not None:
+            self.metadata.stop()
         if self._owns_base_dir and self.base_dir is not None and not self.errors:
             shutil.rmtree(self.base_dir, ignore_errors=True)
 
@@ -417,6 +426,7 @@ class EmulatedBoot:
         ).start()
 
     def _bootstrap_env(self, record: BootedInstance) -> dict[str, str]:
+        assert self.metadata is not None
         return {
             "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
             "HOME": os.environ.get("HOME", "/root"),
@@ -425,6 +435,8 @@ class EmulatedBoot:
             **self.image.bootstrap_env,
             "EC2_EXECUTOR_POWEROFF": "true",  # never this machine; the harness honours the file
             "EC2_EXECUTOR_SSHD_ADDRESS": record.private_ip,  # the owner watch's sshd, not others'
+            # The spot notice's watch asks the harness's stand-in, never 169.254.169.254.
+            "EC2_EXECUTOR_METADATA": f"{self.metadata.url}/{record.instance_id}",
         }
 
     def _run_bootstrap(self, record: BootedInstance) -> None:

@@ -4,9 +4,11 @@
   through to moto except the actions a test chose, which get the error AWS would send (the
   service's own error format), so botocore parses a real error response.
 - `capacity_refused`: moto's CloudFormation creates instances in-process, out of a proxy's
-  reach. It patches moto's instance launch to raise EC2's capacity error in chosen zones, and
-  moto's stack creation to turn that error into what CloudFormation shows: the instance
-  CREATE_FAILED with EC2's message, the stack ROLLBACK_COMPLETE.
+  reach. It patches moto's instance launch to raise EC2's capacity error in chosen zones (or
+  the account's spot or vCPU quota everywhere), and moto's stack creation to turn that error
+  into what CloudFormation shows: the instance CREATE_FAILED with EC2's text quoted as
+  CloudFormation quotes it (`aws_texts`, each text with its source), the stack
+  ROLLBACK_COMPLETE.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from . import aws_texts
 from .aws_request import describe_request
 
 _QUERY_XMLNS = {
@@ -208,24 +211,26 @@ class CapacityPlan:
     """Zones with no capacity at all."""
     spot_zones: set[str] = field(default_factory=set)
     """Zones with no spot capacity."""
+    spot_quota: bool = False
+    """The account is at its spot quota: every spot launch is refused, in every zone."""
+    vcpu_limit: int | None = None
+    """The account's regional vCPU quota is reached: every launch is refused."""
     launches: list[tuple[str, bool, str]] = field(default_factory=list)
     """(zone, spot, 'refused' or 'launched') for every instance moto's CloudFormation made."""
 
 
-def _refusal(instance_type: str, zone: str, spot: bool) -> str:
-    """CloudFormation's CREATE_FAILED reason for EC2's capacity errors (as AWS words them)."""
-    if spot:
-        text = "There is no Spot capacity available that matches your request."
-    else:
-        text = (
-            f"We currently do not have sufficient {instance_type} capacity in the Availability "
-            f"Zone you requested ({zone}). Our system will be working on provisioning "
-            f"additional capacity."
-        )
-    return (
-        f'Resource handler returned message: "{text} (Service: Ec2, Status Code: 500, Request '
-        f'ID: 0c6a2d8e)" (RequestToken: 5f1c, HandlerErrorCode: GeneralServiceException)'
-    )
+def _refusal(plan: CapacityPlan, instance_type: str, zone: str, spot: bool) -> str | None:
+    """CloudFormation's CREATE_FAILED reason for the launch, as AWS words it; None: launched."""
+    text: aws_texts.Ec2Text | None = None
+    if plan.vcpu_limit is not None:
+        text = aws_texts.vcpu_limit(plan.vcpu_limit)
+    elif spot and plan.spot_quota:
+        text = aws_texts.SPOT_QUOTA
+    elif zone in plan.zones:
+        text = aws_texts.insufficient_capacity(instance_type, zone, "us-east-1b, us-east-1c")
+    elif spot and zone in plan.spot_zones:
+        text = aws_texts.NO_SPOT_CAPACITY
+    return aws_texts.create_failed(text) if text else None
 
 
 @contextlib.contextmanager
@@ -251,9 +256,9 @@ def capacity_refused(plan: CapacityPlan) -> Iterator[CapacityPlan]:
         backend = ec2_backends[account_id][region_name]
         zone = backend.get_subnet(properties["SubnetId"]).availability_zone
         spot = _spot_requested(backend, properties.get("LaunchTemplate") or {})
-        if zone in plan.zones or (spot and zone in plan.spot_zones):
+        reason = _refusal(plan, properties.get("InstanceType", "m1.small"), zone, spot)
+        if reason is not None:
             plan.launches.append((zone, spot, "refused"))
-            reason = _refusal(properties.get("InstanceType", "m1.small"), zone, spot)
             raise _LaunchRefused(resource_name, reason)
         plan.launches.append((zone, spot, "launched"))
         return original_create(
@@ -302,3 +307,17 @@ def _spot_requested(backend: Any, launch_template: dict[str, Any]) -> bool:
     data = backend.get_launch_template(template_id).latest_version().data
     market = data.get("InstanceMarketOptions") or {}
     return str(market.get("MarketType", "")).lower() == "spot"
+
+
+def terminate_for_capacity(instance_id: str, account_id: str = "123456789012") -> None:
+    """Terminate a launching instance in moto (in this process) as EC2 does when it finds no
+    room for it after all: state terminated, with EC2's capacity state reason."""
+    from moto.ec2.models import ec2_backends
+    from moto.ec2.models.instances import StateReason
+
+    from .moto import REGION
+
+    instance = ec2_backends[account_id][REGION].get_instance(instance_id)
+    instance.terminate()
+    text = aws_texts.INSUFFICIENT_CAPACITY_STATE.text
+    instance.state_reason = StateReason(text, text.split(":", 1)[0])

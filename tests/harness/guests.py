@@ -28,6 +28,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -36,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from .boot import BootedInstance, BootError, EmulatedBoot
-from .moto import REGION, TESTING_KEYS, Keys, LoopbackNetwork
+from .moto import REGION, TESTING_KEYS, Keys, LoopbackNetwork, route_out
 from .netguard import NetworkGuard
 from .processes import alive
 from .userdata import parse_user_data
@@ -49,6 +50,13 @@ RUN_SCRIPT = HERE / "guest_run.sh"
 GUEST_RANGE = ipaddress.IPv4Network("10.251.0.0/16")
 """Each test run takes a free /24 of it (bridge `ec2g<N>`, subnet 10.251.N.0/24)."""
 GUEST_PREFIX = "/opt/ec2-executor"
+GUEST_METADATA_PORT = 8169
+"""Where a guest's spot notice watch asks for the notice: its own loopback, on this port (a
+stand-in that `metadata_stand_in` starts), never 169.254.169.254."""
+SYSTEM_CONF = f"""[Manager]
+DefaultEnvironment=EC2_EXECUTOR_METADATA=http://127.0.0.1:{GUEST_METADATA_PORT}
+"""
+"""The guest's systemd drop-in: every service, cloud-init's bootstrap too, gets the setting."""
 
 
 def guest_support() -> str | None:
@@ -171,9 +179,13 @@ class GuestBoot(EmulatedBoot):
         boot_timeout: float = 180.0,
         stop_timeout: float = 60.0,
         keys: Keys = TESTING_KEYS,
+        writable: bool = False,
     ) -> None:
         super().__init__(endpoint_url, base_dir=base_dir, keys=keys, poll_interval=0.5)
         self.rootfs = image
+        self.writable = writable
+        """Boot `image` itself, keeping what the guests write (`writable_root` makes one);
+        else each guest writes to a throw-away overlay."""
         self.network = network
         self.boot_timeout = boot_timeout
         self.stop_timeout = stop_timeout
@@ -243,8 +255,11 @@ class GuestBoot(EmulatedBoot):
         (seed / "meta-data").write_text(
             f"instance-id: {record.instance_id}\nlocal-hostname: {hostname}\n"
         )
+        conf = record.workdir / "system.conf"
+        conf.write_text(SYSTEM_CONF)
         netns = self.network.attach(record.private_ip)
         command = [str(RUN_SCRIPT), "start", record.name, str(self.rootfs), netns, str(seed)]
+        command += [str(conf)] + (["writable"] if self.writable else [])
         with open(record.sshd_log, "ab") as console:
             record.nspawn = subprocess.Popen(
                 command,
@@ -312,6 +327,25 @@ class GuestBoot(EmulatedBoot):
             _script(str(RUN_SCRIPT), "clean", record.name)
 
 
+@contextlib.contextmanager
+def metadata_stand_in(guest: GuestInstance, notices: Path) -> Iterator[None]:
+    """The spot notice's stand-in (tests/harness/metadata.py) inside the guest's network
+    namespace, on its own loopback; `metadata.issue_notice(notices, ...)` issues the notice."""
+    notices.mkdir(parents=True, exist_ok=True)
+    command = ["ip", "netns", "exec", guest.name, sys.executable, "-m", "harness.metadata"]
+    server = subprocess.Popen(
+        [*command, str(GUEST_METADATA_PORT), str(notices)],
+        cwd=HERE.parent,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        yield
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
 def _answers_ssh(address: str, port: int) -> bool:
     try:
         with socket.create_connection((address, port), timeout=2) as connection:
@@ -337,6 +371,22 @@ def _read(path: Path) -> str:
         return path.read_text(errors="replace").strip()
     except OSError as error:
         return f"({error})"
+
+
+@contextlib.contextmanager
+def writable_root(image: Path, workdir: Path) -> Iterator[Path]:
+    """A root to boot with `GuestBoot(writable=True)`: an overlay over the cached `image`
+    (which stays untouched), whose writes land in `workdir/upper` and outlive the guest, so
+    another guest can boot from what the first one left."""
+    upper, work, merged = workdir / "upper", workdir / "work", workdir / "root"
+    for directory in (upper, work, merged):
+        directory.mkdir(parents=True)
+    layers = f"lowerdir={image},upperdir={upper},workdir={work}"
+    _script("mount", "-t", "overlay", "overlay", "-o", layers, str(merged))
+    try:
+        yield merged
+    finally:
+        _script("umount", str(merged))
 
 
 @contextlib.contextmanager
@@ -366,11 +416,27 @@ def describe(record: BootedInstance) -> str:
 
 def create_guest_subnet(ec2: Any, network: GuestNetwork) -> LoopbackNetwork:
     """A VPC over `GUEST_RANGE` and a subnet on the bridge's /24: moto gives its instances
-    10.251.N.4, .5, ..., the addresses the guests then get."""
-    vpc_id = ec2.create_vpc(CidrBlock=str(GUEST_RANGE))["Vpc"]["VpcId"]
-    subnet_id = ec2.create_subnet(
-        VpcId=vpc_id, CidrBlock=str(network.subnet), AvailabilityZone=f"{REGION}a"
-    )["Subnet"]["SubnetId"]
+    10.251.N.4, .5, ..., the addresses the guests then get. Both are reused when moto has them
+    already (one VPC for every guest network: moto, like AWS, allows 5 VPCs per region)."""
+    vpcs = ec2.describe_vpcs(Filters=[{"Name": "cidr", "Values": [str(GUEST_RANGE)]}])["Vpcs"]
+    if vpcs:
+        vpc_id = vpcs[0]["VpcId"]
+    else:
+        vpc_id = ec2.create_vpc(CidrBlock=str(GUEST_RANGE))["Vpc"]["VpcId"]
+        route_out(ec2, vpc_id)  # in moto only: the guests' own network reaches nothing
+    subnets = ec2.describe_subnets(
+        Filters=[
+            {"Name": "vpc-id", "Values": [vpc_id]},
+            {"Name": "cidr-block", "Values": [str(network.subnet)]},
+        ]
+    )["Subnets"]
+    subnet_id = (
+        subnets[0]["SubnetId"]
+        if subnets
+        else ec2.create_subnet(
+            VpcId=vpc_id, CidrBlock=str(network.subnet), AvailabilityZone=f"{REGION}a"
+        )["Subnet"]["SubnetId"]
+    )
     return LoopbackNetwork(
         vpc_id=vpc_id,
         subnet_id=subnet_id,

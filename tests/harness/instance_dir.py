@@ -17,9 +17,11 @@ can find and end them when the instance goes away, even after they were orphaned
 def session_env(record: BootedInstance, python_path: str | None) -> dict[str, str]:
     """What every process of the instance gets: its prefix, its marker and a home of its own,
     so nothing run "on the instance" (covalent's config, caches) writes into this machine's
-    real home."""
+    real home; and a root of its own for `bake.sh`, which cleans the system's files (host
+    keys, machine-id, authorised keys) of the root it is given."""
     env = {
         "EC2_EXECUTOR_PREFIX": str(record.prefix),
+        "EC2_EXECUTOR_ROOT": str(record.workdir / "root"),
         MARKER_ENV: record.marker,
         "HOME": str(record.workdir / "home"),
     }
@@ -33,6 +35,7 @@ def prepare(record: BootedInstance, spec: BootSpec, env: dict[str, str]) -> None
     record.workdir.mkdir(parents=True)
     record.prefix.mkdir()
     (record.workdir / "home").mkdir()
+    (record.workdir / "root").mkdir()
     _write_files(record.prefix, spec)
     host_key = _private(record.workdir / "ssh_host_ed25519_key", spec.host_key_pem)
     authorized = "".join(f"{key}\n" for key in spec.authorized_keys)

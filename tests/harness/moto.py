@@ -14,6 +14,8 @@ from typing import Any
 import boto3
 from moto.server import ThreadedMotoServer
 
+from .strict import make_moto_strict
+
 REGION = "us-east-1"
 
 LOOPBACK_VPC_CIDR = "127.0.0.0/16"
@@ -125,11 +127,56 @@ def drop_no_value_list_items() -> None:
     parsing.clean_json = clean_json
 
 
+def answer_ebs_default_kms_key_id() -> None:
+    """Give moto's EC2 the GetEbsDefaultKmsKeyId it lacks (it has ModifyEbsDefaultKmsKeyId):
+    the key ModifyEbsDefaultKmsKeyId set, else "alias/aws/ebs", as AWS answers an account
+    that never set one. Patched in this process, where the threaded moto server runs."""
+    from moto.core.responses import ActionResult
+    from moto.ec2.responses.elastic_block_store import ElasticBlockStore
+
+    def get_ebs_default_kms_key_id(self: Any) -> ActionResult:
+        self.error_on_dryrun()
+        return ActionResult({"KmsKeyId": self.ec2_backend.default_kms_key_id or "alias/aws/ebs"})
+
+    ElasticBlockStore.get_ebs_default_kms_key_id = get_ebs_default_kms_key_id  # type: ignore[attr-defined]
+
+
+def tag_snapshots_of_create_image() -> None:
+    """Make moto's CreateImage take a "snapshot" tag specification and tag the image's
+    snapshot with it, as AWS does (moto raises NotImplementedError). Idempotent."""
+    from moto.ec2.models.amis import AmiBackend
+
+    original = AmiBackend.create_image
+    if getattr(original, "tags_snapshots", False):
+        return
+
+    def create_image(
+        self: Any, instance_id: str, name: str, description: str, tag_specifications: Any
+    ) -> Any:
+        ours = [t for t in tag_specifications if t.get("ResourceType") == "snapshot"]
+        rest = [t for t in tag_specifications if t.get("ResourceType") != "snapshot"]
+        image = original(self, instance_id, name, description, tag_specifications=rest)
+        for spec in ours:
+            for tag in spec.get("Tags", []):
+                image.ebs_snapshot.add_tag(tag["Key"], tag["Value"])
+        return image
+
+    create_image.tags_snapshots = True  # type: ignore[attr-defined]
+    AmiBackend.create_image = create_image  # type: ignore[method-assign]
+
+
+def fidelity_fixes() -> None:
+    drop_no_value_list_items()
+    answer_ebs_default_kms_key_id()
+    tag_snapshots_of_create_image()
+    make_moto_strict()
+
+
 def serve_in_this_process(argv: list[str]) -> None:
     """`python -m harness.moto -H HOST -p PORT`: moto's own server, with the fidelity fix."""
     from moto.server import main
 
-    drop_no_value_list_items()
+    fidelity_fixes()
     main(argv)
 
 
@@ -150,7 +197,7 @@ class MotoServer:
     @classmethod
     def start(cls, port: int = 0) -> MotoServer:
         """Start a server on `port` (0: a free port) and wait until it accepts requests."""
-        drop_no_value_list_items()
+        fidelity_fixes()
         # One line per request otherwise; keep warnings and errors.
         logging.getLogger("werkzeug").setLevel(logging.WARNING)
         server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
@@ -169,16 +216,31 @@ class MotoServer:
         reset_moto(self.url)
 
     def client(self, service: str, **kwargs: Any) -> Any:
-        """A boto3 client for this server that does not depend on the process environment."""
+        """A boto3 client for this server that does not depend on the process environment
+        (`endpoint_url` may name a proxy in front of it)."""
         kwargs.setdefault("region_name", REGION)
+        kwargs.setdefault("endpoint_url", self.url)
         session: Any = boto3.session.Session()
         return session.client(
             service,
-            endpoint_url=self.url,
             aws_access_key_id=self.keys.access_key_id,
             aws_secret_access_key=self.keys.secret_access_key,
             **kwargs,
         )
+
+    def reclaim_spot(self, instance_id: str) -> None:
+        """What EC2 does to a spot instance it takes back: terminate it, its state reason
+        `Server.SpotInstanceTermination` (moto's TerminateInstances says the user did it). For
+        a server in this process (`start`): the reason is set in moto's own model."""
+        from moto.backends import get_backend
+        from moto.core.models import DEFAULT_ACCOUNT_ID
+        from moto.ec2.models.instances import StateReason
+
+        backend = get_backend("ec2")[DEFAULT_ACCOUNT_ID][REGION]
+        backend.terminate_instances([instance_id])
+        code = "Server.SpotInstanceTermination"
+        instance = backend.get_instance(instance_id)
+        instance.state_reason = StateReason(f"{code}: Spot instance termination", code)
 
     def environment(self, config_dir: Path, keys: Keys | None = None) -> dict[str, str]:
         """Make (and remember in `env`) the boto3 environment for this server, signing with
@@ -201,14 +263,31 @@ def create_loopback_network(ec2: Any) -> LoopbackNetwork:
     """Create the loopback VPC (127.0.0.0/16) and subnet (127.0.2.0/24, public IPs on launch).
 
     moto hands out private IPs from the subnet in order, from .4 on (127.0.2.4, .5, ...), so every
-    instance launched in this subnet has an address that Linux routes to `lo`.
+    instance launched in this subnet has an address that Linux routes to `lo`. Like a public
+    subnet on AWS, its VPC routes out through an internet gateway.
     """
     vpc_id = ec2.create_vpc(CidrBlock=LOOPBACK_VPC_CIDR)["Vpc"]["VpcId"]
     subnet_id = ec2.create_subnet(
         VpcId=vpc_id, CidrBlock=LOOPBACK_SUBNET_CIDR, AvailabilityZone=f"{REGION}a"
     )["Subnet"]["SubnetId"]
     ec2.modify_subnet_attribute(SubnetId=subnet_id, MapPublicIpOnLaunch={"Value": True})
+    route_out(ec2, vpc_id)
     return LoopbackNetwork(vpc_id=vpc_id, subnet_id=subnet_id)
+
+
+def route_out(ec2: Any, vpc_id: str) -> str:
+    """An internet gateway for `vpc_id` and the route 0.0.0.0/0 to it in the VPC's main route
+    table, as a public subnet has on AWS; returns the gateway's id."""
+    gateway = ec2.create_internet_gateway()["InternetGateway"]["InternetGatewayId"]
+    ec2.attach_internet_gateway(InternetGatewayId=gateway, VpcId=vpc_id)
+    main = ec2.describe_route_tables(
+        Filters=[
+            {"Name": "vpc-id", "Values": [vpc_id]},
+            {"Name": "association.main", "Values": ["true"]},
+        ]
+    )["RouteTables"][0]["RouteTableId"]
+    ec2.create_route(RouteTableId=main, DestinationCidrBlock="0.0.0.0/0", GatewayId=gateway)
+    return str(gateway)
 
 
 if __name__ == "__main__":

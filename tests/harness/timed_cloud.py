@@ -6,9 +6,14 @@ reports CREATE_COMPLETE only later. The proxy replays that timeline on moto's an
 the moment each CreateStack came through:
 
 - before `instance_after`, DescribeStackResource on the instance says it does not exist yet;
+  from then until the stack completes it names the instance, CREATE_IN_PROGRESS (moto's
+  instance is CREATE_COMPLETE from the start; CloudFormation's is in progress until it has
+  stabilised, just before the stack completes), and CREATE_FAILED once the stack fails;
 - before `complete_after`, DescribeStacks reports CREATE_IN_PROGRESS, without outputs;
 - from `fail_after` (when set), the stack reports ROLLBACK_IN_PROGRESS and its events a
-  CREATE_FAILED instance with `FAIL_REASON`;
+  CREATE_FAILED instance with `FAIL_REASON`; `fail(stack, reason)` does the same to one stack
+  from the moment it is called, with `reason` (such as `aws_texts.did_not_stabilize`: the
+  instance launched, then EC2 terminated it for lack of capacity);
 - an action named in `refuse` is answered with that AWS error code, and never reaches moto.
 
 It can also limit calls as AWS does (`limits`, off by default): a token bucket per action,
@@ -34,6 +39,7 @@ import threading
 import time
 import urllib.parse
 import uuid
+import xml.sax.saxutils
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -152,6 +158,8 @@ class _Stack:
     created: float
     reported_complete_at: float | None = None
     token: str = ""
+    failure: str = ""
+    """The CREATE_FAILED reason `fail` gave this stack ('' while it has not failed)."""
 
 
 @dataclass
@@ -212,6 +220,12 @@ class TimedCloud:
             stack = self._stacks.get(stack_name)
             return stack.reported_complete_at if stack else None
 
+    def fail(self, stack_name: str, reason: str) -> None:
+        """From now on, the stack last created under `stack_name` fails with `reason` (a stack
+        created later under the name does not)."""
+        with self._lock:
+            self._stacks[stack_name].failure = reason
+
     def throttled(self, action: str | None = None) -> list[Call]:
         """The calls (of `action`, or all) answered with a throttling error."""
         with self._lock:
@@ -250,6 +264,12 @@ class TimedCloud:
             answer = self._stack_status(stack, answer)
         elif stack and status == 200 and action == "DescribeStackEvents":
             answer = self._stack_events(stack, answer)
+        elif (
+            stack
+            and status == 200
+            and action in ("DescribeStackResource", "DescribeStackResources")
+        ):
+            answer = self._resource_status(stack, answer)
         if self._count_down(self.throttle_applied, action):
             return self._throttle(request, service, action)  # applied, and answered "throttled"
         self._log(service, action, _code(status, answer))
@@ -340,7 +360,7 @@ class TimedCloud:
 
     def _failed(self, stack: _Stack) -> bool:
         fail_after = self.timeline.fail_after
-        return fail_after is not None and self._age(stack) >= fail_after
+        return bool(stack.failure) or (fail_after is not None and self._age(stack) >= fail_after)
 
     def _stack_events(self, stack: _Stack, answer: bytes) -> bytes:
         if self._failed(stack):
@@ -356,6 +376,27 @@ class TimedCloud:
             return member[0].replace(b"<member>", b"<member>" + carried, 1)
 
         return re.sub(rb"<member>.*?</member>", tag, answer, flags=re.S)
+
+    def _resource_status(self, stack: _Stack, answer: bytes) -> bytes:
+        """The instance's status as CloudFormation reports it while the stack is creating."""
+        if self._failed(stack):
+            shown = b"CREATE_FAILED"
+        elif self._age(stack) < self.timeline.complete_after:
+            shown = b"CREATE_IN_PROGRESS"
+        else:
+            return answer
+
+        def status(member: re.Match[bytes]) -> bytes:
+            if f"<LogicalResourceId>{INSTANCE}</LogicalResourceId>".encode() not in member[0]:
+                return member[0]
+            return re.sub(
+                rb"<ResourceStatus>CREATE_COMPLETE</ResourceStatus>",
+                b"<ResourceStatus>" + shown + b"</ResourceStatus>",
+                member[0],
+            )
+
+        pattern = rb"<(StackResourceDetail|member)>.*?</\1>"
+        return re.sub(pattern, status, answer, flags=re.S)
 
     def _stack_status(self, stack: _Stack, answer: bytes) -> bytes:
         if b"<StackStatus>CREATE_COMPLETE</StackStatus>" not in answer:
@@ -396,13 +437,14 @@ def _error(code: str, message: str, *, xmlns: str = "") -> bytes:
 
 def _failed_event(stack: _Stack) -> bytes:
     stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    reason = xml.sax.saxutils.escape(stack.failure or FAIL_REASON)
     return (
         f"<member><StackName>{stack.name}</StackName><EventId>{uuid.uuid4()}</EventId>"
         f"<LogicalResourceId>{INSTANCE}</LogicalResourceId>"
         f"<PhysicalResourceId>i-timed</PhysicalResourceId>"
         f"<ResourceType>AWS::EC2::Instance</ResourceType><Timestamp>{stamp}</Timestamp>"
         f"<ResourceStatus>CREATE_FAILED</ResourceStatus>"
-        f"<ResourceStatusReason>{FAIL_REASON}</ResourceStatusReason></member>"
+        f"<ResourceStatusReason>{reason}</ResourceStatusReason></member>"
     ).encode()
 
 

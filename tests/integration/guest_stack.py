@@ -39,10 +39,17 @@ class Deployed:
 
 
 def deploy(
-    server: MotoServer, subnet: LoopbackNetwork, name: str, *, minutes: int, ingress: str
+    server: MotoServer,
+    subnet: LoopbackNetwork,
+    name: str,
+    *,
+    minutes: int,
+    ingress: str,
+    idle_minutes: int = 0,
 ) -> Deployed:
     """The existing-network stack with the executor's parameters (lifetime `minutes`, SSH
-    from `ingress`), created in moto; returns once CREATE_COMPLETE."""
+    from `ingress`, the idle power-off after `idle_minutes`), created in moto; returns once
+    CREATE_COMPLETE."""
     shape = next(s for s in ALL_SHAPES if s.network is NetworkMode.EXISTING)
     body = template_for(shape)
     client, host = KeyPair.generate(), KeyPair.generate()
@@ -57,6 +64,7 @@ def deploy(
         SshPort=PORT,
         SshUser=USER,
         MaxLifetimeMinutes=minutes,
+        IdleMinutes=idle_minutes,
         ExpectPublicIp=False,
         VpcId=subnet.vpc_id,
         SubnetId=subnet.subnet_id,

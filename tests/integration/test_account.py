@@ -6,6 +6,7 @@ executor: the executor's own boto3 calls meet AWS's error responses.
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import subprocess
@@ -17,8 +18,9 @@ from typing import Any
 import cloudpickle
 import pytest
 from executor_support import execute, harness_options, run
-from harness import LoopbackNetwork, MotoServer
-from harness.cloud_state import live_stacks
+from harness import LoopbackNetwork, MotoServer, aws_texts
+from harness.boot import EmulatedBoot
+from harness.cloud_state import assert_nothing_left, instances_in, live_stacks
 from harness.faults import (
     CapacityPlan,
     Fault,
@@ -26,7 +28,9 @@ from harness.faults import (
     access_denied,
     capacity_refused,
     fault_proxy,
+    terminate_for_capacity,
 )
+from harness.timed_cloud import TimedCloud, Timeline
 
 from ec2_executor import (
     CapacityError,
@@ -137,8 +141,13 @@ def test_policy_command_prints_the_shipped_policy_and_the_readme_shows_it() -> N
     assert printed == shipped
     readme = (REPO / "README.md").read_text()
     section = readme.split("## Permissions", 1)[1].split("\n## ", 1)[0]
-    block = section.split("```json", 1)[1].split("```", 1)[0]
-    assert json.loads(block) == shipped
+    blocks = [json.loads(b.split("```", 1)[0]) for b in section.split("```json")[1:]]
+    assert blocks[0] == shipped
+    # With a CloudFormation service role: the user's policy, then the role's, in that order.
+    for holder, block in zip(("user-with-role", "cloudformation-role"), blocks[1:], strict=True):
+        done = cli("policy", "--for", holder)
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout) == block, holder
     actions = {a for s in shipped["Statement"] for a in s["Action"]}
     for needed in (
         "cloudformation:CreateStack",
@@ -148,6 +157,8 @@ def test_policy_command_prints_the_shipped_policy_and_the_readme_shows_it() -> N
         "cloudformation:DeleteStack",
         "ssm:GetParameters",
         "iam:PassRole",
+        "pricing:GetProducts",
+        "ec2:DescribeSpotPriceHistory",
         "ec2:RunInstances",
     ):
         assert needed in actions
@@ -185,6 +196,131 @@ def test_doctor_lists_each_missing_permission_and_creates_nothing(
     assert ec2.describe_instances()["Reservations"] == []
     assert ec2.describe_launch_templates()["LaunchTemplates"] == []
     assert live_stacks(moto_reset) == []
+    # Every EC2 call that reached moto itself (no dry run) was a read.
+    carried_out = {a for service, a, code in proxy.calls if service == "ec2" and code == "moto"}
+    assert carried_out and all(a.startswith(("Describe", "Get")) for a in carried_out), carried_out
+
+
+def test_doctor_dry_runs_run_instances_as_the_stack_sends_it(
+    loopback_network: LoopbackNetwork,
+    proxy: FaultProxy,
+    moto_reset: MotoServer,
+    template_cache: Path,
+    tmp_path: Path,
+) -> None:
+    """RunInstances is refused only when the dry run carries the stack's request: the subnet,
+    the VPC's default group, the encrypted gp3 root volume, IMDSv2, the instance profile, spot,
+    and tags on the instance; doctor must then name RunInstances."""
+    ec2 = moto_reset.client("ec2")
+    (default_group,) = ec2.describe_security_groups(
+        Filters=[
+            {"Name": "vpc-id", "Values": [loopback_network.vpc_id]},
+            {"Name": "group-name", "Values": ["default"]},
+        ]
+    )["SecurityGroups"]
+
+    def the_stacks_request(p: dict[str, str]) -> bool:
+        return (
+            p.get("DryRun") == "true"
+            and p.get("SubnetId") == loopback_network.subnet_id
+            and p.get("SecurityGroupId.1") == default_group["GroupId"]
+            and p.get("BlockDeviceMapping.1.Ebs.Encrypted") == "true"
+            and p.get("BlockDeviceMapping.1.Ebs.VolumeType") == "gp3"
+            and p.get("MetadataOptions.HttpTokens") == "required"
+            and p.get("IamInstanceProfile.Name") == "task-profile"
+            and p.get("InstanceMarketOptions.MarketType") == "spot"
+            and p.get("TagSpecification.1.ResourceType") == "instance"
+            and p.get("ImageId", "").startswith("ami-")
+        )
+
+    proxy.add(access_denied("ec2", "RunInstances", when=the_stacks_request))
+    flags = ["-o", f"subnet={loopback_network.subnet_id}", "-o", "use_private_ip=true"]
+    flags += ["-o", "ssh_ingress_cidr=127.0.0.1/32", "-o", "instance_profile=task-profile"]
+    flags += ["-o", "spot=true"]
+    refused = cli("doctor", *flags, config_dir=tmp_path)
+    line = next(x for x in refused.stdout.splitlines() if "permissions" in x)
+    assert line.startswith("FAIL"), refused.stdout + refused.stderr
+    assert line.split("missing: ", 1)[1].split(";", 1)[0] == "ec2:RunInstances"
+
+
+def test_doctor_counts_an_answer_that_proves_nothing_as_unchecked(
+    loopback_network: LoopbackNetwork,
+    proxy: FaultProxy,
+    moto_reset: MotoServer,
+    template_cache: Path,
+    tmp_path: Path,
+) -> None:
+    """A dry run answered with something other than DryRunOperation or a refusal (here the
+    fake instance id not found) is neither granted nor missing."""
+    proxy.add(
+        Fault(
+            "ec2",
+            "TerminateInstances",
+            "InvalidInstanceID.NotFound",
+            "The instance ID 'i-0123456789abcdef0' does not exist",
+            status=400,
+        )
+    )
+    flags = ["-o", f"subnet={loopback_network.subnet_id}", "-o", "use_private_ip=true"]
+    flags += ["-o", "ssh_ingress_cidr=127.0.0.1/32"]
+    done = cli("doctor", *flags, config_dir=tmp_path)
+    line = next(x for x in done.stdout.splitlines() if "permissions" in x)
+    assert line.startswith("ok"), done.stdout + done.stderr
+    unchecked = line.split("not checked (no dry run, or no answer): ", 1)[1]
+    assert "ec2:TerminateInstances (InvalidInstanceID.NotFound)" in unchecked
+
+
+def test_doctor_says_when_the_default_ebs_key_needs_kms_grants(
+    loopback_network: LoopbackNetwork, moto_reset: MotoServer, tmp_path: Path
+) -> None:
+    flags = ["-o", f"subnet={loopback_network.subnet_id}", "-o", "use_private_ip=true"]
+    flags += ["-o", "ssh_ingress_cidr=127.0.0.1/32"]
+    aws_managed = cli("doctor", *flags, config_dir=tmp_path)
+    line = next(x for x in aws_managed.stdout.splitlines() if "EBS encryption" in x)
+    assert line.startswith("ok") and "AWS managed (alias/aws/ebs)" in line, line
+    assert "kms:CreateGrant" not in line
+
+    key = moto_reset.client("kms").create_key()["KeyMetadata"]["Arn"]
+    ec2 = moto_reset.client("ec2")
+    ec2.enable_ebs_encryption_by_default()
+    ec2.modify_ebs_default_kms_key_id(KmsKeyId=key)
+    customer = cli("doctor", *flags, config_dir=tmp_path)
+    line = next(x for x in customer.stdout.splitlines() if "EBS encryption" in x)
+    assert "encryption by default on" in line and f"the default key {key} is customer" in line
+    assert "kms:CreateGrant" in line and "Permissions" in line
+
+
+def test_cloudformation_role_is_the_stacks_role(
+    loopback_network: LoopbackNetwork,
+    moto_reset: MotoServer,
+    remote_cache: str,
+    emulated_boot: Any,
+) -> None:
+    """CreateStack carries `cloudformation_role` as RoleARN: the stack records it."""
+    role = "arn:aws:iam::123456789012:role/ec2-executor-cloudformation"
+    options = harness_options(loopback_network.subnet_id, remote_cache)
+    ex = EC2Executor(**options, cloudformation_role=role, wait_for_deletion=True)
+    assert run(execute(ex, double, [21], {}, dispatch_id="role")) == 42
+    cloudformation = moto_reset.client("cloudformation")
+    (summary,) = [  # deleted by now: found by its id, as AWS keeps deleted stacks a while
+        s
+        for s in cloudformation.list_stacks()["StackSummaries"]
+        if s["StackName"] == stack_name("role", 0)
+    ]
+    (stack,) = cloudformation.describe_stacks(StackName=summary["StackId"])["Stacks"]
+    assert stack["RoleARN"] == role
+
+
+def test_a_bad_cloudformation_role_is_refused_before_any_resource(
+    loopback_network: LoopbackNetwork, moto_reset: MotoServer, remote_cache: str
+) -> None:
+    options = harness_options(loopback_network.subnet_id, remote_cache)
+    with pytest.raises(ConfigurationError) as refused:  # refused as the executor is built
+        EC2Executor(**options, cloudformation_role="ec2-executor-cloudformation")
+    message = str(refused.value)
+    assert "'cloudformation_role'" in message and "'ec2-executor-cloudformation'" in message
+    assert "arn:aws:iam::123456789012:role/" in message
+    assert moto_reset.client("cloudformation").list_stacks()["StackSummaries"] == []
 
 
 # --- capacity -----------------------------------------------------------------------------
@@ -217,8 +353,12 @@ def test_no_capacity_anywhere_names_every_zone_tried_and_leaves_no_stack(
         with pytest.raises(CapacityError) as refused:
             run(execute(ex, double, [1], {}, dispatch_id="nowhere"))
     message = str(refused.value)
-    for zone, subnet in subnets.items():
-        assert f"{zone} ({subnet}) on-demand" in message
+    for zone, subnet in subnets.items():  # each zone with EC2's reason, as CloudFormation said it
+        assert (
+            f"{zone} ({subnet}) on-demand: no capacity in this zone (We currently do not have "
+            f"sufficient {ex.instance_type} capacity in the Availability Zone you requested "
+            f"({zone}).)"
+        ) in message
     assert "spot='fallback'" in message
     assert sorted(z for z, _, _ in plan.launches) == sorted(subnets)
     assert live_stacks(moto_reset) == []
@@ -238,6 +378,77 @@ def test_spot_fallback_tries_spot_in_every_zone_then_on_demand(
     assert sorted(spot_tries) == [(z, True, "refused") for z in sorted(subnets)]
     assert plan.launches[-1][1:] == (False, "launched")
     assert live_stacks(moto_reset) == []
+
+
+def test_spot_fallback_falls_back_to_on_demand_at_the_spot_quota(
+    loopback_network: LoopbackNetwork,
+    emulated_boot: Any,
+    moto_reset: MotoServer,
+    remote_cache: str,
+    package_log: pytest.LogCaptureFixture,
+) -> None:
+    """EC2's "Max spot instance count exceeded", as CloudFormation quotes it (no error code):
+    the quota is the account's, so no other zone is tried on spot; on-demand is."""
+    subnets = two_zone_vpc(moto_reset, loopback_network)
+    dispatch = dispatch_starting_in("us-east-1a", list(subnets))
+    with capacity_refused(CapacityPlan(spot_quota=True)) as plan:
+        ex = in_vpc(loopback_network, remote_cache, spot="fallback")
+        assert run(execute(ex, double, [5], {}, dispatch_id=dispatch)) == 10
+    assert plan.launches == [("us-east-1a", True, "refused"), ("us-east-1a", False, "launched")]
+    assert aws_texts.SPOT_QUOTA.text in package_log.text
+    assert_nothing_left(moto_reset)
+
+
+@pytest.mark.parametrize("told_by", ["cloudformation", "the instance's state"])
+def test_a_capacity_failure_after_the_instance_had_its_address_moves_to_the_next_zone(
+    told_by: str,
+    loopback_network: LoopbackNetwork,
+    emulated_boot: EmulatedBoot,
+    moto_reset: MotoServer,
+    remote_cache: str,
+    monkeypatch: pytest.MonkeyPatch,
+    package_log: pytest.LogCaptureFixture,
+) -> None:
+    """EC2 launched the instance, which got its address, then terminated it for lack of
+    capacity. The executor, still waiting for SSH, learns it from CloudFormation (the instance
+    did not stabilise) or from the instance's state reason, whichever comes first; it deletes
+    that stack and launches in the next zone; nothing of the failed attempt is left."""
+    subnets = two_zone_vpc(moto_reset, loopback_network)
+    dispatch = dispatch_starting_in("us-east-1a", list(subnets))
+    name = stack_name(dispatch, 0)
+    held = emulated_boot.hold()  # the first instance never answers SSH, as on EC2
+    timeline = Timeline(instance_after=0.0, complete_after=300.0)  # still creating
+    with (
+        TimedCloud(moto_reset.url, timeline) as cloud,
+        concurrent.futures.ThreadPoolExecutor(1) as pool,
+    ):
+        monkeypatch.setenv("AWS_ENDPOINT_URL", cloud.url)
+        ex = in_vpc(loopback_network, remote_cache)
+        electron = pool.submit(run, execute(ex, double, [21], {}, dispatch_id=dispatch))
+        first = emulated_boot.wait_knocked()  # the executor had its address and tried SSH
+        if told_by == "cloudformation":
+            state = aws_texts.INSUFFICIENT_CAPACITY_STATE
+            cloud.fail(name, aws_texts.did_not_stabilize(first.instance_id, state))
+        else:
+            terminate_for_capacity(first.instance_id)
+        emulated_boot.wait_stopped(first.instance_id, timeout=60)  # its stack is deleted
+        held.release()
+        assert electron.result(timeout=300) == 42
+    assert cloud.answers("CreateStack") == ["moto", "moto"]
+    (second,) = [i for i in emulated_boot.instances if i.instance_id != first.instance_id]
+    ec2 = moto_reset.client("ec2")
+    placed = ec2.describe_instances(InstanceIds=[first.instance_id, second.instance_id])
+    subnet_of = {
+        i["InstanceId"]: i["SubnetId"] for r in placed["Reservations"] for i in r["Instances"]
+    }
+    assert subnet_of == {
+        first.instance_id: subnets["us-east-1a"],
+        second.instance_id: subnets["us-east-1b"],
+    }
+    assert first.instance_id in instances_in(moto_reset, "terminated")
+    assert "Server.InsufficientInstanceCapacity" in package_log.text
+    assert "trying elsewhere" in package_log.text
+    assert_nothing_left(moto_reset)
 
 
 def test_spot_only_does_not_fall_back(

@@ -187,6 +187,7 @@ def test_doctor_passes_on_the_harness_and_warns_of_a_misspelt_key(
         "SSH ingress",
         "network",
         "stacks",
+        "EBS encryption",
         "permissions",
         "template cache",
     ]

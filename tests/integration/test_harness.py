@@ -434,3 +434,32 @@ def test_network_guard_blocks_outside_loopback(network_guard: NetworkGuard) -> N
         sock6.connect(("2001:db8::1", 9))
     assert time.monotonic() - started < 1  # no timeout was waited for
     assert len(network_guard.take_violations()) == 5
+
+
+def test_moto_holds_aws_s_default_quota_of_five_vpcs_per_region(moto_reset: MotoServer) -> None:
+    ec2 = moto_reset.client("ec2")
+    existing = len(ec2.describe_vpcs()["Vpcs"])  # the default VPC counts, as on AWS
+    for index in range(5 - existing):
+        ec2.create_vpc(CidrBlock=f"10.{index}.0.0/16")
+    with pytest.raises(ClientError) as refused:
+        ec2.create_vpc(CidrBlock="10.99.0.0/16")
+    assert refused.value.response["Error"] == {
+        "Code": "VpcLimitExceeded",
+        "Message": "The maximum number of VPCs has been reached.",
+    }
+    assert len(ec2.describe_vpcs()["Vpcs"]) == 5
+
+
+def test_moto_s_default_vpc_routes_out_through_an_internet_gateway(
+    moto_reset: MotoServer,
+) -> None:
+    ec2 = moto_reset.client("ec2")
+    (vpc,) = ec2.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"]
+    (main,) = ec2.describe_route_tables(
+        Filters=[
+            {"Name": "vpc-id", "Values": [vpc["VpcId"]]},
+            {"Name": "association.main", "Values": ["true"]},
+        ]
+    )["RouteTables"]
+    default = [r for r in main["Routes"] if r.get("DestinationCidrBlock") == "0.0.0.0/0"]
+    assert [r["GatewayId"][:4] for r in default] == ["igw-"]

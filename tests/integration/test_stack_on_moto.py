@@ -32,8 +32,8 @@ from harness import LoopbackNetwork, MotoServer, parse_user_data
 from cdk_stacks.parameters import AL2023_SSM_PARAMETER, StackParameters
 from cdk_stacks.shape import NetworkMode, StackShape
 from cdk_stacks.templates import template_for
+from cdk_stacks.user_data import instance_files
 
-BOOTSTRAP = Path(__file__).resolve().parents[2] / "ec2_executor" / "instance" / "bootstrap.sh"
 EXISTING = StackShape(network=NetworkMode.EXISTING)
 CREATED = StackShape(network=NetworkMode.CREATED)
 SSH_PORT = 2202
@@ -208,12 +208,12 @@ def _check_user_data(user_data: bytes, keys: Keys) -> None:
     assert spec.host_key_pem == keys.host_private_pem
     assert spec.port == SSH_PORT
     assert spec.bootstrap_script is not None
-    assert spec.bootstrap_script == BOOTSTRAP.read_text()
+    assert spec.bootstrap_script == instance_files()["bootstrap.sh"]  # its code lines
     python, covalent, cloudpickle = VERSIONS
     assert spec.bootstrap_args == (
         "--python", python, "--covalent", covalent, "--cloudpickle", cloudpickle,
         "--user", "ec2-user", "--idle-minutes", "0",
-        "--orphan-minutes", "10", "--ssh-port", str(SSH_PORT),
+        "--orphan-minutes", "10", "--ssh-port", str(SSH_PORT), "--spot", "false",
     )  # fmt: skip
 
 

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from executor_support import NewExecutor, execute, harness_options, run
@@ -148,3 +150,51 @@ def test_a_stock_image_pays_the_installs_and_a_baked_one_is_found_and_does_not(
     assert baked.bootstrap_started_at - baked.booted_at < AWS.install  # no installs waited on
     assert started > baked.bootstrap_started_at
     assert_nothing_left(moto_reset)  # the bake's stack and both electrons' are gone
+
+
+@pytest.mark.parametrize(
+    ("timeline", "status"),
+    [
+        (Timeline(instance_after=60.0, complete_after=60.0), None),  # not launched yet
+        (Timeline(instance_after=0.0, complete_after=60.0), "CREATE_IN_PROGRESS"),
+        (Timeline(instance_after=0.0, complete_after=60.0, fail_after=0.0), "CREATE_FAILED"),
+        (Timeline(instance_after=0.0, complete_after=0.0), "CREATE_COMPLETE"),
+    ],
+    ids=["before-launch", "in-progress", "failed", "complete"],
+)
+def test_the_timed_cloud_reports_the_instance_resource_as_cloudformation_does(
+    moto_reset: MotoServer, timeline: Timeline, status: str | None
+) -> None:
+    """DescribeStackResource while the stack is creating: no such resource before the launch;
+    then the instance's id, in progress until the stack completes (moto says complete from the
+    start), failed once the stack fails."""
+    image = moto_reset.client("ec2").describe_images()["Images"][0]["ImageId"]
+    body = {
+        "Resources": {
+            "Instance": {
+                "Type": "AWS::EC2::Instance",
+                "Properties": {"ImageId": image, "InstanceType": "t3.micro"},
+            }
+        }
+    }
+    with TimedCloud(moto_reset.url, timeline) as cloud:
+        cfn = moto_reset.client("cloudformation", endpoint_url=cloud.url)
+        cfn.create_stack(StackName="timed-resource", TemplateBody=json.dumps(body))
+        try:
+            _check_instance_resource(cfn, status)
+        finally:  # its instance would otherwise run on, for the next module's boots to see
+            moto_reset.client("cloudformation").delete_stack(StackName="timed-resource")
+    assert live_stacks(moto_reset) == []
+
+
+def _check_instance_resource(cfn: Any, status: str | None) -> None:
+    if status is None:
+        with pytest.raises(cfn.exceptions.ClientError, match="Resource Instance does not exist"):
+            cfn.describe_stack_resource(StackName="timed-resource", LogicalResourceId="Instance")
+        return
+    found = cfn.describe_stack_resource(StackName="timed-resource", LogicalResourceId="Instance")
+    detail = found["StackResourceDetail"]
+    assert detail["ResourceStatus"] == status
+    assert detail["PhysicalResourceId"].startswith("i-")
+    (listed,) = cfn.describe_stack_resources(StackName="timed-resource")["StackResources"]
+    assert listed["ResourceStatus"] == status

@@ -5,68 +5,73 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from harness import aws_texts
 
 from cdk_stacks.parameters import StackParameters
+from ec2_executor.blocking import Deadline
 from ec2_executor.cloud.capacity import (
     Attempt,
     Placement,
     Refusal,
     attempts,
+    ec2_message,
     first_that_fits,
     placed,
     refusal,
     spread,
+    vcpu_limit,
 )
-from ec2_executor.errors import CapacityError, StackCreationError
+from ec2_executor.errors import CapacityError, StackCreationError, VcpuLimitError
 
-# CREATE_FAILED reasons as CloudFormation reports EC2's refusals.
-ZONE_REASONS = [
-    'Resource handler returned message: "We currently do not have sufficient t3.micro capacity '
-    "in the Availability Zone you requested (us-east-1a). Our system will be working on "
-    'provisioning additional capacity." (Service: Ec2, Status Code: 500) '
-    "(HandlerErrorCode: GeneralServiceException)",
-    "Insufficient capacity. (Service: AmazonEC2; Status Code: 500; "
-    "Error Code: InsufficientInstanceCapacity; Request ID: 1)",
-    "Your requested instance type (t4g.micro) is not supported in your requested Availability "
-    "Zone (us-east-1e). Please retry your request by not specifying an Availability Zone.",
-    "The requested configuration is currently not supported. (Service: Ec2, Status Code: 400) "
-    "(Error Code: Unsupported)",
-    "There is no Spot capacity available that matches your request. (Error Code: "
-    "InsufficientInstanceCapacity)",
-    "capacity-not-available",
-]
-SPOT_REASONS = [
-    "Max spot instance count exceeded (Service: AmazonEC2; Status Code: 400; "
-    "Error Code: MaxSpotInstanceCountExceeded)",
-    "Your Spot request price of 0.001 is lower than the minimum required Spot request "
-    "fulfillment price of 0.0035. (Error Code: SpotMaxPriceTooLow)",
-    # As CloudFormation's CREATE_FAILED reason quotes it: EC2's text, no EC2 error code.
-    'Resource handler returned message: "Max spot instance count exceeded (Service: Ec2, '
-    'Status Code: 400, Request ID: 5d2c0e4b)" (RequestToken: 1f0e, HandlerErrorCode: '
-    "GeneralServiceException)",
-]
-OTHER_REASONS = [
-    "You have requested more vCPU capacity than your current vCPU limit of 32 allows "
-    "(Error Code: VcpuLimitExceeded)",
-    "The image id '[ami-0123]' does not exist (Error Code: InvalidAMIID.NotFound)",
-    "Resource creation cancelled",
-    "",
-    "The operation is not supported. (Error Code: UnsupportedOperation)",
-]
+TEXTS = aws_texts.every_text()
 
 
-@pytest.mark.parametrize("reason", ZONE_REASONS)
-def test_a_zone_without_capacity_is_worth_another_zone(reason: str) -> None:
-    assert refusal(reason) is Refusal.ZONE
+def _named(text: aws_texts.Ec2Text) -> str:
+    return f"{text.kind}:{text.text[:40]}"
 
 
-@pytest.mark.parametrize("reason", SPOT_REASONS)
-def test_a_spot_refusal_is_the_same_in_every_zone(reason: str) -> None:
-    assert refusal(reason) is Refusal.SPOT
+def test_every_text_says_where_it_comes_from() -> None:
+    for text in [*TEXTS, aws_texts.insufficient_capacity("m5.large", "eu-west-1a", "eu-west-1b")]:
+        assert text.source.startswith("https://"), text
 
 
-@pytest.mark.parametrize("reason", OTHER_REASONS)
-def test_other_failures_are_not_capacity(reason: str) -> None:
+@pytest.mark.parametrize("text", TEXTS, ids=_named)
+def test_each_text_as_cloudformation_quotes_it(text: aws_texts.Ec2Text) -> None:
+    """The instance's CREATE_FAILED reason carries EC2's text and no EC2 error code."""
+    reason = aws_texts.create_failed(text)
+    assert "Error Code" not in reason
+    expected = {"zone": Refusal.ZONE, "spot": Refusal.SPOT}.get(text.kind)
+    assert refusal(reason) is expected
+    assert vcpu_limit(reason) is (text.kind == "vcpu")
+    assert text.text.startswith(ec2_message(reason))  # EC2's words, without the wrapping
+
+
+@pytest.mark.parametrize("text", TEXTS, ids=_named)
+def test_as_a_stack_error_names_them(text: aws_texts.Ec2Text) -> None:
+    """As `StackCreationError` words it: the stack, its status and the first failure."""
+    reason = (
+        "Stack 'ec2-executor-x' failed to create (ROLLBACK_COMPLETE): Instance "
+        f"(AWS::EC2::Instance) CREATE_FAILED: {aws_texts.create_failed(text)}"
+    )
+    expected = {"zone": Refusal.ZONE, "spot": Refusal.SPOT}.get(text.kind)
+    assert refusal(reason) is expected
+    assert ec2_message(reason) in text.text
+
+
+def test_an_instance_terminated_for_lack_of_capacity_is_a_zone_refusal() -> None:
+    """It had its addresses, then EC2 terminated it during launch; CloudFormation says the
+    instance did not stabilise, quoting its state reason."""
+    late = aws_texts.did_not_stabilize("i-0abc", aws_texts.INSUFFICIENT_CAPACITY_STATE)
+    assert refusal(late) is Refusal.ZONE
+    assert "Server.InsufficientInstanceCapacity" in ec2_message(late)
+    internal = aws_texts.did_not_stabilize("i-0abc", aws_texts.NOT_CAPACITY[1])
+    assert refusal(internal) is None
+
+
+def test_the_vcpu_limit_is_not_a_zone_refusal() -> None:
+    """The quota is regional: another zone meets the same limit."""
+    reason = aws_texts.create_failed(aws_texts.vcpu_limit(32))
+    assert vcpu_limit(reason)
     assert refusal(reason) is None
 
 
@@ -119,9 +124,11 @@ class FakeLaunch:
     def __init__(self, reasons: dict[Attempt, str]) -> None:
         self.reasons = reasons
         self.log: list[str] = []
+        self.deadlines: list[Deadline] = []
 
-    async def launch(self, attempt: Attempt) -> str:
+    async def launch(self, attempt: Attempt, deadline: Deadline) -> str:
         self.log.append(f"launch {attempt}")
+        self.deadlines.append(deadline)
         if attempt in self.reasons:
             raise StackCreationError(self.reasons[attempt], stack_name="s")
         return f"up in {attempt}"
@@ -130,45 +137,104 @@ class FakeLaunch:
         self.log.append("clear")
 
 
-def _fit(fake: FakeLaunch, tried: list[Attempt]) -> str:
+PROVISION_TIMEOUT = 600.0
+
+
+def _fit(fake: FakeLaunch, tried: list[Attempt], budget: Deadline | None = None) -> str:
     return asyncio.run(
-        first_that_fits(tried, fake.launch, clear=fake.clear, name="s", instance_type="t3.micro")
+        first_that_fits(
+            tried,
+            fake.launch,
+            clear=fake.clear,
+            name="s",
+            instance_type="t3.micro",
+            provision_timeout=PROVISION_TIMEOUT,
+            budget=budget,
+        )
     )
 
 
+NO_ROOM = aws_texts.create_failed(
+    aws_texts.insufficient_capacity("t3.micro", "us-east-1a", "us-east-1b, us-east-1c")
+)
+NO_SPOT = aws_texts.create_failed(aws_texts.NO_SPOT_CAPACITY)
+SPOT_QUOTA = aws_texts.create_failed(aws_texts.SPOT_QUOTA)
+LATE = aws_texts.did_not_stabilize("i-0abc", aws_texts.INSUFFICIENT_CAPACITY_STATE)
+
+
 def test_a_zone_refusal_clears_the_stack_and_tries_the_next_zone() -> None:
-    fake = FakeLaunch({Attempt(A, False): ZONE_REASONS[0]})
+    fake = FakeLaunch({Attempt(A, False): NO_ROOM})
     assert _fit(fake, attempts([A, B, C], False)) == f"up in {Attempt(B, False)}"
     assert fake.log == [f"launch {Attempt(A, False)}", "clear", f"launch {Attempt(B, False)}"]
 
 
-def test_any_other_failure_is_raised_at_once() -> None:
-    fake = FakeLaunch({Attempt(A, False): OTHER_REASONS[0]})
-    with pytest.raises(StackCreationError, match="VcpuLimitExceeded") as raised:
+def test_a_late_capacity_failure_clears_the_stack_and_tries_the_next_zone() -> None:
+    fake = FakeLaunch({Attempt(A, False): LATE})
+    assert _fit(fake, attempts([A, B], False)) == f"up in {Attempt(B, False)}"
+    assert fake.log == [f"launch {Attempt(A, False)}", "clear", f"launch {Attempt(B, False)}"]
+
+
+def test_each_attempt_gets_a_deadline_of_its_own() -> None:
+    fake = FakeLaunch({Attempt(A, False): NO_ROOM})
+    _fit(fake, attempts([A, B], False))
+    first, second = fake.deadlines
+    assert first is not second
+    assert second.at >= first.at  # the second's clock started at its own launch
+    assert second.remaining > PROVISION_TIMEOUT - 60  # not what the first one left over
+
+
+def test_the_vcpu_limit_is_raised_at_once_without_trying_another_zone() -> None:
+    fake = FakeLaunch({Attempt(A, False): aws_texts.create_failed(aws_texts.vcpu_limit(32))})
+    with pytest.raises(VcpuLimitError, match="vCPU limit of 32") as raised:
         _fit(fake, attempts([A, B], False))
     assert not isinstance(raised.value, CapacityError)
     assert fake.log == [f"launch {Attempt(A, False)}"]  # not cleared: teardown deletes it
 
 
-def test_a_spot_refusal_skips_the_other_spot_zones_for_on_demand() -> None:
-    fake = FakeLaunch({Attempt(A, True): SPOT_REASONS[1]})
+def test_any_other_failure_is_raised_at_once() -> None:
+    other = aws_texts.create_failed(aws_texts.NOT_CAPACITY[0])
+    fake = FakeLaunch({Attempt(A, False): other})
+    with pytest.raises(StackCreationError, match="does not exist") as raised:
+        _fit(fake, attempts([A, B], False))
+    assert type(raised.value) is StackCreationError
+    assert fake.log == [f"launch {Attempt(A, False)}"]
+
+
+def test_the_spot_quota_skips_the_other_spot_zones_for_on_demand() -> None:
+    fake = FakeLaunch({Attempt(A, True): SPOT_QUOTA})
     assert _fit(fake, attempts([A, B, C], "fallback")) == f"up in {Attempt(A, False)}"
     assert fake.log == [f"launch {Attempt(A, True)}", "clear", f"launch {Attempt(A, False)}"]
 
 
 def test_a_spot_zone_refusal_tries_spot_in_the_next_zone_first() -> None:
-    fake = FakeLaunch({Attempt(A, True): ZONE_REASONS[4]})
+    fake = FakeLaunch({Attempt(A, True): NO_SPOT})
     assert _fit(fake, attempts([A, B], "fallback")) == f"up in {Attempt(B, True)}"
 
 
-def test_no_zone_with_capacity_names_every_attempt() -> None:
+def test_no_zone_with_capacity_names_every_zone_with_its_reason() -> None:
     tried = attempts([A, B], False)
-    fake = FakeLaunch(dict.fromkeys(tried, ZONE_REASONS[1]))
+    fake = FakeLaunch({tried[0]: NO_ROOM, tried[1]: LATE})
     with pytest.raises(CapacityError) as raised:
         _fit(fake, tried)
     assert fake.log.count("clear") == 2
     message = str(raised.value)
     assert "'t3.micro'" in message and "spot='fallback'" in message
-    for attempt in tried:
-        assert f"{attempt}: no capacity in this zone" in message
+    assert (
+        f"{tried[0]}: no capacity in this zone (We currently do not have sufficient t3.micro "
+        f"capacity in the Availability Zone you requested (us-east-1a).)"
+    ) in message
+    assert f"{tried[1]}: no capacity in this zone (Instance i-0abc failed to stabilize: " in message
     assert raised.value.stack_name == "s"
+
+
+def test_no_attempt_starts_once_the_failover_budget_is_spent() -> None:
+    tried = attempts([A, B, C], False)
+    fake = FakeLaunch(dict.fromkeys(tried, NO_ROOM))
+    with pytest.raises(CapacityError) as raised:
+        _fit(fake, tried, budget=Deadline(0.0))
+    assert fake.log == [f"launch {tried[0]}", "clear"]  # the first attempt always runs
+    message = str(raised.value)
+    assert f"{tried[0]}: no capacity in this zone" in message
+    assert f"time budget (3 x 'provision_timeout') ran out before {tried[1]}; {tried[2]}." in (
+        message
+    )

@@ -739,6 +739,14 @@ def test_user_data_writes_sshd_drop_in(cloud_config: dict[str, Any]) -> None:
     assert "PasswordAuthentication no" in lines
 
 
+def _code_lines(text: str, name: str) -> list[str]:
+    """Every line a script runs: shell scripts ship without their comment lines."""
+    lines = text.splitlines()
+    if not name.endswith(".sh"):
+        return lines
+    return [line for line in lines if line.startswith("#!") or not line.lstrip().startswith("#")]
+
+
 def test_user_data_embeds_the_bootstrap_verbatim(
     cloud_config: dict[str, Any], tmp_path: Path
 ) -> None:
@@ -746,7 +754,7 @@ def test_user_data_embeds_the_bootstrap_verbatim(
     assert entry["permissions"] == "0755"
     assert entry["encoding"] == "gz+b64"  # nothing for Fn::Sub or YAML to reinterpret
     script = gzip.decompress(base64.b64decode(entry["content"])).decode()
-    assert script == BOOTSTRAP_FILE.read_text()
+    assert script.splitlines() == _code_lines(BOOTSTRAP_FILE.read_text(), "bootstrap.sh")
     _bash_n(script, tmp_path, "bootstrap.sh")
 
 
@@ -759,7 +767,9 @@ def test_user_data_puts_the_task_files_beside_the_bootstrap(
     assert entry["encoding"] == "gz+b64"
     assert entry["permissions"] == ("0755" if name.endswith(".sh") else "0644")
     content = gzip.decompress(base64.b64decode(entry["content"])).decode()
-    assert content == (REPO / "ec2_executor" / "instance" / name).read_text()
+    assert content.splitlines() == _code_lines(
+        (REPO / "ec2_executor" / "instance" / name).read_text(), name
+    )
 
 
 def test_runcmd_runs_the_bootstrap_with_the_versions(cloud_config: dict[str, Any]) -> None:
@@ -775,6 +785,7 @@ def test_runcmd_runs_the_bootstrap_with_the_versions(cloud_config: dict[str, Any
         "--idle-minutes": "0",
         "--orphan-minutes": "10",
         "--ssh-port": str(SAMPLE_PORT),
+        "--spot": "false",
     }
 
 
@@ -789,6 +800,14 @@ def test_bootcmd_arms_the_lifetime_poweroff(cloud_config: dict[str, Any]) -> Non
     ]
     assert armed, commands
     assert all(("poweroff" in c or "shutdown" in c) for c in armed)
+
+
+def test_the_lifetime_poweroff_says_which_option_set_it(cloud_config: dict[str, Any]) -> None:
+    """The timer is `max_lifetime_minutes`' or `budget_usd`'s (LifetimeLimit): its power-off
+    writes which into `poweroff`, as the idle and orphan power-offs do."""
+    [timer] = [c for c in cloud_config["bootcmd"] if isinstance(c, str) and "systemd-run" in c]
+    assert "max_lifetime_minutes reached, powering off" in timer
+    assert ">/opt/ec2-executor/poweroff; systemctl poweroff" in timer
 
 
 def test_lifetime_timer_does_not_wait_for_sysinit(cloud_config: dict[str, Any]) -> None:

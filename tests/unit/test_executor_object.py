@@ -29,6 +29,7 @@ def test_public_surface_is_pinned() -> None:
         "EC2ExecutorError",
         "PermissionDeniedError",
         "RemoteError",
+        "SpotInterruptionError",
         "StackCreationError",
         "StackDeletionError",
         "TaskError",

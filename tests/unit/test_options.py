@@ -103,6 +103,9 @@ def test_key_name_defaults_to_the_key_file_stem(tmp_path: Path) -> None:
         ({"keep_warm_minutes": -1}, "'keep_warm_minutes'", "0 to 1440 minutes"),
         ({"keep_warm_minutes": 1441}, "'keep_warm_minutes'", "0 to 1440 minutes"),
         ({"keep_warm_minutes": "soon"}, "'keep_warm_minutes'", "[executors.ec2]"),
+        ({"spot_retries": -1}, "'spot_retries'", "0 to 5"),
+        ({"spot_retries": 6}, "'spot_retries'", "0 to 5"),
+        ({"spot_retries": "often"}, "'spot_retries'", "[executors.ec2]"),
     ],
 )
 def test_bad_values_are_refused_naming_the_key_and_the_fix(
@@ -198,3 +201,14 @@ def test_keep_warm_defaults_to_zero_and_takes_config_strings() -> None:
     assert Options().keep_warm_minutes == 0
     assert defaults()["keep_warm_minutes"] == 0
     assert build({"keep_warm_minutes": "5"}).keep_warm_minutes == 5
+
+
+@pytest.mark.parametrize(
+    ("spot", "given", "reruns"),
+    [("fallback", None, 1), (True, None, 0), (False, None, 0), (True, "2", 2), ("fallback", 0, 0)],
+)
+def test_spot_retries_follow_the_market_unless_set(
+    spot: object, given: object, reruns: int
+) -> None:
+    assert build({"spot": spot, "spot_retries": given}).reruns_on_reclaim == reruns
+    assert defaults()["spot_retries"] == ""  # unset in the config: the market's default
