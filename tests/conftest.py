@@ -37,7 +37,7 @@ from harness import (  # noqa: E402
 )
 from harness.boot import OFFLINE  # noqa: E402
 from harness.guest_image import guest_image as build_guest_image  # noqa: E402
-from harness.iam import start_iam_moto  # noqa: E402
+from harness.iam import enforce_iam, everywhere  # noqa: E402
 
 _NETWORK_GUARD = NetworkGuard()
 
@@ -68,10 +68,18 @@ def network_guard() -> NetworkGuard:
 
 @pytest.fixture(scope="session")
 def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
-    """A moto server on 127.0.0.1 for the session; os.environ points boto3 at it meanwhile."""
+    """A moto server on 127.0.0.1 for the session, enforcing IAM. os.environ points boto3 at
+    it meanwhile, with the keys of a user who holds only the policy `ec2-executor policy`
+    prints (each Allow's resources widened to "*", see `harness.iam`): the executor under test
+    runs with exactly that policy. The harness's own calls (`client()`, `keys`) are an admin's.
+    """
+    from ec2_executor.cloud.permissions import policy
+
     server = MotoServer.start()
     try:
-        with patched_environ(server.environment(tmp_path_factory.mktemp("aws-config"))):
+        executor_keys = enforce_iam(server, everywhere(policy()))
+        config_dir = tmp_path_factory.mktemp("aws-config")
+        with patched_environ(server.environment(config_dir, executor_keys)):
             yield server
     finally:
         server.stop()
@@ -88,16 +96,6 @@ def moto_reset(moto_server: MotoServer) -> MotoServer:
     """An empty moto (reset before the test)."""
     moto_server.reset()
     return moto_server
-
-
-@pytest.fixture
-def iam_moto() -> Iterator[MotoServer]:
-    """A moto server of the test's own that enforces IAM; its `keys` are an admin's."""
-    server = start_iam_moto()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
@@ -144,7 +142,13 @@ def emulated_boot(
     Boot errors the test did not `clear_errors()` fail the test at teardown.
     """
     instances = tmp_path / "instances"
-    with booting(moto_reset.url, image=boot_image, base_dir=instances, delays=boot_delays) as boot:
+    with booting(
+        moto_reset.url,
+        image=boot_image,
+        base_dir=instances,
+        delays=boot_delays,
+        keys=moto_reset.keys,
+    ) as boot:
         yield boot
 
 
@@ -191,6 +195,10 @@ def guest_boot(
 ) -> Iterator[GuestBoot]:
     """Boots every instance moto runs during the test as a real guest; all ended after it."""
     with guest_booting(
-        moto_server.url, image=guest_image, network=guest_net, base_dir=tmp_path / "guests"
+        moto_server.url,
+        image=guest_image,
+        network=guest_net,
+        base_dir=tmp_path / "guests",
+        keys=moto_server.keys,
     ) as boot:
         yield boot

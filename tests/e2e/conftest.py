@@ -185,7 +185,10 @@ def emulated_boot(
     moto_server: MotoServer, e2e_network: LoopbackNetwork, boot_image: Image, tmp_path: Path
 ) -> Iterator[EmulatedBoot]:
     """Boots every instance moto runs during the test (no moto reset: the network is shared)."""
-    with booting(moto_server.url, image=boot_image, base_dir=tmp_path / "instances") as boot:
+    instances = tmp_path / "instances"
+    with booting(
+        moto_server.url, image=boot_image, base_dir=instances, keys=moto_server.keys
+    ) as boot:
         yield boot
 
 

@@ -32,7 +32,8 @@ _QUERY_XMLNS = {
     "iam": "https://iam.amazonaws.com/doc/2010-05-08/",
 }
 _DRY_RUN_MESSAGE = "Request would have succeeded, but DryRun flag is set."
-_HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "host", "content-length"}
+# Not forwarded. The Host header is: it is signed, and moto, enforcing IAM, checks signatures.
+_HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length"}
 
 
 @dataclass

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from .boot import BootedInstance, BootError, EmulatedBoot
-from .moto import REGION, LoopbackNetwork, route_out
+from .moto import REGION, TESTING_KEYS, Keys, LoopbackNetwork, route_out
 from .netguard import NetworkGuard
 from .processes import alive
 from .userdata import parse_user_data
@@ -178,9 +178,10 @@ class GuestBoot(EmulatedBoot):
         base_dir: Path | None = None,
         boot_timeout: float = 180.0,
         stop_timeout: float = 60.0,
+        keys: Keys = TESTING_KEYS,
         writable: bool = False,
     ) -> None:
-        super().__init__(endpoint_url, base_dir=base_dir, poll_interval=0.5)
+        super().__init__(endpoint_url, base_dir=base_dir, keys=keys, poll_interval=0.5)
         self.rootfs = image
         self.writable = writable
         """Boot `image` itself, keeping what the guests write (`writable_root` makes one);
@@ -390,10 +391,16 @@ def writable_root(image: Path, workdir: Path) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def guest_booting(
-    moto_url: str, *, image: Path, network: GuestNetwork, base_dir: Path
+    moto_url: str,
+    *,
+    image: Path,
+    network: GuestNetwork,
+    base_dir: Path,
+    keys: Keys = TESTING_KEYS,
 ) -> Iterator[GuestBoot]:
-    """A `GuestBoot` for one test: every guest ended after it; boot errors raised then."""
-    boot = GuestBoot(moto_url, image=image, network=network, base_dir=base_dir)
+    """A `GuestBoot` for one test: every guest ended after it; boot errors raised then.
+    `keys`: the harness's credentials (an admin's where moto enforces IAM)."""
+    boot = GuestBoot(moto_url, image=image, network=network, base_dir=base_dir, keys=keys)
     with boot:
         yield boot
     boot.raise_errors()

@@ -182,16 +182,17 @@ def serve_in_this_process(argv: list[str]) -> None:
 
 @dataclass
 class MotoServer:
-    """A moto server bound to 127.0.0.1: in a thread of this process (`start`), or another
-    process's (`harness.iam`)."""
+    """A moto server bound to 127.0.0.1, in a thread of this process (`start`)."""
 
     host: str
     port: int
     _stop: Callable[[], None] = field(repr=False)
     keys: Keys = TESTING_KEYS
-    """The credentials the harness calls this server with."""
+    """The credentials the harness calls this server with (an admin's, once `harness.iam`
+    enforces IAM)."""
     env: dict[str, str] = field(default_factory=dict)
-    """The boto3 environment for this server, once `environment()` made it."""
+    """The boto3 environment for this server, once `environment()` made it: what the executor
+    under test signs with."""
 
     @classmethod
     def start(cls, port: int = 0) -> MotoServer:
@@ -241,9 +242,10 @@ class MotoServer:
         instance = backend.get_instance(instance_id)
         instance.state_reason = StateReason(f"{code}: Spot instance termination", code)
 
-    def environment(self, config_dir: Path) -> dict[str, str]:
-        """Make (and remember in `env`) the boto3 environment for this server."""
-        self.env = aws_environment(self.url, config_dir, self.keys)
+    def environment(self, config_dir: Path, keys: Keys | None = None) -> dict[str, str]:
+        """Make (and remember in `env`) the boto3 environment for this server, signing with
+        `keys` (default: the harness's own)."""
+        self.env = aws_environment(self.url, config_dir, keys or self.keys)
         return dict(self.env)
 
 

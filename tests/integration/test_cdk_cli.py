@@ -43,8 +43,11 @@ BOOTSTRAP_PROPERTIES = (
 
 
 @pytest.fixture(scope="module")
-def cli_env() -> dict[str, str]:
-    """The environment every `cdk` call gets (AWS_* come from os.environ, i.e. moto)."""
+def cli_env(moto_server: MotoServer) -> dict[str, str]:
+    """The environment every `cdk` call gets (AWS_* come from os.environ, i.e. moto).
+
+    `cdk deploy` is a person deploying the template with their own rights (change sets among
+    them), not the executor: it signs as the harness's admin, not as the policy's user."""
     if not CDK.exists():
         pytest.fail(f"{CDK} is missing: run 'make install' (npm install --no-package-lock)")
     if shutil.which("node") is None:
@@ -56,6 +59,8 @@ def cli_env() -> dict[str, str]:
         "CDK_DISABLE_CLI_TELEMETRY": "true",  # nothing leaves the machine
         "CI": "true",  # no interactive prompts, no update banners
         "FORCE_COLOR": "0",
+        "AWS_ACCESS_KEY_ID": moto_server.keys.access_key_id,
+        "AWS_SECRET_ACCESS_KEY": moto_server.keys.secret_access_key,
     }
 
 

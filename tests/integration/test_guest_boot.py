@@ -34,7 +34,9 @@ def one_guest(
 ) -> Iterator[tuple[Deployed, GuestInstance]]:
     """One stack, its guest booted and its bootstrap ready, for the read-only checks."""
     base = tmp_path_factory.mktemp("one-guest")
-    boot = GuestBoot(moto_server.url, image=guest_image, network=guest_net, base_dir=base)
+    boot = GuestBoot(
+        moto_server.url, image=guest_image, network=guest_net, base_dir=base, keys=moto_server.keys
+    )
     with boot:
         deployed = deploy(
             moto_server,

@@ -101,7 +101,10 @@ def test_the_lifetime_watchdog_powers_the_guest_off_and_nothing_is_left(
     ec2 = moto_server.client("ec2")
     with guest_network(network_guard) as network:
         subnet = create_guest_subnet(ec2, network)
-        boot = GuestBoot(moto_server.url, image=guest_image, network=network, base_dir=tmp_path)
+        keys = moto_server.keys
+        boot = GuestBoot(
+            moto_server.url, image=guest_image, network=network, base_dir=tmp_path, keys=keys
+        )
         with boot:
             deployed = deploy(
                 moto_server, subnet, "guest-lifetime", minutes=1, ingress=f"{network.gateway}/32"

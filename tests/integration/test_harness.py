@@ -32,6 +32,7 @@ from harness import (
     parse_user_data,
     render_user_data,
 )
+from harness.iam import ADMIN, EXECUTOR_USER
 from harness.moto_watch import Seen, Sightings, gone_reason
 from harness.processes import alive
 
@@ -178,6 +179,29 @@ def test_moto_environment_points_at_loopback(
     assert "AWS_PROFILE" not in os.environ
     identity = boto3.client("sts").get_caller_identity()  # through the environment only
     assert identity["Account"] == "123456789012"
+
+
+def test_moto_enforces_iam_the_environment_holds_the_policy_and_the_harness_is_admin(
+    moto_reset: MotoServer,
+) -> None:
+    """The executor under test signs (through the environment) as the user holding the shipped
+    policy, the harness as an admin, on a moto that checks both; a reset keeps both users."""
+    for _ in range(2):
+        as_executor = boto3.client("sts").get_caller_identity()["Arn"]
+        assert as_executor.endswith(f":user/{EXECUTOR_USER}")
+        as_harness = moto_reset.client("sts").get_caller_identity()["Arn"]
+        assert as_harness.endswith(f":user/{ADMIN}")
+        with pytest.raises(ClientError) as refused:  # not in the policy
+            boto3.client("iam").list_users()
+        assert refused.value.response["Error"]["Code"] == "AccessDenied"
+        assert moto_reset.client("iam").list_users()["Users"]
+        # Granted on an ARN (the AMI parameters): widened to "*", as moto compares with "*".
+        boto3.client("ssm").get_parameters(Names=["/aws/service/ami-amazon-linux-latest/x"])
+        moto_reset.reset()
+    stranger = boto3.client("ec2", aws_access_key_id="testing", aws_secret_access_key="testing")
+    with pytest.raises(ClientError) as unknown:
+        stranger.describe_vpcs()
+    assert unknown.value.response["Error"]["Code"] == "AuthFailure"
 
 
 def test_loopback_subnet_gives_loopback_private_ips(
@@ -349,7 +373,8 @@ def test_python_path_reaches_bootstrap_and_sessions(
         'while [ $# -gt 0 ]; do [ "$1" = --prefix ] && prefix=$2; shift; done\n'
         'echo "$PYTHONPATH" > "$prefix/ready"\n'
     )
-    with EmulatedBoot(moto_server.url, image=Image(python_path="/emulated/site-packages")) as boot:
+    image = Image(python_path="/emulated/site-packages")
+    with EmulatedBoot(moto_server.url, image=image, keys=moto_server.keys) as boot:
         (instance_id,) = launch(port=2022, bootstrap_script=script)
         instance = boot.wait_bootstrap(instance_id)
         assert instance.ready_file.read_text() == "/emulated/site-packages\n"

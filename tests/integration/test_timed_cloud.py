@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,18 +20,13 @@ from executor_support import NewExecutor, execute, harness_options, run
 from harness import (
     LoopbackNetwork,
     MotoServer,
-    aws_environment,
-    create_loopback_network,
-    patched_environ,
 )
-from harness.boot import BootedInstance, Delays, EmulatedBoot, Image, booting
+from harness.boot import BootedInstance, Delays, EmulatedBoot
 from harness.cloud_state import assert_nothing_left, live_stacks
-from harness.iam import everywhere, user_with_policy
 from harness.timed_cloud import FAIL_REASON, AwsSeconds, TimedCloud, Timeline
 
 from ec2_executor import StackCreationError
 from ec2_executor.cli.bake import bake
-from ec2_executor.cloud.permissions import policy_text
 from ec2_executor.cloud.stacks import stack_name
 from ec2_executor.ec2 import EC2Executor
 from ec2_executor.options import build
@@ -77,42 +73,21 @@ def test_the_task_runs_before_the_stack_completes(
     assert live_stacks(moto_reset) == []
 
 
-@pytest.fixture
-def iam_boot(
-    iam_moto: MotoServer, boot_image: Image, boot_delays: Delays, tmp_path: Path
-) -> Iterator[EmulatedBoot]:
-    """The emulated boot on the IAM-enforcing server, calling it with the admin's keys."""
-    base_dir, keys = tmp_path / "instances", iam_moto.keys
-    with booting(
-        iam_moto.url, image=boot_image, base_dir=base_dir, delays=boot_delays, keys=keys
-    ) as boot:
-        yield boot
-
-
 def test_the_shipped_policy_grants_what_the_wait_for_an_unfinished_stack_calls(
-    iam_moto: MotoServer, iam_boot: EmulatedBoot, remote_cache: str, tmp_path: Path
+    emulated_boot: EmulatedBoot, moto_reset: MotoServer, timed: Timed, new_executor: NewExecutor
 ) -> None:
-    """One electron, its stack held in CREATE_IN_PROGRESS, as a user holding only the policy
-    `ec2-executor policy` prints, on a moto server that enforces IAM: the executor reads the
-    instance's id from the unfinished stack (DescribeStackResource), which a finished stack
-    never asks for.
-
-    Each statement's Resource is widened to "*" (`everywhere`): moto checks every request
-    against the resource "*", so an Allow scoped to an ARN would never match there. The
-    actions are the shipped ones, unchanged.
-    """
-    network = create_loopback_network(iam_moto.client("ec2"))
-    keys = user_with_policy(iam_moto, "scientist", everywhere(json.loads(policy_text())))
-    timeline = Timeline(instance_after=1.0, complete_after=60.0)
-    with (
-        TimedCloud(iam_moto.url, timeline) as cloud,
-        patched_environ(aws_environment(cloud.url, tmp_path / "aws", keys)),
-    ):
-        ex = EC2Executor(**harness_options(network.subnet_id, remote_cache))
-        assert run(execute(ex, pow, [2, 10], {}, dispatch_id="policy")) == 1024
+    """One electron, its stack held in CREATE_IN_PROGRESS, as the session's user holding only
+    the policy `ec2-executor policy` prints (moto enforces IAM, see `harness.iam`): the executor
+    reads the instance's id from the unfinished stack (DescribeStackResource), which a finished
+    stack never asks for, and nothing it calls is refused."""
+    assert os.environ["AWS_ACCESS_KEY_ID"] != moto_reset.keys.access_key_id  # not the admin
+    with timed(Timeline(instance_after=1.0, complete_after=60.0)) as cloud:
+        assert run(execute(new_executor(), pow, [2, 10], {}, dispatch_id="policy")) == 1024
         assert cloud.completed_at(stack_name("policy", 0)) is None  # still in progress
-    assert iam_boot.booted_count == 1
-    assert live_stacks(iam_moto) == []
+    assert "DescribeStackResource" in [c.action for c in cloud.calls if c.answer == "moto"]
+    assert not [c for c in cloud.calls if "Denied" in c.answer or "Unauthorized" in c.answer]
+    assert emulated_boot.booted_count == 1
+    assert live_stacks(moto_reset) == []
 
 
 def test_a_stack_that_fails_after_ssh_answered_fails_the_electron(
