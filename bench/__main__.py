@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import REPO
-from bench.common import BENCH_TMP, machine_facts, progress
+from bench.common import BENCH_TMP, load_average, machine_facts, progress
 from bench.report import RESULTS, code_state, document, load_runs, results_file, section_markdown
 
 BENCHMARKS: tuple[tuple[str, str, float, tuple[str, ...]], ...] = (
@@ -38,10 +37,6 @@ BENCHMARKS: tuple[tuple[str, str, float, tuple[str, ...]], ...] = (
 OUTPUT = REPO / "BENCHMARKS.md"
 
 
-def load_average() -> str:
-    return f"{os.getloadavg()[0]:.2f}"
-
-
 def run_one(key: str, module: str, limit: float, extra: tuple[str, ...]) -> dict[str, Any]:
     out = BENCH_TMP / "results" / f"{key}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -58,7 +53,8 @@ def run_one(key: str, module: str, limit: float, extra: tuple[str, ...]) -> dict
             section = {"error": f"exited with status {done.returncode}"}
         else:
             section = json.loads(out.read_text())
-    section.update(key=key, load=[before, load_average()])
+    section["key"] = key
+    section.setdefault("load", [before, load_average()])
     return section
 
 

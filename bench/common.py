@@ -89,6 +89,12 @@ class Section:
     targets: list[Target] = field(default_factory=list)
     data: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    load: list[str] = field(default_factory=list)
+    """The 1-minute load average at the benchmark's start and at its end."""
+
+
+def load_average() -> str:
+    return f"{os.getloadavg()[0]:.2f}"
 
 
 def benchmark_main(
@@ -112,9 +118,10 @@ def benchmark_main(
     parser.add_argument("--json", type=Path, default=None, help="also write the section here")
     parser.add_argument("--moto-in-process", action="store_true", help="moto as the tests run it")
     args = parser.parse_args()
-    started = time.monotonic()
+    started, load = time.monotonic(), load_average()
     section = run(args)
     section.seconds = time.monotonic() - started
+    section.load = [load, load_average()]
     print(section_markdown(asdict(section)))
     if args.json is not None:
         args.json.write_text(json.dumps(asdict(section), default=str))

@@ -37,7 +37,14 @@ PEAK_GOAL = 2.0
 """At the largest sweep, peak calls per second at most twice those at 16 electrons."""
 QUOTA_VCPUS = 32
 """The timed cloud's vCPU quota (when it has one): below the larger sweeps, so they queue."""
+QUOTA_REFUSED = "vcpu-limit"
+"""The timed cloud's record of a CreateStack whose launch its vCPU quota refused."""
 WINDOW = 5.0
+SATURATED = 0.9
+"""The machine's busy share (all users) above which its CPU, not the pacing, sets the pace."""
+PROVISION_TIMEOUT = 900
+"""Seconds an electron may wait for its instance's SSH: on two shared cores, the emulated
+instances' boots queue for CPU far longer than on AWS, where each brings its own."""
 """Seconds per bin of the CreateStack timeline."""
 
 
@@ -116,7 +123,7 @@ async def sweep(h: Harness, n: int, tag: str) -> dict[str, Any]:
     """`n` electrons at once; each one's outcome and the batch's wall time."""
     from ec2_executor.ec2 import EC2Executor
 
-    executors = [EC2Executor(**h.options()) for _ in range(n)]
+    executors = [EC2Executor(**h.options(provision_timeout=PROVISION_TIMEOUT)) for _ in range(n)]
     started = time.monotonic()
     outcomes = await asyncio.gather(
         *(timed_execute(e, tag, node_id=i) for i, e in enumerate(executors)),
@@ -217,10 +224,13 @@ def pacing_floor(n: int, one: float) -> float:
 
 
 def bound_by(result: dict[str, Any], one: float) -> str:
-    cores = os.cpu_count() or 1
-    cpu_floor = result["own_cpu"] / cores
+    """CPU when the machine had no idle core left and the sweep took longer than the pacing
+    alone makes it; else the pacing (or nothing: a sweep within its pacing floor)."""
     pace = pacing_floor(result["electrons"], one)
-    return "CPU" if cpu_floor >= pace else "pacing"
+    saturated = result["machine_busy"] >= SATURATED
+    if result["wall"] <= pace * 1.2:
+        return "pacing" if result["electrons"] > 1 else "-"
+    return "CPU (machine saturated)" if saturated else "neither (see the phases)"
 
 
 def per_size_table(results: list[dict[str, Any]]) -> str:
@@ -246,7 +256,10 @@ def per_size_table(results: list[dict[str, Any]]) -> str:
         "pacing floor (one + CreateStacks past the burst)",
         lambda r: fmt_s(pacing_floor(r["electrons"], one)),
     )
-    row(f"CPU floor (our CPU / {cores} cores)", lambda r: fmt_s(r["own_cpu"] / cores))
+    row(
+        f"CPU of ours that ended (lower bound) / {cores} cores",
+        lambda r: fmt_s(r["own_cpu"] / cores),
+    )
     row("machine busy (all users)", lambda r: f"{r['machine_busy']:.0%}")
     row("wall time bound by", lambda r: bound_by(r, one))
     row(
@@ -255,6 +268,10 @@ def per_size_table(results: list[dict[str, Any]]) -> str:
             f"{at_once(r['instances'])} / "
             + (f"{r['quota_vcpus']} vCPUs" if r["quota_vcpus"] else "none")
         ),
+    )
+    row(
+        "launches the quota refused (then queued)",
+        lambda r: sum(c.answer == QUOTA_REFUSED for c in _calls(r)),
     )
     row("left (stacks, instances, groups)", _left_text)
     row("load at start, end", lambda r: " → ".join(r["load"]))
@@ -345,9 +362,12 @@ def section(results: list[dict[str, Any]], aws: AwsSeconds, scale: float) -> Sec
         "task. Calls are counted at the cloud, over the whole sweep (background deletions "
         "included); peaks are the most calls in any one-second window. The pacing floor is one "
         "electron's wall time plus the wait the executor's CloudFormation pace puts on the last "
-        "CreateStack; the CPU floor is the CPU this process, its children and moto used, over "
-        "the cores: the sweep is bound by whichever is larger (each emulated instance's sshd "
-        "and task share this machine, where on AWS each brings its own CPU)."
+        "CreateStack. A sweep is bound by this machine's CPU when it took longer than that "
+        f"floor while the machine (all its users) was at least {SATURATED:.0%} busy: every "
+        "emulated instance's sshd, bootstrap and task share its cores, where on AWS each "
+        "brings its own. Our CPU counts this process, moto and the processes it has reaped, "
+        f"so it is a lower bound. `provision_timeout` is {PROVISION_TIMEOUT} s here, for "
+        "boots that queue for CPU."
         + (f"\n\nFailures (first ones): {'; '.join(failures)}" if failures else "")
     )
     s.data = {"scale": scale, "seconds": dataclasses.asdict(aws), "results": results}
