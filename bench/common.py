@@ -122,9 +122,21 @@ def benchmark_main(
     section = run(args)
     section.seconds = time.monotonic() - started
     section.load = [load, load_average()]
+    section.command = command_line(key, sys.argv[1:])
     print(section_markdown(asdict(section)))
     if args.json is not None:
         args.json.write_text(json.dumps(asdict(section), default=str))
+
+
+def command_line(key: str, argv: Sequence[str]) -> str:
+    """The command that reproduces a section: its arguments as given, without `--json FILE`."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip or arg == "--json":
+            skip = not skip
+            continue
+        kept.append(arg)
+    return " ".join(["python -m", f"bench.{key}", *kept])
 
 
 def machine_facts() -> str:

@@ -101,6 +101,23 @@ def at_once(intervals: Sequence[tuple[float, float]]) -> int:
     return most
 
 
+def at_scale() -> bool:
+    """Whether this harness can take the largest sweep: a timed cloud with a vCPU quota, at
+    which the executor's electrons queue, so that only a quota's worth of emulated instances
+    (sshd, bootstrap, task) boot at once on this machine's cores."""
+    return bool(timed_cloud_settings(QUOTA_VCPUS))
+
+
+def default_sizes() -> list[int]:
+    return list(SIZES) if at_scale() else list(SIZES[:-1])
+
+
+NOT_AT_SCALE = (
+    f"The {SIZES[-1]}-electron sweep was not run: this harness's timed cloud has no vCPU quota "
+    f"to queue at, so {SIZES[-1]} emulated instances would boot at once on this shared machine."
+)
+
+
 def timed_cloud_settings(quota: int) -> dict[str, Any]:
     """The vCPU quota, when this harness's timed cloud has one."""
     fields = {f.name for f in dataclasses.fields(TimedCloud)}
@@ -368,6 +385,7 @@ def section(results: list[dict[str, Any]], aws: AwsSeconds, scale: float) -> Sec
         "brings its own. Our CPU counts this process, moto and the processes it has reaped, "
         f"so it is a lower bound. `provision_timeout` is {PROVISION_TIMEOUT} s here, for "
         "boots that queue for CPU."
+        + ("" if SIZES[-1] in sizes or at_scale() else f" {NOT_AT_SCALE}")
         + (f"\n\nFailures (first ones): {'; '.join(failures)}" if failures else "")
     )
     s.data = {"scale": scale, "seconds": dataclasses.asdict(aws), "results": results}
@@ -375,14 +393,17 @@ def section(results: list[dict[str, Any]], aws: AwsSeconds, scale: float) -> Sec
 
 
 def run(args: argparse.Namespace) -> Section:
-    sizes = [int(n) for n in args.sizes.split(",")]
+    sizes = [int(n) for n in args.sizes.split(",")] if args.sizes else default_sizes()
     aws = AwsSeconds().scaled(args.scale)
     return section(measure(sizes, aws, args.quota), aws, args.scale)
 
 
 def arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--sizes", default=",".join(map(str, SIZES)), help="electrons per sweep, comma-separated"
+        "--sizes",
+        default="",
+        help=f"electrons per sweep, comma-separated (default {','.join(map(str, SIZES))}; "
+        f"without {SIZES[-1]} on a harness whose timed cloud has no vCPU quota)",
     )
     parser.add_argument("--scale", type=float, default=1.0, help="times AWS's published timeline")
     parser.add_argument("--quota", type=int, default=QUOTA_VCPUS, help="the cloud's vCPU quota")
