@@ -83,6 +83,7 @@ class EC2Executor(AsyncBaseExecutor):
         keep_warm_minutes: int | None = None,
         use_baked_image: bool | None = None,
         orphan_minutes: int | None = None,
+        max_concurrent_instances: int | None = None,
         **kwargs: Any,
     ) -> None:
         explicit = {k: v for k, v in locals().items() if k in opts.OPTION_NAMES}
@@ -196,6 +197,8 @@ class EC2Executor(AsyncBaseExecutor):
         host = self.__dict__.pop("_host", None) or self._lease.host(electron)
         if not await self._lease.release(electron, launched, host):
             await electron.destroy(launched, host)
+        else:  # kept warm: no longer an electron's instance
+            electron.give_back_slot()
 
     async def cancel(self, task_metadata: dict[str, Any], job_handle: Any) -> bool:
         """Delete the electron's stack (which terminates the instance and its process); on a

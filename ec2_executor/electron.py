@@ -34,10 +34,11 @@ from ec2_executor import owner, redact
 from ec2_executor.access import ClientIdentity, KeyPair
 from ec2_executor.blocking import Deadline, poll, run_blocking, submit_blocking
 from ec2_executor.cloud import capacity, lookups
-from ec2_executor.cloud.aws import AWS, error_code
+from ec2_executor.cloud.aws import AWS, account_key, error_code
 from ec2_executor.cloud.instances import LIVE_STATES, Instance, Instances, instance_state
 from ec2_executor.cloud.lookups import Plan
 from ec2_executor.cloud.permissions import ACCESS_DENIED
+from ec2_executor.cloud.slots import Slots, slots_for
 from ec2_executor.cloud.stacks import (
     DELETE_TIMEOUT,
     EventLog,
@@ -58,7 +59,9 @@ from ec2_executor.errors import (
     EC2ExecutorError,
     RemoteError,
     StackCreationError,
+    StackDeletionError,
     TemplateError,
+    VcpuLimitError,
 )
 from ec2_executor.logs import log
 from ec2_executor.options import Options
@@ -79,8 +82,6 @@ T = TypeVar("T")
 LOOK_DEADLINE = 20.0
 """How long one look at the instance may retry (throttling, expired credentials) before the
 task goes on unjudged; the watcher looks again a few seconds later."""
-INSTANCE_LOGICAL_ID = "Instance"
-"""The instance's logical id in `ElectronStack`'s template."""
 
 
 @dataclass(frozen=True)
@@ -182,6 +183,7 @@ class Electron:
         self.ends_at = on.ends_at if on else time.monotonic() + options.max_lifetime_minutes * 60
         """When the instance's lifetime watchdog ends it, at the latest."""
         self._create_call: concurrent.futures.Future[str] | None = None
+        self._holds_slot = False
         if on is not None:  # teardown deletes that stack by name if it is not kept
             self._create_call = concurrent.futures.Future()
             self._create_call.set_result(on.name)
@@ -191,6 +193,34 @@ class Electron:
         """The electron's one gateway to AWS, made on first use (its clients are shared by the
         process)."""
         return AWS(self.options)
+
+    @functools.cached_property
+    def slots(self) -> Slots:
+        """The process's instance slots for the account and region (the cap, the queue)."""
+        return slots_for(account_key(self.options))
+
+    async def take_slot(self) -> None:
+        """Wait for a slot under the process's cap; nothing is created before."""
+        self.slots.limit(self.options.max_concurrent_instances)
+        await self.slots.take(self.name)
+        self._holds_slot = True
+
+    async def retake_slot(self, refused: VcpuLimitError) -> None:
+        """After the launch met the vCPU quota (its stack removed): wait for another electron
+        of the process to end, or raise at once when none holds an instance."""
+        self._holds_slot = False
+        await self.slots.retake(self.name, on_quota=lambda: _quota_error(self, refused))
+        self._holds_slot = True
+
+    def give_back_slot(self) -> None:
+        """The electron's instance is gone (or no longer its own): its slot goes to the next."""
+        if self._holds_slot:
+            self._holds_slot = False
+            self.slots.give_back()
+
+    def forget_stack(self) -> None:
+        """The stack was deleted already (a refused launch): teardown has nothing to delete."""
+        self._create_call = None
 
     def job_handle(self) -> dict[str, Any]:
         """All a fresh executor needs to cancel this electron (Covalent rebuilds it to cancel)."""
@@ -238,6 +268,7 @@ class Electron:
             _failure(launched.completion)  # retrieved: reported already, or moot by now
         if self._create_call is None:
             redact.unhide(self.host_key.private_base64())
+            self.give_back_slot()
             return  # create_stack was never sent
         with contextlib.suppress(EC2ExecutorError):
             # Let an in-flight create_stack land first, or the stack could appear after the
@@ -246,16 +277,46 @@ class Electron:
             await asyncio.wrap_future(self._create_call)
         if _refused_outright(self._create_call):
             redact.unhide(self.host_key.private_base64())
+            self.give_back_slot()
             return  # CloudFormation answered "no": there is no stack to delete or report
         with self.phases.phase("delete stack"):
-            await delete_stack(
-                self.stacks,
-                self.name,
-                events=self.events,
-                wait=self.options.wait_for_deletion,
-                done=functools.partial(redact.unhide, self.host_key.private_base64()),
-            )
+            try:
+                await delete_stack(
+                    self.stacks,
+                    self.name,
+                    events=self.events,
+                    wait=self.options.wait_for_deletion,
+                    done=self._deleted,
+                )
+            except StackDeletionError:
+                self.give_back_slot()  # reported, with the stack's name: the queue goes on
+                raise
         log.info("%s: done (%s)", self.name, self.phases.summary())
+
+    def _deleted(self) -> None:
+        redact.unhide(self.host_key.private_base64())
+        self.give_back_slot()
+
+
+ON_DEMAND_QUOTA = '"Running On-Demand Standard (A, C, D, H, I, M, R, T, Z) instances"'
+SPOT_QUOTA = '"All Standard (A, C, D, H, I, M, R, T, Z) Spot Instance Requests"'
+"""The Service Quotas names of the vCPU quotas standard instance types count against."""
+
+
+def _quota_error(electron: Electron, refused: VcpuLimitError) -> VcpuLimitError:
+    options = electron.options
+    spot = options.spot
+    quota = (
+        SPOT_QUOTA if spot is True else ON_DEMAND_QUOTA + (f" (spot: {SPOT_QUOTA})" if spot else "")
+    )
+    return VcpuLimitError(
+        f"Stack {electron.name!r}: the launch of {options.instance_type!r} met the account's "
+        f"vCPU quota in {options.region}, and no electron of this process holds an instance "
+        f"that could free it: other instances use it ({refused}). Raise the quota in the "
+        f"Service Quotas console (Amazon Elastic Compute Cloud (Amazon EC2), {quota}, or the "
+        f"quota of the instance type's family), or end the instances that use it.",
+        stack_name=electron.name,
+    )
 
 
 def _failure(completion: asyncio.Future[StackOutputs] | None) -> BaseException | None:
@@ -324,7 +385,7 @@ def check_user_data(template: str, parameters: list[dict[str, str]], options: Op
 async def launch(electron: Electron) -> Launched:
     """Plan, create the electron's stack, and return once its instance has an address."""
     options, phases = electron.options, electron.phases
-    deadline = Deadline(options.provision_timeout)
+    deadline = Deadline(options.provision_timeout)  # again once the queue let us through
     with phases.phase("plan"):
         plan = await run_blocking(lookups.plan, electron.aws, options, spread_key=electron.name)
     log.info("%s: image: %s", electron.name, plan.image.why)
@@ -342,13 +403,23 @@ async def launch(electron: Electron) -> Launched:
                 electron.stacks, electron.name, deadline=deadline, events=electron.events
             )
 
-    return await capacity.first_that_fits(
-        capacity.attempts(plan.network.placements, options.spot),
-        attempt,
-        clear=clear,
-        name=electron.name,
-        instance_type=options.instance_type,
-    )
+    with phases.phase("queue"):
+        await electron.take_slot()
+    while True:
+        deadline = Deadline(options.provision_timeout)  # the time in the queue is not counted
+        try:
+            return await capacity.first_that_fits(
+                capacity.attempts(plan.network.placements, options.spot),
+                attempt,
+                clear=clear,
+                name=electron.name,
+                instance_type=options.instance_type,
+            )
+        except VcpuLimitError as refused:
+            await clear()
+            electron.forget_stack()
+            with phases.phase("queue"):
+                await electron.retake_slot(refused)
 
 
 async def _create_and_wait(
@@ -387,10 +458,7 @@ async def wait_for_instance(
         if stack is not None:
             completed = True
             return StackOutputs.from_stack(stack)
-        instance_id = await run_blocking(stacks.physical_id, stack_id, INSTANCE_LOGICAL_ID)
-        if not instance_id:
-            return None
-        found = await run_blocking(instances.get, instance_id)
+        found = await instances.launched_by(stack_id)  # read with every other electron's
         return _addressed(found, need_public=need_public)
 
     outputs = await poll(check, deadline=deadline, ceiling=2.0)

@@ -94,6 +94,9 @@ class Options:
     orphan_minutes: int = 10
     """The instance powers itself off (and terminates) after this many minutes without its
     dispatcher's SSH connection: the dispatcher process died, slept or lost the network."""
+    max_concurrent_instances: int = 0
+    """Instances this process's electrons hold at once in the account and region; the others
+    wait for one to end. 0: no cap (the account's vCPU quota still queues them)."""
 
     def __post_init__(self) -> None:
         for check in _CHECKS:
@@ -238,6 +241,8 @@ BOUNDS: dict[str, tuple[int, int, str]] = {
     "orphan_minutes": (2, 24 * 60, "minutes"),
 }
 """Whole-number options: (low, high, unit). Within their stack parameters' bounds (tested)."""
+MAX_CONCURRENT = 10_000
+"""The highest `max_concurrent_instances`: far above any account's vCPU quota."""
 PARAMETER_OF_OPTION = {
     "volume_size": "VolumeSize",
     "ssh_port": "SshPort",
@@ -256,6 +261,12 @@ def _check_numbers(o: Options) -> None:
                 f"{unit}".rstrip()
                 + "."
             )
+    cap = o.max_concurrent_instances
+    if isinstance(cap, bool) or not isinstance(cap, int) or not 0 <= cap <= MAX_CONCURRENT:
+        raise ConfigurationError(
+            f"Option 'max_concurrent_instances' is {cap!r}; use a whole number from 1 to "
+            f"{MAX_CONCURRENT}, or 0 for no cap."
+        )
     if not o.provision_timeout > 0:
         raise ConfigurationError(
             f"Option 'provision_timeout' is {o.provision_timeout!r}; use a number of seconds "

@@ -101,11 +101,11 @@ def _probes(aws: AWS, options: Options, template: str) -> dict[str, Callable[[],
     never = f"{PROBE_NAME}-{uuid.uuid4().hex[:12]}"  # a stack that does not exist
     probes |= {
         "cloudformation:DescribeStacks": lambda: cloudformation.describe_stacks(),
+        "cloudformation:ListStacks": lambda: cloudformation.list_stacks(
+            StackStatusFilter=["CREATE_IN_PROGRESS"]
+        ),
         "cloudformation:DescribeStackEvents": lambda: cloudformation.describe_stack_events(
             StackName=never
-        ),
-        "cloudformation:DescribeStackResource": lambda: cloudformation.describe_stack_resource(
-            StackName=never, LogicalResourceId="Instance"
         ),
         "cloudformation:ValidateTemplate": lambda: cloudformation.validate_template(
             TemplateBody=template

@@ -108,7 +108,7 @@ class AWS:
                 client = self.session.client(  # type: ignore[call-overload]
                     service, region_name=self.options.region, config=config
                 )
-                _pace(client, pacing.pacer_for(_account_key(self.options)), patience=patience)
+                _pace(client, pacing.pacer_for(account_key(self.options)), patience=patience)
                 _CLIENTS[key] = client
             return _CLIENTS[key]
 
@@ -182,7 +182,7 @@ def _cache_key(options: Options) -> tuple[str, ...]:
     )
 
 
-def _account_key(options: Options) -> tuple[str, ...]:
+def account_key(options: Options) -> tuple[str, ...]:
     """What names an account and region to AWS's rate limits, as far as we can tell without
     asking: the session's key, less the files' mtimes (rotated keys are the same account)."""
     return _cache_key(options)[:-1]

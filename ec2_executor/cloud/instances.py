@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from ec2_executor.blocking import Deadline, poll, run_blocking
 from ec2_executor.cloud.aws import AWS, aws_errors, forget_session
+from ec2_executor.cloud.watcher import Answers, rounds_for
 from ec2_executor.errors import AWSError, CredentialsError
 from ec2_executor.logs import log
 from ec2_executor.options import Options
@@ -18,6 +19,10 @@ if TYPE_CHECKING:
 
 LIVE_STATES = frozenset({"pending", "running"})
 """The states in which an instance can still run a task."""
+STACK_ID_TAG = "aws:cloudformation:stack-id"
+"""CloudFormation's tag on what a stack creates, there from the instance's launch on."""
+FILTER_VALUES = 200
+"""Values one `DescribeInstances` filter takes."""
 
 
 @dataclass(frozen=True)
@@ -66,18 +71,51 @@ class Instances:
     def by_id(self, ids: Sequence[str]) -> dict[str, Instance]:
         """The instances EC2 still knows among `ids` (terminated ones too, for a while), in
         as few calls as a filter allows."""
-        if not ids:
-            return {}
+        found, _ = self._filtered("instance-id", ids)
+        return {i.instance_id: i for i in found}
+
+    def of_stacks(self, stack_ids: Sequence[str]) -> tuple[dict[str, Instance], int]:
+        """The live instance of each stack (by stack id) that has launched one, and the calls
+        it took: CloudFormation names the instance only later (DescribeStackResource, one call
+        per stack), but tags it with the stack's id from its launch on."""
+        found, calls = self._filtered(f"tag:{STACK_ID_TAG}", stack_ids)
+        return {i.tags[STACK_ID_TAG]: i for i in found if i.live and i.tags}, calls
+
+    def _filtered(self, name: str, values: Sequence[str]) -> tuple[list[Instance], int]:
+        """The instances whose `name` is one of `values`, and the calls (pages) it took."""
+        found: list[Instance] = []
+        calls = 0
         with aws_errors("describing instances"):
-            pages = self.ec2.get_paginator("describe_instances").paginate(
-                Filters=[{"Name": "instance-id", "Values": list(ids)}]
-            )
-            return {
-                i["InstanceId"]: Instance.from_ec2(i)
-                for page in pages
-                for r in page["Reservations"]
-                for i in r["Instances"]
-            }
+            for start in range(0, len(values), FILTER_VALUES):
+                chunk = list(values[start : start + FILTER_VALUES])
+                pages = self.ec2.get_paginator("describe_instances").paginate(
+                    Filters=[{"Name": name, "Values": chunk}]
+                )
+                for page in pages:
+                    calls += 1
+                    found += [
+                        Instance.from_ec2(i) for r in page["Reservations"] for i in r["Instances"]
+                    ]
+        return found, calls
+
+    async def watched(self, instance_id: str) -> Instance | None:
+        """The instance as the process's next round of instance reads finds it; None when EC2
+        does not know it (any more)."""
+        return await rounds_for(self.ec2, "instances", self._read_by_id).get(instance_id)
+
+    async def launched_by(self, stack_id: str) -> Instance | None:
+        """The stack's live instance as the process's next round finds it; None before its
+        launch."""
+        return await rounds_for(self.ec2, "launches", self._read_of_stacks).get(stack_id)
+
+    def _read_by_id(self, ids: frozenset[str]) -> Answers[str, Instance]:
+        found, calls = self._filtered("instance-id", sorted(ids))
+        known = {i.instance_id: i for i in found}
+        return Answers({i: known.get(i) for i in ids}, calls=calls)
+
+    def _read_of_stacks(self, stack_ids: frozenset[str]) -> Answers[str, Instance]:
+        known, calls = self.of_stacks(sorted(stack_ids))
+        return Answers({s: known.get(s) for s in stack_ids}, calls=calls)
 
 
 # --- is the instance still there? -------------------------------------------------------------
@@ -107,14 +145,15 @@ async def instance_state(
 ) -> str | None:
     """The instance's state (`GONE` if EC2 does not know it), or None if no answer came."""
 
-    def read() -> str:
-        ec2 = AWS(options).client("ec2", max_attempts=2)  # the retries are ours, under a deadline
-        found = Instances(ec2).get(instance_id)
-        return found.state if found else GONE
+    def client() -> EC2Client:
+        ec2: EC2Client = AWS(options).client("ec2", max_attempts=2)  # the retries are ours
+        return ec2
 
     async def look() -> str | None:
         try:
-            return await run_blocking(read)
+            ec2 = await run_blocking(client)
+            found = await Instances(ec2).watched(instance_id)  # with every other electron's
+            return found.state if found else GONE
         except (AWSError, CredentialsError) as exc:
             if isinstance(exc, AWSError) and exc.code in _EXPIRED:
                 forget_session(options)  # the next look reads the credentials afresh

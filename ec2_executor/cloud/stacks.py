@@ -16,6 +16,7 @@ from cdk_stacks.shape import StackShape
 from cdk_stacks.templates import SynthesisError, template_for
 from ec2_executor.blocking import Deadline, in_background, poll, run_blocking
 from ec2_executor.cloud.aws import aws_errors, throttled
+from ec2_executor.cloud.watcher import Answers, rounds_for
 from ec2_executor.errors import (
     AWSError,
     StackCreationError,
@@ -44,6 +45,9 @@ TAG_OWNER = "ec2-executor:owner"
 """The dispatcher process that created the stack (`owner.owner_id()`)."""
 _MAX_NAME = 128
 _DIGEST = 10
+IN_PROGRESS = ("CREATE_IN_PROGRESS", "ROLLBACK_IN_PROGRESS", "DELETE_IN_PROGRESS")
+"""The statuses a stack passes through while an electron waits on it: the watcher lists the
+account's stacks in these (`ListStacks`), and describes only the watched stacks not among them."""
 _FAILED_CREATE = {
     "CREATE_FAILED",
     "ROLLBACK_IN_PROGRESS",
@@ -174,18 +178,36 @@ class Stacks:
             raise
         return found[0] if found else None
 
-    def physical_id(self, stack: str, logical_id: str) -> str:
-        """The id of a resource of the stack, '' until CloudFormation has started creating it."""
-        try:
-            with aws_errors(f"reading resource {logical_id} of {stack!r}"):
-                found = self.cf.describe_stack_resource(
-                    StackName=stack, LogicalResourceId=logical_id
-                )
-        except AWSError as exc:
-            if exc.code == "ValidationError" and "does not exist" in str(exc):
-                return ""
-            raise
-        return str(found["StackResourceDetail"].get("PhysicalResourceId") or "")
+    async def watched(self, stack: str) -> Mapping[str, Any] | None:
+        """The stack (by name or id) as the process's next round of stack reads finds it, or
+        None when it does not exist; while it is in progress, its summary (no outputs)."""
+        return await rounds_for(self.cf, "stacks", self.read_many).get(stack)
+
+    def read_many(self, stacks: frozenset[str]) -> Answers[str, Mapping[str, Any]]:
+        """Many stacks (by name or id) in few calls: the account's stacks in progress from
+        `ListStacks`, then `DescribeStacks` for each watched stack not among them (it has
+        completed, failed or gone since: a change, which happens once per stack)."""
+        listed: dict[str, Mapping[str, Any]] = {}
+        calls = 0
+        with aws_errors("listing the stacks in progress"):
+            pages = self.cf.get_paginator("list_stacks").paginate(
+                StackStatusFilter=list(IN_PROGRESS)  # type: ignore[arg-type]
+            )
+            for page in pages:
+                calls += 1
+                for summary in page["StackSummaries"]:
+                    listed[summary["StackId"]] = listed[summary["StackName"]] = summary
+        found: dict[str, Mapping[str, Any] | Exception | None] = {}
+        for stack in stacks:
+            if stack in listed:
+                found[stack] = listed[stack]
+                continue
+            calls += 1
+            try:
+                found[stack] = self.describe(stack)
+            except AWSError as exc:
+                found[stack] = exc
+        return Answers(found, calls=calls)
 
     def events(self, stack: str) -> list[Mapping[str, Any]]:
         """The most recent events, oldest first."""
@@ -219,13 +241,27 @@ def tag_value(stack: Mapping[str, Any], key: str) -> str | None:
 
 
 class EventLog:
-    """Logs each stack event once, with the time since the stack was asked for."""
+    """Logs each stack event once, with its time since the stack was asked for.
+
+    Events are read when the stack's status changes (`changed`), not at every look: an event
+    read late still shows when it happened, from its own timestamp.
+    """
 
     def __init__(self, name: str, logger: Callable[[str], None] = log.info) -> None:
         self.name, self.logger = name, logger
         self.started = time.monotonic()
+        self.started_at = time.time()
         self.seen: set[str] = set()
         self.events: list[Mapping[str, Any]] = []
+        self.status = ""
+        """The stack's status when its events were last read."""
+
+    def worth_reading(self, status: str, *, under_way: str) -> bool:
+        """Whether to read the events now: the stack's status changed since the last look (it
+        is remembered), to one other than `under_way`, the status of what is waited for. A
+        stack still under way has its events read at its next change, with their own times."""
+        changed, self.status = status != self.status, status
+        return changed and status != under_way
 
     def record(self, events: list[Mapping[str, Any]]) -> None:
         for event in events:
@@ -235,9 +271,15 @@ class EventLog:
             self.events.append(event)
             reason = event.get("ResourceStatusReason") or ""
             self.logger(
-                f"{self.name} +{time.monotonic() - self.started:.1f}s "
+                f"{self.name} +{self._elapsed(event):.1f}s "
                 f"{event['LogicalResourceId']} {event['ResourceStatus']} {reason}".rstrip()
             )
+
+    def _elapsed(self, event: Mapping[str, Any]) -> float:
+        stamp = event.get("Timestamp")
+        if isinstance(stamp, datetime):
+            return max(0.0, stamp.timestamp() - self.started_at)
+        return time.monotonic() - self.started
 
     def first_failure(self) -> str:
         for event in self.events:
@@ -251,11 +293,12 @@ async def creation_progress(
 ) -> Mapping[str, Any] | None:
     """The stack once CREATE_COMPLETE, else None; raises `StackCreationError` naming the first
     failing resource once it failed. Logs new events on the way."""
-    stack = await run_blocking(stacks.describe, stack_id)
-    # The events after the status: a stack that failed between the two reads still names the
-    # resource that failed it.
-    events.record(await run_blocking(stacks.events, stack_id))
+    stack = await stacks.watched(stack_id)
     status = stack["StackStatus"] if stack else "DELETE_COMPLETE"
+    if events.worth_reading(status, under_way="CREATE_IN_PROGRESS"):
+        # The events after the status: a stack that failed between the two reads still names
+        # the resource that failed it.
+        events.record(await run_blocking(stacks.events, stack_id))
     if status in _FAILED_CREATE:
         raise StackCreationError(
             f"Stack {name!r} failed to create ({status}): {events.first_failure()}",
@@ -312,8 +355,8 @@ async def delete_and_wait(
 async def _deletion_status(stacks: Stacks, name: str, events: EventLog) -> str | None:
     """The stack's status ('DELETE_COMPLETE' once it is gone), or None while AWS throttles."""
     try:
-        found = await run_blocking(stacks.describe, name)
-        if found:
+        found = await stacks.watched(name)
+        if found and events.worth_reading(found["StackStatus"], under_way="DELETE_IN_PROGRESS"):
             events.record(await run_blocking(stacks.events, name))
     except AWSError as exc:
         if not throttled(exc):

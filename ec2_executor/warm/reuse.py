@@ -47,6 +47,7 @@ NOT_IN_KEY: frozenset[str] = frozenset(
         "remote_cache",  # each task gets its own directory under it
         "wait_for_deletion",  # how teardown waits, not what it deletes
         "provision_timeout",  # how long creation may take, not what is created
+        "max_concurrent_instances",  # how many electrons launch at once, not what they launch
     }
 )
 """Options that only change how one electron is handled."""

@@ -19,6 +19,12 @@ through, its answer lost). A CreateStack repeated with the `ClientRequestToken` 
 through gets that one's answer, as from CloudFormation (unless `idempotent_create` is off: moto
 then says AlreadyExistsException), and the stack's creation events carry the token.
 
+`ListStacks` answers with the statuses the timeline gives (moto's stacks are complete at once).
+With `vcpu_quota` set, a CreateStack whose instance would take the running instances' vCPUs past
+it is taken and fails, as on AWS: it never reaches moto; the stack reports CREATE_IN_PROGRESS
+until `instance_after`, then its Instance CREATE_FAILED with EC2's vCPU message as
+CloudFormation wraps it, and it is gone (OnFailure=DELETE), DELETE_COMPLETE by its id.
+
 Everything else passes through untouched, so the executor, pointed at the proxy through
 `AWS_ENDPOINT_URL`, cannot tell. Pair it with `EmulatedBoot(delays=Delays(boot=..., install=...))`
 for the instance's boot to SSH and the bootstrap's installs on a stock image; `AwsSeconds`
@@ -38,6 +44,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from xml.sax.saxutils import escape
 
 from .aws_request import describe_request
 
@@ -135,7 +142,8 @@ class _Bucket:
 @dataclass(frozen=True)
 class Call:
     """One request the proxy answered: `answer` is 'moto' (moto's answer), 'idempotent' (a
-    repeated CreateStack's first answer) or the error code it gave."""
+    repeated CreateStack's first answer), 'vcpu-limit' (a CreateStack taken, whose launch the
+    vCPU quota fails), 'refused stack' (a read of such a stack) or the error code it gave."""
 
     service: str
     action: str
@@ -144,6 +152,16 @@ class Call:
 
 
 THROTTLED = ("Throttling", "RequestLimitExceeded")
+VCPUS = {"t2.nano": 1, "t2.micro": 1, "t2.small": 1, "t3.nano": 2, "t3.micro": 2, "t3.small": 2}
+"""vCPUs of the instance types tests use; any other type counts as 2."""
+VCPU_LIMIT_REASON = (
+    'Resource handler returned message: "You have requested more vCPU capacity than your '
+    "current vCPU limit of {limit} allows for the instance bucket that the specified instance "
+    "type belongs to. Please visit http://aws.amazon.com/contact-us/ec2-request to request an "
+    'adjustment to this limit. (Service: Ec2, Status Code: 400, Request ID: {request})" '
+    "(RequestToken: {token}, HandlerErrorCode: GeneralServiceException)"
+)
+"""CloudFormation's CREATE_FAILED reason for a launch past the vCPU quota, as AWS words it."""
 
 
 @dataclass
@@ -152,6 +170,11 @@ class _Stack:
     created: float
     reported_complete_at: float | None = None
     token: str = ""
+    stack_id: str = ""
+    vcpus: int = 0
+    deleted: bool = False
+    refused: str = ""
+    """The launch's CREATE_FAILED reason when the vCPU quota refused it (never in moto)."""
 
 
 @dataclass
@@ -163,10 +186,12 @@ class TimedCloud:
     throttle_first: dict[str, int] = field(default_factory=dict)
     throttle_applied: dict[str, int] = field(default_factory=dict)
     idempotent_create: bool = True
+    vcpu_quota: int | None = None
     calls: list[Call] = field(default_factory=list)
     _buckets: dict[str, _Bucket] = field(default_factory=dict)
     _created: dict[str, tuple[str, bytes]] = field(default_factory=dict)
     _stacks: dict[str, _Stack] = field(default_factory=dict)
+    _reserved: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _server: ThreadingHTTPServer | None = None
 
@@ -239,13 +264,22 @@ class TimedCloud:
             self._log(service, action, "idempotent")
             return _send(request, 200, repeated)
         stack = self._known(params.get("StackName", ""))
+        if action == "CreateStack":
+            return self._create(request, service, params, body)
+        reads = action in ("DescribeStacks", "DescribeStackEvents")
+        if reads and stack is not None and self._answers_refused(stack, params):
+            self._log(service, action, "refused stack")
+            return _send(request, 200, self._refused_answer(stack, action))
         asks_instance = action == "DescribeStackResource" and params.get("LogicalResourceId")
         if stack and asks_instance == INSTANCE and self._age(stack) < self.timeline.instance_after:
             self._log(service, action, "ValidationError")
             return _send(request, 400, _not_there_yet(stack.name))
         status, headers, answer = self._forward(request, body)
-        if action == "CreateStack" and status == 200:
-            self._record(params, answer)
+        if action == "DeleteStack" and status == 200 and stack:
+            with self._lock:
+                stack.deleted = True
+        elif action == "ListStacks" and status == 200:
+            answer = self._list_stacks(params, answer)
         elif stack and status == 200 and action == "DescribeStacks":
             answer = self._stack_status(stack, answer)
         elif stack and status == 200 and action == "DescribeStackEvents":
@@ -320,16 +354,138 @@ class TimedCloud:
         finally:
             connection.close()
 
-    def _record(self, params: dict[str, str], answer: bytes) -> None:
+    def _create(
+        self, request: BaseHTTPRequestHandler, service: str, params: dict[str, str], body: bytes
+    ) -> None:
+        """CreateStack: to moto, or refused within the stack for the vCPU quota."""
+        need = VCPUS.get(_parameter(params, "InstanceType"), 2)
+        with self._lock:
+            over = self.vcpu_quota is not None and (
+                self._vcpus_in_use() + self._reserved + need > self.vcpu_quota
+            )
+            self._reserved += 0 if over else need
+        headers: list[tuple[str, str]] | None = None
+        if over:
+            status, answer, said = 200, self._refuse_launch(params), "vcpu-limit"
+        else:
+            try:
+                status, headers, answer = self._forward(request, body)
+            finally:
+                with self._lock:
+                    self._reserved -= need
+            said = _code(status, answer)
+            if status == 200:
+                self._record(params, answer, vcpus=need)
+        if self._count_down(self.throttle_applied, "CreateStack"):
+            return self._throttle(request, service, "CreateStack")  # taken, answered "throttled"
+        self._log(service, "CreateStack", said)
+        _send(request, status, answer, headers)
+
+    def _vcpus_in_use(self) -> int:
+        """vCPUs of the instances of the stacks not deleted (under the lock)."""
+        stacks = {id(s): s for s in self._stacks.values()}.values()
+        return sum(s.vcpus for s in stacks if not s.deleted and not s.refused)
+
+    def vcpus_in_use(self) -> int:
+        with self._lock:
+            return self._vcpus_in_use()
+
+    def _refuse_launch(self, params: dict[str, str]) -> bytes:
+        """A stack that CloudFormation takes, and whose instance EC2 refuses for the quota."""
+        name = params["StackName"]
+        stack_id = f"arn:aws:cloudformation:us-east-1:123456789012:stack/{name}/{uuid.uuid4()}"
+        reason = VCPU_LIMIT_REASON.format(
+            limit=self.vcpu_quota, request=uuid.uuid4(), token=uuid.uuid4()
+        )
+        answer = (
+            f'<CreateStackResponse xmlns="{CLOUDFORMATION_XMLNS}"><CreateStackResult>'
+            f"<StackId>{stack_id}</StackId></CreateStackResult><ResponseMetadata>"
+            f"<RequestId>{uuid.uuid4()}</RequestId></ResponseMetadata></CreateStackResponse>"
+        ).encode()
+        self._record(params, answer, refused=reason)
+        return answer
+
+    def refused_launches(self) -> int:
+        """CreateStack calls the vCPU quota refused."""
+        return self.answers("CreateStack").count("vcpu-limit")
+
+    def _record(
+        self, params: dict[str, str], answer: bytes, *, vcpus: int = 0, refused: str = ""
+    ) -> None:
         name, token = params["StackName"], params.get("ClientRequestToken", "")
         found = re.search(rb"<StackId>([^<]+)</StackId>", answer)
-        stack = _Stack(name=name, created=time.monotonic(), token=token)
+        stack_id = found[1].decode() if found else ""
+        stack = _Stack(
+            name=name,
+            created=time.monotonic(),
+            token=token,
+            stack_id=stack_id,
+            vcpus=vcpus,
+            refused=refused,
+        )
         with self._lock:
             self._stacks[name] = stack
-            if found:
-                self._stacks[found[1].decode()] = stack
+            if stack_id:
+                self._stacks[stack_id] = stack
             if token:
                 self._created[token] = (name, answer)
+
+    def _refused_gone(self, stack: _Stack) -> bool:
+        return stack.deleted or self._age(stack) >= self.timeline.instance_after
+
+    def _answers_refused(self, stack: _Stack, params: dict[str, str]) -> bool:
+        """Whether the proxy answers this read of a refused stack itself: by its id always, by
+        its name until it is gone (then moto says it does not exist)."""
+        if not stack.refused:
+            return False
+        return params.get("StackName") == stack.stack_id or not self._refused_gone(stack)
+
+    def _refused_answer(self, stack: _Stack, action: str) -> bytes:
+        gone = self._refused_gone(stack)
+        if action == "DescribeStacks":
+            status = "DELETE_COMPLETE" if gone else "CREATE_IN_PROGRESS"
+            member = _stack_member(stack, status)
+            return _query_answer("DescribeStacks", f"<Stacks>{member}</Stacks>")
+        started = _event(stack, stack.name, "AWS::CloudFormation::Stack", "CREATE_IN_PROGRESS")
+        events = [started]
+        if gone:
+            events += [
+                _event(stack, INSTANCE, "AWS::EC2::Instance", "CREATE_FAILED", stack.refused),
+                _event(stack, stack.name, "AWS::CloudFormation::Stack", "DELETE_COMPLETE"),
+            ]
+        members = "".join(reversed(events))  # most recent first, as AWS lists them
+        return _query_answer("DescribeStackEvents", f"<StackEvents>{members}</StackEvents>")
+
+    def _list_stacks(self, params: dict[str, str], answer: bytes) -> bytes:
+        """moto's summaries, with the statuses of the proxy's stacks as the timeline has them."""
+        wanted = {v for k, v in params.items() if k.startswith("StackStatusFilter.member.")}
+        with self._lock:
+            known = {id(s): s for s in self._stacks.values()}.values()
+            shown = {s.stack_id: self._shown_status(s) for s in known if not s.deleted}
+        members = [
+            m
+            for m in re.findall(rb"<member>.*?</member>", answer, flags=re.S)
+            if _stack_id_of(m) not in shown
+        ]
+        members += [
+            _stack_member(stack, status).encode()
+            for stack in known
+            if (status := shown.get(stack.stack_id)) and (not wanted or status in wanted)
+        ]
+        summaries = b"<StackSummaries>" + b"".join(members) + b"</StackSummaries>"
+        answer = answer.replace(b"<StackSummaries/>", b"<StackSummaries></StackSummaries>")
+        return re.sub(
+            rb"<StackSummaries>.*?</StackSummaries>", lambda _: summaries, answer, flags=re.S
+        )
+
+    def _shown_status(self, stack: _Stack) -> str:
+        if stack.refused:
+            return "DELETE_COMPLETE" if self._refused_gone(stack) else "CREATE_IN_PROGRESS"
+        if self._failed(stack):
+            return "ROLLBACK_IN_PROGRESS"
+        if self._age(stack) < self.timeline.complete_after:
+            return "CREATE_IN_PROGRESS"
+        return "CREATE_COMPLETE"
 
     def _known(self, name_or_id: str) -> _Stack | None:
         with self._lock:
@@ -379,6 +535,53 @@ def _code(status: int, answer: bytes) -> str:
     """'moto' for moto's success, else the error code it answered with."""
     found = re.search(rb"<Code>([^<]+)</Code>", answer) if status >= 300 else None
     return found[1].decode() if found else "moto"
+
+
+def _parameter(params: dict[str, str], key: str) -> str:
+    """A stack parameter's value from a CreateStack's query parameters ('' if not given)."""
+    for name, value in params.items():
+        if (
+            name.startswith("Parameters.member.")
+            and name.endswith(".ParameterKey")
+            and value == key
+        ):
+            return params.get(name.replace(".ParameterKey", ".ParameterValue"), "")
+    return ""
+
+
+def _stack_id_of(member: bytes) -> str:
+    found = re.search(rb"<StackId>([^<]+)</StackId>", member)
+    return found[1].decode() if found else ""
+
+
+def _stamp() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+
+
+def _stack_member(stack: _Stack, status: str) -> str:
+    return (
+        f"<member><StackId>{stack.stack_id}</StackId><StackName>{stack.name}</StackName>"
+        f"<CreationTime>{_stamp()}</CreationTime><StackStatus>{status}</StackStatus></member>"
+    )
+
+
+def _event(stack: _Stack, resource: str, kind: str, status: str, reason: str = "") -> str:
+    token = f"<ClientRequestToken>{stack.token}</ClientRequestToken>" if stack.token else ""
+    said = f"<ResourceStatusReason>{escape(reason)}</ResourceStatusReason>" if reason else ""
+    return (
+        f"<member>{token}<StackId>{stack.stack_id}</StackId><StackName>{stack.name}</StackName>"
+        f"<EventId>{uuid.uuid4()}</EventId><LogicalResourceId>{resource}</LogicalResourceId>"
+        f"<ResourceType>{kind}</ResourceType><Timestamp>{_stamp()}</Timestamp>"
+        f"<ResourceStatus>{status}</ResourceStatus>{said}</member>"
+    )
+
+
+def _query_answer(action: str, result: str) -> bytes:
+    return (
+        f'<{action}Response xmlns="{CLOUDFORMATION_XMLNS}"><{action}Result>{result}'
+        f"</{action}Result><ResponseMetadata><RequestId>{uuid.uuid4()}</RequestId>"
+        f"</ResponseMetadata></{action}Response>"
+    ).encode()
 
 
 def _not_there_yet(stack_name: str) -> bytes:

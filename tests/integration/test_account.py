@@ -144,7 +144,7 @@ def test_policy_command_prints_the_shipped_policy_and_the_readme_shows_it() -> N
         "cloudformation:CreateStack",
         "cloudformation:DescribeStacks",
         "cloudformation:DescribeStackEvents",
-        "cloudformation:DescribeStackResource",
+        "cloudformation:ListStacks",
         "cloudformation:DeleteStack",
         "ssm:GetParameters",
         "iam:PassRole",

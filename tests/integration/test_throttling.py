@@ -36,7 +36,8 @@ def _limited_cloud(
     moto: MotoServer, monkeypatch: pytest.MonkeyPatch, **settings: Any
 ) -> Iterator[TimedCloud]:
     """The timed cloud with AWS's buckets (CloudFormation: 5 per second, burst 10)."""
-    with TimedCloud(moto.url, AWS.timeline(), limits=RateLimits(), **settings) as cloud:
+    settings.setdefault("limits", RateLimits())
+    with TimedCloud(moto.url, AWS.timeline(), **settings) as cloud:
         monkeypatch.setenv("AWS_ENDPOINT_URL", cloud.url)  # new clients, and a new pacer
         yield cloud
 
@@ -64,10 +65,12 @@ def test_a_burst_of_electrons_is_paced_under_the_limits_and_every_one_completes(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     expected = [node**2 for node in range(BURST)]
-    # Unpaced (as before the pacer), the same burst overdraws CloudFormation's buckets.
+    # Unpaced (as before the pacer), the same burst overdraws a CloudFormation that allows 2
+    # calls per second (the shared watcher keeps it below AWS's 5 even unpaced, most times).
     with monkeypatch.context() as unpaced:
         unpaced.setattr(pacing, "ENABLED", False)
-        with _limited_cloud(moto_reset, unpaced) as cloud:
+        tight = RateLimits(cloudformation_per_second=2.0, cloudformation_burst=4.0)
+        with _limited_cloud(moto_reset, unpaced, limits=tight) as cloud:
             _burst(new_executor, "unpaced")
             unpaced_throttles = cloud.throttled()
     assert unpaced_throttles, "the control burst drew no throttling: the test proves nothing"

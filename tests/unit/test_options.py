@@ -103,6 +103,9 @@ def test_key_name_defaults_to_the_key_file_stem(tmp_path: Path) -> None:
         ({"keep_warm_minutes": -1}, "'keep_warm_minutes'", "0 to 1440 minutes"),
         ({"keep_warm_minutes": 1441}, "'keep_warm_minutes'", "0 to 1440 minutes"),
         ({"keep_warm_minutes": "soon"}, "'keep_warm_minutes'", "[executors.ec2]"),
+        ({"max_concurrent_instances": -1}, "'max_concurrent_instances'", "0 for no cap"),
+        ({"max_concurrent_instances": 10_001}, "'max_concurrent_instances'", "1 to 10000"),
+        ({"max_concurrent_instances": "many"}, "'max_concurrent_instances'", "[executors.ec2]"),
     ],
 )
 def test_bad_values_are_refused_naming_the_key_and_the_fix(

@@ -46,6 +46,7 @@ _CHANGED: dict[str, Any] = {
     "remote_cache": "/tmp/elsewhere",
     "wait_for_deletion": True,
     "provision_timeout": 60.0,
+    "max_concurrent_instances": 4,
 }
 
 
