@@ -30,7 +30,7 @@ from harness.cloud_state import live_instances, live_stacks
 from harness.timed_cloud import THROTTLED, AwsSeconds, Call, RateLimits, TimedCloud
 
 from bench.common import Section, Target, benchmark_main, fmt_s, progress, table
-from bench.loopback import Harness, background_work, harness, timed_execute
+from bench.loopback import Harness, background_work, harness, light_instances, timed_execute
 
 SIZES = (1, 16, 64, 200)
 PEAK_GOAL = 2.0
@@ -102,10 +102,9 @@ def at_once(intervals: Sequence[tuple[float, float]]) -> int:
 
 
 def at_scale() -> bool:
-    """Whether this harness can take the largest sweep: a timed cloud with a vCPU quota, at
-    which the executor's electrons queue, so that only a quota's worth of emulated instances
-    (sshd, bootstrap, task) boot at once on this machine's cores."""
-    return bool(timed_cloud_settings(QUOTA_VCPUS))
+    """Whether this harness can take the largest sweep on two cores: light emulated instances
+    (sshd alone, no bootstrap or warm worker)."""
+    return light_instances()
 
 
 def default_sizes() -> list[int]:
@@ -113,8 +112,9 @@ def default_sizes() -> list[int]:
 
 
 NOT_AT_SCALE = (
-    f"The {SIZES[-1]}-electron sweep was not run: this harness's timed cloud has no vCPU quota "
-    f"to queue at, so {SIZES[-1]} emulated instances would boot at once on this shared machine."
+    f"The {SIZES[-1]}-electron sweep was not run: this harness has no light instances, and "
+    f"{SIZES[-1]} full emulated instances (sshd, bootstrap, warm worker) would not fit at once "
+    "on this shared machine."
 )
 
 
@@ -193,7 +193,7 @@ def measure_one(h: Harness, n: int, aws: AwsSeconds, quota: int) -> dict[str, An
 
 def measure(sizes: Sequence[int], aws: AwsSeconds, quota: int) -> list[dict[str, Any]]:
     results = []
-    with harness() as h:
+    with harness(light=True) as h:
         for n in sizes:
             progress(f"sweep: {n} electron(s) at once (load {load()})")
             results.append(measure_one(h, n, aws, quota))
