@@ -12,7 +12,9 @@ product's user data, inside a temporary directory per instance and without touch
   image has a `python_path`) through sshd's `SetEnv`,
 * once sshd listens, run the user data's bootstrap script (the `runcmd` entry that runs a
   `write_files` file) with the same arguments plus `--prefix <instance dir>/opt`, in the
-  background, its output going to `<instance dir>/cloud-init-output.log`.
+  background, its output going to `<instance dir>/cloud-init-output.log`; or, on a light image
+  (`Image(light=True)`, for sweeps of hundreds of instances), no bootstrap: the instance is
+  ready as sshd listens, and is sshd alone.
 
 `bootcmd` (which arms `shutdown`) is never run, and the bootstrap's idle power-off runs a command
 that does nothing (`EC2_EXECUTOR_POWEROFF`); the harness honours the file it writes
@@ -137,12 +139,26 @@ class Image:
     runs, which then takes its idempotent fast path)."""
     bootstrap_env: dict[str, str] = field(default_factory=dict)
     """Extra variables for the bootstrap's environment."""
+    light: bool = False
+    """Light instances, for sweeps of hundreds on two cores: sshd alone. No bootstrap runs
+    (no warm worker, no idle or owner watch): the instance is ready as sshd listens, with the
+    image's Python (its venv's, else this interpreter), and each task starts an interpreter."""
 
     @classmethod
-    def local(cls, directory: Path) -> Image:
+    def local(cls, directory: Path, *, light: bool = False) -> Image:
         """This venv's packages, an offline bootstrap, and a venv built once in `directory`."""
         venv = build_image_venv(directory)
-        return cls(python_path=current_site_packages(), venv=venv, bootstrap_env=dict(OFFLINE))
+        return cls(
+            python_path=current_site_packages(),
+            venv=venv,
+            bootstrap_env=dict(OFFLINE),
+            light=light,
+        )
+
+    @property
+    def python(self) -> str:
+        """The Python a light instance names as ready."""
+        return str(self.venv / "bin" / "python") if self.venv is not None else sys.executable
 
 
 @dataclass
@@ -406,7 +422,10 @@ class EmulatedBoot:
             record.boot_seconds,
         )
         assert record.spec is not None
-        if record.spec.bootstrap_script is None:
+        if self.image.light:  # ready as sshd listens: what the bootstrap would end with
+            (record.prefix / "ready").write_text(f"{self.image.python}\n")
+            record.bootstrap_returncode = 0
+        if record.spec.bootstrap_script is None or self.image.light:
             record.bootstrap_done.set()
             return
         threading.Thread(

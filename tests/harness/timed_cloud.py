@@ -192,6 +192,8 @@ class TimedCloud:
     _created: dict[str, tuple[str, bytes]] = field(default_factory=dict)
     _stacks: dict[str, _Stack] = field(default_factory=dict)
     _reserved: int = 0
+    peak_vcpus: int = 0
+    """The most vCPUs the stacks not deleted held at once."""
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _server: ThreadingHTTPServer | None = None
 
@@ -429,6 +431,7 @@ class TimedCloud:
                 self._stacks[stack_id] = stack
             if token:
                 self._created[token] = (name, answer)
+            self.peak_vcpus = max(self.peak_vcpus, self._vcpus_in_use())
 
     def _refused_gone(self, stack: _Stack) -> bool:
         return stack.deleted or self._age(stack) >= self.timeline.instance_after
