@@ -132,8 +132,21 @@ def ours(
     """What the executor does once the stack is up: connect (pinned host key), one command
     (payload in; it hands the task to the warm worker, envelope out). `restart`: the worker is
     restarted first, on the same connection and inside the timing (the instance's bootstrap
-    again, which waits for the new worker's `import covalent`); else the worker that the
-    previous run used is already running."""
+    again, which waits up to 10 s for the new worker's `import covalent`: on a loaded machine
+    the task may then run in a fresh interpreter, which `warm` records); else the worker that
+    the previous run used is already running (started again, untimed, when a restart left
+    none, and the run measured again)."""
+    for _ in range(3):
+        found = _ours_once(target, host, port, args, remote_dir, restart=restart)
+        if found["warm"] or restart:
+            return found
+        start_worker(target)
+    raise RuntimeError(f"no warm worker on {host}:{port} after three starts")
+
+
+def _ours_once(
+    target: Instance, host: str, port: int, args: list[Any], remote_dir: Path, *, restart: bool
+) -> dict[str, Any]:
     import cloudpickle
 
     started = time.perf_counter()
@@ -149,11 +162,9 @@ def ours(
     shutil.rmtree(remote_dir, ignore_errors=True)
     result = envelope["result"]
     right = bool((result == args[0]).all()) if args else result == 1
-    if envelope["traceback"] or not done.warm or not right:
-        raise RuntimeError(
-            envelope["traceback"] or f"wrong result or no warm worker (warm: {done.warm})"
-        )
-    return {"seconds": seconds, "round_trips": remote.round_trips}
+    if envelope["traceback"] or not right:
+        raise RuntimeError(envelope["traceback"] or "wrong result")
+    return {"seconds": seconds, "round_trips": remote.round_trips, "warm": done.warm}
 
 
 DRIVER = r'''
@@ -381,7 +392,10 @@ def section(results: dict[str, list[dict[str, Any]]], size: int, repeats: int) -
         rows.append((f"plugin / {names[who]}", *ratios, big, ""))
     headers = ("`lambda: 1`", *conditions.values(), "100 MiB up and back", "SSH round trips")
     s.table = table(headers, rows)
+    fresh = sum(not r.get("warm", True) for k, v in results.items() if RESTARTING in k for r in v)
     s.note = (
+        f"{fresh} of the restarting runs found no worker ready after the bootstrap's 10 s wait "
+        "and ran the task in a fresh interpreter. "
         f"{repeats} repeats per cell, back to back in one run, the order reversed every other "
         "repeat; ratios per pair. Ours: a new `RemoteHost` per run, connect and `run_task`, "
         "with the warm worker already running (the previous run's), or restarted inside the "
