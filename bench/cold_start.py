@@ -206,6 +206,8 @@ def run(args: argparse.Namespace) -> Section:
     runs = measure(repeats, aws)
     load_after = " ".join(f"{x:.2f}" for x in os.getloadavg())
     baked = median([r.took / r.floor for r in runs[BAKED]])
+    above = median([r.took - r.floor for r in runs[BAKED]])
+    floor = median([r.floor for r in runs[BAKED]])
     section = Section(
         "cold_start",
         "Cold start on a cloud that takes its time",
@@ -214,18 +216,25 @@ def run(args: argparse.Namespace) -> Section:
     section.targets = [
         Target(
             "baked path: dispatch to task start / floor",
-            f"{baked:.2f}",
+            f"{baked:.2f} ({above:.2f} s above a {floor:.2f} s floor)",
             f"<= {GOAL}",
             baked <= GOAL,
         )
     ]
     section.table = table(
-        ("Path", "dispatch to task start", "floor (stack created to SSH)", "ratio to the floor"),
+        (
+            "Path",
+            "dispatch to task start",
+            "floor (stack created to SSH)",
+            "above the floor",
+            "ratio to the floor",
+        ),
         [
             (
                 name,
                 f"{median([r.took for r in found]):.2f} s",
                 f"{median([r.floor for r in found]):.2f} s",
+                f"{median([r.took - r.floor for r in found]):.2f} s",
                 ratio_text(found),
             )
             for name, found in runs.items()

@@ -89,6 +89,12 @@ class Section:
     targets: list[Target] = field(default_factory=list)
     data: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    load: list[str] = field(default_factory=list)
+    """The 1-minute load average at the benchmark's start and at its end."""
+
+
+def load_average() -> str:
+    return f"{os.getloadavg()[0]:.2f}"
 
 
 def benchmark_main(
@@ -112,12 +118,25 @@ def benchmark_main(
     parser.add_argument("--json", type=Path, default=None, help="also write the section here")
     parser.add_argument("--moto-in-process", action="store_true", help="moto as the tests run it")
     args = parser.parse_args()
-    started = time.monotonic()
+    started, load = time.monotonic(), load_average()
     section = run(args)
     section.seconds = time.monotonic() - started
+    section.load = [load, load_average()]
+    section.command = command_line(key, sys.argv[1:])
     print(section_markdown(asdict(section)))
     if args.json is not None:
         args.json.write_text(json.dumps(asdict(section), default=str))
+
+
+def command_line(key: str, argv: Sequence[str]) -> str:
+    """The command that reproduces a section: its arguments as given, without `--json FILE`."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip or arg == "--json":
+            skip = not skip
+            continue
+        kept.append(arg)
+    return " ".join(["python -m", f"bench.{key}", *kept])
 
 
 def machine_facts() -> str:

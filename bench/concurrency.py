@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> Section:
         left = h.stacks_left
     ratios = [g["wall"] / s["wall"] for s, g in zip(results[1], results[N], strict=True)]
     one, many = median([s["wall"] for s in results[1]]), median([g["wall"] for g in results[N]])
-    title = f"4. Concurrency: {N} electrons at once vs one"
+    title = f"Concurrency: {N} electrons at once vs one"
     section = Section("concurrency", title, "python -m bench.concurrency")
     measured = f"{median(ratios):.1f}x ({N}: {fmt_s(many)}, one: {fmt_s(one)})"
     name = f"{N} electrons at once / one electron, wall time"

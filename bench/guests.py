@@ -4,14 +4,15 @@ cloud-init). For each, `--count` instances of the product's stack are launched t
 and timed from the harness seeing them running to SSH answering and to the bootstrap's `ready`;
 then CPU and memory per instance. `--tests` also times `pytest -m guest`.
 
-    python -m bench.guests [--count 2] [--tests]
+    python -m bench.guests [--count 2] [--tests] [--json FILE]
 
-Needs root, systemd-container and mmdebstrap (as the guest tests do); prints a markdown section.
+Needs root, systemd-container and mmdebstrap (as the guest tests do).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import resource
 import statistics
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import REPO, TESTS
+from bench.common import Section, benchmark_main, table
 
 sys.path.insert(0, str(TESTS / "integration"))
 
@@ -186,11 +188,7 @@ def _median(rows: list[Row], field: Callable[[Row], float]) -> str:
     return f"{statistics.median(field(r) for r in rows):.1f}"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.guests", description=__doc__)
-    parser.add_argument("--count", type=int, default=2, help="instances launched together")
-    parser.add_argument("--tests", action="store_true", help="also time `pytest -m guest`")
-    args = parser.parse_args()
+def run(args: argparse.Namespace) -> Section:
     reason = guest_support()
     if reason is not None:
         sys.exit(f"bench.guests: {reason}")
@@ -201,15 +199,39 @@ def main() -> None:
             "bare sshd (tests/harness/boot.py)": emulated,
             "real guest (tests/harness/guests.py)": run_guests(server, args.count),
         }
-    print(f"{args.count} instances launched together; medians per instance.\n")
-    print("| Stand-in | start to SSH (s) | to bootstrap ready (s) | CPU (s) | RSS at ready (MiB) |")
-    print("|---|---|---|---|---|")
-    for name, rows in results.items():
-        cells = [_median(rows, f) for f in (lambda r: r.ssh, lambda r: r.ready, lambda r: r.cpu)]
-        print(f"| {name} | {' | '.join(cells)} | {_median(rows, lambda r: r.memory_mib)} |")
+    section = Section(
+        "guests",
+        "Real guests vs the bare-sshd emulation",
+        f"python -m bench.guests --count {args.count}" + " --tests" * args.tests,
+    )
+    fields: tuple[Callable[[Row], float], ...] = (
+        lambda r: r.ssh,
+        lambda r: r.ready,
+        lambda r: r.cpu,
+        lambda r: r.memory_mib,
+    )
+    section.table = table(
+        ("Stand-in", "start to SSH (s)", "to bootstrap ready (s)", "CPU (s)", "RSS at ready (MiB)"),
+        [(name, *(_median(rows, f) for f in fields)) for name, rows in results.items()],
+    )
+    section.note = (
+        f"{args.count} instances of the product's stack launched together in moto per "
+        "stand-in; medians per instance, timed from the harness seeing the instance running. "
+        "The guest's RSS is its cgroup's anonymous memory; the emulation's, that of its sshd "
+        "and warm worker."
+    )
+    section.data = {name: [dataclasses.asdict(r) for r in rows] for name, rows in results.items()}
     if args.tests:
-        print(f"\n`pytest -m guest`: {time_guest_tests():.0f} s wall.")
+        seconds = time_guest_tests()
+        section.note += f" `pytest -m guest`: {seconds:.0f} s wall."
+        section.data["pytest_guest_seconds"] = seconds
+    return section
+
+
+def arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--count", type=int, default=2, help="instances launched together")
+    parser.add_argument("--tests", action="store_true", help="also time `pytest -m guest`")
 
 
 if __name__ == "__main__":
-    main()
+    benchmark_main("guests", run, __doc__ or "", arguments)

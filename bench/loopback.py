@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import io
 import logging
 import os
@@ -109,8 +110,14 @@ class Harness:
         self.network = create_loopback_network(self.moto.client("ec2"))
 
 
+def light_instances() -> bool:
+    """Whether this harness can boot light instances (sshd alone, no bootstrap)."""
+    return "light" in inspect.signature(Image.local).parameters
+
+
 @contextlib.contextmanager
-def harness(*, moto_in_process: bool = False) -> Iterator[Harness]:
+def harness(*, moto_in_process: bool = False, light: bool = False) -> Iterator[Harness]:
+    """`light`: light emulated instances (when the harness has them; see `light_instances`)."""
     from cdk_stacks.shape import ALL_SHAPES
     from cdk_stacks.templates import template_for
 
@@ -122,7 +129,11 @@ def harness(*, moto_in_process: bool = False) -> Iterator[Harness]:
         stack.callback(guard.uninstall)
         for shape in ALL_SHAPES:  # synthesised once, then kept between runs
             template_for(shape)
-        image = Image.local(base / "image")
+        image = (
+            Image.local(base / "image", light=True)  # type: ignore[call-arg,unused-ignore]
+            if light and light_instances()
+            else Image.local(base / "image")
+        )
         process = None if moto_in_process else MotoProcess(base / "moto.log")
         if process is None:
             moto = MotoServer.start()

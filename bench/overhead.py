@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> Section:
     where = "in the executor's process" if args.moto_in_process else "in its own process"
     section = Section(
         "overhead_moto_in_process" if args.moto_in_process else "overhead",
-        f"{'2b' if args.moto_in_process else '2'}. Executor overhead per electron, moto {where}",
+        f"Executor overhead per electron, moto {where}",
         "python -m bench.overhead" + (" --moto-in-process --repeats 5" * args.moto_in_process),
     )
     totals = [r["times"]["total"] for r in runs]

@@ -1,50 +1,57 @@
-"""BENCHMARKS.md: one page of targets and results, then one short table per benchmark with its
-command. What follows `KEEP_MARKER` in the file (sections written by hand) is kept as it is."""
+"""BENCHMARKS.md, written whole from the raw results in bench/results/ (one JSON file per run,
+named by its commit): the newest run's targets and sections, then the targets of earlier
+commits' runs, labelled as such. Nothing in the file is kept by hand."""
 
 from __future__ import annotations
 
+import json
 import subprocess
-import time
+from pathlib import Path
 from typing import Any
 
 from bench import REPO
 from bench.common import table
 
-KEEP_MARKER = "<!-- Written by hand from here on: `python -m bench` keeps what follows. -->"
-
-RECORDED = """## Recorded results of earlier fixes
-
-Each fix was measured side by side with and without it, in one run, by switching it from the
-benchmark; that switching has left the benchmarks. The last recorded figures, from the run at
-commit 19a0f57 (2026-11-25, `python -m bench`), are not re-run:
-
-| Fix (where) | Benchmark | Without | With |
-|---|---|---|---|
-| one boto3 session per process (aws.py) | 2: per electron | 727 ms | 438 ms |
-| the same | 4: 16 at once / one | 17.4x (16: 8.30 s) | 6.6x (16: 3.02 s) |
-| TCP_NODELAY on the SSH socket (remote.py) | 3: loopback | 116 ms | 31 ms |
-| quick ACKs on the SSH socket (remote.py) | 3: loopback | 76 ms | 31 ms |
-| a warm worker, one command per task (runner.py) | 3: loopback | 87 ms | 31 ms |
-| the bootstrap wait checks every 0.1 s, not 0.5 s (remote.py) | 2: per electron | 855 ms | 438 ms |
-| the bootstrap installs with uv, not pip (bootstrap.sh) | bootstrap install | 39.58 s | 6.30 s |
-| `DeleteStack` sent once (stack.py) | 2: AWS calls | DeleteStack x2 | none repeated |
-"""
+RESULTS = REPO / "bench" / "results"
+CODE_PATHS = ("ec2_executor", "cdk_stacks", "bench", "tests/harness")
+"""What a run's figures depend on: a change here makes the run's commit "with local changes"."""
 
 
-def code_state() -> str:
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", *args], cwd=REPO, capture_output=True, text=True
-        ).stdout.strip()
+def git(*args: str) -> str:
+    done = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
+    return done.stdout.strip()
 
-    dirty = git("status", "--porcelain", "ec2_executor", "cdk_stacks")
-    return f"commit {git('rev-parse', '--short', 'HEAD')}" + (
-        " with local changes" if dirty else ""
-    )
+
+def code_state() -> dict[str, Any]:
+    """The commit the benchmarks run at, and whether the code differs from it."""
+    return {
+        "commit": git("rev-parse", "--short", "HEAD"),
+        "local_changes": bool(git("status", "--porcelain", *CODE_PATHS)),
+    }
+
+
+def commit_text(run: dict[str, Any]) -> str:
+    return f"commit {run['commit']}" + (" with local changes" if run["local_changes"] else "")
+
+
+def results_file(commit: str) -> Path:
+    return RESULTS / f"{commit}.json"
+
+
+def load_runs() -> list[dict[str, Any]]:
+    """Every kept run, newest first."""
+    runs = [json.loads(path.read_text()) for path in RESULTS.glob("*.json")]
+    return sorted(runs, key=lambda r: r["started"], reverse=True)
 
 
 def verdict(passed: bool | None) -> str:
     return {True: "**pass**", False: "**FAIL**", None: "n/a"}[passed]
+
+
+def load_text(section: dict[str, Any]) -> str:
+    """The 1-minute load average at the benchmark's start and end."""
+    before, after = section.get("load", ["?", "?"])
+    return f"{before} → {after}"
 
 
 def section_markdown(section: dict[str, Any]) -> str:
@@ -54,7 +61,8 @@ def section_markdown(section: dict[str, Any]) -> str:
         [
             f"## {section['title']}",
             "",
-            f"Command: `{section['command']}` (took {section['seconds']:.0f} s).",
+            f"Command: `{section['command']}` (took {section['seconds']:.0f} s; load "
+            f"{load_text(section)}).",
             "",
             section["table"],
             "",
@@ -64,34 +72,54 @@ def section_markdown(section: dict[str, Any]) -> str:
     )
 
 
-def document(results: dict[str, dict[str, Any]], facts: str, minutes: float, code: str) -> str:
-    rows = []
-    for key, section in results.items():
+def target_rows(run: dict[str, Any]) -> list[tuple[str, ...]]:
+    rows: list[tuple[str, ...]] = []
+    for key, section in run["sections"].items():
         if "error" in section:
-            rows.append((f"{key}: did not finish", section["error"], "", verdict(False)))
-        number = section.get("title", "").split(".")[0]
+            rows.append(
+                (f"{key}: did not finish", section["error"], "", verdict(False), load_text(section))
+            )
         for t in section.get("targets", []):
-            rows.append((f"{number}. {t['name']}", t["measured"], t["goal"], verdict(t["passed"])))
-    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+            name = f"{key}: {t['name']}"
+            rows.append((name, t["measured"], t["goal"], verdict(t["passed"]), load_text(section)))
+    return rows
+
+
+TARGET_HEADERS = ("Target", "Measured", "Goal", "Result", "Load (1 min) start → end")
+
+
+def document(runs: list[dict[str, Any]]) -> str:
+    latest, earlier = runs[0], runs[1:]
     head = [
         "# Benchmarks",
         "",
-        f"Written by `python -m bench` (`make bench`) on {stamp}, {code}, in {minutes:.1f} min; "
-        f"every figure below comes from that run. The machine: {facts} It is shared and noisy: "
-        "times are medians (min-max), comparisons are made side by side in one run, alternating "
-        "the order, with ratios per pair. Nothing connects outside 127.0.0.0/8 but the package "
-        "registry, once, for the SSH plugin's venv.",
+        f"Written by `python -m bench` (`make bench`) from `bench/results/{latest['commit']}.json`:"
+        f" every figure in the sections below was measured in one run at "
+        f"{commit_text(latest)}, started {latest['started']}, {latest['minutes']:.1f} min. "
+        f"The machine: {latest['machine']} It is shared: each figure comes with the load "
+        "average (1 min) at its benchmark's start and end; comparisons are made side by side "
+        "in one run, alternating the order. `python -m bench --report` rewrites this file "
+        "from the JSON.",
         "",
         "## Targets",
         "",
-        table(("Target", "Measured", "Goal", "Result"), rows),
+        table(TARGET_HEADERS, target_rows(latest)),
         "",
-        RECORDED,
     ]
-    return "\n".join(head + [section_markdown(s) for s in results.values()] + [KEEP_MARKER, "", ""])
-
-
-def kept_tail(text: str) -> str:
-    """What follows the marker in the current file."""
-    _, found, tail = text.partition(KEEP_MARKER)
-    return tail.lstrip("\n") if found else ""
+    body = [section_markdown(s) for s in latest["sections"].values()]
+    tail = []
+    if earlier:
+        tail = [
+            "## Earlier commits (not this run)",
+            "",
+            "Targets from runs at earlier commits, kept in `bench/results/`; not re-run here.",
+            "",
+        ]
+        for run in earlier:
+            tail += [
+                f"### {commit_text(run)}, started {run['started']}",
+                "",
+                table(TARGET_HEADERS, target_rows(run)),
+                "",
+            ]
+    return "\n".join(head + body + tail).rstrip() + "\n"

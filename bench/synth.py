@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> Section:
             result["cold"].append(timed(lambda: template_for(shape)))  # noqa: B023
             result["warm"] += [timed(lambda: template_for(shape)) for _ in range(WARM_CALLS)]  # noqa: B023
             result["fresh"] += [fresh_hit(shape, directory) for _ in range(FRESH_PROCESSES)]
-    section = Section("synth", "1. Template synthesis: cold vs cache hit", "python -m bench.synth")
+    section = Section("synth", "Template synthesis: cold vs cache hit", "python -m bench.synth")
     rows = []
     for key, result in found.items():
         hits = [x["call"] for x in result["fresh"]]

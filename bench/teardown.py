@@ -47,9 +47,7 @@ def run(args: argparse.Namespace) -> Section:
 
         asyncio.run(all_runs())
         left = h.stacks_left
-    section = Section(
-        "teardown", "5. Teardown: what holds the electron", "python -m bench.teardown"
-    )
+    section = Section("teardown", "Teardown: what holds the electron", "python -m bench.teardown")
     held = [r["teardown"] for r in results["default"]]
     measured = f"{fmt_s(median(held))} median of {len(held)} on moto"
     name = "teardown holds the electron (default)"

@@ -46,6 +46,8 @@ PLUGIN_REQUIREMENTS = ("covalent-ssh-plugin==0.24.1", "covalent==0.240.0", "fast
 """0.24.1 is the plugin's newest release; it asks for covalent>=0.202.0,<1."""
 BIG = 100 * 2**20
 Measure = Callable[[], dict[str, Any]]
+RESTARTING = "ours, worker restarting"
+"""Ours with the warm worker restarted inside the timing; "ours": the worker already running."""
 RTTS_MS = (10.0, 50.0)
 """Emulated round-trip times: the same region, and across a continent."""
 
@@ -85,7 +87,7 @@ def instance(h: Harness) -> Iterator[Instance]:
         assert record.spec is not None and record.port is not None
         host_key = paramiko.Ed25519Key.from_private_key(io.StringIO(record.spec.host_key_pem))
         bootstrap = [str(record.prefix / "bootstrap.sh"), *record.spec.bootstrap_args]
-        yield Instance(
+        found = Instance(
             host=record.private_ip,
             port=record.port,
             user=getpass.getuser(),
@@ -97,34 +99,62 @@ def instance(h: Harness) -> Iterator[Instance]:
             restart_worker="EC2_EXECUTOR_BOOTSTRAP_OFFLINE=1 "
             + shlex.join([*bootstrap, "--prefix", str(record.prefix)]),
         )
+        start_worker(found)
+        yield found
     finally:
         asyncio.run(executor.teardown(metadata))
 
 
-def ours(
-    target: Instance, host: str, port: int, args: list[Any], remote_dir: Path
-) -> dict[str, Any]:
-    """What the executor does once the stack is up: connect (pinned host key), one command
-    (payload in; it hands the task to the warm worker, envelope out). The worker is restarted
-    first, untimed, as each instance's bootstrap leaves one."""
-    import cloudpickle
-
+def connect(target: Instance, host: str, port: int) -> Any:
     from ec2_executor.remote import Endpoint, RemoteHost
 
-    def connected(host: str, port: int) -> RemoteHost:
-        remote = RemoteHost(
-            Endpoint(host=host, port=port, user=target.user), target.identity, target.host_key
-        )
-        if not remote.try_connect():
-            raise RuntimeError(f"SSH on {host}:{port} did not answer")
-        return remote
+    remote = RemoteHost(
+        Endpoint(host=host, port=port, user=target.user), target.identity, target.host_key
+    )
+    if not remote.try_connect():
+        raise RuntimeError(f"SSH on {host}:{port} did not answer")
+    return remote
 
-    with connected(target.host, target.port) as setup:
-        status, _, err = setup.execute(target.restart_worker)
-        if status != 0:
-            raise RuntimeError(f"restarting the warm worker failed: {err.decode()[-2000:]}")
+
+def start_worker(target: Instance) -> None:
+    """The instance's bootstrap again: it (re)starts the warm worker and returns once the
+    worker has imported covalent. The emulated instance's own bootstrap runs as no user that
+    can hold a worker (no `ec2-user` here), so the first one starts here, untimed."""
+    with connect(target, target.host, target.port) as session:
+        status, _, err = session.execute(target.restart_worker)
+    if status != 0:
+        raise RuntimeError(f"restarting the warm worker failed: {err.decode()[-2000:]}")
+
+
+def ours(
+    target: Instance, host: str, port: int, args: list[Any], remote_dir: Path, *, restart: bool
+) -> dict[str, Any]:
+    """What the executor does once the stack is up: connect (pinned host key), one command
+    (payload in; it hands the task to the warm worker, envelope out). `restart`: the worker is
+    restarted first, on the same connection and inside the timing (the instance's bootstrap
+    again, which waits up to 10 s for the new worker's `import covalent`: on a loaded machine
+    the task may then run in a fresh interpreter, which `warm` records); else the worker that
+    the previous run used is already running (started again, untimed, when a restart left
+    none, and the run measured again)."""
+    for _ in range(3):
+        found = _ours_once(target, host, port, args, remote_dir, restart=restart)
+        if found["warm"] or restart:
+            return found
+        start_worker(target)
+    raise RuntimeError(f"no warm worker on {host}:{port} after three starts")
+
+
+def _ours_once(
+    target: Instance, host: str, port: int, args: list[Any], remote_dir: Path, *, restart: bool
+) -> dict[str, Any]:
+    import cloudpickle
+
     started = time.perf_counter()
-    with connected(host, port) as remote:
+    with connect(target, host, port) as remote:
+        if restart:
+            status, _, err = remote.execute(target.restart_worker)
+            if status != 0:
+                raise RuntimeError(f"restarting the warm worker failed: {err.decode()[-2000:]}")
         payload = cloudpickle.dumps(((lambda x: x) if args else (lambda: 1), args, {}))
         done = remote.run_task(payload, remote_dir=str(remote_dir), bootstrap_timeout=30)
         envelope = cloudpickle.loads(done.envelope)
@@ -132,11 +162,9 @@ def ours(
     shutil.rmtree(remote_dir, ignore_errors=True)
     result = envelope["result"]
     right = bool((result == args[0]).all()) if args else result == 1
-    if envelope["traceback"] or not done.warm or not right:
-        raise RuntimeError(
-            envelope["traceback"] or f"wrong result or no warm worker (warm: {done.warm})"
-        )
-    return {"seconds": seconds, "round_trips": remote.round_trips}
+    if envelope["traceback"] or not right:
+        raise RuntimeError(envelope["traceback"] or "wrong result")
+    return {"seconds": seconds, "round_trips": remote.round_trips, "warm": done.warm}
 
 
 DRIVER = r'''
@@ -293,8 +321,12 @@ def run(args: argparse.Namespace) -> Section:
                         results.setdefault(f"{name} {condition}", []).append(who[name]())
 
             def both(host: str, port: int, args: list[Any], size: int) -> dict[str, Measure]:
-                our = lambda: ours(target, host, port, args, base / "ours")  # noqa: E731
-                return {"ours": our, "plugin": lambda: plugin.run(size)}
+                def our(restart: bool) -> Measure:
+                    remote_dir = base / "ours"
+                    return lambda: ours(target, host, port, args, remote_dir, restart=restart)
+
+                found = {"ours": our(False), "plugin": lambda: plugin.run(size)}
+                return found if size else {**found, RESTARTING: our(True)}
 
             rounds("loopback", target.host, target.port, both(target.host, target.port, [], 0))
             for rtt in RTTS_MS:
@@ -322,39 +354,55 @@ def section(results: dict[str, list[dict[str, Any]]], size: int, repeats: int) -
     def speed(who: str) -> str:
         return f"{2 * size / 2**20 / median(seconds(f'{who} big')):.0f} MiB/s"  # up and back
 
-    title = "3. Transport: ours vs the SSH plugin vs scp"
+    title = "Transport: ours vs the SSH plugin vs scp"
     s = Section("transport", title, "python -m bench.transport")
     conditions = {"loopback": "loopback (RTT ≈ 0)"}
     conditions.update({f"rtt{r:.0f}": f"emulated RTT {r:.0f} ms" for r in RTTS_MS})
     for key, label in conditions.items():
-        x = ratio(f"plugin {key}", f"ours {key}")
-        times = [fmt_s(median(seconds(f"{who} {key}"))) for who in ("ours", "plugin")]
-        measured = f"{x:.1f}x (ours {times[0]}, plugin {times[1]})"
-        name = f"trivial function, {label}: SSH plugin time / our time"
-        s.targets.append(Target(name, measured, "≥ 3x", x >= 3))
+        for who, goal in (("ours", 3.0), (RESTARTING, None)):
+            x = ratio(f"plugin {key}", f"{who} {key}")
+            times = [fmt_s(median(seconds(f"{w} {key}"))) for w in (who, "plugin")]
+            measured = f"{x:.1f}x ({who} {times[0]}, plugin {times[1]})"
+            running = "worker running" if who == "ours" else "worker restarting"
+            name = f"trivial function, {label}, {running}: SSH plugin time / our time"
+            passed = None if goal is None else x >= goal
+            s.targets.append(Target(name, measured, f"≥ {goal:.0f}x" if goal else "report", passed))
     x = ratio("scp big", "ours big")
     measured = f"{x:.2f} (ours {speed('ours')}, scp {speed('scp')})"
     s.targets.append(
         Target("100 MiB round trip: our throughput / scp's", measured, "≥ 0.5", x >= 0.5)
     )
+
+    def big_cell(who: str) -> str:
+        return f"{spread(seconds(f'{who} big'))}, {speed(who)}" if seconds(f"{who} big") else "-"
+
+    names = {"ours": "ours, worker running", RESTARTING: RESTARTING, "plugin": "plugin"}
     rows: list[tuple[Any, ...]] = [
         (
-            who,
+            names.get(who, who),
             *(spread(seconds(f"{who} {key}")) for key in conditions),
-            f"{spread(seconds(f'{who} big'))}, {speed(who)}",
-            results[f"{who} big"][0]["round_trips"],
+            big_cell(who),
+            (results.get(f"{who} big") or results[f"{who} loopback"])[0]["round_trips"],
         )
-        for who in ("ours", "plugin", "scp")
+        for who in ("ours", RESTARTING, "plugin", "scp")
     ]
-    ratios = [f"{ratio(f'plugin {key}', f'ours {key}'):.1f}x" for key in [*conditions, "big"]]
-    rows.append(("plugin / ours", *ratios, ""))
+    for who in ("ours", RESTARTING):
+        ratios = [f"{ratio(f'plugin {key}', f'{who} {key}'):.1f}x" for key in conditions]
+        big = f"{ratio('plugin big', 'ours big'):.1f}x" if who == "ours" else "-"
+        rows.append((f"plugin / {names[who]}", *ratios, big, ""))
     headers = ("`lambda: 1`", *conditions.values(), "100 MiB up and back", "SSH round trips")
     s.table = table(headers, rows)
+    fresh = sum(not r.get("warm", True) for k, v in results.items() if RESTARTING in k for r in v)
     s.note = (
-        f"{repeats} repeats per cell, back to back, the order reversed every other repeat. Ours: "
-        "a new `RemoteHost` per run, connect and `run_task`, with the warm worker the instance's "
-        "bootstrap leaves. The plugin: `SSHExecutor(...).run` in a long-lived process of its own "
-        f"venv ({', '.join(PLUGIN_REQUIREMENTS)}). Emulated RTT: `bench/latency_proxy.py`."
+        f"{fresh} of the restarting runs found no worker ready after the bootstrap's 10 s wait "
+        "and ran the task in a fresh interpreter. "
+        f"{repeats} repeats per cell, back to back in one run, the order reversed every other "
+        "repeat; ratios per pair. Ours: a new `RemoteHost` per run, connect and `run_task`, "
+        "with the warm worker already running (the previous run's), or restarted inside the "
+        "timing (the instance's bootstrap again, on the same connection: what a task that "
+        "finds no worker ready pays). The plugin: `SSHExecutor(...).run` in a long-lived "
+        f"process of its own venv ({', '.join(PLUGIN_REQUIREMENTS)}). Emulated RTT: "
+        "`bench/latency_proxy.py`."
     )
     s.data = {"results": results}
     return s
