@@ -156,8 +156,8 @@ _STARTED = re.compile(r"^(?P<label>\S+): (?P<phase>[^.]+) \.\.\.$")
 _TOOK = re.compile(
     r"^(?P<label>\S+): (?P<phase>.+?) took (?P<s>[\d.]+)s(?: \(of (?P<of>.+), on the instance\))?$"
 )
-POLLS = frozenset({"DescribeStacks", "DescribeStackEvents"})
-"""The waits' polls: repeating them is their job."""
+POLLS = frozenset({"DescribeStacks", "DescribeStackEvents", "ListStacks"})
+"""The waits' polls (ListStacks: the process's shared watcher): repeating them is their job."""
 
 
 class Probe(logging.Handler):

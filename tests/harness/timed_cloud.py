@@ -154,6 +154,7 @@ class Call:
     service: str
     action: str
     at: float
+    """When the request arrived (`time.monotonic()`), as the buckets saw it."""
     answer: str
 
 
@@ -203,6 +204,7 @@ class TimedCloud:
     peak_vcpus: int = 0
     """The most vCPUs the stacks not deleted held at once."""
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _request: threading.local = field(default_factory=threading.local)
     _server: ThreadingHTTPServer | None = None
 
     def start(self) -> TimedCloud:
@@ -267,6 +269,7 @@ class TimedCloud:
     # -- the proxy ------------------------------------------------------------------------
 
     def _handle(self, request: BaseHTTPRequestHandler) -> None:
+        self._request.arrived = time.monotonic()  # what the buckets saw, not moto's delay
         body = request.rfile.read(int(request.headers.get("Content-Length") or 0))
         service, action, params = describe_request(request.headers, request.path, body)
         if action in self.refuse:
@@ -348,7 +351,8 @@ class TimedCloud:
 
     def _log(self, service: str, action: str, answer: str) -> None:
         with self._lock:
-            self.calls.append(Call(service, action, time.monotonic(), answer))
+            arrived = getattr(self._request, "arrived", time.monotonic())
+            self.calls.append(Call(service, action, arrived, answer))
 
     def _repeated_create(self, params: dict[str, str]) -> bytes | None:
         token = params.get("ClientRequestToken", "")
