@@ -9,6 +9,8 @@ the moment each CreateStack came through:
   from then until the stack completes it names the instance, CREATE_IN_PROGRESS (moto's
   instance is CREATE_COMPLETE from the start; CloudFormation's is in progress until it has
   stabilised, just before the stack completes), and CREATE_FAILED once the stack fails;
+- before `instance_after`, DescribeInstances leaves out the stack's instance (found by its
+  `aws:cloudformation:stack-*` tags), which CloudFormation has not launched yet;
 - before `complete_after`, DescribeStacks reports CREATE_IN_PROGRESS, without outputs;
 - from `fail_after` (when set), the stack reports ROLLBACK_IN_PROGRESS and its events a
   CREATE_FAILED instance with `FAIL_REASON`; `fail(stack, reason)` does the same to one stack
@@ -50,6 +52,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from xml.etree import ElementTree
 from xml.sax.saxutils import escape
 
 from .aws_request import describe_request
@@ -299,6 +302,8 @@ class TimedCloud:
                 stack.deleted = True
         elif action == "ListStacks" and status == 200:
             answer = self._list_stacks(params, answer)
+        elif action == "DescribeInstances" and status == 200:
+            answer = self._launched_only(answer)
         elif stack and status == 200 and action == "DescribeStacks":
             answer = self._stack_status(stack, answer)
         elif stack and status == 200 and action == "DescribeStackEvents":
@@ -540,6 +545,40 @@ class TimedCloud:
 
         return re.sub(rb"<member>.*?</member>", tag, answer, flags=re.S)
 
+    def _launched_only(self, answer: bytes) -> bytes:
+        """EC2's answer without the instances of stacks younger than `instance_after`."""
+        if b"aws:cloudformation:stack-" not in answer:
+            return answer
+        root = ElementTree.fromstring(answer)
+        hidden = False
+        for reservations in [e for e in root if _local(e.tag) == "reservationSet"]:
+            for reservation in list(reservations):
+                for instances in [e for e in reservation if _local(e.tag) == "instancesSet"]:
+                    for instance in list(instances):
+                        if self._not_launched_yet(instance):
+                            instances.remove(instance)
+                            hidden = True
+                    if not len(instances):
+                        reservations.remove(reservation)
+        if not hidden:
+            return answer
+        ElementTree.register_namespace("", root.tag[1:].split("}")[0])  # as EC2 writes it
+        return ElementTree.tostring(root, encoding="utf-8", xml_declaration=True)
+
+    def _not_launched_yet(self, instance: ElementTree.Element) -> bool:
+        tags = [
+            {_local(e.tag): e.text or "" for e in item}
+            for tag_set in instance
+            if _local(tag_set.tag) == "tagSet"
+            for item in tag_set
+        ]
+        values = {t.get("key", ""): t.get("value", "") for t in tags}
+        name = values.get("aws:cloudformation:stack-id") or values.get(
+            "aws:cloudformation:stack-name", ""
+        )
+        stack = self._known(name) if name else None
+        return stack is not None and self._age(stack) < self.timeline.instance_after
+
     def _resource_status(self, stack: _Stack, answer: bytes) -> bytes:
         """The instance's status as CloudFormation reports it while the stack is creating."""
         if self._failed(stack):
@@ -670,3 +709,8 @@ def _send(
     request.send_header("Content-Length", str(len(body)))
     request.end_headers()
     request.wfile.write(body)
+
+
+def _local(tag: str) -> str:
+    """An XML element's name without its namespace."""
+    return tag.rsplit("}", 1)[-1]

@@ -78,13 +78,14 @@ def test_the_shipped_policy_grants_what_the_wait_for_an_unfinished_stack_calls(
 ) -> None:
     """One electron, its stack held in CREATE_IN_PROGRESS, as the session's user holding only
     the policy `ec2-executor policy` prints (moto enforces IAM, see `harness.iam`): the executor
-    reads the instance's id from the unfinished stack (DescribeStackResource), which a finished
-    stack never asks for, and nothing it calls is refused."""
+    watches the unfinished stack (ListStacks) and finds its instance by the stack's tag
+    (DescribeInstances) before the stack completes, and nothing it calls is refused."""
     assert os.environ["AWS_ACCESS_KEY_ID"] != moto_reset.keys.access_key_id  # not the admin
     with timed(Timeline(instance_after=1.0, complete_after=60.0)) as cloud:
         assert run(execute(new_executor(), pow, [2, 10], {}, dispatch_id="policy")) == 1024
         assert cloud.completed_at(stack_name("policy", 0)) is None  # still in progress
-    assert "DescribeStackResource" in [c.action for c in cloud.calls if c.answer == "moto"]
+    answered = [c.action for c in cloud.calls if c.answer == "moto"]
+    assert "ListStacks" in answered and "DescribeInstances" in answered
     assert not [c for c in cloud.calls if "Denied" in c.answer or "Unauthorized" in c.answer]
     assert emulated_boot.booted_count == 1
     assert live_stacks(moto_reset) == []
@@ -167,7 +168,8 @@ def test_the_timed_cloud_reports_the_instance_resource_as_cloudformation_does(
 ) -> None:
     """DescribeStackResource while the stack is creating: no such resource before the launch;
     then the instance's id, in progress until the stack completes (moto says complete from the
-    start), failed once the stack fails."""
+    start), failed once the stack fails. DescribeInstances by the stack's tag finds no instance
+    before the launch either."""
     image = moto_reset.client("ec2").describe_images()["Images"][0]["ImageId"]
     body = {
         "Resources": {
@@ -179,9 +181,17 @@ def test_the_timed_cloud_reports_the_instance_resource_as_cloudformation_does(
     }
     with TimedCloud(moto_reset.url, timeline) as cloud:
         cfn = moto_reset.client("cloudformation", endpoint_url=cloud.url)
-        cfn.create_stack(StackName="timed-resource", TemplateBody=json.dumps(body))
+        stack_id = cfn.create_stack(StackName="timed-resource", TemplateBody=json.dumps(body))
         try:
             _check_instance_resource(cfn, status)
+            ec2 = moto_reset.client("ec2", endpoint_url=cloud.url)
+            tagged = [{"Name": "tag:aws:cloudformation:stack-id", "Values": [stack_id["StackId"]]}]
+            found = [
+                i["InstanceId"]
+                for r in ec2.describe_instances(Filters=tagged)["Reservations"]
+                for i in r["Instances"]
+            ]
+            assert len(found) == (0 if status is None else 1)  # none before the launch
         finally:  # its instance would otherwise run on, for the next module's boots to see
             moto_reset.client("cloudformation").delete_stack(StackName="timed-resource")
     assert live_stacks(moto_reset) == []
