@@ -563,7 +563,8 @@ class TimedCloud:
         if not hidden:
             return answer
         ElementTree.register_namespace("", root.tag[1:].split("}")[0])  # as EC2 writes it
-        return ElementTree.tostring(root, encoding="utf-8", xml_declaration=True)
+        written: bytes = ElementTree.tostring(root, encoding="utf-8", xml_declaration=True)
+        return written
 
     def _not_launched_yet(self, instance: ElementTree.Element) -> bool:
         tags = [
