@@ -80,7 +80,9 @@ def light_boot(
     moto_server: MotoServer, boot_image: Image, tmp_path: Path
 ) -> Iterator[EmulatedBoot]:
     image = dataclasses.replace(boot_image, light=True)
-    with booting(moto_server.url, image=image, base_dir=tmp_path / "instances") as boot:
+    with booting(
+        moto_server.url, image=image, base_dir=tmp_path / "instances", keys=moto_server.keys
+    ) as boot:
         yield boot
 
 
