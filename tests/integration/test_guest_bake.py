@@ -63,7 +63,12 @@ def test_a_guest_booted_from_a_baked_root_has_keys_ids_and_state_of_its_own(
     with baked_root(guest_image, tmp_path / "image") as root:
         # Boot, bake, power off: what the guest wrote stays in `root`.
         baker = GuestBoot(
-            moto_server.url, image=root, network=guest_net, base_dir=tmp_path / "a", writable=True
+            moto_server.url,
+            image=root,
+            network=guest_net,
+            base_dir=tmp_path / "a",
+            writable=True,
+            keys=moto_server.keys,
         )
         with baker:
             first, guest = _boot_one(baker, moto_server, guest_subnet, guest_net, "guest-baker")
@@ -87,7 +92,13 @@ def test_a_guest_booted_from_a_baked_root_has_keys_ids_and_state_of_its_own(
         assert (prefix / "venv/bin/python").exists()  # what the bake is for stays
 
         # A second instance of that root.
-        booted = GuestBoot(moto_server.url, image=root, network=guest_net, base_dir=tmp_path / "b")
+        booted = GuestBoot(
+            moto_server.url,
+            image=root,
+            network=guest_net,
+            base_dir=tmp_path / "b",
+            keys=moto_server.keys,
+        )
         with booted:
             second, guest = _boot_one(booted, moto_server, guest_subnet, guest_net, "guest-baked")
             impostor = second.remote(guest, first.host.public_key())
