@@ -509,17 +509,18 @@ def market_rates(
     aws: AWS, options: Options, plan: Plan, tried: list[capacity.Attempt]
 ) -> dict[bool, prices.Rate]:
     """The instance's hourly rate on each market the attempts may use (by `spot`)."""
-    zones = {a.spot: a.placement.zone for a in tried}
+    zones = {a.placement.zone for a in tried}
+    zone = zones.pop() if len(zones) == 1 else ""  # a spot price is per zone: only when one
     return {
         spot: prices.rate(
             aws,
             options.instance_type,
             spot=spot,
-            zone=zone if len({a.placement.zone for a in tried}) == 1 else "",
+            zone=zone,
             volume_gib=options.volume_size,
             public_ip=plan.network.public_ip,
         )
-        for spot, zone in zones.items()
+        for spot in {a.spot for a in tried}
     }
 
 
