@@ -24,7 +24,9 @@ from ec2_executor import electron as pipeline
 from ec2_executor import helper_nodes, spot, sweep, warm
 from ec2_executor import options as opts
 from ec2_executor.blocking import run_blocking
+from ec2_executor.cloud.aws import account_key
 from ec2_executor.cloud.capacity import Attempt, Placement
+from ec2_executor.cloud.slots import slots_for
 from ec2_executor.cloud.stacks import stack_name
 from ec2_executor.config import config_section
 from ec2_executor.electron import Electron, Host, Launched, TaskOutcome, cleanup_from_handle
@@ -122,9 +124,12 @@ class EC2Executor(AsyncBaseExecutor):
     async def setup(self, task_metadata: dict[str, Any]) -> None:
         if self._helper is not None:
             return
+        options = self._options()
+        # Before the first await: every electron of a fan-out declares its cap before any of
+        # them takes a slot, so that the smallest wins whichever starts first.
+        slots_for(account_key(options)).limit(options.max_concurrent_instances)
         if await self._cancel_requested():
             raise TaskCancelledError("The task was cancelled before it started.")
-        options = self._options()
         sweep.sweep_once(options)  # what dead dispatchers left; in the background, once
         label = stack_name(str(task_metadata["dispatch_id"]), task_metadata["node_id"])
         self._lease = lease = await warm.acquire(options, label)

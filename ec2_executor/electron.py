@@ -228,7 +228,6 @@ class Electron:
 
     async def take_slot(self) -> None:
         """Wait for a slot under the process's cap; nothing is created before."""
-        self.slots.limit(self.options.max_concurrent_instances)
         await self.slots.take(self.name)
         self._holds_slot = True
 

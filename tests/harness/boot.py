@@ -338,9 +338,13 @@ class EmulatedBoot:
             reason = gone_reason(states.get(record.instance_id))
             if reason is not None:
                 self._stop_instance(record, reason)
-            elif record.booted and (record.prefix / "poweroff").exists():
+            elif self._powered_itself_off(record):
                 log.info("emulated boot: %s powered itself off", record.instance_id)
                 self.cloud.power_off(record.instance_id)  # the next poll ends its processes
+
+    def _powered_itself_off(self, record: BootedInstance) -> bool:
+        """An emulated instance has no power to cut: the file its power-off writes says it."""
+        return record.booted and (record.prefix / "poweroff").exists()
 
     def _release_held(self) -> None:
         if self._hold is None or not self._hold.released:

@@ -205,6 +205,13 @@ class GuestBoot(EmulatedBoot):
                     self._stop_instance(record, "the guest powered itself off")
             super().poll_once()
 
+    def _powered_itself_off(self, record: BootedInstance) -> bool:
+        """A guest writes the same file, then shuts down for real: its systemd's exit (above)
+        says so, and moto hears of it only then, as from EC2."""
+        if isinstance(record, GuestInstance):
+            return False
+        return super()._powered_itself_off(record)
+
     def wait_ready(self, instance_id: str, timeout: float = 180.0) -> GuestInstance:
         """Wait until the guest's bootstrap wrote `ready` (BootError if it wrote `failed`)."""
         record = self.wait_bootstrap(instance_id, timeout)

@@ -208,23 +208,21 @@ def test_a_cancel_ends_a_waiting_electron_at_once_with_nothing_created(
         finally:
             ended[name] = time.monotonic()
 
-    async def both() -> list[Any]:
+    async def both(cloud: TimedCloud) -> list[Any]:
         loop = asyncio.get_running_loop()
         handler = _OnMessage(QUEUED, lambda: loop.call_soon_threadsafe(cancelled.set))
         log.addHandler(handler)
         try:
-            return list(
-                await asyncio.gather(
-                    electron("first", first, 0),
-                    electron("waiting", waiting, 1),
-                    return_exceptions=True,
-                )
-            )
+            started = asyncio.ensure_future(electron("first", first, 0))
+            while not cloud.answers("CreateStack") and not started.done():  # the first holds
+                await asyncio.sleep(0.05)  # the one slot: the second is the one that waits
+            then = asyncio.ensure_future(electron("waiting", waiting, 1))
+            return list(await asyncio.gather(started, then, return_exceptions=True))
         finally:
             log.removeHandler(handler)
 
     with limited_cloud(moto_reset, monkeypatch) as cloud:
-        results = run(both())
+        results = run(both(cloud))
         creates = cloud.answers("CreateStack")
     assert cancelled.is_set(), "the second electron never waited: the test proves nothing"
     assert results[0] == 0
