@@ -88,11 +88,6 @@ def light_boot(
         yield boot
 
 
-@pytest.mark.xfail(
-    reason="open (issue 23): after all 64 electrons completed and each logged its deletion "
-    "verified, moto still held something 300 s later; what is left is in the failure",
-    strict=False,
-)
 def test_a_sweep_of_64_electrons_at_a_quota_of_16_completes_and_leaves_nothing(
     sweep_server: CovalentServer,
     light_boot: EmulatedBoot,
