@@ -18,12 +18,7 @@ import covalent as ct
 import pytest
 from e2e_support import assert_nothing_left
 from harness import EmulatedBoot, Image, MotoServer, booting
-from harness.covalent_server import (
-    CovalentPaths,
-    CovalentServer,
-    client_isolation,
-    point_client_at,
-)
+from harness.covalent_server import CovalentPaths, CovalentServer, own_servers, point_client_at
 from harness.timed_cloud import AwsSeconds, RateLimits, TimedCloud
 from harness.waiting import wait_until
 
@@ -67,13 +62,12 @@ def sweep_server(
         "AWS_ENDPOINT_URL": limited_cloud.url,
         "EC2_EXECUTOR_CACHE_DIR": str(tmp_path / "ec2-executor-cache"),
     }
-    server = CovalentServer.start(paths, env=env, executors={"ec2": ec2_settings}, log_level="info")
     try:
-        with client_isolation(paths):
-            point_client_at(server)
-            yield server
+        with own_servers(
+            paths, env=env, executors={"ec2": ec2_settings}, log_level="info"
+        ) as start:
+            yield start()
     finally:
-        server.stop()
         point_client_at(covalent_server)
 
 

@@ -7,7 +7,6 @@ import contextlib
 import os
 import signal
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +16,7 @@ import pytest
 from e2e_support import assert_nothing_left
 from harness import EmulatedBoot, MotoServer
 from harness.cloud_state import live_stacks
-from harness.covalent_server import (
-    CovalentPaths,
-    CovalentServer,
-    client_isolation,
-    point_client_at,
-)
+from harness.covalent_server import CovalentPaths, CovalentServer, own_servers
 from harness.waiting import wait_for_task, wait_until
 from integration.remote_tasks import sleepy
 
@@ -30,26 +24,6 @@ pytestmark = pytest.mark.e2e
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 ORPHAN_SECONDS = 6
-
-
-@contextlib.contextmanager
-def own_server(paths: CovalentPaths, moto: MotoServer, settings: dict[str, Any]) -> Iterator[Any]:
-    """Starts servers on `paths` (the client pointed at the latest), all stopped at the end."""
-    started: list[CovalentServer] = []
-
-    def start() -> CovalentServer:
-        env = {**moto.env, "EC2_EXECUTOR_CACHE_DIR": str(paths.base / "ec2-executor-cache")}
-        server = CovalentServer.start(paths, env=env, executors={"ec2": settings})
-        point_client_at(server)
-        started.append(server)
-        return server
-
-    with client_isolation(paths):
-        try:
-            yield start
-        finally:
-            for server in reversed(started):
-                server.stop()
 
 
 def sigkill(server: CovalentServer) -> None:
@@ -87,7 +61,8 @@ def test_a_server_killed_mid_task_leaves_nothing_once_started_again(
     def short_one() -> int:
         return quick()
 
-    with own_server(paths, moto_server, local_settings) as start:
+    env = {**moto_server.env, "EC2_EXECUTOR_CACHE_DIR": str(paths.base / "ec2-executor-cache")}
+    with own_servers(paths, env=env, executors={"ec2": local_settings}) as start:
         first = start()
         mark = tmp_path / "task"
         ct.dispatch(long_one)(str(mark))

@@ -29,7 +29,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -389,6 +389,33 @@ class CovalentServer:
                         + self.log_tail()
                     ) from error
                 time.sleep(0.2)
+
+
+@contextlib.contextmanager
+def own_servers(
+    paths: CovalentPaths,
+    *,
+    env: Mapping[str, str],
+    executors: Mapping[str, Mapping[str, Any]],
+    log_level: str = "warning",
+) -> Iterator[Callable[[], CovalentServer]]:
+    """A test's own Covalent servers on `paths`, one per call of the function it yields (the
+    client pointed at the newest; a server started again after a kill uses the same files),
+    all stopped at the end, when the client goes back to what it used before."""
+    started: list[CovalentServer] = []
+
+    def start() -> CovalentServer:
+        server = CovalentServer.start(paths, env=env, executors=executors, log_level=log_level)
+        point_client_at(server)
+        started.append(server)
+        return server
+
+    with client_isolation(paths):
+        try:
+            yield start
+        finally:
+            for server in reversed(started):
+                server.stop()
 
 
 def _server_environment(
