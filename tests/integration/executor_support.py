@@ -65,3 +65,24 @@ async def execute(
 
 def run(coro: Any) -> Any:
     return asyncio.run(coro)
+
+
+def fan_out(
+    executors: list[EC2Executor],
+    function: Any,
+    args_of: Callable[[int], list[Any]],
+    dispatch_id: str,
+) -> list[Any]:
+    """One lattice's fan-out: node `i` runs `function(*args_of(i))` on `executors[i]`, all at
+    once; each result, or the exception it raised, in node order."""
+
+    async def electrons() -> list[Any]:
+        return await asyncio.gather(
+            *(
+                execute(ex, function, args_of(node), {}, dispatch_id=dispatch_id, node_id=node)
+                for node, ex in enumerate(executors)
+            ),
+            return_exceptions=True,
+        )
+
+    return list(run(electrons()))

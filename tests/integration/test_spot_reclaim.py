@@ -32,6 +32,15 @@ from ec2_executor.logs import log
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
+@pytest.fixture(autouse=True)
+def quick_instance_watch(
+    monkeypatch: pytest.MonkeyPatch, package_log: pytest.LogCaptureFixture
+) -> None:
+    """The reclaim is seen within half a second; the attempts' log lines are kept."""
+    monkeypatch.setattr("ec2_executor.watch.INSTANCE_POLL", 0.5)
+    package_log.set_level(logging.INFO)
+
+
 def run_until(marks: str, go: str) -> str:
     """Announces run N at `marks`.N, then returns once `go` exists."""
     n = 1
@@ -66,11 +75,8 @@ def test_a_reclaimed_electron_runs_again_on_demand_and_completes(
     emulated_boot: EmulatedBoot,
     moto_reset: MotoServer,
     package_log: pytest.LogCaptureFixture,
-    monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
 ) -> None:
-    monkeypatch.setattr("ec2_executor.watch.INSTANCE_POLL", 0.5)
-    package_log.set_level(logging.INFO)
     ex = new_executor(spot="fallback")  # spot_retries: 1 by default
     marks, go = tmp_path / "run", tmp_path / "go"
 
@@ -100,13 +106,10 @@ def test_without_retries_the_electron_fails_naming_the_reclaim_and_the_notice(
     emulated_boot: EmulatedBoot,
     moto_reset: MotoServer,
     package_log: pytest.LogCaptureFixture,
-    monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
 ) -> None:
     """spot=True reruns nothing by default; until its stack is gone, `list` shows it
     interrupted."""
-    monkeypatch.setattr("ec2_executor.watch.INSTANCE_POLL", 0.5)
-    package_log.set_level(logging.INFO)
     ex = new_executor(spot=True)
     listed: list[dict[str, Any]] = []
     real_teardown = ex.teardown
@@ -161,9 +164,7 @@ def test_a_cancel_during_the_rerun_ends_it(
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
 ) -> None:
-    monkeypatch.setattr("ec2_executor.watch.INSTANCE_POLL", 0.5)
     monkeypatch.setattr("ec2_executor.watch.CANCEL_POLL", 0.2)
-    package_log.set_level(logging.INFO)
     ex = new_executor(spot="fallback")
     cancel = _CancelOnRerun()
     ex._cancel_requested = cancel  # type: ignore[method-assign]

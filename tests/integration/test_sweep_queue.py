@@ -17,7 +17,7 @@ from typing import Any
 import cloudpickle
 import pytest
 from covalent._shared_files.exceptions import TaskCancelledError
-from executor_support import NewExecutor, execute, run
+from executor_support import NewExecutor, execute, fan_out, run
 from harness import MotoServer
 from harness.boot import Delays, EmulatedBoot
 from harness.cloud_state import assert_nothing_left
@@ -65,25 +65,8 @@ def sleep_then_square(node: int, seconds: float) -> int:
 
 
 def sweep(executors: list[EC2Executor], dispatch_id: str, seconds: float = 0.0) -> list[Any]:
-    """One lattice's fan-out: electron `node` returns node squared after `seconds`."""
-
-    async def electrons() -> list[Any]:
-        return await asyncio.gather(
-            *(
-                execute(
-                    ex,
-                    sleep_then_square,
-                    [node, seconds],
-                    {},
-                    dispatch_id=dispatch_id,
-                    node_id=node,
-                )
-                for node, ex in enumerate(executors)
-            ),
-            return_exceptions=True,
-        )
-
-    return list(run(electrons()))
+    """Electron `node` returns node squared after `seconds`."""
+    return fan_out(executors, sleep_then_square, lambda node: [node, seconds], dispatch_id)
 
 
 def test_one_watcher_reads_every_electrons_stack_and_instance(

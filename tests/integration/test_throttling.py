@@ -5,13 +5,12 @@ again until CloudFormation takes it, and the stack goes."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from executor_support import NewExecutor, execute, run
+from executor_support import NewExecutor, execute, fan_out, run
 from harness import MotoServer
 from harness.boot import Delays, EmulatedBoot
 from harness.cloud_state import assert_nothing_left
@@ -44,18 +43,8 @@ def _limited_cloud(
 
 def _burst(new_executor: NewExecutor, dispatch_id: str) -> list[Any]:
     """`BURST` electrons at once, as one lattice's fan-out; each returns its node id squared."""
-
-    async def electrons() -> list[Any]:
-        executors = [new_executor() for _ in range(BURST)]
-        return await asyncio.gather(
-            *(
-                execute(ex, pow, [node, 2], {}, dispatch_id=dispatch_id, node_id=node)
-                for node, ex in enumerate(executors)
-            ),
-            return_exceptions=True,
-        )
-
-    return list(run(electrons()))
+    executors = [new_executor() for _ in range(BURST)]
+    return fan_out(executors, pow, lambda node: [node, 2], dispatch_id)
 
 
 def test_a_burst_of_electrons_is_paced_under_the_limits_and_every_one_completes(
