@@ -458,11 +458,12 @@ async def launch(
         log.warning("%s: %s", electron.name, warning)
     placements = list(plan.network.placements)
     tried = rerun(placements) if rerun else capacity.attempts(placements, options.spot)
-    pricing = asyncio.ensure_future(run_blocking(market_rates, electron.aws, options, plan, tried))
     parameters = stack_parameters(options, plan, electron.host_key)
-    with phases.phase("template"):
-        template = await run_blocking(stack_template, plan.network.shape)
-    rates = await pricing  # looked up while the template was made (cached after the first)
+    with phases.phase("template"):  # and the rates, looked up meanwhile (both cached)
+        template, rates = await asyncio.gather(
+            run_blocking(stack_template, plan.network.shape),
+            run_blocking(market_rates, electron.aws, options, plan, tried),
+        )
     if options.budget_usd:  # before anything is created
         parameters = with_budget(electron, parameters, rates)
 

@@ -26,8 +26,9 @@ connected() {
   awk -v end="$end" 'FNR > 1 && $4 == "01" && substr($2, length($2) - length(end) + 1) == end {
     found = 1; exit } END { exit found ? 0 : 1 }' "${tables[@]}"
 }
-# Seconds since boot: a clock that NTP's step at boot does not move.
-uptime() { local up; read -r up _ </proc/uptime && echo "${up%.*}"; }
+# Hundredths of a second since boot (/proc/uptime has two decimals): a clock that NTP's step
+# at boot does not move, fine enough that the limit is not cut short by a rounding.
+uptime() { local up; read -r up _ </proc/uptime && echo $((10#${up/./})); }
 
 metadata=${EC2_EXECUTOR_METADATA:-http://169.254.169.254}
 [[ $metadata =~ ^http://([^/:]+)(:([0-9]+))?(/.*)?$ ]] || { echo "bad metadata URL $metadata"; spot=''; }
@@ -63,7 +64,7 @@ spot_notice() {
 last=$(uptime) present='' next_spot=0
 while sleep "$tick"; do
   now=$(uptime)
-  if [ -n "$spot" ] && [ "$now" -ge "$next_spot" ]; then spot_notice; next_spot=$((now + 5)); fi
+  if [ -n "$spot" ] && [ "$now" -ge "$next_spot" ]; then spot_notice; next_spot=$((now + 500)); fi
   connected; status=$?
   if [ "$status" != 1 ]; then  # only a definite absence counts
     [ -n "$present" ] || echo "$(date -u +%FT%TZ) owner connected"
@@ -72,7 +73,7 @@ while sleep "$tick"; do
   fi
   [ -z "$present" ] || echo "$(date -u +%FT%TZ) owner's connection gone; power-off in $limit s"
   present=''
-  [ $((now - last)) -ge "$limit" ] || continue
+  [ $((now - last)) -ge $((limit * 100)) ] || continue
   echo "$(date -u +%FT%TZ) no connection from the owner for $limit s: powering off" |
     tee "$prefix/poweroff"
   bash -c "$off"

@@ -18,6 +18,7 @@ import covalent as ct
 import pytest
 from e2e_support import assert_nothing_left
 from harness import EmulatedBoot, Image, MotoServer, booting
+from harness.cloud_state import remove_everything_left
 from harness.covalent_server import CovalentPaths, CovalentServer, own_servers, point_client_at
 from harness.timed_cloud import AwsSeconds, RateLimits, TimedCloud
 from harness.waiting import wait_until
@@ -69,6 +70,7 @@ def sweep_server(
             yield start()
     finally:
         point_client_at(covalent_server)
+        remove_everything_left(moto_server)  # the test names them; the next tests start clean
 
 
 @pytest.fixture

@@ -29,11 +29,46 @@ def live_instances(moto: MotoServer) -> list[str]:
     return sorted(set(instances_in(moto)) - set(instances_in(moto, "terminated")))
 
 
+def describe_instances(moto: MotoServer, instance_ids: list[str]) -> list[str]:
+    """One line per instance: id, state, stack tag, private IP, launch time (what a leftover's
+    failure names, to tell where it came from)."""
+    if not instance_ids:
+        return []
+    pages = (
+        moto.client("ec2").get_paginator("describe_instances").paginate(InstanceIds=instance_ids)
+    )
+    lines = []
+    for page in pages:
+        for reservation in page["Reservations"]:
+            for i in reservation["Instances"]:
+                tags = {t["Key"]: t["Value"] for t in i.get("Tags", [])}
+                stack = tags.get("aws:cloudformation:stack-name", "no stack")
+                lines.append(
+                    f"{i['InstanceId']} {i['State']['Name']} ({stack}; "
+                    f"{i.get('PrivateIpAddress')}; launched {i['LaunchTime']:%H:%M:%S})"
+                )
+    return lines
+
+
 def assert_nothing_left(moto: MotoServer) -> None:
     """No stack, no instance but terminated ones, no security group but the default."""
-    assert live_stacks(moto) == []
-    assert live_instances(moto) == []
+    stacks = live_stacks(moto)
+    assert stacks == [], f"stacks left: {stacks}"
+    instances = live_instances(moto)
+    assert instances == [], f"instances left: {describe_instances(moto, instances)}"
     groups = [
         g["GroupName"] for g in moto.client("ec2").describe_security_groups()["SecurityGroups"]
     ]
-    assert set(groups) <= {"default"}, groups
+    assert set(groups) <= {"default"}, f"security groups left: {groups}"
+
+
+def remove_everything_left(moto: MotoServer) -> None:
+    """Delete every live stack and terminate every live instance, as the harness's admin, so
+    that one test's leftovers (which that test reports) do not fail the tests after it on a
+    moto that is not reset."""
+    stacks = live_stacks(moto)
+    for stack in stacks:
+        moto.client("cloudformation").delete_stack(StackName=stack)
+    instances = live_instances(moto)
+    if instances:
+        moto.client("ec2").terminate_instances(InstanceIds=instances)

@@ -11,6 +11,14 @@
   sizes and are not checked (the real Amazon Linux 2023 snapshot is 8 GiB).
 - **The default VPC routes out.** AWS's default VPC has an internet gateway and a route
   0.0.0.0/0 to it in its main route table; moto's has neither.
+
+And where moto is wrong in a way AWS never is:
+
+- **A deleted stack stays deleted.** moto builds a stack's resources lazily, on their first
+  reference, and its deletion forgets them; a later read of the stack's outputs or resources
+  (DescribeStacks by the deleted stack's id, say) builds them again: a new, untagged instance
+  that nothing deletes. A stack whose deletion has begun reads as AWS shows it: no outputs,
+  no resources but those still being deleted.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ def make_moto_strict() -> None:
     _limit_vpcs()
     _snapshots_fit()
     _default_vpc_routes_out()
+    _deleted_stacks_stay_deleted()
     EC2Backend.as_strict_as_aws = True  # type: ignore[attr-defined]
 
 
@@ -135,3 +144,37 @@ def _default_vpc_routes_out() -> None:
         return vpc
 
     VPCBackend.create_default_vpc = with_gateway  # type: ignore[method-assign]
+
+
+def _deleted_stacks_stay_deleted() -> None:
+    from moto.cloudformation.models import Stack
+    from moto.cloudformation.parsing import ResourceMap
+    from moto.core.common_models import CloudFormationModel
+
+    delete, resource = ResourceMap.delete, ResourceMap.__getitem__
+    outputs, resources = Stack.outputs, Stack.stack_resources
+
+    def deleting(self: Any) -> None:
+        self.deletion_begun = True
+        delete(self)
+
+    def built_before(self: Any, logical_id: str) -> Any:
+        if getattr(self, "deletion_begun", False) and logical_id not in self._parsed_resources:
+            raise KeyError(f"{logical_id}: the stack is deleted; moto would build it again")
+        return resource(self, logical_id)
+
+    def no_outputs_once_deleted(self: Any) -> Any:
+        if getattr(self.resource_map, "deletion_begun", False):
+            return None
+        return outputs.fget(self)  # type: ignore[attr-defined]
+
+    def resources_left(self: Any) -> Any:
+        if getattr(self.resource_map, "deletion_begun", False):
+            left = self.resource_map._parsed_resources.values()  # and pseudo parameters
+            return [r for r in left if isinstance(r, CloudFormationModel)]
+        return resources.fget(self)  # type: ignore[attr-defined]
+
+    ResourceMap.delete = deleting  # type: ignore[method-assign]
+    ResourceMap.__getitem__ = built_before  # type: ignore[method-assign]
+    Stack.outputs = property(no_outputs_once_deleted)  # type: ignore[assignment,method-assign]
+    Stack.stack_resources = property(resources_left)  # type: ignore[assignment,method-assign]

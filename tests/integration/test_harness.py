@@ -6,6 +6,7 @@ import base64
 import getpass
 import importlib.util
 import ipaddress
+import json
 import os
 import socket
 import sysconfig
@@ -32,6 +33,7 @@ from harness import (
     parse_user_data,
     render_user_data,
 )
+from harness.cloud_state import instances_in, live_instances
 from harness.iam import ADMIN, EXECUTOR_USER
 from harness.moto_watch import Seen, Sightings, gone_reason
 from harness.processes import alive
@@ -463,3 +465,28 @@ def test_moto_s_default_vpc_routes_out_through_an_internet_gateway(
     )["RouteTables"]
     default = [r for r in main["Routes"] if r.get("DestinationCidrBlock") == "0.0.0.0/0"]
     assert [r["GatewayId"][:4] for r in default] == ["igw-"]
+
+
+def test_moto_does_not_build_a_deleted_stack_s_instance_again(moto_reset: MotoServer) -> None:
+    """moto builds resources on first reference: without the harness's patch, reading the
+    outputs of a stack deleted before anyone read them launches its instance again."""
+    ec2, cloudformation = moto_reset.client("ec2"), moto_reset.client("cloudformation")
+    image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    template = {
+        "Resources": {
+            "Box": {"Type": "AWS::EC2::Instance", "Properties": {"ImageId": image}},
+        },
+        "Outputs": {"Address": {"Value": {"Fn::GetAtt": ["Box", "PrivateIp"]}}},
+    }
+    stack_id = cloudformation.create_stack(StackName="once", TemplateBody=json.dumps(template))[
+        "StackId"
+    ]
+    cloudformation.delete_stack(StackName="once")
+
+    (stack,) = cloudformation.describe_stacks(StackName=stack_id)["Stacks"]
+    resources = cloudformation.describe_stack_resources(StackName=stack_id)["StackResources"]
+
+    assert len(instances_in(moto_reset)) == 1, "the deleted stack's instance was built again"
+    assert live_instances(moto_reset) == []
+    assert stack["StackStatus"] == "DELETE_COMPLETE"
+    assert "Outputs" not in stack and resources == []

@@ -200,7 +200,9 @@ def test_a_dispatcher_killed_mid_task_leaves_nothing_behind(
         other.wait()
     killed = time.monotonic()
     emulated_boot.wait_stopped(instance_id, timeout=ORPHAN_SECONDS + 20)
-    assert time.monotonic() - killed > ORPHAN_SECONDS - 1, "powered off before the limit"
+    # The watch last saw the connection at most one tick (1 s) before the kill, and counts
+    # the limit from there; `killed` is read a little after the kill itself.
+    assert time.monotonic() - killed > ORPHAN_SECONDS - 1.5, "powered off before the limit"
     record = emulated_boot.get(instance_id)
     assert "no connection from the owner" in (record.prefix / "poweroff").read_text()
     assert live_stacks(moto_reset) == [stack]  # the orphan's stack stays until a sweep
