@@ -12,7 +12,7 @@ import dataclasses
 import functools
 import sys
 import traceback
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from typing import Any, TypeVar
 
 from covalent._shared_files.exceptions import TaskCancelledError, TaskRuntimeError
@@ -25,7 +25,6 @@ from ec2_executor import helper_nodes, spot, sweep, warm
 from ec2_executor import options as opts
 from ec2_executor.blocking import run_blocking
 from ec2_executor.cloud.aws import account_key
-from ec2_executor.cloud.capacity import Attempt, Placement
 from ec2_executor.cloud.slots import slots_for
 from ec2_executor.cloud.stacks import stack_name
 from ec2_executor.config import config_section
@@ -156,9 +155,7 @@ class EC2Executor(AsyncBaseExecutor):
                 break
             except SpotInterruptionError as exc:
                 market = self._reclaimed(runs, exc)
-            await self._rerun(
-                task_metadata, functools.partial(spot.rerun_order, spot=market, runs=runs)
-            )
+            await self._rerun(task_metadata, runs, market)
         with _costed(self._electron):
             return self._report(outcome)
 
@@ -189,6 +186,7 @@ class EC2Executor(AsyncBaseExecutor):
                 zone=where.placement.zone if where else "",
                 spot=where.spot if where else options.spot_first,
                 reason=spot.run_reason(electron.notice),
+                meter=electron.meter,
             )
         )
         reruns = options.reruns_on_reclaim
@@ -211,12 +209,11 @@ class EC2Executor(AsyncBaseExecutor):
         return market
 
     async def _rerun(
-        self,
-        task_metadata: dict[str, Any],
-        order: Callable[[list[Placement]], list[Attempt]],
+        self, task_metadata: dict[str, Any], runs: list[spot.Run], market: bool
     ) -> None:
         """Delete the reclaimed run's stack (waiting: its name is needed again, and nothing of
-        it may stay), then launch a new one; a cancel meanwhile ends the electron."""
+        it may stay), then launch a new one on `market` (spot: True); a cancel meanwhile ends
+        the electron. A failed launch's error lists the runs before it, with their cost."""
         old = self._electron
         old.options = dataclasses.replace(old.options, wait_for_deletion=True)
         await old.destroy(self.__dict__.pop("_launched", None), self.__dict__.pop("_host", None))
@@ -227,8 +224,10 @@ class EC2Executor(AsyncBaseExecutor):
         if await self._cancelled():
             raise TaskCancelledError(f"{electron.name} was cancelled before its rerun.")
         await self._set_job_handle(electron.job_handle())
+        order = functools.partial(spot.rerun_order, spot=market, runs=runs)
         launch = pipeline.launch(electron, order)
-        self._launched = await self._watched(launch, _not_yet, on_stop=_nothing_to_stop)
+        with _costed(electron, earlier=runs):
+            self._launched = await self._watched(launch, _not_yet, on_stop=_nothing_to_stop)
         log.info("%s: the rerun runs in %s", electron.name, electron.placed or "its stack")
 
     async def _watched(
@@ -335,13 +334,16 @@ class EC2Executor(AsyncBaseExecutor):
 
 
 @contextlib.contextmanager
-def _costed(electron: Electron) -> Iterator[None]:
-    """A failed electron's error ends with what its instance has cost so far."""
+def _costed(electron: Electron, *, earlier: Sequence[spot.Run] = ()) -> Iterator[None]:
+    """A failed electron's error ends with what its instance has cost so far, and the runs a
+    spot reclaim ended before it."""
     try:
         yield
     except Exception as exc:
         if exc.args and isinstance(exc.args[0], str):
-            exc.args = (f"{exc.args[0]} [{electron.meter.summary()}]", *exc.args[1:])
+            said = [electron.meter.summary()]
+            said += [f"before it, run {n} in {run}" for n, run in enumerate(earlier, start=1)]
+            exc.args = (f"{exc.args[0]} [{'; '.join(said)}]", *exc.args[1:])
         raise
 
 

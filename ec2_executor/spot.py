@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from ec2_executor.cloud.capacity import Attempt, Placement
+from ec2_executor.cost.meter import Meter
 from ec2_executor.instance.protocol import MARK
 
 RECLAIMED = "Server.SpotInstanceTermination"
@@ -84,10 +85,17 @@ class Run:
     zone: str
     spot: bool
     reason: str = ""
+    meter: Meter | None = field(default=None, compare=False)
+    """The run's instance's meter, read when the run is listed (so the cost is current)."""
 
     def __str__(self) -> str:
         market = "spot" if self.spot else "on-demand"
-        return f"{self.zone or 'the region'} {market}: {self.reason or 'running'}"
+        said = f"{self.zone or 'the region'} {market}: {self.reason or 'running'}"
+        if self.meter is None or self.meter.started is None:
+            return said
+        usd = self.meter.usd
+        cost = "cost unknown" if usd is None else f"${usd:.4f}"
+        return f"{said} ({cost} over {self.meter.seconds:.0f} s)"
 
 
 def next_market(spot: bool | str, reruns: int, runs: Sequence[Run]) -> bool | None:
@@ -121,8 +129,10 @@ def final_text(name: str, reruns: int, runs: Sequence[Run], last: str) -> str:
     """The error once no rerun is left: the last run's error, then every run with its zone,
     market and reason."""
     listed = "; ".join(f"run {n} in {run}" for n, run in enumerate(runs, start=1))
+    known = [run.meter.usd for run in runs if run.meter and run.meter.usd is not None]
+    total = f" In all ${sum(known):.4f}." if 1 < len(runs) == len(known) else ""
     return (
         f"{last} Stack {name!r} ran {len(runs)} time(s) ('spot_retries' {reruns}), each "
-        f"reclaimed: {listed}. A rerun starts the task again from the start; raise "
+        f"reclaimed: {listed}.{total} A rerun starts the task again from the start; raise "
         f"'spot_retries', or use spot='fallback' to rerun on-demand."
     )

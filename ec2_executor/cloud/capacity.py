@@ -191,9 +191,11 @@ async def first_that_fits(
         if untried
         else ""
     )
+    only_spot = all(attempt.spot for attempt in tried_in_order)
+    fallback = ", or spot='fallback' to fall back to on-demand" if only_spot else ""
     raise CapacityError(
         f"Stack {name!r}: no zone had capacity for {instance_type!r}; tried "
-        f"{'; '.join(tried) or 'nothing'}.{ran_out} Try again later, another 'instance_type' or "
-        f"'region', or spot='fallback' to fall back to on-demand.",
+        f"{'; '.join(tried) or 'nothing'}.{ran_out} Try again later, or another "
+        f"'instance_type' or 'region'{fallback}.",
         stack_name=name,
     )

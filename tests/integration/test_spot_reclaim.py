@@ -9,6 +9,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -21,12 +22,14 @@ from covalent._shared_files.exceptions import TaskCancelledError
 from executor_support import NewExecutor, execute, run
 from harness import EmulatedBoot, MotoServer
 from harness.cloud_state import assert_nothing_left
+from harness.faults import CapacityPlan, capacity_refused
 from harness.waiting import wait_for_task
 from remote_tasks import announce
 
 from ec2_executor import SpotInterruptionError
 from ec2_executor.cli.main import main
 from ec2_executor.cli.states import INTERRUPTED
+from ec2_executor.errors import CapacityError
 from ec2_executor.logs import log
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -133,6 +136,7 @@ def test_without_retries_the_electron_fails_naming_the_reclaim_and_the_notice(
         assert f"EC2 reclaimed the spot instance {reclaimed}" in message
         assert "(Server.SpotInstanceTermination); its interruption notice came at 20" in message
         assert "'spot_retries' 0" in message and "run 1 in " in message
+        assert re.search(r"run 1 in \S+ spot: reclaimed[^;]*\(\$\d+\.\d{4} over \d+ s\)", message)
         assert "terminated" not in message.split("(Server")[0]
         return reclaimed
 
@@ -183,4 +187,41 @@ def test_a_cancel_during_the_rerun_ends_it(
         log.removeHandler(cancel)
     assert cancel.pulled
     assert not Path(f"{marks}.2").exists()  # the rerun's task never ran
+    assert_nothing_left(moto_reset)
+
+
+def test_a_rerun_that_cannot_launch_fails_naming_the_reclaimed_run_and_its_cost(
+    new_executor: NewExecutor,
+    emulated_boot: EmulatedBoot,
+    moto_reset: MotoServer,
+    package_log: pytest.LogCaptureFixture,
+    tmp_path: Path,
+) -> None:
+    """After the reclaim, no zone has capacity: the rerun's launch fails, and its error says
+    what came before it (the reclaimed run, with its zone and cost)."""
+    ex = new_executor(spot="fallback")
+    marks, go = tmp_path / "run", tmp_path / "go"
+
+    async def scenario(plan: CapacityPlan) -> str:
+        task = asyncio.ensure_future(execute(ex, run_until, [str(marks), str(go)], {}))
+        await asyncio.to_thread(wait_for_task, Path(f"{marks}.1"))
+        plan.zones = {f"us-east-1{z}" for z in "abcdef"}  # once the first run has its instance
+        await _reclaim_once_noticed(emulated_boot, moto_reset, Path(f"{marks}.1"), package_log)
+        with pytest.raises(CapacityError) as failed:
+            await task
+        return str(failed.value)
+
+    with capacity_refused(CapacityPlan()) as plan:
+        message = run(scenario(plan))
+    assert "We currently do not have sufficient" in message  # EC2's words, from the rerun
+    assert re.search(
+        r"before it, run 1 in us-east-1\w spot: reclaimed, notice at \S+ \(\$\d+\.\d{4} over "
+        r"\d+ s\)",
+        message,
+    ), message
+    assert [(spot, said) for _, spot, said in plan.launches] == [
+        (True, "launched"),
+        (False, "refused"),
+    ]
+    assert not Path(f"{marks}.2").exists()
     assert_nothing_left(moto_reset)

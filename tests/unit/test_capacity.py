@@ -218,7 +218,7 @@ def test_no_zone_with_capacity_names_every_zone_with_its_reason() -> None:
         _fit(fake, tried)
     assert fake.log.count("clear") == 2
     message = str(raised.value)
-    assert "'t3.micro'" in message and "spot='fallback'" in message
+    assert "'t3.micro'" in message and "spot='fallback'" not in message  # it was on-demand
     assert (
         f"{tried[0]}: no capacity in this zone (We currently do not have sufficient t3.micro "
         f"capacity in the Availability Zone you requested (us-east-1a).)"
@@ -238,3 +238,10 @@ def test_no_attempt_starts_once_the_failover_budget_is_spent() -> None:
     assert f"time budget (3 x 'provision_timeout') ran out before {tried[1]}; {tried[2]}." in (
         message
     )
+
+
+def test_only_spot_tried_the_error_suggests_falling_back_to_on_demand() -> None:
+    tried = attempts([A, B], True)
+    with pytest.raises(CapacityError) as raised:
+        _fit(FakeLaunch(dict.fromkeys(tried, NO_SPOT)), tried)
+    assert "or spot='fallback' to fall back to on-demand." in str(raised.value)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import pytest
 
 from ec2_executor.cloud.capacity import Attempt, Placement
+from ec2_executor.cost import prices
+from ec2_executor.cost.meter import Meter
 from ec2_executor.errors import SpotInterruptionError, TaskError
 from ec2_executor.instance.protocol import Exit
 from ec2_executor.remote import task_failure
@@ -102,3 +104,31 @@ def test_the_final_error_lists_every_run_with_its_zone_market_and_reason() -> No
     assert "run 1 in us-east-1a spot: reclaimed, notice at 2026-01-01T12:00:03Z" in text
     assert "run 2 in us-east-1b spot: reclaimed (Server.SpotInstanceTermination), no notice" in text
     assert "'spot_retries' 1" in text and "from the start" in text
+
+
+def test_the_final_error_gives_each_run_s_cost_and_their_sum() -> None:
+    rate = prices.Rate(
+        region="us-east-1",
+        instance_type="t3.small",
+        market=prices.SPOT,
+        instance=prices.Figure(0.036, "test"),
+        volume=prices.Figure(0.0, "test"),
+    )
+    first, second = Meter(), Meter()
+    first.start(rate, at=1000.0)
+    first.stop(at=1000.0 + 3600.0)  # an hour: $0.036
+    second.start(rate, at=5000.0)
+    second.stop(at=5000.0 + 1800.0)  # half an hour: $0.018
+    runs = [
+        Run("us-east-1a", True, "reclaimed", first),
+        Run("us-east-1b", True, "reclaimed", second),
+    ]
+    text = final_text("stack-1", 1, runs, "EC2 reclaimed the spot instance i-2 (...).")
+    assert "run 1 in us-east-1a spot: reclaimed ($0.0360 over 3600 s)" in text
+    assert "run 2 in us-east-1b spot: reclaimed ($0.0180 over 1800 s)" in text
+    assert "In all $0.0540." in text
+    unpriced = Meter()
+    unpriced.start(None, at=1000.0)
+    runs[1] = Run("us-east-1b", True, "reclaimed", unpriced)
+    text = final_text("stack-1", 1, runs, "reclaimed.")
+    assert "reclaimed (cost unknown over " in text and "In all" not in text
