@@ -5,8 +5,11 @@ The logic lives in `tests/harness/` (imported as `harness`); this file only wire
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,18 +39,63 @@ from harness import (  # noqa: E402
     patched_environ,
 )
 from harness.boot import OFFLINE  # noqa: E402
+from harness.covalent_server import CovalentPaths, client_isolation  # noqa: E402
 from harness.guest_image import guest_image as build_guest_image  # noqa: E402
 from harness.iam import enforce_iam, everywhere  # noqa: E402
 
 _NETWORK_GUARD = NetworkGuard()
 
 
+_COVALENT = pytest.StashKey[tuple[CovalentPaths, contextlib.ExitStack]]()
+_FAILED = pytest.StashKey[bool]()
+
+
 def pytest_configure(config: pytest.Config) -> None:
     _NETWORK_GUARD.install()
+    _isolate_covalent(config)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    session.config.stash[_FAILED] = session.testsfailed > 0
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    isolation = config.stash.get(_COVALENT, None)  # None: pytest_configure refused
+    if isolation is not None:
+        isolation[1].close()
     _NETWORK_GUARD.uninstall()
+
+
+def _isolate_covalent(config: pytest.Config) -> None:
+    """Point this process's covalent client, and every process the tests start, at temporary
+    directories, before anything imports covalent (its config manager reads and writes its
+    config file at import): no test touches the user's ~/.config/covalent, ~/.cache/covalent
+    or ~/.local/share/covalent."""
+    if "covalent" in sys.modules:  # it has read the user's config already: isolation too late
+        raise pytest.UsageError(
+            "covalent was imported before tests/conftest.py could point it at temporary "
+            "directories; import it lazily in conftest files and the harness"
+        )
+    base = Path(tempfile.mkdtemp(prefix="ec2-tests-covalent-"))
+    stack = contextlib.ExitStack()
+    stack.callback(_remove_unless_failed, config, base)
+    paths = CovalentPaths.create(base)
+    stack.enter_context(client_isolation(paths))
+    config.stash[_COVALENT] = (paths, stack)
+
+
+def _remove_unless_failed(config: pytest.Config, base: Path) -> None:
+    """Keep the Covalent directories (server log, database, results) after a failure."""
+    if config.stash.get(_FAILED, False):
+        print(f"\nCovalent files (config, logs, database) kept in {base}", file=sys.stderr)
+    else:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def covalent_paths(request: pytest.FixtureRequest) -> CovalentPaths:
+    """The temporary directories of this process's covalent client (and of the e2e server)."""
+    return request.config.stash[_COVALENT][0]
 
 
 @pytest.fixture(autouse=True)

@@ -1,10 +1,8 @@
 """End-to-end fixtures: a real Covalent server whose EC2Executor talks to the moto server, and
 emulated instance boots.
 
-The covalent client of the test process is pointed at temporary directories in
-`pytest_configure`, i.e. before the test modules here import covalent (its config manager reads
-and writes its config file at import): the tests never touch the user's ~/.config/covalent,
-~/.cache/covalent or ~/.local/share/covalent.
+The covalent client of the test process uses temporary directories (`covalent_paths`, from
+tests/conftest.py), and so does the server.
 
 Session-wide (a Covalent server takes seconds to start): one moto VPC/subnet on loopback, whose
 id goes into the server's `[executors.ec2]` section before it starts, and the server itself.
@@ -14,10 +12,6 @@ nothing behind instead).
 
 from __future__ import annotations
 
-import contextlib
-import shutil
-import sys
-import tempfile
 import warnings
 from collections.abc import Generator, Iterator
 from pathlib import Path
@@ -37,46 +31,8 @@ from harness import (
 from harness.covalent_server import (
     CovalentPaths,
     CovalentServer,
-    client_isolation,
     point_client_at,
 )
-
-_ISOLATION = pytest.StashKey[tuple[CovalentPaths, contextlib.ExitStack]]()
-
-
-_FAILED = pytest.StashKey[bool]()
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    if "covalent" in sys.modules:  # it has read the user's config already: isolation too late
-        raise pytest.UsageError(
-            "covalent was imported before tests/e2e/conftest.py could point it at temporary "
-            "directories; import it lazily in conftest files and the harness"
-        )
-    base = Path(tempfile.mkdtemp(prefix="ec2-e2e-covalent-"))
-    stack = contextlib.ExitStack()
-    stack.callback(_remove_unless_failed, config, base)
-    paths = CovalentPaths.create(base)
-    stack.enter_context(client_isolation(paths))
-    config.stash[_ISOLATION] = (paths, stack)
-
-
-def pytest_sessionfinish(session: pytest.Session) -> None:
-    session.config.stash[_FAILED] = session.testsfailed > 0
-
-
-def pytest_unconfigure(config: pytest.Config) -> None:
-    isolation = config.stash.get(_ISOLATION, None)  # None: pytest_configure refused
-    if isolation is not None:
-        isolation[1].close()
-
-
-def _remove_unless_failed(config: pytest.Config, base: Path) -> None:
-    """Keep the Covalent directories (server log, database, results) after a failure."""
-    if config.stash.get(_FAILED, False):
-        print(f"\nCovalent server files (config, logs, database) kept in {base}", file=sys.stderr)
-    else:
-        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.hookimpl(wrapper=True)
@@ -146,7 +102,7 @@ def local_settings(e2e_network: LoopbackNetwork, remote_cache: Path) -> dict[str
 
 @pytest.fixture(scope="session")
 def covalent_server(
-    request: pytest.FixtureRequest,
+    covalent_paths: CovalentPaths,
     moto_server: MotoServer,
     ec2_settings: dict[str, Any],
     tmp_path_factory: pytest.TempPathFactory,
@@ -156,14 +112,13 @@ def covalent_server(
     Its environment points boto3 at the moto server and the template cache at a temporary
     directory; `[executors.ec2]` holds `ec2_settings`.
     """
-    paths, _ = request.config.stash[_ISOLATION]
     env = {
         **moto_server.env,
         "EC2_EXECUTOR_CACHE_DIR": str(tmp_path_factory.mktemp("ec2-executor-cache")),
         # Warm instances (keep_warm_minutes > 0) expire after seconds, not minutes.
         "EC2_EXECUTOR_IDLE_SECONDS": str(E2E_IDLE_SECONDS),
     }
-    server = CovalentServer.start(paths, env=env, executors={"ec2": ec2_settings})
+    server = CovalentServer.start(covalent_paths, env=env, executors={"ec2": ec2_settings})
     try:
         point_client_at(server)
         yield server
