@@ -127,7 +127,7 @@ def run_reason(notice: Notice | None) -> str:
 
 def final_text(name: str, reruns: int, runs: Sequence[Run], last: str) -> str:
     """The error once no rerun is left: the last run's error, then every run with its zone,
-    market and reason."""
+    market, reason and cost, and their sum."""
     listed = "; ".join(f"run {n} in {run}" for n, run in enumerate(runs, start=1))
     known = [run.meter.usd for run in runs if run.meter and run.meter.usd is not None]
     total = f" In all ${sum(known):.4f}." if 1 < len(runs) == len(known) else ""
