@@ -359,7 +359,8 @@ def test_no_capacity_anywhere_names_every_zone_tried_and_leaves_no_stack(
             f"sufficient {ex.instance_type} capacity in the Availability Zone you requested "
             f"({zone}).)"
         ) in message
-    assert "spot='fallback'" in message
+    assert "Try again later, or another 'instance_type' or 'region'." in message
+    assert "spot='fallback'" not in message  # on-demand was tried: no market to fall back to
     assert sorted(z for z, _, _ in plan.launches) == sorted(subnets)
     assert live_stacks(moto_reset) == []
 
