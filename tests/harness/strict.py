@@ -15,10 +15,10 @@
 And where moto is wrong in a way AWS never is:
 
 - **A deleted stack stays deleted.** moto builds a stack's resources lazily, on their first
-  reference, and its deletion forgets them; a later read of the stack's outputs or resources
-  (DescribeStacks by the deleted stack's id, say) builds them again: a new, untagged instance
-  that nothing deletes. A stack whose deletion has begun reads as AWS shows it: no outputs,
-  no resources but those still being deleted.
+  reference, and its deletion forgets them; a read of the stack's outputs or resources during
+  or after the deletion (a `DescribeStacks`, the first to read the outputs) builds them again:
+  a new, untagged instance that nothing deletes. A stack whose deletion has begun reads as
+  AWS shows it: no outputs, no resources but those still being deleted.
 """
 
 from __future__ import annotations
