@@ -341,9 +341,10 @@ def _costed(electron: Electron, *, earlier: Sequence[spot.Run] = ()) -> Iterator
         yield
     except Exception as exc:
         if exc.args and isinstance(exc.args[0], str):
-            said = [electron.meter.summary()]
-            said += [f"before it, run {n} in {run}" for n, run in enumerate(earlier, start=1)]
-            exc.args = (f"{exc.args[0]} [{'; '.join(said)}]", *exc.args[1:])
+            said = electron.meter.summary()
+            if earlier:
+                said += f"; before it, {spot.listed(earlier)}"
+            exc.args = (f"{exc.args[0]} [{said}]", *exc.args[1:])
         raise
 
 

@@ -125,14 +125,18 @@ def run_reason(notice: Notice | None) -> str:
     return told + (f", SIGTERM at {notice.sigterm_at}" if notice.sigterm_at else "")
 
 
+def listed(runs: Sequence[Run]) -> str:
+    """'run 1 in us-east-1a spot: reclaimed, notice at ... ($0.0042 over 1500 s); run 2 in ...'"""
+    return "; ".join(f"run {n} in {run}" for n, run in enumerate(runs, start=1))
+
+
 def final_text(name: str, reruns: int, runs: Sequence[Run], last: str) -> str:
     """The error once no rerun is left: the last run's error, then every run with its zone,
     market, reason and cost, and their sum."""
-    listed = "; ".join(f"run {n} in {run}" for n, run in enumerate(runs, start=1))
     known = [run.meter.usd for run in runs if run.meter and run.meter.usd is not None]
     total = f" In all ${sum(known):.4f}." if 1 < len(runs) == len(known) else ""
     return (
         f"{last} Stack {name!r} ran {len(runs)} time(s) ('spot_retries' {reruns}), each "
-        f"reclaimed: {listed}.{total} A rerun starts the task again from the start; raise "
+        f"reclaimed: {listed(runs)}.{total} A rerun starts the task again from the start; raise "
         f"'spot_retries', or use spot='fallback' to rerun on-demand."
     )

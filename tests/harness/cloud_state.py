@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
 from .moto import MotoServer
 
 
@@ -12,16 +15,17 @@ def live_stacks(moto: MotoServer) -> list[str]:
     return [s["StackName"] for s in summaries if s["StackStatus"] != "DELETE_COMPLETE"]
 
 
+def _instances(moto: MotoServer, **request: Any) -> Iterator[dict[str, Any]]:
+    """Every instance DescribeInstances gives for `request`, across pages and reservations."""
+    pages = moto.client("ec2").get_paginator("describe_instances").paginate(**request)
+    for page in pages:
+        for reservation in page["Reservations"]:
+            yield from reservation["Instances"]
+
+
 def instances_in(moto: MotoServer, *states: str) -> list[str]:
     """The instances in any of these states (all instances when none is given)."""
-    pages = moto.client("ec2").get_paginator("describe_instances").paginate()
-    return [
-        i["InstanceId"]
-        for page in pages
-        for r in page["Reservations"]
-        for i in r["Instances"]
-        if not states or i["State"]["Name"] in states
-    ]
+    return [i["InstanceId"] for i in _instances(moto) if not states or i["State"]["Name"] in states]
 
 
 def live_instances(moto: MotoServer) -> list[str]:
@@ -34,19 +38,14 @@ def describe_instances(moto: MotoServer, instance_ids: list[str]) -> list[str]:
     failure names, to tell where it came from)."""
     if not instance_ids:
         return []
-    pages = (
-        moto.client("ec2").get_paginator("describe_instances").paginate(InstanceIds=instance_ids)
-    )
     lines = []
-    for page in pages:
-        for reservation in page["Reservations"]:
-            for i in reservation["Instances"]:
-                tags = {t["Key"]: t["Value"] for t in i.get("Tags", [])}
-                stack = tags.get("aws:cloudformation:stack-name", "no stack")
-                lines.append(
-                    f"{i['InstanceId']} {i['State']['Name']} ({stack}; "
-                    f"{i.get('PrivateIpAddress')}; launched {i['LaunchTime']:%H:%M:%S})"
-                )
+    for i in _instances(moto, InstanceIds=instance_ids):
+        tags = {t["Key"]: t["Value"] for t in i.get("Tags", [])}
+        stack = tags.get("aws:cloudformation:stack-name", "no stack")
+        lines.append(
+            f"{i['InstanceId']} {i['State']['Name']} ({stack}; "
+            f"{i.get('PrivateIpAddress')}; launched {i['LaunchTime']:%H:%M:%S})"
+        )
     return lines
 
 
